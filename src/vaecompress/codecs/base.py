@@ -1,0 +1,160 @@
+"""The codec contract and the registry that names every codec.
+
+A codec turns a state_dict into a `Container` (manifest, codec state, payloads) and back. The
+paper's VAE, later VAE codecs and every baseline are interchangeable entries here, measured by the
+same harness. A codec declares which of its payloads are the compressed "code" (what the paper
+counts) and which are decoder weights, so that both ratios can always be reported.
+
+Tensors a codec does not compress (integer buffers, flags) travel losslessly in one `aux`
+payload; `split_passthrough` / `join_passthrough` do that the same way for every codec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from vaecompress.errors import FormatError, UserError
+from vaecompress.format import ROLE_AUX, Container, Payload
+from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
+from vaecompress.params.vector import is_float_dtype
+
+PASSTHROUGH = "passthrough"
+
+
+@dataclass
+class Finetuner:
+    """What a retraining codec (pruning, Deep Compression) may use: a loss on the task.
+
+    `loss(state, batch)` evaluates the model with the given tensors (via
+    `torch.func.functional_call`), `batches()` yields training batches forever.
+    """
+
+    loss: Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
+    batches: Callable[[], Iterator[Any]]
+    steps_per_epoch: int
+
+
+@dataclass
+class CodecContext:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    progress: bool = True
+    finetune: Finetuner | None = None
+    label: str = ""  # shown on progress bars, e.g. the model name
+
+
+@dataclass
+class Encoded:
+    """What `Codec.encode` returns: the container, the bytes of anything it references by sha256
+    (e.g. a decoder kept in its own file), and a report for experiments (training curves...)."""
+
+    container: Container
+    externals: dict[str, bytes] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class Codec(ABC):
+    """One compression method. Subclasses set `name`, `version` and a frozen `Settings`."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    Settings: ClassVar[type]
+
+    def __init__(self, settings: Any = None, **overrides: Any) -> None:
+        base = settings if settings is not None else self.Settings()
+        names = {f.name for f in dataclasses.fields(base)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise UserError(f"codec '{self.name}' has no setting {unknown[0]!r}; "
+                            f"settings: {', '.join(sorted(names))}")
+        self.settings = dataclasses.replace(base, **overrides)
+
+    def settings_json(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self.settings))
+
+    def new_container(self, state: Mapping[str, torch.Tensor]) -> Container:
+        manifest = [
+            {"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+            for k, v in state.items()
+        ]
+        return Container(
+            codec={"name": self.name, "version": self.version, "settings": self.settings_json()},
+            tensors=manifest,
+        )
+
+    @abstractmethod
+    def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
+        """Compress `state` into a container (payloads included)."""
+
+    @abstractmethod
+    def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
+        """Rebuild the state_dict from a container and the bytes of its externals."""
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+REGISTRY: dict[str, type[Codec]] = {}
+
+
+def register(cls: type[Codec]) -> type[Codec]:
+    if cls.name in REGISTRY:
+        raise ValueError(f"codec {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_codec_class(name: str) -> type[Codec]:
+    import vaecompress.codecs  # noqa: F401  (registers the built-in codecs)
+
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown codec '{name}'; available: {', '.join(sorted(REGISTRY))}") from None
+
+
+def make_codec(name: str, **settings: Any) -> Codec:
+    return get_codec_class(name)(**settings)
+
+
+def split_passthrough(state: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict]:
+    """(floating tensors to compress, everything else kept exactly)."""
+    coded, raw = {}, {}
+    for k, v in state.items():
+        (coded if is_float_dtype(str(v.dtype).removeprefix("torch.")) else raw)[k] = v
+    return coded, raw
+
+
+def add_passthrough(c: Container, raw: Mapping[str, torch.Tensor]) -> None:
+    if raw:
+        c.payloads.append(Payload(PASSTHROUGH, "safetensors", ROLE_AUX, state_to_bytes(raw)))
+
+
+def join_passthrough(c: Container, decoded: StateDict) -> StateDict:
+    """Merge the passthrough tensors back and return a state_dict in the manifest's order."""
+    names = {p.name for p in c.payloads}
+    raw = state_from_bytes(c.payload(PASSTHROUGH).data, what="passthrough tensors") \
+        if PASSTHROUGH in names else {}
+    merged = {**decoded, **raw}
+    out: StateDict = {}
+    for spec in c.tensors:
+        name = spec["name"]
+        if name not in merged:
+            raise FormatError(f"file is missing tensor '{name}' of its manifest")
+        t = merged[name]
+        if list(t.shape) != list(spec["shape"]):
+            raise FormatError(f"tensor '{name}' decodes to shape {list(t.shape)}, "
+                              f"manifest says {spec['shape']}")
+        out[name] = t.to(getattr(torch, spec["dtype"]))
+    return out

@@ -1,0 +1,175 @@
+"""`vae-paper`: the method of Cheng et al. (2024), sections 2-4, as a codec.
+
+flatten -> normalize -> chunk (2048, zero-padded) -> train a VAE on 100 noisy variants -> the
+encoder's mean of each true chunk is the code. Decoding: decoder -> un-pad -> de-normalize ->
+un-flatten. The decoder travels in the file (default) or in its own file referenced by sha256.
+
+Normalization is this project's fix for the known collapse: the paper feeds raw weights, whose
+spread (0.05-0.1) makes a unit-variance likelihood negligible beside the KL term.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vaecompress.codecs.base import (
+    Codec, CodecContext, Encoded, add_passthrough, join_passthrough, register, split_passthrough,
+)
+from vaecompress.errors import FormatError, UserError
+from vaecompress.format import ROLE_CODE, ROLE_MODEL, Container, External, Payload
+from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
+from vaecompress.params.variants import NoiseConfig, make_variants
+from vaecompress.params.vector import Chunking, ParamLayout, chunk, flatten, layout_of, unchunk, unflatten
+from vaecompress.vae.model import VAEArch, build_decoder
+from vaecompress.vae.train import VAETrainConfig, train_vae
+
+NORMALIZE = ("tensor", "global", "none")
+
+
+@dataclass(frozen=True)
+class VAEPaperSettings:
+    chunk_size: int = 2048
+    latent: int = 64
+    hidden: tuple[int, ...] = (512,)
+    normalize: str = "tensor"  # per-tensor mean/std, one global mean/std, or raw weights
+    noise_kind: str = "gaussian"
+    noise_fraction: float = 0.5
+    noise_scale: float = 0.05
+    n_variants: int = 100
+    val_fraction: float = 0.2
+    epochs: int = 500
+    patience: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    sigma_x: float = 0.05
+    external_decoder: bool = False
+
+
+def _stats(coded: Mapping[str, torch.Tensor], layout: ParamLayout, mode: str) -> dict:
+    if mode not in NORMALIZE:
+        raise UserError(f"normalize must be one of {NORMALIZE}, got '{mode}'")
+    if mode == "none":
+        return {"mode": mode}
+    if mode == "global":
+        v = torch.cat([coded[s.name].detach().float().reshape(-1) for s in layout.specs])
+        std = float(v.std()) if v.numel() > 1 else 1.0
+        return {"mode": mode, "mean": float(v.mean()), "std": std if std > 0 else 1.0}
+    means, stds = [], []
+    for s in layout.specs:
+        t = coded[s.name].detach().float().reshape(-1)
+        std = float(t.std()) if t.numel() > 1 else 0.0
+        means.append(float(t.mean()))
+        # A constant tensor (or a scalar) keeps its value exactly through the mean alone.
+        stds.append(std if std > 0 else 1.0)
+    return {"mode": mode, "mean": means, "std": stds}
+
+
+def _affine(layout: ParamLayout, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element (mean, std) vectors for the flat parameter vector."""
+    n = layout.numel
+    if stats["mode"] == "none":
+        return torch.zeros(n), torch.ones(n)
+    if stats["mode"] == "global":
+        return torch.full((n,), float(stats["mean"])), torch.full((n,), float(stats["std"]))
+    sizes = [int(np.prod(s.shape)) if s.shape else 1 for s in layout.specs]
+    if len(stats["mean"]) != len(sizes) or len(stats["std"]) != len(sizes):
+        raise FormatError("normalization statistics do not match the tensor manifest")
+    mean = torch.repeat_interleave(torch.tensor(stats["mean"], dtype=torch.float64),
+                                   torch.tensor(sizes)).float()
+    std = torch.repeat_interleave(torch.tensor(stats["std"], dtype=torch.float64),
+                                  torch.tensor(sizes)).float()
+    return mean, std
+
+
+@register
+class VAEPaperCodec(Codec):
+    name = "vae-paper"
+    version = 1
+    Settings = VAEPaperSettings
+
+    def arch(self) -> VAEArch:
+        s = self.settings
+        return VAEArch(in_dim=s.chunk_size, latent=s.latent, hidden=tuple(s.hidden))
+
+    def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
+        s = self.settings
+        coded, raw = split_passthrough(state)
+        if not coded:
+            raise UserError("the state_dict has no floating-point tensors to compress")
+        layout = layout_of(coded)
+        stats = _stats(coded, layout, s.normalize)
+        mean, std = _affine(layout, stats)
+        vec = (flatten(coded, layout) - mean) / std
+        chunks, ch = chunk(vec, s.chunk_size)
+        chunks = chunks.to(ctx.device)
+        noise = NoiseConfig(s.noise_kind, s.noise_fraction, s.noise_scale, s.n_variants,
+                            s.val_fraction)
+        train, val = make_variants(chunks, noise, seed=ctx.seed)
+        cfg = VAETrainConfig(epochs=s.epochs, patience=s.patience, batch_size=s.batch_size,
+                             lr=s.lr, sigma_x=s.sigma_x, seed=ctx.seed)
+        t0 = time.perf_counter()
+        vae, hist = train_vae(train, val, self.arch(), cfg, progress=ctx.progress,
+                              desc=f"vae {ctx.label}".strip())
+        train_s = time.perf_counter() - t0
+        with torch.no_grad():
+            latents = vae.encode(chunks)[0].float().cpu().contiguous()
+        decoder_bytes = state_to_bytes(vae.decoder.state_dict())
+
+        c = self.new_container(state)
+        c.codec_state = {
+            "layout": layout.to_json(),
+            "chunking": ch.to_json(),
+            "normalization": stats,
+            "vae": self.arch().to_json(),
+        }
+        c.payloads.append(Payload("latents", "raw-f32", ROLE_CODE, latents.numpy().astype("<f4").tobytes()))
+        externals: dict[str, bytes] = {}
+        if s.external_decoder:
+            sha = hashlib.sha256(decoder_bytes).hexdigest()
+            c.externals.append(External("decoder", "safetensors", ROLE_MODEL, sha, len(decoder_bytes)))
+            externals["decoder"] = decoder_bytes
+        else:
+            c.payloads.append(Payload("decoder", "safetensors", ROLE_MODEL, decoder_bytes))
+        add_passthrough(c, raw)
+        report = {"history": hist.to_json(), "vae_train_s": train_s, "vae_epochs": hist.epochs,
+                  "n_chunks": ch.n_chunks, "pad": ch.pad}
+        return Encoded(c, externals, report)
+
+    def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
+        st = c.codec_state
+        try:
+            layout = ParamLayout.from_json(st["layout"])
+            ch = Chunking.from_json(st["chunking"])
+            arch = VAEArch.from_json(st["vae"])
+            stats = st["normalization"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"vae-paper codec state is malformed: {e}") from None
+        decoder = build_decoder(arch)
+        names = {p.name for p in c.payloads}
+        if "decoder" in names:
+            blob = c.payload("decoder").data
+        elif "decoder" in externals:
+            blob = externals["decoder"]
+        else:
+            raise UserError("this file references an external decoder; pass it with --decoder FILE")
+        try:
+            decoder.load_state_dict(state_from_bytes(blob, what="decoder weights"))
+        except RuntimeError as e:
+            raise FormatError(f"decoder weights do not fit the recorded VAE: {str(e).splitlines()[0]}") \
+                from None
+        raw = c.payload("latents").data
+        if len(raw) != ch.n_chunks * arch.latent * 4:
+            raise FormatError(f"latents payload holds {len(raw)} bytes, expected "
+                              f"{ch.n_chunks * arch.latent * 4}")
+        z = torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(ch.n_chunks, arch.latent))
+        with torch.no_grad():
+            chunks = decoder(z)
+        mean, std = _affine(layout, stats)
+        vec = unchunk(chunks, ch) * std + mean
+        return join_passthrough(c, unflatten(vec, layout))

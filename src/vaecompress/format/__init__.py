@@ -1,0 +1,40 @@
+"""On-disk format of compressed files (spec: docs/format.md). Bytes in, bytes out: no torch,
+no codec logic, no accounting."""
+
+from vaecompress.format.container import (
+    FORMAT_VERSION,
+    MAGIC,
+    MAX_HEADER_BYTES,
+    PREAMBLE_SIZE,
+    ROLE_AUX,
+    ROLE_CODE,
+    ROLE_MODEL,
+    ROLES,
+    Container,
+    External,
+    Payload,
+    dumps,
+    file_sha256,
+    load,
+    loads,
+    save,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "MAX_HEADER_BYTES",
+    "PREAMBLE_SIZE",
+    "ROLES",
+    "ROLE_AUX",
+    "ROLE_CODE",
+    "ROLE_MODEL",
+    "Container",
+    "External",
+    "Payload",
+    "dumps",
+    "file_sha256",
+    "load",
+    "loads",
+    "save",
+]

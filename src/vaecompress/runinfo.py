@@ -1,0 +1,81 @@
+"""The environment block written beside every result: versions, git revision, device, seed, time.
+
+A number without the code and machine that made it cannot be trusted or reproduced, so every
+results file carries this block.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaecompress.errors import UserError
+
+
+def git_revision(path: Path | None = None) -> str | None:
+    """The commit of the source tree this package runs from ("+dirty" when modified), or None."""
+    here = path or Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        )
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """'auto' (or None) picks CUDA when present; an unavailable device is a user error."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def environment(device: torch.device | str | None = None, seed: int | None = None) -> dict[str, Any]:
+    from vaecompress import __version__
+
+    dev = torch.device(device) if device is not None else None
+    info: dict[str, Any] = {
+        "vaecompress": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev) if dev is not None else None,
+        "git_revision": git_revision(),
+        "seed": seed,
+        "argv": sys.argv,
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if dev is not None and dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info

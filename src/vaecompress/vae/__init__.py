@@ -1,0 +1,1 @@
+"""The VAE: network, ELBO, and its training on noisy parameter variants."""
