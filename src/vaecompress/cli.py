@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -69,6 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = get_spec(args.model)
     device = resolve_device(args.device)
     cfg = preset_config(args.preset, spec.name, seed=args.seed)
+    if args.epochs is not None or args.limit is not None:
+        cfg = replace(cfg, epochs=args.epochs or cfg.epochs, limit=args.limit)
     train, test = load_mnist(args.data_dir)
     res = train_model(spec.name, train, cfg, device=device, progress=not args.quiet)
     acc = accuracy(res.model, test, device=device)
@@ -237,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model")
     sp.add_argument("-o", "--output", required=True, help="weights file (.safetensors)")
     sp.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    sp.add_argument("--epochs", type=int, help="override the preset's epochs")
+    sp.add_argument("--limit", type=int, help="train on the first N images only")
     sp.add_argument("--seed", type=int, default=0)
     common(sp)
     sp.set_defaults(func=cmd_train)

@@ -1,0 +1,1 @@
+"""Experiments: the paper's reproduction and the side-by-side benchmark, both writing JSON first."""

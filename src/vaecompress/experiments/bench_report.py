@@ -1,0 +1,118 @@
+"""`bench.md` and `rate_accuracy.png` drawn from `bench.json` alone.
+
+For each model: every operating point (honest and paper ratio, accuracy, timings) and, per
+method, the best honest ratio reached within 0.5 and within 1 point of the original accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from vaecompress.io import atomic_write_text  # noqa: E402
+
+TOLERANCES = (0.5, 1.0)
+
+
+def best_within(records: list[dict[str, Any]], tol: float) -> dict[tuple[str, str], dict | None]:
+    """(model, codec) -> the record with the highest ratio_honest whose drop is <= tol."""
+    best: dict[tuple[str, str], dict | None] = {}
+    for r in records:
+        key = (r["model"], r["codec"])
+        best.setdefault(key, None)
+        if r["acc_drop"] <= tol and (best[key] is None or
+                                     r["ratio_honest"] > best[key]["ratio_honest"]):
+            best[key] = r
+    return best
+
+
+def _settings(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items()) or "defaults"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.3g}x"
+
+
+def plot_rate_accuracy(results: dict[str, Any], path: Path) -> None:
+    recs = results["records"]
+    models = list(dict.fromkeys(r["model"] for r in recs))
+    codecs = list(dict.fromkeys(r["codec"] for r in recs))
+    cols = min(2, len(models)) or 1
+    rows = (len(models) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.5 * rows), squeeze=False)
+    colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(codecs)}
+    for ax, model in zip(axes.flat, models, strict=False):
+        mrecs = [r for r in recs if r["model"] == model]
+        for codec in codecs:
+            pts = sorted((r["ratio_honest"], r["acc_recon"]) for r in mrecs if r["codec"] == codec)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", label=codec, color=colors[codec], ms=4)
+        acc = mrecs[0]["acc_orig"]
+        ax.axhline(acc, color="k", lw=0.8, ls="--", label="original")
+        ax.axhspan(acc - 1.0, acc, color="0.9", zorder=0)
+        ax.set_xscale("log")
+        ax.set_ylim(max(0.0, acc - 8.0), min(100.0, acc + 1.5))
+        ax.set_title(f"{model.upper()} (shaded: within 1 point)")
+        ax.set_xlabel("honest compression ratio (original bytes / all bytes stored)")
+        ax.set_ylabel("test accuracy of the rebuilt model (%)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_bench_report(results: dict[str, Any], out: Path) -> str:
+    """Write bench.md and rate_accuracy.png; returns the summary table (also printed)."""
+    recs = results["records"]
+    env = results["environment"]
+    lines = ["# vaecompress bench", "",
+             f"Preset `{results['config']['preset']}`, seed {results['config']['seed']}, device "
+             f"{env['device']}, git {env['git_revision']}, torch {env['torch']}, "
+             f"{env['time_utc']}. Every ratio counts the bytes actually written; accuracy is "
+             "measured on the model rebuilt from those bytes alone.", ""]
+    for codec, hint in results.get("skipped", {}).items():
+        lines.append(f"- skipped `{codec}`: {hint}")
+    models = list(dict.fromkeys(r["model"] for r in recs))
+    codecs = list(dict.fromkeys(r["codec"] for r in recs))
+    best = {tol: best_within(recs, tol) for tol in TOLERANCES}
+    summary = ["## Best honest ratio within 0.5 / 1 point of the original accuracy", "",
+               "| model | acc_orig | " + " | ".join(codecs) + " |",
+               "|---|---|" + "---|" * len(codecs)]
+    for m in models:
+        acc = next(r["acc_orig"] for r in recs if r["model"] == m)
+        cells = []
+        for c in codecs:
+            vals = [best[t].get((m, c)) for t in TOLERANCES]
+            cells.append(" / ".join(_ratio(v["ratio_honest"]) if v else "-" for v in vals))
+        summary.append(f"| {m} | {acc:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", *summary, "", "![rate against accuracy](rate_accuracy.png)", ""]
+    lines += ["## Every operating point", "",
+              "| model | codec | settings | acc_recon | drop | ratio_honest | ratio_paper | "
+              "file_bytes | external_bytes | bits/param | compress_s | decompress_s | peak MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(recs, key=lambda r: (models.index(r["model"]), r["codec"], r["ratio_honest"])):
+        peak = r.get("peak_cuda_bytes") or r.get("peak_rss_bytes")
+        peak_s = f"{peak / 2**20:.0f}" if peak else "-"
+        lines.append(
+            f"| {r['model']} | {r['codec']} | {_settings(r['settings'])} | {r['acc_recon']:.2f} | "
+            f"{r['acc_drop']:+.2f} | {_ratio(r['ratio_honest'])} | {_ratio(r['ratio_paper'])} | "
+            f"{r['file_bytes']:,} | {r['external_bytes']:,} | {r['bits_per_param']:.3f} | "
+            f"{r['compress_s']:.1f} | {r['decompress_s']:.2f} | "
+            f"{peak_s} |")
+    lines.append("")
+    plot_rate_accuracy(results, out / "rate_accuracy.png")
+    atomic_write_text(out / "bench.md", "\n".join(lines))
+    return "\n".join(summary)

@@ -1,0 +1,93 @@
+"""What the experiments share: trained models reused by config hash, records written atomically.
+
+A trained model is cached under `cache_dir()/models/<name>-<hash>.safetensors`, the hash taken
+over everything that decides its weights (architecture, training config, seed, torch version), so
+`reproduce` and `bench` reuse each other's models and a re-run trains nothing twice. Each finished
+measurement is one JSON file under the run's `records/`, written atomically: an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaecompress.data import MnistSplit, cache_dir
+from vaecompress.io import atomic_write_json, load_weights, save_weights
+from vaecompress.zoo import build_model
+from vaecompress.zoo.train import TrainConfig, accuracy, predict, train_model
+
+
+def config_hash(obj: Any, n: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    state: dict[str, torch.Tensor]
+    accuracy: float
+    train_s: float
+    path: Path
+    key: str
+
+
+def trained_model(name: str, cfg: TrainConfig, train: MnistSplit, test: MnistSplit, *,
+                  device: torch.device, progress: bool = True,
+                  root: Path | None = None) -> TrainedModel:
+    """Train `name` with `cfg`, or load the cached result of an identical earlier run."""
+    key = config_hash({"model": name, "train": asdict(cfg), "torch": torch.__version__,
+                       "n_train": len(train)})
+    root = root or cache_dir() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{name}-{key}.safetensors"
+    if path.is_file():
+        state, meta = load_weights(path)
+        return TrainedModel(name, state, float(meta["test_accuracy"]), float(meta["train_s"]),
+                            path, key)
+    res = train_model(name, train, cfg, device=device, progress=progress)
+    acc = accuracy(res.model, test, device=device)
+    state = {k: v.detach().cpu() for k, v in res.model.state_dict().items()}
+    save_weights(path, state, {"vaecompress.model": name, "test_accuracy": repr(acc),
+                               "train_s": repr(res.train_s), "seed": cfg.seed,
+                               "epochs": cfg.epochs, "config_key": key})
+    return TrainedModel(name, state, acc, res.train_s, path, key)
+
+
+def evaluate_state(name: str, state: dict[str, torch.Tensor], test: MnistSplit, *,
+                   device: torch.device) -> tuple[float, torch.Tensor]:
+    """(accuracy in percent, predicted labels) of `state` loaded into the `name` architecture."""
+    net = build_model(name)
+    net.load_state_dict(state)
+    pred = predict(net, test, device=device)
+    acc = 100.0 * float((pred == torch.as_tensor(test.labels)).float().mean())
+    return acc, pred
+
+
+class RecordStore:
+    """One JSON file per finished measurement, keyed by a hash of what decides it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged record is measured again
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        atomic_write_json(self.path(key), record)

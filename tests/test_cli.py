@@ -1,0 +1,139 @@
+"""The command line as a user meets it: exit codes, one-line errors, no half-written files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vaecompress.cli import main
+from vaecompress.format import FORMAT_VERSION
+
+FAST = ["--set", "epochs=8", "--set", "n_variants=10", "--set", "hidden=[64]", "--quiet"]
+
+
+def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("vaecompress: error:")
+    return err
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("w") / "rnn.safetensors"
+    assert main(["train", "rnn", "-o", str(path), "--epochs", "1", "--limit", "3000", "--quiet"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def packed(weights: Path) -> Path:
+    out = weights.with_suffix(".vaec")
+    assert main(["compress", str(weights), "-o", str(out), "--model", "rnn", *FAST]) == 0
+    return out
+
+
+def test_train_then_evaluate_json(weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["evaluate", str(weights), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "rnn" and res["n"] == 10_000 and 20.0 < res["accuracy"] <= 100.0
+
+
+def test_compress_decompress_evaluate(packed: Path, weights: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["inspect", str(packed), "--json"]) == 0
+    acc = json.loads(capsys.readouterr().out)["accounting"]
+    for field in ("params", "orig_bytes", "payload_bytes", "file_bytes", "external_bytes",
+                  "ratio_paper", "ratio_honest", "ratio_amortized"):
+        assert field in acc
+    assert acc["params"] == 54_538 and acc["ratio_paper"] > 30
+    rebuilt = tmp_path / "rebuilt.safetensors"
+    assert main(["decompress", str(packed), "-o", str(rebuilt)]) == 0
+    assert main(["evaluate", str(rebuilt), "--model", "rnn", "--json"]) == 0
+
+
+def test_external_decoder_flow(weights: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    out, dec = tmp_path / "m.vaec", tmp_path / "dec.safetensors"
+    assert main(["compress", str(weights), "-o", str(out), "--decoder-out", str(dec), *FAST]) == 0
+    assert dec.is_file()
+    assert main(["decompress", str(out), "-o", str(tmp_path / "r.safetensors")]) == 2
+    assert "--decoder" in _err_line(capsys)
+    assert main(["decompress", str(out), "-o", str(tmp_path / "r.safetensors"),
+                 "--decoder", str(dec)]) == 0
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(dec.read_bytes()[:-1] + b"\x00")
+    target = tmp_path / "never.safetensors"
+    assert main(["decompress", str(out), "-o", str(target), "--decoder", str(bad)]) == 2
+    assert "does not match" in _err_line(capsys)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "version", "magic"])
+def test_damaged_files_exit_2_and_write_nothing(packed: Path, tmp_path: Path, damage: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    data = bytearray(packed.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[-100] ^= 0xFF
+    elif damage == "version":
+        data[8:10] = (FORMAT_VERSION + 1).to_bytes(2, "little")
+    else:
+        data[:4] = b"PK\x03\x04"
+    bad = tmp_path / "bad.vaec"
+    bad.write_bytes(bytes(data))
+    target = tmp_path / "out.safetensors"
+    assert main(["decompress", str(bad), "-o", str(target)]) == 2
+    err = _err_line(capsys)
+    expected = {"truncate": "truncated", "flip": "corrupt", "version": "version",
+                "magic": "not a vaecompress file"}[damage]
+    assert expected in err
+    assert not target.exists() and not list(tmp_path.glob(".out*"))
+    assert main(["inspect", str(bad)]) == 2
+
+
+def test_wrong_architecture_is_exit_2(weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(weights), "--model", "lstm"]) == 2
+    assert "lstm" in _err_line(capsys)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["evaluate", "/nonexistent.safetensors", "--model", "fnn"], "no such file"),
+    (["train", "resnet", "-o", "x.safetensors"], "unknown model"),
+    (["compress", "/nonexistent.safetensors", "-o", "x.vaec"], "no such file"),
+    (["frobnicate"], "invalid choice"),
+    (["train", "fnn"], "required"),
+])
+def test_bad_input_is_one_line_exit_2(argv: list[str], fragment: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert fragment in _err_line(capsys)
+
+
+def test_not_safetensors_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    assert main(["evaluate", str(junk), "--model", "fnn"]) == 2
+    assert "safetensors" in _err_line(capsys)
+
+
+def test_missing_data_dir_says_how_to_supply(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "--data-dir", str(tmp_path)]) == 2
+    assert "--data-dir" in _err_line(capsys)
+
+
+def test_internal_error_is_exit_1(monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import vaecompress.cli as cli
+
+    def boom(args: object) -> int:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(cli, "cmd_zoo", boom)
+    assert main(["zoo"]) == 1
+    assert "internal error" in capsys.readouterr().err
