@@ -7,8 +7,15 @@ import torch
 from torch import nn
 
 # Settings that train a VAE on a tiny state_dict in a second or two.
-FAST_VAE = {"chunk_size": 256, "latent": 16, "hidden": (128,), "epochs": 60, "patience": 60,
-            "n_variants": 20, "batch_size": 16}
+FAST_VAE = {
+    "chunk_size": 256,
+    "latent": 16,
+    "hidden": (128,),
+    "epochs": 60,
+    "patience": 60,
+    "n_variants": 20,
+    "batch_size": 16,
+}
 
 
 class Tiny(nn.Module):

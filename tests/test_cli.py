@@ -23,7 +23,9 @@ def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("w") / "rnn.safetensors"
-    assert main(["train", "rnn", "-o", str(path), "--epochs", "1", "--limit", "3000", "--quiet"]) == 0
+    assert (
+        main(["train", "rnn", "-o", str(path), "--epochs", "1", "--limit", "3000", "--quiet"]) == 0
+    )
     return path
 
 
@@ -41,13 +43,22 @@ def test_train_then_evaluate_json(weights: Path, capsys: pytest.CaptureFixture[s
     assert res["model"] == "rnn" and res["n"] == 10_000 and 20.0 < res["accuracy"] <= 100.0
 
 
-def test_compress_decompress_evaluate(packed: Path, weights: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_compress_decompress_evaluate(
+    packed: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     assert main(["inspect", str(packed), "--json"]) == 0
     acc = json.loads(capsys.readouterr().out)["accounting"]
-    for field in ("params", "orig_bytes", "payload_bytes", "file_bytes", "external_bytes",
-                  "ratio_paper", "ratio_honest", "ratio_amortized"):
+    for field in (
+        "params",
+        "orig_bytes",
+        "payload_bytes",
+        "file_bytes",
+        "external_bytes",
+        "ratio_paper",
+        "ratio_honest",
+        "ratio_amortized",
+    ):
         assert field in acc
     assert acc["params"] == 54_538 and acc["ratio_paper"] > 30
     rebuilt = tmp_path / "rebuilt.safetensors"
@@ -55,15 +66,18 @@ def test_compress_decompress_evaluate(packed: Path, weights: Path, tmp_path: Pat
     assert main(["evaluate", str(rebuilt), "--model", "rnn", "--json"]) == 0
 
 
-def test_external_decoder_flow(weights: Path, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_external_decoder_flow(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, dec = tmp_path / "m.vaec", tmp_path / "dec.safetensors"
     assert main(["compress", str(weights), "-o", str(out), "--decoder-out", str(dec), *FAST]) == 0
     assert dec.is_file()
     assert main(["decompress", str(out), "-o", str(tmp_path / "r.safetensors")]) == 2
     assert "--decoder" in _err_line(capsys)
-    assert main(["decompress", str(out), "-o", str(tmp_path / "r.safetensors"),
-                 "--decoder", str(dec)]) == 0
+    assert (
+        main(["decompress", str(out), "-o", str(tmp_path / "r.safetensors"), "--decoder", str(dec)])
+        == 0
+    )
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(dec.read_bytes()[:-1] + b"\x00")
     target = tmp_path / "never.safetensors"
@@ -73,8 +87,9 @@ def test_external_decoder_flow(weights: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "version", "magic"])
-def test_damaged_files_exit_2_and_write_nothing(packed: Path, tmp_path: Path, damage: str,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_damaged_files_exit_2_and_write_nothing(
+    packed: Path, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = bytearray(packed.read_bytes())
     if damage == "truncate":
         data = data[: len(data) // 2]
@@ -89,8 +104,12 @@ def test_damaged_files_exit_2_and_write_nothing(packed: Path, tmp_path: Path, da
     target = tmp_path / "out.safetensors"
     assert main(["decompress", str(bad), "-o", str(target)]) == 2
     err = _err_line(capsys)
-    expected = {"truncate": "truncated", "flip": "corrupt", "version": "version",
-                "magic": "not a vaecompress file"}[damage]
+    expected = {
+        "truncate": "truncated",
+        "flip": "corrupt",
+        "version": "version",
+        "magic": "not a vaecompress file",
+    }[damage]
     assert expected in err
     assert not target.exists() and not list(tmp_path.glob(".out*"))
     assert main(["inspect", str(bad)]) == 2
@@ -101,15 +120,19 @@ def test_wrong_architecture_is_exit_2(weights: Path, capsys: pytest.CaptureFixtu
     assert "lstm" in _err_line(capsys)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["evaluate", "/nonexistent.safetensors", "--model", "fnn"], "no such file"),
-    (["train", "resnet", "-o", "x.safetensors"], "unknown model"),
-    (["compress", "/nonexistent.safetensors", "-o", "x.vaec"], "no such file"),
-    (["frobnicate"], "invalid choice"),
-    (["train", "fnn"], "required"),
-])
-def test_bad_input_is_one_line_exit_2(argv: list[str], fragment: str,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["evaluate", "/nonexistent.safetensors", "--model", "fnn"], "no such file"),
+        (["train", "resnet", "-o", "x.safetensors"], "unknown model"),
+        (["compress", "/nonexistent.safetensors", "-o", "x.vaec"], "no such file"),
+        (["frobnicate"], "invalid choice"),
+        (["train", "fnn"], "required"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     assert fragment in _err_line(capsys)
 
@@ -121,14 +144,16 @@ def test_not_safetensors_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "safetensors" in _err_line(capsys)
 
 
-def test_missing_data_dir_says_how_to_supply(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_dir_says_how_to_supply(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["data", "--data-dir", str(tmp_path)]) == 2
     assert "--data-dir" in _err_line(capsys)
 
 
-def test_internal_error_is_exit_1(monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_internal_error_is_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import vaecompress.cli as cli
 
     def boom(args: object) -> int:

@@ -14,7 +14,9 @@ CTX = CodecContext(progress=False)
 
 
 def _relerr(a: dict, b: dict) -> float:
-    num = sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in a if a[k].is_floating_point())
+    num = sum(
+        float(((a[k].float() - b[k].float()) ** 2).sum()) for k in a if a[k].is_floating_point()
+    )
     den = sum(float((b[k].float() ** 2).sum()) for k in b if b[k].is_floating_point())
     return (num / den) ** 0.5
 
@@ -55,14 +57,21 @@ def test_external_decoder_is_referenced_by_sha256(tiny_state, fast_vae) -> None:
     assert c.externals[0].sha256 == hashlib.sha256(dec).hexdigest()
     assert res.accounting.external_bytes == len(dec)
     assert res.accounting.ratio_honest == pytest.approx(
-        res.accounting.orig_bytes / (len(res.data) + len(dec)))
+        res.accounting.orig_bytes / (len(res.data) + len(dec))
+    )
     full = compress(tiny_state, "vae-paper", ctx=CTX, **fast_vae)
-    assert torch.equal(decompress(res.data, {"decoder": dec})["fc.weight"],
-                       decompress(full.data)["fc.weight"])
+    assert torch.equal(
+        decompress(res.data, {"decoder": dec})["fc.weight"], decompress(full.data)["fc.weight"]
+    )
     with pytest.raises(UserError, match="--decoder"):
         decompress(res.data)
-    other = compress(tiny_state, "vae-paper", ctx=CodecContext(progress=False, seed=1),
-                     external_decoder=True, **fast_vae).externals["decoder"]
+    other = compress(
+        tiny_state,
+        "vae-paper",
+        ctx=CodecContext(progress=False, seed=1),
+        external_decoder=True,
+        **fast_vae,
+    ).externals["decoder"]
     with pytest.raises(FormatError, match="does not match"):
         decompress(res.data, {"decoder": other})
 
@@ -83,8 +92,20 @@ def test_raw_weights_with_unit_likelihood_collapse() -> None:
     """The known trap, kept as a test: without normalization and with sigma_x = 1 the KL wins and
     the decoder emits one average chunk. If this stops collapsing, the test below proves nothing."""
     w = _raw_weights()
-    res = compress(w, "vae-paper", ctx=CTX, chunk_size=256, latent=16, hidden=(128,), epochs=60,
-                   patience=60, n_variants=20, batch_size=16, normalize="none", sigma_x=1.0)
+    res = compress(
+        w,
+        "vae-paper",
+        ctx=CTX,
+        chunk_size=256,
+        latent=16,
+        hidden=(128,),
+        epochs=60,
+        patience=60,
+        n_variants=20,
+        batch_size=16,
+        normalize="none",
+        sigma_x=1.0,
+    )
     out = decompress(res.data)["w"]
     assert _relerr({"w": out}, w) > 0.9  # no better than predicting zero
     assert float(out.std(0).mean()) < 0.1 * float(w["w"].std(0).mean())  # every chunk alike
@@ -92,8 +113,18 @@ def test_raw_weights_with_unit_likelihood_collapse() -> None:
 
 def test_default_settings_do_not_collapse() -> None:
     w = _raw_weights()
-    res = compress(w, "vae-paper", ctx=CTX, chunk_size=256, latent=16, hidden=(128,), epochs=60,
-                   patience=60, n_variants=20, batch_size=16)
+    res = compress(
+        w,
+        "vae-paper",
+        ctx=CTX,
+        chunk_size=256,
+        latent=16,
+        hidden=(128,),
+        epochs=60,
+        patience=60,
+        n_variants=20,
+        batch_size=16,
+    )
     out = decompress(res.data)["w"]
     assert _relerr({"w": out}, w) < 0.25
 

@@ -63,8 +63,9 @@ def test_training_is_reproducible_from_a_seed() -> None:
     train = _toy_split(256, 0)
     a = train_model("cnn", train, TrainConfig(epochs=1, batch_size=64, seed=3), progress=False)
     b = train_model("cnn", train, TrainConfig(epochs=1, batch_size=64, seed=3), progress=False)
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(),
-                                  strict=True):
+    for (ka, va), (kb, vb) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
         assert ka == kb and torch.equal(va, vb)
 
 

@@ -14,9 +14,25 @@ import numpy as np
 
 from vaecompress.format import ROLE_CODE, ROLE_MODEL, Container
 
-_ITEMSIZE = {"bool": 1, "uint8": 1, "int8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
-             "int64": 8, "uint64": 8, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8,
-             "float8_e4m3fn": 1, "float8_e5m2": 1, "complex64": 8, "complex128": 16}
+_ITEMSIZE = {
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "complex64": 8,
+    "complex128": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -46,15 +62,22 @@ class Accounting:
 
 def account(c: Container, file_bytes: int) -> Accounting:
     params = sum(int(np.prod(t["shape"])) if t["shape"] else 1 for t in c.tensors)
-    orig = sum((int(np.prod(t["shape"])) if t["shape"] else 1) * _ITEMSIZE.get(t["dtype"], 4)
-               for t in c.tensors)
+    orig = sum(
+        (int(np.prod(t["shape"])) if t["shape"] else 1) * _ITEMSIZE.get(t["dtype"], 4)
+        for t in c.tensors
+    )
     payload = sum(len(p.data) for p in c.payloads if p.role == ROLE_CODE)
-    model = sum(len(p.data) for p in c.payloads if p.role == ROLE_MODEL) + \
-        sum(e.length for e in c.externals if e.role == ROLE_MODEL)
+    model = sum(len(p.data) for p in c.payloads if p.role == ROLE_MODEL) + sum(
+        e.length for e in c.externals if e.role == ROLE_MODEL
+    )
     external = sum(e.length for e in c.externals)
     return Accounting(
-        params=params, orig_bytes=orig, payload_bytes=payload, model_bytes=model,
-        file_bytes=file_bytes, external_bytes=external,
+        params=params,
+        orig_bytes=orig,
+        payload_bytes=payload,
+        model_bytes=model,
+        file_bytes=file_bytes,
+        external_bytes=external,
         ratio_paper=orig / payload if payload else float("inf"),
         ratio_honest=orig / (file_bytes + external),
     )

@@ -1,8 +1,8 @@
 """The public API: state_dict -> bytes -> state_dict, with the accounting of every result.
 
-    result = vaecompress.compress(state, "vae-paper", latent=64)
-    vaecompress.save(result, "model.vaec")            # atomic; writes the decoder file if external
-    state = vaecompress.decompress(Path("model.vaec").read_bytes())
+result = vaecompress.compress(state, "vae-paper", latent=64)
+vaecompress.save(result, "model.vaec")            # atomic; writes the decoder file if external
+state = vaecompress.decompress(Path("model.vaec").read_bytes())
 """
 
 from __future__ import annotations
@@ -32,9 +32,14 @@ class CompressResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def compress(state: Mapping[str, torch.Tensor], codec: str = "vae-paper", *,
-             ctx: CodecContext | None = None, meta: Mapping[str, Any] | None = None,
-             **settings: Any) -> CompressResult:
+def compress(
+    state: Mapping[str, torch.Tensor],
+    codec: str = "vae-paper",
+    *,
+    ctx: CodecContext | None = None,
+    meta: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> CompressResult:
     """Compress a state_dict with a registered codec; `settings` override the codec's defaults."""
     enc_codec = make_codec(codec, **settings)
     ctx = ctx or CodecContext()
@@ -44,7 +49,9 @@ def compress(state: Mapping[str, torch.Tensor], codec: str = "vae-paper", *,
         enc.container.meta.update(meta)
     data = dumps(enc.container)
     elapsed = time.perf_counter() - t0
-    return CompressResult(data, enc.externals, account(enc.container, len(data)), elapsed, enc.report)
+    return CompressResult(
+        data, enc.externals, account(enc.container, len(data)), elapsed, enc.report
+    )
 
 
 def _check_externals(c: Container, externals: Mapping[str, bytes]) -> None:
@@ -54,8 +61,10 @@ def _check_externals(c: Container, externals: Mapping[str, bytes]) -> None:
             continue  # the codec says what is missing, in its own terms
         sha = hashlib.sha256(blob).hexdigest()
         if sha != ext.sha256:
-            raise FormatError(f"external '{ext.name}' does not match this file: sha256 {sha[:16]}..."
-                              f" but the file expects {ext.sha256[:16]}...")
+            raise FormatError(
+                f"external '{ext.name}' does not match this file: sha256 {sha[:16]}..."
+                f" but the file expects {ext.sha256[:16]}..."
+            )
 
 
 def decompress(data: bytes, externals: Mapping[str, bytes] | None = None) -> StateDict:
@@ -65,8 +74,10 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None) -> Sta
     _check_externals(c, externals)
     codec_cls = get_codec_class(c.codec.get("name", "?"))
     if int(c.codec.get("version", 0)) > codec_cls.version:
-        raise FormatError(f"file was written by {codec_cls.name} v{c.codec.get('version')}; this "
-                          f"vaecompress reads up to v{codec_cls.version}")
+        raise FormatError(
+            f"file was written by {codec_cls.name} v{c.codec.get('version')}; this "
+            f"vaecompress reads up to v{codec_cls.version}"
+        )
     return codec_cls().decode(c, externals)
 
 
@@ -77,21 +88,30 @@ def inspect(data: bytes) -> dict[str, Any]:
     return {
         "codec": c.codec,
         "tensors": len(c.tensors),
-        "payloads": [{"name": p.name, "kind": p.kind, "role": p.role, "bytes": len(p.data)}
-                     for p in c.payloads],
-        "externals": [{"name": e.name, "kind": e.kind, "role": e.role, "sha256": e.sha256,
-                       "bytes": e.length} for e in c.externals],
+        "payloads": [
+            {"name": p.name, "kind": p.kind, "role": p.role, "bytes": len(p.data)}
+            for p in c.payloads
+        ],
+        "externals": [
+            {"name": e.name, "kind": e.kind, "role": e.role, "sha256": e.sha256, "bytes": e.length}
+            for e in c.externals
+        ],
         "meta": c.meta,
         "accounting": acc.to_json(),
     }
 
 
-def save(result: CompressResult, path: str | Path, *, decoder_path: str | Path | None = None) -> None:
-    """Write the file atomically; a referenced decoder goes to `decoder_path` (default: beside it)."""
+def save(
+    result: CompressResult, path: str | Path, *, decoder_path: str | Path | None = None
+) -> None:
+    """Write the file atomically; an external decoder goes to `decoder_path` (or beside it)."""
     path = Path(path)
     for name, blob in result.externals.items():
-        target = Path(decoder_path) if decoder_path and name == "decoder" else \
-            path.with_name(f"{path.name}.{name}.safetensors")
+        target = (
+            Path(decoder_path)
+            if decoder_path and name == "decoder"
+            else path.with_name(f"{path.name}.{name}.safetensors")
+        )
         atomic_write_bytes(target, blob)
     atomic_write_bytes(path, result.data)
 

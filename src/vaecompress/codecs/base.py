@@ -71,8 +71,10 @@ class Codec(ABC):
         names = {f.name for f in dataclasses.fields(base)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise UserError(f"codec '{self.name}' has no setting {unknown[0]!r}; "
-                            f"settings: {', '.join(sorted(names))}")
+            raise UserError(
+                f"codec '{self.name}' has no setting {unknown[0]!r}; "
+                f"settings: {', '.join(sorted(names))}"
+            )
         self.settings = dataclasses.replace(base, **overrides)
 
     def settings_json(self) -> dict[str, Any]:
@@ -121,7 +123,9 @@ def get_codec_class(name: str) -> type[Codec]:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UserError(f"unknown codec '{name}'; available: {', '.join(sorted(REGISTRY))}") from None
+        raise UserError(
+            f"unknown codec '{name}'; available: {', '.join(sorted(REGISTRY))}"
+        ) from None
 
 
 def make_codec(name: str, **settings: Any) -> Codec:
@@ -144,8 +148,11 @@ def add_passthrough(c: Container, raw: Mapping[str, torch.Tensor]) -> None:
 def join_passthrough(c: Container, decoded: StateDict) -> StateDict:
     """Merge the passthrough tensors back and return a state_dict in the manifest's order."""
     names = {p.name for p in c.payloads}
-    raw = state_from_bytes(c.payload(PASSTHROUGH).data, what="passthrough tensors") \
-        if PASSTHROUGH in names else {}
+    raw = (
+        state_from_bytes(c.payload(PASSTHROUGH).data, what="passthrough tensors")
+        if PASSTHROUGH in names
+        else {}
+    )
     merged = {**decoded, **raw}
     out: StateDict = {}
     for spec in c.tensors:
@@ -154,7 +161,8 @@ def join_passthrough(c: Container, decoded: StateDict) -> StateDict:
             raise FormatError(f"file is missing tensor '{name}' of its manifest")
         t = merged[name]
         if list(t.shape) != list(spec["shape"]):
-            raise FormatError(f"tensor '{name}' decodes to shape {list(t.shape)}, "
-                              f"manifest says {spec['shape']}")
+            raise FormatError(
+                f"tensor '{name}' decodes to shape {list(t.shape)}, manifest says {spec['shape']}"
+            )
         out[name] = t.to(getattr(torch, spec["dtype"]))
     return out

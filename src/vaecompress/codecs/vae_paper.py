@@ -19,13 +19,27 @@ import numpy as np
 import torch
 
 from vaecompress.codecs.base import (
-    Codec, CodecContext, Encoded, add_passthrough, join_passthrough, register, split_passthrough,
+    Codec,
+    CodecContext,
+    Encoded,
+    add_passthrough,
+    join_passthrough,
+    register,
+    split_passthrough,
 )
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, ROLE_MODEL, Container, External, Payload
 from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
 from vaecompress.params.variants import NoiseConfig, make_variants
-from vaecompress.params.vector import Chunking, ParamLayout, chunk, flatten, layout_of, unchunk, unflatten
+from vaecompress.params.vector import (
+    Chunking,
+    ParamLayout,
+    chunk,
+    flatten,
+    layout_of,
+    unchunk,
+    unflatten,
+)
 from vaecompress.vae.model import VAEArch, build_decoder
 from vaecompress.vae.train import VAETrainConfig, train_vae
 
@@ -80,10 +94,12 @@ def _affine(layout: ParamLayout, stats: dict) -> tuple[torch.Tensor, torch.Tenso
     sizes = [int(np.prod(s.shape)) if s.shape else 1 for s in layout.specs]
     if len(stats["mean"]) != len(sizes) or len(stats["std"]) != len(sizes):
         raise FormatError("normalization statistics do not match the tensor manifest")
-    mean = torch.repeat_interleave(torch.tensor(stats["mean"], dtype=torch.float64),
-                                   torch.tensor(sizes)).float()
-    std = torch.repeat_interleave(torch.tensor(stats["std"], dtype=torch.float64),
-                                  torch.tensor(sizes)).float()
+    mean = torch.repeat_interleave(
+        torch.tensor(stats["mean"], dtype=torch.float64), torch.tensor(sizes)
+    ).float()
+    std = torch.repeat_interleave(
+        torch.tensor(stats["std"], dtype=torch.float64), torch.tensor(sizes)
+    ).float()
     return mean, std
 
 
@@ -108,14 +124,22 @@ class VAEPaperCodec(Codec):
         vec = (flatten(coded, layout) - mean) / std
         chunks, ch = chunk(vec, s.chunk_size)
         chunks = chunks.to(ctx.device)
-        noise = NoiseConfig(s.noise_kind, s.noise_fraction, s.noise_scale, s.n_variants,
-                            s.val_fraction)
+        noise = NoiseConfig(
+            s.noise_kind, s.noise_fraction, s.noise_scale, s.n_variants, s.val_fraction
+        )
         train, val = make_variants(chunks, noise, seed=ctx.seed)
-        cfg = VAETrainConfig(epochs=s.epochs, patience=s.patience, batch_size=s.batch_size,
-                             lr=s.lr, sigma_x=s.sigma_x, seed=ctx.seed)
+        cfg = VAETrainConfig(
+            epochs=s.epochs,
+            patience=s.patience,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            sigma_x=s.sigma_x,
+            seed=ctx.seed,
+        )
         t0 = time.perf_counter()
-        vae, hist = train_vae(train, val, self.arch(), cfg, progress=ctx.progress,
-                              desc=f"vae {ctx.label}".strip())
+        vae, hist = train_vae(
+            train, val, self.arch(), cfg, progress=ctx.progress, desc=f"vae {ctx.label}".strip()
+        )
         train_s = time.perf_counter() - t0
         with torch.no_grad():
             latents = vae.encode(chunks)[0].float().cpu().contiguous()
@@ -128,17 +152,26 @@ class VAEPaperCodec(Codec):
             "normalization": stats,
             "vae": self.arch().to_json(),
         }
-        c.payloads.append(Payload("latents", "raw-f32", ROLE_CODE, latents.numpy().astype("<f4").tobytes()))
+        c.payloads.append(
+            Payload("latents", "raw-f32", ROLE_CODE, latents.numpy().astype("<f4").tobytes())
+        )
         externals: dict[str, bytes] = {}
         if s.external_decoder:
             sha = hashlib.sha256(decoder_bytes).hexdigest()
-            c.externals.append(External("decoder", "safetensors", ROLE_MODEL, sha, len(decoder_bytes)))
+            c.externals.append(
+                External("decoder", "safetensors", ROLE_MODEL, sha, len(decoder_bytes))
+            )
             externals["decoder"] = decoder_bytes
         else:
             c.payloads.append(Payload("decoder", "safetensors", ROLE_MODEL, decoder_bytes))
         add_passthrough(c, raw)
-        report = {"history": hist.to_json(), "vae_train_s": train_s, "vae_epochs": hist.epochs,
-                  "n_chunks": ch.n_chunks, "pad": ch.pad}
+        report = {
+            "history": hist.to_json(),
+            "vae_train_s": train_s,
+            "vae_epochs": hist.epochs,
+            "n_chunks": ch.n_chunks,
+            "pad": ch.pad,
+        }
         return Encoded(c, externals, report)
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
@@ -161,13 +194,17 @@ class VAEPaperCodec(Codec):
         try:
             decoder.load_state_dict(state_from_bytes(blob, what="decoder weights"))
         except RuntimeError as e:
-            raise FormatError(f"decoder weights do not fit the recorded VAE: {str(e).splitlines()[0]}") \
-                from None
+            raise FormatError(
+                f"decoder weights do not fit the recorded VAE: {str(e).splitlines()[0]}"
+            ) from None
         raw = c.payload("latents").data
         if len(raw) != ch.n_chunks * arch.latent * 4:
-            raise FormatError(f"latents payload holds {len(raw)} bytes, expected "
-                              f"{ch.n_chunks * arch.latent * 4}")
-        z = torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(ch.n_chunks, arch.latent))
+            raise FormatError(
+                f"latents payload holds {len(raw)} bytes, expected {ch.n_chunks * arch.latent * 4}"
+            )
+        z = torch.from_numpy(
+            np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(ch.n_chunks, arch.latent)
+        )
         with torch.no_grad():
             chunks = decoder(z)
         mean, std = _affine(layout, stats)

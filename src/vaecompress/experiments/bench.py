@@ -44,12 +44,17 @@ GRIDS: dict[str, dict[str, list[Point]]] = {
     },
     "full": {
         "zstd": [{}],
-        "int8": [{"granularity": g, "entropy": e} for g in ("tensor", "channel")
-                 for e in (False, True)],
-        "int4": [{"granularity": g, "entropy": e} for g in ("tensor", "channel")
-                 for e in (False, True)],
-        "prune": [{"sparsity": s, "scope": sc, "finetune_epochs": 1.0}
-                  for s in (0.5, 0.7, 0.8, 0.9, 0.95) for sc in ("layer", "global")],
+        "int8": [
+            {"granularity": g, "entropy": e} for g in ("tensor", "channel") for e in (False, True)
+        ],
+        "int4": [
+            {"granularity": g, "entropy": e} for g in ("tensor", "channel") for e in (False, True)
+        ],
+        "prune": [
+            {"sparsity": s, "scope": sc, "finetune_epochs": 1.0}
+            for s in (0.5, 0.7, 0.8, 0.9, 0.95)
+            for sc in ("layer", "global")
+        ],
         "kmeans": [{"bits": b, "entropy": True} for b in (2, 3, 4, 5, 6)],
         "deep-compression": [{"sparsity": s} for s in (0.8, 0.9, 0.92, 0.95, 0.97)],
         "nncodec": [{"qp": q} for q in (-44, -38, -32, -26, -20, -14)],
@@ -98,8 +103,15 @@ def _available(codec: str) -> str | None:
     return None
 
 
-def _measure(name: str, state: dict[str, torch.Tensor], acc_orig: float, codec: str,
-             point: Point, ctx: CodecContext, test: Any) -> dict[str, Any]:
+def _measure(
+    name: str,
+    state: dict[str, torch.Tensor],
+    acc_orig: float,
+    codec: str,
+    point: Point,
+    ctx: CodecContext,
+    test: Any,
+) -> dict[str, Any]:
     cuda = ctx.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -110,19 +122,31 @@ def _measure(name: str, state: dict[str, torch.Tensor], acc_orig: float, codec: 
     decompress_s = time.perf_counter() - t0
     acc, _ = evaluate_state(name, rebuilt, test, device=ctx.device)
     return {
-        "model": name, "codec": codec, "settings": point,
+        "model": name,
+        "codec": codec,
+        "settings": point,
         **res.accounting.to_json(),
-        "acc_orig": acc_orig, "acc_recon": acc, "acc_drop": acc_orig - acc,
-        "compress_s": res.compress_s, "decompress_s": decompress_s,
+        "acc_orig": acc_orig,
+        "acc_recon": acc,
+        "acc_drop": acc_orig - acc,
+        "compress_s": res.compress_s,
+        "decompress_s": decompress_s,
         "peak_rss_bytes": _peak_rss_bytes() if rss_ok else None,
         "peak_cuda_bytes": torch.cuda.max_memory_allocated(ctx.device) if cuda else None,
-        "bits_per_param": 8 * (res.accounting.file_bytes + res.accounting.external_bytes)
+        "bits_per_param": 8
+        * (res.accounting.file_bytes + res.accounting.external_bytes)
         / res.accounting.params,
     }
 
 
-def bench(cfg: BenchConfig, out: Path, *, device: torch.device, data_dir: str | None,
-          progress: bool = True) -> dict[str, Any]:
+def bench(
+    cfg: BenchConfig,
+    out: Path,
+    *,
+    device: torch.device,
+    data_dir: str | None,
+    progress: bool = True,
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     train, test = load_mnist(data_dir)
@@ -133,31 +157,58 @@ def bench(cfg: BenchConfig, out: Path, *, device: torch.device, data_dir: str | 
         if hint:
             skipped[codec] = hint
             print(f"bench: skipping {codec}: {hint}")
-    jobs = [(m, c, p) for m in cfg.models for c in cfg.codecs if c not in skipped
-            for p in GRIDS[cfg.preset][c]]
+    jobs = [
+        (m, c, p)
+        for m in cfg.models
+        for c in cfg.codecs
+        if c not in skipped
+        for p in GRIDS[cfg.preset][c]
+    ]
     records = []
     bar = tqdm(jobs, desc="bench", unit="point", disable=not progress)
     for name, codec, point in bar:
         bar.set_postfix(model=name, codec=codec)
-        trained = trained_model(name, preset_config(cfg.model_preset(), name, cfg.seed), train,
-                                test, device=device, progress=progress)
-        key = config_hash({"model": trained.key, "codec": codec, "version":
-                           get_codec_class(codec).version, "point": point, "seed": cfg.seed,
-                           "device": device.type})
+        trained = trained_model(
+            name,
+            preset_config(cfg.model_preset(), name, cfg.seed),
+            train,
+            test,
+            device=device,
+            progress=progress,
+        )
+        key = config_hash(
+            {
+                "model": trained.key,
+                "codec": codec,
+                "version": get_codec_class(codec).version,
+                "point": point,
+                "seed": cfg.seed,
+                "device": device.type,
+            }
+        )
         rec = store.get(key)
         if rec is None:
-            ctx = CodecContext(device=device, seed=cfg.seed, progress=progress,
-                               label=f"{name} {codec}",
-                               finetune=make_finetuner(name, train, device=device, seed=cfg.seed))
+            ctx = CodecContext(
+                device=device,
+                seed=cfg.seed,
+                progress=progress,
+                label=f"{name} {codec}",
+                finetune=make_finetuner(name, train, device=device, seed=cfg.seed),
+            )
             rec = _measure(name, trained.state, trained.accuracy, codec, point, ctx, test)
             store.put(key, rec)
         records.append(rec)
     bar.close()
     results = {
         "environment": environment(device, cfg.seed),
-        "config": {"preset": cfg.preset, "models": list(cfg.models), "codecs": list(cfg.codecs),
-                   "grid": {c: GRIDS[cfg.preset][c] for c in cfg.codecs}, "seed": cfg.seed,
-                   "model_preset": cfg.model_preset()},
+        "config": {
+            "preset": cfg.preset,
+            "models": list(cfg.models),
+            "codecs": list(cfg.codecs),
+            "grid": {c: GRIDS[cfg.preset][c] for c in cfg.codecs},
+            "seed": cfg.seed,
+            "model_preset": cfg.model_preset(),
+        },
         "skipped": skipped,
         "records": records,
     }
@@ -177,10 +228,17 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(args.preset, models, codecs, args.seed)
     out = Path(args.out)
     t0 = time.perf_counter()
-    results = bench(cfg, out, device=resolve_device(args.device), data_dir=args.data_dir,
-                    progress=not args.quiet)
+    results = bench(
+        cfg,
+        out,
+        device=resolve_device(args.device),
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+    )
     summary = write_bench_report(results, out)
-    print(f"bench ({args.preset}) done in {time.perf_counter() - t0:.0f} s: {out / 'bench.json'}, "
-          f"{out / 'bench.md'}, {out / 'rate_accuracy.png'}")
+    print(
+        f"bench ({args.preset}) done in {time.perf_counter() - t0:.0f} s: {out / 'bench.json'}, "
+        f"{out / 'bench.md'}, {out / 'rate_accuracy.png'}"
+    )
     print(summary)
     return 0

@@ -7,16 +7,15 @@ method, the best honest ratio reached within 0.5 and within 1 point of the origi
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from vaecompress.io import atomic_write_text  # noqa: E402
+from vaecompress.io import atomic_write_text
 
 TOLERANCES = (0.5, 1.0)
 
@@ -27,8 +26,9 @@ def best_within(records: list[dict[str, Any]], tol: float) -> dict[tuple[str, st
     for r in records:
         key = (r["model"], r["codec"])
         best.setdefault(key, None)
-        if r["acc_drop"] <= tol and (best[key] is None or
-                                     r["ratio_honest"] > best[key]["ratio_honest"]):
+        if r["acc_drop"] <= tol and (
+            best[key] is None or r["ratio_honest"] > best[key]["ratio_honest"]
+        ):
             best[key] = r
     return best
 
@@ -65,7 +65,7 @@ def plot_rate_accuracy(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("test accuracy of the rebuilt model (%)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    for ax in list(axes.flat)[len(models):]:
+    for ax in list(axes.flat)[len(models) :]:
         ax.axis("off")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -78,19 +78,26 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
     """Write bench.md and rate_accuracy.png; returns the summary table (also printed)."""
     recs = results["records"]
     env = results["environment"]
-    lines = ["# vaecompress bench", "",
-             f"Preset `{results['config']['preset']}`, seed {results['config']['seed']}, device "
-             f"{env['device']}, git {env['git_revision']}, torch {env['torch']}, "
-             f"{env['time_utc']}. Every ratio counts the bytes actually written; accuracy is "
-             "measured on the model rebuilt from those bytes alone.", ""]
+    lines = [
+        "# vaecompress bench",
+        "",
+        f"Preset `{results['config']['preset']}`, seed {results['config']['seed']}, device "
+        f"{env['device']}, git {env['git_revision']}, torch {env['torch']}, "
+        f"{env['time_utc']}. Every ratio counts the bytes actually written; accuracy is "
+        "measured on the model rebuilt from those bytes alone.",
+        "",
+    ]
     for codec, hint in results.get("skipped", {}).items():
         lines.append(f"- skipped `{codec}`: {hint}")
     models = list(dict.fromkeys(r["model"] for r in recs))
     codecs = list(dict.fromkeys(r["codec"] for r in recs))
     best = {tol: best_within(recs, tol) for tol in TOLERANCES}
-    summary = ["## Best honest ratio within 0.5 / 1 point of the original accuracy", "",
-               "| model | acc_orig | " + " | ".join(codecs) + " |",
-               "|---|---|" + "---|" * len(codecs)]
+    summary = [
+        "## Best honest ratio within 0.5 / 1 point of the original accuracy",
+        "",
+        "| model | acc_orig | " + " | ".join(codecs) + " |",
+        "|---|---|" + "---|" * len(codecs),
+    ]
     for m in models:
         acc = next(r["acc_orig"] for r in recs if r["model"] == m)
         cells = []
@@ -99,10 +106,13 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
             cells.append(" / ".join(_ratio(v["ratio_honest"]) if v else "-" for v in vals))
         summary.append(f"| {m} | {acc:.2f} | " + " | ".join(cells) + " |")
     lines += ["", *summary, "", "![rate against accuracy](rate_accuracy.png)", ""]
-    lines += ["## Every operating point", "",
-              "| model | codec | settings | acc_recon | drop | ratio_honest | ratio_paper | "
-              "file_bytes | external_bytes | bits/param | compress_s | decompress_s | peak MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Every operating point",
+        "",
+        "| model | codec | settings | acc_recon | drop | ratio_honest | ratio_paper | "
+        "file_bytes | external_bytes | bits/param | compress_s | decompress_s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(recs, key=lambda r: (models.index(r["model"]), r["codec"], r["ratio_honest"])):
         peak = r.get("peak_cuda_bytes") or r.get("peak_rss_bytes")
         peak_s = f"{peak / 2**20:.0f}" if peak else "-"
@@ -111,7 +121,8 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
             f"{r['acc_drop']:+.2f} | {_ratio(r['ratio_honest'])} | {_ratio(r['ratio_paper'])} | "
             f"{r['file_bytes']:,} | {r['external_bytes']:,} | {r['bits_per_param']:.3f} | "
             f"{r['compress_s']:.1f} | {r['decompress_s']:.2f} | "
-            f"{peak_s} |")
+            f"{peak_s} |"
+        )
     lines.append("")
     plot_rate_accuracy(results, out / "rate_accuracy.png")
     atomic_write_text(out / "bench.md", "\n".join(lines))

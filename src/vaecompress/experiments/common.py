@@ -38,30 +38,49 @@ class TrainedModel:
     key: str
 
 
-def trained_model(name: str, cfg: TrainConfig, train: MnistSplit, test: MnistSplit, *,
-                  device: torch.device, progress: bool = True,
-                  root: Path | None = None) -> TrainedModel:
+def trained_model(
+    name: str,
+    cfg: TrainConfig,
+    train: MnistSplit,
+    test: MnistSplit,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    root: Path | None = None,
+) -> TrainedModel:
     """Train `name` with `cfg`, or load the cached result of an identical earlier run."""
-    key = config_hash({"model": name, "train": asdict(cfg), "torch": torch.__version__,
-                       "n_train": len(train)})
+    key = config_hash(
+        {"model": name, "train": asdict(cfg), "torch": torch.__version__, "n_train": len(train)}
+    )
     root = root or cache_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}-{key}.safetensors"
     if path.is_file():
         state, meta = load_weights(path)
-        return TrainedModel(name, state, float(meta["test_accuracy"]), float(meta["train_s"]),
-                            path, key)
+        return TrainedModel(
+            name, state, float(meta["test_accuracy"]), float(meta["train_s"]), path, key
+        )
     res = train_model(name, train, cfg, device=device, progress=progress)
     acc = accuracy(res.model, test, device=device)
     state = {k: v.detach().cpu() for k, v in res.model.state_dict().items()}
-    save_weights(path, state, {"vaecompress.model": name, "test_accuracy": repr(acc),
-                               "train_s": repr(res.train_s), "seed": cfg.seed,
-                               "epochs": cfg.epochs, "config_key": key})
+    save_weights(
+        path,
+        state,
+        {
+            "vaecompress.model": name,
+            "test_accuracy": repr(acc),
+            "train_s": repr(res.train_s),
+            "seed": cfg.seed,
+            "epochs": cfg.epochs,
+            "config_key": key,
+        },
+    )
     return TrainedModel(name, state, acc, res.train_s, path, key)
 
 
-def evaluate_state(name: str, state: dict[str, torch.Tensor], test: MnistSplit, *,
-                   device: torch.device) -> tuple[float, torch.Tensor]:
+def evaluate_state(
+    name: str, state: dict[str, torch.Tensor], test: MnistSplit, *, device: torch.device
+) -> tuple[float, torch.Tensor]:
     """(accuracy in percent, predicted labels) of `state` loaded into the `name` architecture."""
     net = build_model(name)
     net.load_state_dict(state)

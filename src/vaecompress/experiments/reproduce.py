@@ -26,8 +26,8 @@ from vaecompress.errors import UserError
 from vaecompress.experiments.common import RecordStore, config_hash, evaluate_state, trained_model
 from vaecompress.io import atomic_write_bytes, atomic_write_json
 from vaecompress.runinfo import environment, resolve_device, seed_everything
-from vaecompress.zoo import MODELS, count_params, build_model, get_spec
-from vaecompress.zoo.train import preset_config
+from vaecompress.zoo import MODELS, build_model, count_params, get_spec
+from vaecompress.zoo.train import TrainConfig, preset_config
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,26 @@ class ReproduceConfig:
     sweep_latents: tuple[int, ...] = (128, 112, 96, 80, 64, 32, 16, 8, 4)
     vae: VAEPaperSettings = field(default_factory=VAEPaperSettings)
     seed: int = 0
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"limit": N} in tests
+
+    def train_config(self, model: str) -> TrainConfig:
+        return replace(preset_config(self.preset, model, self.seed), **self.train_overrides)
 
     @classmethod
-    def for_preset(cls, preset: str, *, seed: int = 0,
-                   models: tuple[str, ...] = ("fnn", "cnn", "rnn", "lstm")) -> ReproduceConfig:
+    def for_preset(
+        cls, preset: str, *, seed: int = 0, models: tuple[str, ...] = ("fnn", "cnn", "rnn", "lstm")
+    ) -> ReproduceConfig:
         if preset == "paper":
             # The paper's settings: 100 variants, up to 500 epochs with early stopping.
             return cls(preset, models, seed=seed)
         if preset == "quick":
-            return cls(preset, models, sweep_latents=(128, 96, 64, 32, 16, 8, 4),
-                       vae=VAEPaperSettings(epochs=30, patience=10), seed=seed)
+            return cls(
+                preset,
+                models,
+                sweep_latents=(128, 96, 64, 32, 16, 8, 4),
+                vae=VAEPaperSettings(epochs=30, patience=30),
+                seed=seed,
+            )
         raise UserError(f"unknown preset '{preset}'; choose quick or paper")
 
     def to_json(self) -> dict[str, Any]:
@@ -59,19 +69,30 @@ class ReproduceConfig:
 
 # The paper's own numbers, for the tables drawn beside ours.
 PAPER = {
-    "table2": {name: {"acc_orig": s.paper_accuracy, "acc_recon": s.paper_accuracy_recon}
-               for name, s in MODELS.items()},
+    "table2": {
+        name: {"acc_orig": s.paper_accuracy, "acc_recon": s.paper_accuracy_recon}
+        for name, s in MODELS.items()
+    },
     "ratio_paper_claim": "slightly more than 30x (2048 -> 64, decoder not counted)",
     "sweep": "accuracy almost constant from latent 128 (about 20x) down to 64",
 }
 
 
-def _measure(name: str, trained: Any, test: Any, latent: int, cfg: ReproduceConfig,
-             device: torch.device, out: Path, progress: bool) -> dict[str, Any]:
+def _measure(
+    name: str,
+    trained: Any,
+    test: Any,
+    latent: int,
+    cfg: ReproduceConfig,
+    device: torch.device,
+    out: Path,
+    progress: bool,
+) -> dict[str, Any]:
     settings = replace(cfg.vae, latent=latent)
     ctx = CodecContext(device=device, seed=cfg.seed, progress=progress, label=f"{name} l{latent}")
-    res = compress(trained.state, "vae-paper", ctx=ctx, settings=settings,
-                   meta={"vaecompress.model": name})
+    res = compress(
+        trained.state, "vae-paper", ctx=ctx, settings=settings, meta={"vaecompress.model": name}
+    )
     files = out / "files"
     files.mkdir(exist_ok=True)
     fpath = files / f"{name}-latent{latent}.vaec"
@@ -83,26 +104,44 @@ def _measure(name: str, trained: Any, test: Any, latent: int, cfg: ReproduceConf
     acc_orig, pred_orig = evaluate_state(name, trained.state, test, device=device)
     preds = out / "predictions"
     preds.mkdir(exist_ok=True)
-    np.savez(preds / f"{name}-latent{latent}.npz", orig=pred_orig.numpy().astype(np.int8),
-             recon=pred_recon.numpy().astype(np.int8))
+    np.savez(
+        preds / f"{name}-latent{latent}.npz",
+        orig=pred_orig.numpy().astype(np.int8),
+        recon=pred_recon.numpy().astype(np.int8),
+    )
     hist = res.report["history"]
     return {
-        "model": name, "codec": "vae-paper", "latent": latent,
+        "model": name,
+        "codec": "vae-paper",
+        "latent": latent,
         **res.accounting.to_json(),
-        "acc_orig": acc_orig, "acc_recon": acc_recon, "acc_drop": acc_orig - acc_recon,
-        "vae_epochs": hist["epochs"], "vae_best_epoch": hist["best_epoch"],
-        "vae_stopped_early": hist["stopped_early"], "vae_train_s": res.report["vae_train_s"],
-        "compress_s": res.compress_s, "decompress_s": decompress_s,
-        "n_chunks": res.report["n_chunks"], "pad": res.report["pad"],
-        "model_train_s": trained.train_s, "model_key": trained.key,
+        "acc_orig": acc_orig,
+        "acc_recon": acc_recon,
+        "acc_drop": acc_orig - acc_recon,
+        "vae_epochs": hist["epochs"],
+        "vae_best_epoch": hist["best_epoch"],
+        "vae_stopped_early": hist["stopped_early"],
+        "vae_train_s": res.report["vae_train_s"],
+        "compress_s": res.compress_s,
+        "decompress_s": decompress_s,
+        "n_chunks": res.report["n_chunks"],
+        "pad": res.report["pad"],
+        "model_train_s": trained.train_s,
+        "model_key": trained.key,
         "file": str(fpath.relative_to(out)),
         "history": {k: hist[k] for k in ("train_loss", "val_loss", "val_kl", "epoch_s")},
         "settings": asdict(settings),
     }
 
 
-def reproduce(cfg: ReproduceConfig, out: Path, *, device: torch.device, data_dir: str | None,
-              progress: bool = True) -> dict[str, Any]:
+def reproduce(
+    cfg: ReproduceConfig,
+    out: Path,
+    *,
+    device: torch.device,
+    data_dir: str | None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run (or resume) every experiment and write `results.json`; returns its content."""
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -115,10 +154,18 @@ def reproduce(cfg: ReproduceConfig, out: Path, *, device: torch.device, data_dir
     bar = tqdm(jobs, desc="reproduce", unit="vae", disable=not progress)
     for name, latent, experiment in bar:
         bar.set_postfix(model=name, latent=latent)
-        trained = trained_model(name, preset_config(cfg.preset, name, cfg.seed), train, test,
-                                device=device, progress=progress)
-        key = config_hash({"model": trained.key, "latent": latent, "vae": asdict(cfg.vae),
-                           "seed": cfg.seed, "device": device.type})
+        trained = trained_model(
+            name, cfg.train_config(name), train, test, device=device, progress=progress
+        )
+        key = config_hash(
+            {
+                "model": trained.key,
+                "latent": latent,
+                "vae": asdict(cfg.vae),
+                "seed": cfg.seed,
+                "device": device.type,
+            }
+        )
         rec = store.get(key)
         if rec is None:
             rec = _measure(name, trained, test, latent, cfg, device, out, progress)
@@ -128,8 +175,14 @@ def reproduce(cfg: ReproduceConfig, out: Path, *, device: torch.device, data_dir
     results = {
         "environment": environment(device, cfg.seed),
         "config": cfg.to_json(),
-        "table1": [{"model": n, "neurons": list(get_spec(n).neurons),
-                    "params": count_params(build_model(n))} for n in cfg.models],
+        "table1": [
+            {
+                "model": n,
+                "neurons": list(get_spec(n).neurons),
+                "params": count_params(build_model(n)),
+            }
+            for n in cfg.models
+        ],
         "paper": PAPER,
         "records": records,
     }
@@ -149,11 +202,15 @@ def run_reproduce(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     results = reproduce(cfg, out, device=device, data_dir=args.data_dir, progress=not args.quiet)
     write_report(results, out)
-    print(f"reproduce ({args.preset}) done in {time.perf_counter() - t0:.0f} s: "
-          f"{out / 'results.json'}, {out / 'report.md'}, {out / 'figures'}/")
+    print(
+        f"reproduce ({args.preset}) done in {time.perf_counter() - t0:.0f} s: "
+        f"{out / 'results.json'}, {out / 'report.md'}, {out / 'figures'}/"
+    )
     for r in results["records"]:
         if r["experiment"] == "table2":
-            print(f"  {r['model']:5s} latent {r['latent']:3d}: acc {r['acc_orig']:.2f} -> "
-                  f"{r['acc_recon']:.2f}   ratio_paper {r['ratio_paper']:.1f}x   "
-                  f"ratio_honest {r['ratio_honest']:.3f}x")
+            print(
+                f"  {r['model']:5s} latent {r['latent']:3d}: acc {r['acc_orig']:.2f} -> "
+                f"{r['acc_recon']:.2f}   ratio_paper {r['ratio_paper']:.1f}x   "
+                f"ratio_honest {r['ratio_honest']:.3f}x"
+            )
     return 0

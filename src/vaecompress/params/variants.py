@@ -40,7 +40,9 @@ class NoiseConfig:
         return max(1, round(self.n_variants * self.val_fraction))
 
 
-def make_variants(chunks: torch.Tensor, cfg: NoiseConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_variants(
+    chunks: torch.Tensor, cfg: NoiseConfig, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) variants of `chunks` [n_chunks, chunk], each shaped [n_var * n_chunks, chunk].
 
     Padding positions are noised too, as any other position: the decoder drops them anyway.

@@ -6,6 +6,7 @@ it is what a receiver needs beside the latent codes to rebuild a model.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -31,7 +32,7 @@ class VAEArch:
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -49,8 +50,11 @@ class VAE(nn.Module):
         super().__init__()
         self.arch = arch
         h = arch.hidden[-1] if arch.hidden else arch.in_dim
-        self.encoder = nn.Sequential(_mlp([arch.in_dim, *arch.hidden]), nn.ReLU()) \
-            if arch.hidden else nn.Identity()
+        self.encoder = (
+            nn.Sequential(_mlp([arch.in_dim, *arch.hidden]), nn.ReLU())
+            if arch.hidden
+            else nn.Identity()
+        )
         self.mu = nn.Linear(h, arch.latent)
         self.logvar = nn.Linear(h, arch.latent)
         self.decoder = build_decoder(arch)
@@ -66,8 +70,9 @@ class VAE(nn.Module):
         return {"x_hat": self.decoder(z), "mu": mu, "logvar": logvar}
 
 
-def elbo_terms(x: torch.Tensor, out: dict[str, torch.Tensor],
-               sigma_x: float) -> tuple[torch.Tensor, torch.Tensor]:
+def elbo_terms(
+    x: torch.Tensor, out: dict[str, torch.Tensor], sigma_x: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample negative log-likelihood and KL, in nats, averaged over the batch.
 
     p(x|z) is a Gaussian with fixed standard deviation `sigma_x` on the normalized parameters. With

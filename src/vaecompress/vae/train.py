@@ -60,8 +60,15 @@ def _eval_loss(vae: VAE, data: torch.Tensor, sigma_x: float, bs: int = 1024) -> 
     return (nll_sum + kl_sum) / len(data), kl_sum / len(data)
 
 
-def train_vae(train: torch.Tensor, val: torch.Tensor, arch: VAEArch, cfg: VAETrainConfig, *,
-              progress: bool = True, desc: str = "vae") -> tuple[VAE, VAEHistory]:
+def train_vae(
+    train: torch.Tensor,
+    val: torch.Tensor,
+    arch: VAEArch,
+    cfg: VAETrainConfig,
+    *,
+    progress: bool = True,
+    desc: str = "vae",
+) -> tuple[VAE, VAEHistory]:
     """Fit a VAE to `train` [n, in_dim]; returns the best-validation VAE (in eval mode)."""
     device = train.device
     torch.manual_seed(cfg.seed)

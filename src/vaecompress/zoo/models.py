@@ -6,6 +6,7 @@ Parameter counts are exact: FNN 185,300, CNN 122,270, RNN 54,538, LSTM 214,282.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ class FNN(nn.Module):
         super().__init__()
         sizes = [784, 200, 100, 60, 30, 10]
         layers: list[nn.Module] = [nn.Flatten()]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())
@@ -38,11 +39,17 @@ class CNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 4, 5, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(4, 8, 5, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 4, 5, padding="same"),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 8, 5, padding="same"),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
             # "same" for an even kernel pads 1 before and 2 after, as PyTorch's padding="same"
             # does; spelled out so that no padded copy warning is raised on every call.
-            nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(8, 12, 4), nn.ReLU(),
+            nn.ZeroPad2d((1, 2, 1, 2)),
+            nn.Conv2d(8, 12, 4),
+            nn.ReLU(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(588, 200), nn.ReLU(), nn.Linear(200, 10)

@@ -54,11 +54,21 @@ class TrainResult:
     epoch_loss: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "train_s": self.train_s, "epoch_loss": self.epoch_loss}
+        return {
+            "config": asdict(self.config),
+            "train_s": self.train_s,
+            "epoch_loss": self.epoch_loss,
+        }
 
 
-def train_model(name: str, train: MnistSplit, cfg: TrainConfig, *,
-                device: torch.device | str = "cpu", progress: bool = True) -> TrainResult:
+def train_model(
+    name: str,
+    train: MnistSplit,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> TrainResult:
     """Train a fresh `name` model with Adam; the run is a pure function of `cfg.seed`."""
     device = torch.device(device)
     seed_everything(cfg.seed)
@@ -71,8 +81,13 @@ def train_model(name: str, train: MnistSplit, cfg: TrainConfig, *,
     steps = (len(x) + cfg.batch_size - 1) // cfg.batch_size
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * steps, desc=f"train {name}", unit="step", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=cfg.epochs * steps,
+        desc=f"train {name}",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
     for _ in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen).to(device)
@@ -93,8 +108,13 @@ def train_model(name: str, train: MnistSplit, cfg: TrainConfig, *,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: MnistSplit, *, device: torch.device | str = "cpu",
-            batch_size: int = 1000) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    split: MnistSplit,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1000,
+) -> torch.Tensor:
     """Predicted labels for every image of `split` (a CPU int64 tensor)."""
     device = torch.device(device)
     model = model.to(device).eval()
@@ -109,15 +129,23 @@ def accuracy(model: nn.Module, split: MnistSplit, *, device: torch.device | str 
     return 100.0 * float((pred == torch.as_tensor(split.labels)).float().mean())
 
 
-def make_finetuner(name: str, train: MnistSplit, *, device: torch.device | str = "cpu",
-                   batch_size: int = 128, seed: int = 0) -> Finetuner:
+def make_finetuner(
+    name: str,
+    train: MnistSplit,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+    seed: int = 0,
+) -> Finetuner:
     """A task loss for codecs that retrain (pruning, Deep Compression): cross-entropy on MNIST,
     evaluated with any set of tensors through `torch.func.functional_call`."""
     device = torch.device(device)
     net = build_model(name).to(device)
     x, y = to_tensors(train, device=device)
 
-    def loss(state: Mapping[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def loss(
+        state: Mapping[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         xb, yb = batch
         return F.cross_entropy(functional_call(net, dict(state), (xb,)), yb)
 

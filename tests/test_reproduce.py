@@ -1,0 +1,120 @@
+"""reproduce on a tiny scale: every artifact written, resumed without redoing finished work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import vaecompress.experiments.reproduce as rep
+from vaecompress.codecs.vae_paper import VAEPaperSettings
+
+TINY = rep.ReproduceConfig(
+    "quick",
+    models=("rnn", "fnn"),
+    sweep_model="rnn",
+    sweep_latents=(32, 8),
+    vae=VAEPaperSettings(epochs=6, patience=6, n_variants=10, hidden=(64,)),
+    train_overrides={"epochs": 1, "limit": 2000},
+)
+FIELDS = (
+    "params",
+    "orig_bytes",
+    "payload_bytes",
+    "file_bytes",
+    "external_bytes",
+    "ratio_paper",
+    "ratio_honest",
+    "model",
+    "latent",
+    "acc_orig",
+    "acc_recon",
+    "vae_epochs",
+    "vae_train_s",
+    "compress_s",
+    "decompress_s",
+)
+
+
+def _with_root(root: Path):
+    """trained_model that keeps the test's models out of the user's cache."""
+    from vaecompress.experiments import common
+
+    def f(*a, **kw):
+        return common.trained_model(*a, root=root, **kw)
+
+    return f
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rep")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(rep, "trained_model", _with_root(out / "models"))
+    try:
+        results = rep.reproduce(
+            TINY, out, device=torch.device("cpu"), data_dir=None, progress=False
+        )
+        from vaecompress.experiments.report import write_report
+
+        write_report(results, out)
+    finally:
+        mp.undo()
+    return out
+
+
+def test_results_json_has_every_field(run: Path) -> None:
+    res = json.loads((run / "results.json").read_text())
+    for key in ("git_revision", "torch", "device", "seed"):
+        assert key in res["environment"]
+    assert res["config"]["vae"]["epochs"] == 6
+    recs = res["records"]
+    assert {(r["model"], r["latent"]) for r in recs} == {
+        ("rnn", 64),
+        ("fnn", 64),
+        ("rnn", 32),
+        ("rnn", 8),
+    }
+    for r in recs:
+        for f in FIELDS:
+            assert f in r, f
+        assert r["ratio_honest"] < r["ratio_paper"]
+    table1 = {t["model"]: t["params"] for t in res["table1"]}
+    assert table1 == {"rnn": 54_538, "fnn": 185_300}
+
+
+def test_report_and_figures_written(run: Path) -> None:
+    report = (run / "report.md").read_text()
+    assert "Table 2" in report and "ratio_honest" in report
+    for png in ("fig2_vae_training.png", "fig3_params_time.png", "accuracy_vs_ratio.png"):
+        assert (run / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_reuses_finished_work(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*a, **kw):
+        raise AssertionError("a finished measurement was redone")
+
+    monkeypatch.setattr(rep, "_measure", fail)
+    monkeypatch.setattr(rep, "trained_model", _with_root(run / "models"))
+    res = rep.reproduce(TINY, run, device=torch.device("cpu"), data_dir=None, progress=False)
+    assert len(res["records"]) == 4
+
+
+def test_interrupted_run_resumes(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop one record (as if the run had been killed before it) and run again: exactly that one
+    measurement is redone."""
+    victim = sorted((run / "records").glob("*.json"))[0]
+    victim.unlink()
+    calls: list[tuple[str, int]] = []
+    real = rep._measure
+
+    def counting(name, trained, test, latent, *a, **kw):
+        calls.append((name, latent))
+        return real(name, trained, test, latent, *a, **kw)
+
+    monkeypatch.setattr(rep, "_measure", counting)
+    monkeypatch.setattr(rep, "trained_model", _with_root(run / "models"))
+    rep.reproduce(TINY, run, device=torch.device("cpu"), data_dir=None, progress=False)
+    assert len(calls) == 1 and victim.is_file()
