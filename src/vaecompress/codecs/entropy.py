@@ -1,0 +1,258 @@
+"""Integer symbol streams to bytes and back: entropy coding and fixed-width bit packing.
+
+Boundary: this module knows nothing about weights, tensors or containers. It turns arrays of
+non-negative integers into self-contained byte strings (everything the decoder needs, including
+the frequency table, is inside them) and back, deterministically and identically on every
+machine. The baseline codecs (quantization, k-means, Deep Compression) build on it.
+
+Stream layout (`encode_symbols`), all integers LEB128 varints unless said otherwise:
+
+    mode:u8  n
+    mode 0 (empty):    nothing more
+    mode 1 (constant): symbol
+    mode 2 (packed):   width (bits per symbol), then ceil(n*width/8) bytes, MSB first
+    mode 3 (ANS):      k (distinct symbols), k symbol deltas (first absolute, then gap-1),
+                       k quantized counts (each >= 1), then the ANS words (uint32 LE)
+
+The encoder picks whichever mode is smallest. The ANS model is a categorical distribution over
+the k symbols present only (so a large alphabet with few symbols used costs nothing), with
+probabilities = count / sum(count) computed in float64 from the stored integers, so the decoder
+rebuilds exactly the model the encoder used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import constriction
+import numpy as np
+
+from vaecompress.errors import FormatError
+
+MODE_EMPTY, MODE_CONST, MODE_PACKED, MODE_ANS = 0, 1, 2, 3
+MAX_SYMBOL = 2**32 - 1
+# constriction's categorical model has 24-bit precision: every symbol needs at least 2**-24 of
+# the mass, so tables far below that are safe. Larger sets of distinct symbols are packed.
+MAX_ANS_DISTINCT = 2**20
+# Count totals tried when quantizing the frequency table: a coarse table is cheaper to store and
+# costs little coding efficiency on short streams; the best total is chosen per stream.
+_COUNT_TOTALS = (2**6, 2**8, 2**10, 2**12, 2**16)
+
+
+# ------------------------------------------------------------------------------ varints
+
+
+def write_varint(out: bytearray, value: int) -> None:
+    if value < 0:
+        raise ValueError("varints are unsigned")
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """(value, position after it); FormatError when the data ends inside the varint."""
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data):
+            raise FormatError("symbol stream is truncated (inside a varint)")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise FormatError("symbol stream holds an over-long varint")
+
+
+def _varint_len(value: int) -> int:
+    return max(1, math.ceil(value.bit_length() / 7))
+
+
+# ---------------------------------------------------------------------- bit packing
+
+
+def pack_uint(values: np.ndarray, bits: int) -> bytes:
+    """Pack non-negative integers at `bits` each, MSB first (two 4-bit values share a byte:
+    the first in the high nibble); byte-aligned widths are stored little-endian."""
+    v = np.asarray(values).astype(np.uint64, copy=False).reshape(-1)
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits must be in 1..32, got {bits}")
+    if v.size and int(v.max()) >> bits:
+        raise ValueError(f"value {int(v.max())} does not fit in {bits} bits")
+    if bits in (8, 16, 32):
+        return v.astype(f"<u{bits // 8}").tobytes()
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)
+    bitarr = ((v[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bitarr.reshape(-1)).tobytes()
+
+
+def unpack_uint(data: bytes | memoryview, bits: int, n: int) -> np.ndarray:
+    """Inverse of `pack_uint`: `n` values as int64."""
+    need = packed_size(n, bits)
+    if len(data) < need:
+        raise FormatError(f"packed data holds {len(data)} bytes, {need} needed")
+    if bits in (8, 16, 32):
+        return np.frombuffer(bytes(data[:need]), dtype=f"<u{bits // 8}").astype(np.int64)
+    bitarr = np.unpackbits(np.frombuffer(bytes(data[:need]), dtype=np.uint8))[: n * bits]
+    weights = (np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64))
+    return (bitarr.reshape(n, bits).astype(np.int64) * weights).sum(axis=1)
+
+
+def packed_size(n: int, bits: int) -> int:
+    return (n * bits + 7) // 8
+
+
+# -------------------------------------------------------------------- entropy coding
+
+
+def _quantize_counts(counts: np.ndarray, total: int) -> np.ndarray:
+    """Counts rescaled to about `total`, every present symbol kept at >= 1 (integer only, so the
+    result is the same everywhere)."""
+    n = int(counts.sum())
+    if total >= n:
+        return counts.astype(np.int64)
+    q = (counts.astype(np.int64) * total + n // 2) // n
+    return np.maximum(q, 1)
+
+
+def _table_bytes(symbols: np.ndarray, q: np.ndarray) -> int:
+    deltas = np.diff(symbols, prepend=-1) - 1
+    return sum(_varint_len(int(d)) for d in deltas) + sum(_varint_len(int(c)) for c in q)
+
+
+def _estimate_bits(counts: np.ndarray, q: np.ndarray) -> float:
+    p = q / q.sum()
+    return float(-(counts * np.log2(p)).sum())
+
+
+def _categorical(q: np.ndarray) -> constriction.stream.model.Categorical:
+    probs = q.astype(np.float64) / float(q.sum())
+    return constriction.stream.model.Categorical(probs, perfect=False)
+
+
+def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> bytes:
+    """Encode non-negative integers (< alphabet_size when given) into a self-contained stream."""
+    s = np.asarray(symbols).reshape(-1)
+    if s.size and not np.issubdtype(s.dtype, np.integer):
+        raise ValueError(f"symbols must be integers, got {s.dtype}")
+    s = s.astype(np.int64, copy=False)
+    n = int(s.size)
+    out = bytearray()
+    if n == 0:
+        out.append(MODE_EMPTY)
+        write_varint(out, 0)
+        return bytes(out)
+    lo, hi = int(s.min()), int(s.max())
+    limit = MAX_SYMBOL if alphabet_size is None else alphabet_size - 1
+    if lo < 0 or hi > min(limit, MAX_SYMBOL):
+        raise ValueError(f"symbols must lie in [0, {min(limit, MAX_SYMBOL)}], got [{lo}, {hi}]")
+    if lo == hi:
+        out.append(MODE_CONST)
+        write_varint(out, n)
+        write_varint(out, lo)
+        return bytes(out)
+
+    width = max(1, hi.bit_length())
+    packed_cost = packed_size(n, width) + _varint_len(width)
+    present, counts = np.unique(s, return_counts=True)
+    best: tuple[float, np.ndarray] | None = None
+    if len(present) <= MAX_ANS_DISTINCT:
+        for total in _COUNT_TOTALS:
+            q = _quantize_counts(counts, total)
+            cost = _estimate_bits(counts, q) / 8 + 8 + _table_bytes(present, q) \
+                + _varint_len(len(present))
+            if best is None or cost < best[0]:
+                best = (cost, q)
+            if total >= n:
+                break
+    if best is None or best[0] >= packed_cost:
+        out.append(MODE_PACKED)
+        write_varint(out, n)
+        write_varint(out, width)
+        out += pack_uint(s, width)
+        return bytes(out)
+
+    q = best[1]
+    out.append(MODE_ANS)
+    write_varint(out, n)
+    write_varint(out, len(present))
+    prev = -1
+    for sym in present.tolist():
+        write_varint(out, sym - prev - 1)
+        prev = sym
+    for c in q.tolist():
+        write_varint(out, c)
+    ranks = np.searchsorted(present, s).astype(np.int32)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(ranks, _categorical(q))
+    out += coder.get_compressed().astype("<u4").tobytes()
+    return bytes(out)
+
+
+def decode_symbols(data: bytes | memoryview, n: int | None = None) -> np.ndarray:
+    """Decode a stream of `encode_symbols` into int64; `n`, when given, must match the count
+    stored in the stream (a cheap consistency check against a mixed-up segment table)."""
+    if not data:
+        raise FormatError("symbol stream is empty")
+    mode = data[0]
+    count, pos = read_varint(data, 1)
+    if n is not None and count != n:
+        raise FormatError(f"symbol stream holds {count} symbols, expected {n}")
+    if mode == MODE_EMPTY:
+        return np.zeros(0, dtype=np.int64)
+    if mode == MODE_CONST:
+        sym, pos = read_varint(data, pos)
+        return np.full(count, sym, dtype=np.int64)
+    if mode == MODE_PACKED:
+        width, pos = read_varint(data, pos)
+        if not 1 <= width <= 32:
+            raise FormatError(f"packed symbol stream has width {width}")
+        return unpack_uint(memoryview(data)[pos:], width, count)
+    if mode != MODE_ANS:
+        raise FormatError(f"unknown symbol stream mode {mode}")
+    k, pos = read_varint(data, pos)
+    if not 2 <= k <= min(count, MAX_ANS_DISTINCT):
+        raise FormatError(f"symbol stream has a table of {k} symbols for {count} symbols")
+    present = np.empty(k, dtype=np.int64)
+    prev = -1
+    for i in range(k):
+        d, pos = read_varint(data, pos)
+        prev = prev + d + 1
+        present[i] = prev
+    q = np.empty(k, dtype=np.int64)
+    for i in range(k):
+        q[i], pos = read_varint(data, pos)
+    if (q < 1).any():
+        raise FormatError("symbol stream has a zero count in its table")
+    words = bytes(memoryview(data)[pos:])
+    if len(words) % 4:
+        raise FormatError("ANS data is not a whole number of 32-bit words")
+    compressed = np.frombuffer(words, dtype="<u4").astype(np.uint32)
+    try:
+        ranks = constriction.stream.stack.AnsCoder(compressed).decode(_categorical(q), count)
+    except (ValueError, RuntimeError) as e:  # constriction reports corrupt data this way
+        raise FormatError(f"ANS data cannot be decoded: {e}") from None
+    return present[np.asarray(ranks, dtype=np.int64)]
+
+
+# ------------------------------------------------------------------------ segments
+
+
+def join_segments(parts: list[bytes]) -> tuple[bytes, list[int]]:
+    """Concatenate byte strings; the lengths go into the codec state so each can be found."""
+    return b"".join(parts), [len(p) for p in parts]
+
+
+def split_segments(data: bytes, lengths: list[int]) -> list[bytes]:
+    if not isinstance(lengths, list) or not all(isinstance(x, int) and x >= 0 for x in lengths):
+        raise FormatError("segment table must be a list of non-negative integers")
+    if sum(lengths) != len(data):
+        raise FormatError(f"segments add up to {sum(lengths)} bytes, payload has {len(data)}")
+    out, pos = [], 0
+    for length in lengths:
+        out.append(data[pos : pos + length])
+        pos += length
+    return out

@@ -1,0 +1,350 @@
+"""`nncodec`: NNCodec, the reference software of ISO/IEC 15938-17 (NNC), as an optional peer codec.
+
+NNCodec quantizes every floating tensor uniformly (step 2**(qp/4), with dependent "trellis"
+quantization by default) and codes the levels with DeepCABAC, a context-adaptive binary
+arithmetic coder. Tensors of two or more dimensions are "weights" (step from `qp`), the others
+(biases, norm scales, scalars) are coded finer (`nonweight_qp`). The whole NNC bitstream is the
+one `code` payload; non-float tensors pass through as in every codec.
+
+Boundary: NNCodec is not a dependency of vaecompress. It needs numpy<2 and drags torchvision in,
+so it lives in its own virtual environment (scripts/install_nncodec.sh, docs/nncodec.md) and runs
+in a subprocess of that interpreter: `VAECOMPRESS_NNCODEC_PYTHON`, or by default
+~/.cache/vaecompress/nncodec-venv/bin/python. Only JSON, .npy arrays (read with
+allow_pickle=False) and the raw bitstream cross the boundary, through a private temp folder. The
+worker stubs torchvision and cv2 (imported by NNCodec at module level for image data sets only).
+Tensors go to NNCodec under short synthetic names (t0, t1, ...) in manifest order: NNC stores
+names in the bitstream, and NNCodec gives names ending in _G/_H a meaning of its own.
+
+`python -c "from vaecompress.codecs.nncodec_peer import main; main()"` checks an installation
+(probe and a tiny round trip); scripts/install_nncodec.sh runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaecompress.codecs.base import (
+    Codec,
+    CodecContext,
+    Encoded,
+    add_passthrough,
+    join_passthrough,
+    register,
+    split_passthrough,
+)
+from vaecompress.errors import FormatError, UserError
+from vaecompress.format import ROLE_CODE, Container, Payload
+from vaecompress.io import StateDict
+from vaecompress.params.vector import is_float_dtype
+
+ENV_PYTHON = "VAECOMPRESS_NNCODEC_PYTHON"
+DEFAULT_VENV = Path("~/.cache/vaecompress/nncodec-venv")
+NOT_INSTALLED = ("NNCodec is not installed: run scripts/install_nncodec.sh "
+                 "(or set VAECOMPRESS_NNCODEC_PYTHON)")
+PAYLOAD = "bitstream"
+KIND = "nnc-bitstream"
+APPROX_METHODS = ("uniform", "codebook")
+PROBE_TIMEOUT_S = 300.0
+CODE_TIMEOUT_S = 6 * 3600.0  # NNCodec codes a few MB/s; this only stops a hung worker
+
+# Runs inside NNCodec's interpreter (`python -I -c`), so it may use only the standard library,
+# numpy and nncodec. Request: one JSON object on stdin. Reply: <dir>/reply.json.
+WORKER_SOURCE = r'''
+import contextlib, importlib.metadata, io, json, os, sys, traceback, types
+
+class _Meta(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Meta(name, (cls,), {})
+
+class _Missing(metaclass=_Meta):
+    """Stands in for any torchvision/cv2 class or function: constructible, subclassable."""
+    def __init__(self, *args, **kwargs):
+        pass
+
+class _StubModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Meta(name, (_Missing,), {})
+
+def main():
+    req = json.loads(sys.stdin.read())
+    folder = req["dir"]
+    reply = {"ok": False}
+    log = io.StringIO()
+    try:
+        # NNCodec imports these at module level for its image data sets only; coding a dict of
+        # arrays never calls them. Stand-ins keep the real (CUDA-only, huge) packages away.
+        for mod in ("torchvision", "cv2"):
+            sys.modules[mod] = _StubModule(mod)
+        with contextlib.redirect_stdout(log):
+            import numpy as np
+            from nncodec.nn import decode, encode
+            op = req["op"]
+            if op == "probe":
+                reply["versions"] = {"nncodec": importlib.metadata.version("nncodec"),
+                                     "numpy": np.__version__, "python": sys.version.split()[0]}
+            elif op == "encode":
+                arrays = {}
+                for i in range(int(req["n"])):
+                    a = np.load(os.path.join(folder, f"in{i}.npy"), allow_pickle=False)
+                    arrays[f"t{i}"] = np.ascontiguousarray(a, dtype=np.float32)
+                results = os.path.join(folder, "results")
+                os.makedirs(results, exist_ok=True)
+                args = dict(req["args"], results=results, verbose=False)
+                bs = encode(arrays, args=args)
+                with open(os.path.join(folder, "bitstream.nnc"), "wb") as f:
+                    f.write(bytes(bs))
+            elif op == "decode":
+                with open(os.path.join(folder, "bitstream.nnc"), "rb") as f:
+                    bs = bytearray(f.read())
+                out = decode(bs, args={"verbose": False})
+                names = [str(k) for k in out]
+                for i, k in enumerate(out):
+                    a = np.asarray(out[k])
+                    if a.dtype != np.float32:
+                        a = a.astype(np.float32)
+                    np.save(os.path.join(folder, f"out{i}.npy"), a, allow_pickle=False)
+                reply["names"] = names
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        reply["ok"] = True
+    except BaseException as e:  # NNCodec reports bad input with SystemExit
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        reply["error"] = f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+        reply["traceback"] = traceback.format_exc()[-4000:]
+    reply["log"] = log.getvalue()[-4000:]
+    with open(os.path.join(folder, "reply.json"), "w") as f:
+        json.dump(reply, f)
+
+main()
+'''
+
+
+def nncodec_python() -> Path:
+    """The interpreter that runs NNCodec: $VAECOMPRESS_NNCODEC_PYTHON or the default venv's."""
+    env = os.environ.get(ENV_PYTHON, "").strip()
+    if env:
+        return Path(env).expanduser()
+    venv = DEFAULT_VENV.expanduser()
+    return venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+
+
+class _WorkerError(Exception):
+    """The worker ran but NNCodec failed; the message is one line."""
+
+
+def _run_worker(python: Path, op: str, folder: Path, timeout: float,
+                **fields: Any) -> dict[str, Any]:
+    """Run one request in NNCodec's interpreter; raises `_WorkerError` when it fails there and
+    `OSError` / `subprocess.TimeoutExpired` when it cannot run at all."""
+    request = json.dumps({"op": op, "dir": str(folder), **fields})
+    # -I: ignore PYTHONPATH & co and the user site, so nothing of this environment leaks in.
+    proc = subprocess.run([str(python), "-I", "-c", WORKER_SOURCE], input=request, text=True,
+                          errors="replace", capture_output=True, timeout=timeout, check=False)
+    reply_path = folder / "reply.json"
+    try:
+        reply = json.loads(reply_path.read_text())
+        reply_path.unlink()
+    except (OSError, ValueError):
+        tail = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+        raise _WorkerError(f"NNCodec worker exited with status {proc.returncode}"
+                           + (f": {tail[-1][:300]}" if tail else "")) from None
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        error = reply.get("error") if isinstance(reply, dict) else None
+        raise _WorkerError(str(error or "unknown error"))
+    return reply
+
+
+_PROBES: dict[str, str | None] = {}  # interpreter path -> None (works) or why it does not
+
+
+def _probe(python: Path) -> str | None:
+    """None when `python` can run NNCodec, else a one-line reason; cached per interpreter."""
+    key = str(python)
+    if key not in _PROBES:
+        if not python.is_file():
+            _PROBES[key] = f"no interpreter at {python}"
+        else:
+            with tempfile.TemporaryDirectory(prefix="vaecompress-nnc-") as tmp:
+                try:
+                    _run_worker(python, "probe", Path(tmp), PROBE_TIMEOUT_S)
+                    _PROBES[key] = None
+                except (_WorkerError, OSError, subprocess.SubprocessError) as e:
+                    lines = str(e).splitlines()
+                    _PROBES[key] = f"{python}: {lines[0] if lines else type(e).__name__}"
+    return _PROBES[key]
+
+
+def nncodec_available() -> bool:
+    """Whether the `nncodec` codec can run here (the bench harness skips it otherwise, with
+    `NOT_INSTALLED` as the reason)."""
+    return _probe(nncodec_python()) is None
+
+
+def require_nncodec() -> Path:
+    """The NNCodec interpreter, or a one-line `UserError` saying how to install it."""
+    python = nncodec_python()
+    why = _probe(python)
+    if why is None:
+        return python
+    if not python.exists():
+        raise UserError(NOT_INSTALLED)
+    raise UserError(f"{NOT_INSTALLED} [{why}]")
+
+
+@dataclass(frozen=True)
+class NNCodecSettings:
+    qp: int = -32  # weights (tensors of 2+ dims): step 2**(qp / 2**qp_density); lower is finer
+    use_dq: bool = True  # dependent (trellis-coded) quantization
+    nonweight_qp: int | None = -75  # 1-D tensors and scalars; None: qp - 2**(qp_density+1)
+    qp_density: int = 2  # 2**qp_density qp steps per doubling of the step size
+    opt_qp: bool = False  # NNCodec adjusts qp per tensor (by size and spread)
+    param_opt: bool = True  # NNCodec searches DeepCABAC's coding parameters per tensor
+    row_skipping: bool = True  # signal all-zero rows of weight matrices with one flag
+    approx_method: str = "uniform"  # or "codebook" (quantization levels coded via a codebook)
+    bitdepth: int | None = None  # integer-aligned quantization to this many bits (ignores qp)
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise UserError(f"nncodec setting {name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def _coded_specs(c: Container) -> list[dict[str, Any]]:
+    """Manifest entries that went through NNCodec: floating tensors with at least one element."""
+    try:
+        return [t for t in c.tensors if is_float_dtype(t["dtype"]) and _numel(t["shape"]) > 0]
+    except (UserError, KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"manifest has a bad entry: {e}") from None
+
+
+def _numel(shape: list[int]) -> int:
+    return int(np.prod(shape)) if len(shape) else 1
+
+
+@register
+class NNCodecCodec(Codec):
+    name = "nncodec"
+    version = 1
+    Settings = NNCodecSettings
+
+    def __init__(self, settings: Any = None, **overrides: Any) -> None:
+        super().__init__(settings, **overrides)
+        s = self.settings
+        _check_int("qp_density", s.qp_density, 0, 6)
+        qp_max = 2 ** (5 + s.qp_density)  # NNC's qp range at this density
+        _check_int("qp", s.qp, -qp_max, qp_max - 1)
+        _check_int("nonweight_qp", s.nonweight_qp, -qp_max, qp_max - 1, optional=True)
+        _check_int("bitdepth", s.bitdepth, 2, 16, optional=True)
+        if s.approx_method not in APPROX_METHODS:
+            raise UserError(f"nncodec setting approx_method must be one of {APPROX_METHODS}, "
+                            f"got {s.approx_method!r}")
+        self.python = require_nncodec()
+
+    def nnc_args(self) -> dict[str, Any]:
+        s = self.settings
+        return {"qp": s.qp, "use_dq": bool(s.use_dq), "nonweight_qp": s.nonweight_qp,
+                "qp_density": s.qp_density, "opt_qp": bool(s.opt_qp),
+                "param_opt": bool(s.param_opt), "row_skipping": bool(s.row_skipping),
+                "approx_method": s.approx_method, "bitdepth": s.bitdepth}
+
+    def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
+        coded, raw = split_passthrough(state)
+        tensors = [t for t in coded.values() if t.numel() > 0]  # empty ones: manifest suffices
+        if not tensors:
+            raise UserError("the state_dict has no floating-point tensors to compress")
+        with tempfile.TemporaryDirectory(prefix="vaecompress-nnc-") as tmp:
+            folder = Path(tmp)
+            for i, t in enumerate(tensors):
+                a = t.detach().to("cpu", torch.float32).numpy()
+                # NNCodec cannot code a 0-d array; the manifest restores the shape.
+                np.save(folder / f"in{i}.npy", a.reshape(-1) if a.ndim == 0 else a,
+                        allow_pickle=False)
+            try:
+                _run_worker(self.python, "encode", folder, CODE_TIMEOUT_S, n=len(tensors),
+                            args=self.nnc_args())
+            except _WorkerError as e:
+                raise UserError(f"NNCodec could not encode: {e}") from None
+            except subprocess.TimeoutExpired:
+                raise UserError(f"NNCodec did not finish encoding in {CODE_TIMEOUT_S:.0f} s") \
+                    from None
+            bitstream = (folder / "bitstream.nnc").read_bytes()
+        c = self.new_container(state)
+        c.payloads.append(Payload(PAYLOAD, KIND, ROLE_CODE, bitstream))
+        add_passthrough(c, raw)
+        n = sum(t.numel() for t in tensors)
+        return Encoded(c, report={"nnc_bytes": len(bitstream), "coded_tensors": len(tensors),
+                                  "bits_per_param": 8 * len(bitstream) / n})
+
+    def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
+        specs = _coded_specs(c)
+        out: StateDict = {}
+        for spec in c.tensors:  # floating tensors without elements
+            if is_float_dtype(spec["dtype"]) and _numel(spec["shape"]) == 0:
+                out[spec["name"]] = torch.empty(list(spec["shape"]))
+        if not specs:
+            return join_passthrough(c, out)
+        bitstream = c.payload(PAYLOAD, kinds=[KIND]).data
+        with tempfile.TemporaryDirectory(prefix="vaecompress-nnc-") as tmp:
+            folder = Path(tmp)
+            (folder / "bitstream.nnc").write_bytes(bitstream)
+            try:
+                reply = _run_worker(self.python, "decode", folder, CODE_TIMEOUT_S)
+            except _WorkerError as e:
+                raise FormatError(f"NNC bitstream is corrupt: {e}") from None
+            except subprocess.TimeoutExpired:
+                raise FormatError(f"NNCodec did not finish decoding in {CODE_TIMEOUT_S:.0f} s") \
+                    from None
+            names = reply.get("names")
+            files = {n: i for i, n in enumerate(names)} if isinstance(names, list) else {}
+            expected = [f"t{i}" for i in range(len(specs))]
+            if sorted(files) != sorted(expected) or len(files) != len(names or []):
+                got = len(names) if isinstance(names, list) else "?"
+                raise FormatError(f"NNC bitstream holds {got} tensors, the manifest "
+                                  f"{len(specs)} coded ones")
+            for name, spec in zip(expected, specs, strict=True):
+                a = np.load(folder / f"out{files[name]}.npy", allow_pickle=False)
+                if a.size != _numel(spec["shape"]):
+                    raise FormatError(f"NNC bitstream gives tensor '{spec['name']}' {a.size} "
+                                      f"values, the manifest {_numel(spec['shape'])}")
+                out[spec["name"]] = torch.from_numpy(
+                    np.ascontiguousarray(a, dtype=np.float32).reshape(spec["shape"]))
+        return join_passthrough(c, out)
+
+
+def main() -> int:
+    """Check the installation: which interpreter, whether it works, a tiny round trip."""
+    python = nncodec_python()
+    print(f"NNCodec interpreter: {python}")
+    why = _probe(python)
+    if why is not None:
+        print(f"not usable: {why}\n{NOT_INSTALLED}")
+        return 1
+    gen = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(32, 16, generator=gen) * 0.05, "b": torch.randn(32, generator=gen),
+             "n": torch.tensor(3)}
+    codec = NNCodecCodec()
+    enc = codec.encode(state, CodecContext(progress=False))
+    back = codec.decode(enc.container, {})
+    err = float((back["w"] - state["w"]).abs().max())
+    step = 2.0 ** (codec.settings.qp / 2 ** codec.settings.qp_density)
+    ok = err <= 2 * step and torch.equal(back["n"], state["n"])
+    print(f"round trip {'ok' if ok else 'FAILED'}: {enc.report['nnc_bytes']} bytes, "
+          f"max |error| {err:.2e} (step {step:.2e})")
+    return 0 if ok else 1
