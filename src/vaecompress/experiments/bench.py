@@ -147,6 +147,7 @@ def bench(
     data_dir: str | None,
     progress: bool = True,
 ) -> dict[str, Any]:
+    t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     train, test = load_mnist(data_dir)
@@ -211,6 +212,7 @@ def bench(
         },
         "skipped": skipped,
         "records": records,
+        "run_s": time.perf_counter() - t_start,  # this invocation; reused work costs ~0
     }
     atomic_write_json(out / "bench.json", results)
     return results

@@ -74,21 +74,9 @@ def plot_rate_accuracy(results: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_bench_report(results: dict[str, Any], out: Path) -> str:
-    """Write bench.md and rate_accuracy.png; returns the summary table (also printed)."""
+def write_summary_table(results: dict[str, Any]) -> str:
+    """Per model and method: the best honest ratio within 0.5 and within 1 point."""
     recs = results["records"]
-    env = results["environment"]
-    lines = [
-        "# vaecompress bench",
-        "",
-        f"Preset `{results['config']['preset']}`, seed {results['config']['seed']}, device "
-        f"{env['device']}, git {env['git_revision']}, torch {env['torch']}, "
-        f"{env['time_utc']}. Every ratio counts the bytes actually written; accuracy is "
-        "measured on the model rebuilt from those bytes alone.",
-        "",
-    ]
-    for codec, hint in results.get("skipped", {}).items():
-        lines.append(f"- skipped `{codec}`: {hint}")
     models = list(dict.fromkeys(r["model"] for r in recs))
     codecs = list(dict.fromkeys(r["codec"] for r in recs))
     best = {tol: best_within(recs, tol) for tol in TOLERANCES}
@@ -105,7 +93,27 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
             vals = [best[t].get((m, c)) for t in TOLERANCES]
             cells.append(" / ".join(_ratio(v["ratio_honest"]) if v else "-" for v in vals))
         summary.append(f"| {m} | {acc:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", *summary, "", "![rate against accuracy](rate_accuracy.png)", ""]
+    return "\n".join(summary)
+
+
+def write_bench_report(results: dict[str, Any], out: Path) -> str:
+    """Write bench.md and rate_accuracy.png; returns the summary table (also printed)."""
+    recs = results["records"]
+    env = results["environment"]
+    lines = [
+        "# vaecompress bench",
+        "",
+        f"Preset `{results['config']['preset']}`, seed {results['config']['seed']}, device "
+        f"{env['device']}, git {env['git_revision']}, torch {env['torch']}, "
+        f"{env['time_utc']}. Every ratio counts the bytes actually written; accuracy is "
+        "measured on the model rebuilt from those bytes alone.",
+        "",
+    ]
+    for codec, hint in results.get("skipped", {}).items():
+        lines.append(f"- skipped `{codec}`: {hint}")
+    models = list(dict.fromkeys(r["model"] for r in recs))
+    summary = write_summary_table(results)
+    lines += ["", summary, "", "![rate against accuracy](rate_accuracy.png)", ""]
     lines += [
         "## Every operating point",
         "",
@@ -126,4 +134,4 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
     lines.append("")
     plot_rate_accuracy(results, out / "rate_accuracy.png")
     atomic_write_text(out / "bench.md", "\n".join(lines))
-    return "\n".join(summary)
+    return summary

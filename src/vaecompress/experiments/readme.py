@@ -1,0 +1,130 @@
+"""The README's results section, drawn from the committed results files, never typed by hand.
+
+    python -m vaecompress.experiments.readme          # rewrite the block in README.md
+    python -m vaecompress.experiments.readme --check  # exit 1 if README.md is out of date
+
+The block between `<!-- results:start -->` and `<!-- results:end -->` is replaced; a test checks
+that README.md matches what this module renders from `results/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from vaecompress.experiments import report
+from vaecompress.experiments.bench_report import write_summary_table
+from vaecompress.io import atomic_write_text
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ROOT = Path(__file__).resolve().parents[3]
+REPRODUCE = (
+    "results/paper/results.json",
+    "vaecompress reproduce --preset paper --out results/paper",
+)
+QUICK = ("results/quick/results.json", "vaecompress reproduce --preset quick --out results/quick")
+BENCH = (
+    "results/bench-full/bench.json",
+    "vaecompress bench --preset full --out results/bench-full",
+)
+
+
+def _load(root: Path, rel: str) -> dict[str, Any] | None:
+    p = root / rel
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _provenance(results: dict[str, Any], rel: str, cmd: str) -> str:
+    env = results["environment"]
+    return (
+        f"From [`{rel}`]({rel}), made by `{cmd}` (git `{env.get('git_revision')}`, "
+        f"{env.get('device')}, torch {env.get('torch')}, {env.get('time_utc')})."
+    )
+
+
+def _reproduce_section(results: dict[str, Any], rel: str, cmd: str) -> list[str]:
+    sel = report.select(results)
+    folder = str(Path(rel).parent)
+    preset = results["config"]["preset"]
+    out = [
+        f"### The paper, reproduced ({preset} preset)",
+        "",
+        _provenance(results, rel, cmd),
+        "",
+        "**Honest finding.** " + report.honest_finding(sel),
+        "",
+        report._table2(results, sel),
+        "",
+        "Latent sweep on the CNN:",
+        "",
+        report._sweep_table(sel),
+        "",
+        report._accounting_table(sel),
+        "",
+        f"Full report: [`{folder}/report.md`]({folder}/report.md).",
+        "",
+        f"![accuracy against ratio]({folder}/figures/accuracy_vs_ratio.png)",
+        "",
+    ]
+    if "run_s" in results:
+        out.insert(3, f"This invocation took {results['run_s']:.0f} s.")
+        out.insert(4, "")
+    return out
+
+
+def render(root: Path = ROOT) -> str:
+    parts: list[str] = []
+    for rel, cmd in (REPRODUCE, QUICK):
+        res = _load(root, rel)
+        if res is not None:
+            parts += _reproduce_section(res, rel, cmd)
+    bench = _load(root, BENCH[0])
+    if bench is not None:
+        folder = str(Path(BENCH[0]).parent)
+        parts += [
+            "### Every codec on the same models",
+            "",
+            _provenance(bench, *BENCH),
+            "",
+            write_summary_table(bench),
+            "",
+            f"All operating points: [`{folder}/bench.md`]({folder}/bench.md).",
+            "",
+            f"![rate against accuracy]({folder}/rate_accuracy.png)",
+            "",
+        ]
+    if not parts:
+        parts = ["_No committed results yet: run the commands above._", ""]
+    return "\n".join(parts)
+
+
+def updated(readme: str, block: str) -> str:
+    if START not in readme or END not in readme:
+        raise ValueError("README.md lacks the results markers")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{block}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args(argv)
+    path = ROOT / "README.md"
+    text = path.read_text()
+    new = updated(text, render())
+    if args.check:
+        if new != text:
+            print("README.md results are out of date: run python -m vaecompress.experiments.readme")
+            return 1
+        return 0
+    if new != text:
+        atomic_write_text(path, new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
