@@ -31,6 +31,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> int:
         raise UserError(f"output folder does not exist: {path.parent}")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); outputs get the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

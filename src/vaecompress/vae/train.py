@@ -22,7 +22,7 @@ class VAETrainConfig:
     epochs: int = 500
     patience: int = 30  # epochs without a validation improvement before stopping
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-4
     sigma_x: float = 0.05  # likelihood std on the normalized parameters (see elbo_terms)
     seed: int = 0
 
