@@ -162,3 +162,28 @@ def test_internal_error_is_exit_1(
     monkeypatch.setattr(cli, "cmd_zoo", boom)
     assert main(["zoo"]) == 1
     assert "internal error" in capsys.readouterr().err
+
+
+def test_compress_with_a_baseline_and_finetune(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.vaec"
+    argv = [
+        "compress",
+        str(weights),
+        "-o",
+        str(out),
+        "--codec",
+        "prune",
+        "--finetune",
+        "--set",
+        "sparsity=0.5",
+        "--set",
+        "finetune_epochs=0.05",
+        "--json",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    acc = json.loads(capsys.readouterr().out)
+    assert acc["codec"] == "prune" and acc["ratio_honest"] > 1.0
+    assert main(["decompress", str(out), "-o", str(tmp_path / "p.safetensors")]) == 0

@@ -153,11 +153,25 @@ def cmd_compress(args: argparse.Namespace) -> int:
     state, meta = load_weights(args.input)
     if args.model:
         _load_model(args.input, args.model)  # validates the shapes against the architecture
+    device = resolve_device(args.device)
+    finetune = None
+    if args.finetune:
+        # Retraining codecs (prune, deep-compression) need the task: MNIST and the architecture.
+        from vaecompress.data import load_mnist
+        from vaecompress.zoo.train import make_finetuner
+
+        name = args.model or meta.get("vaecompress.model")
+        if not name:
+            raise UserError("--finetune needs --model (the file does not name its architecture)")
+        _, name = _load_model(args.input, name)
+        train, _ = load_mnist(args.data_dir)
+        finetune = make_finetuner(name, train, device=device, seed=args.seed)
     ctx = CodecContext(
-        device=resolve_device(args.device),
+        device=device,
         seed=args.seed,
         progress=not args.quiet,
         label=Path(args.input).stem,
+        finetune=finetune,
     )
     keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
     res = compress(state, args.codec, ctx=ctx, meta=keep, **_codec_settings(args))
@@ -289,9 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", help="check the weights against this zoo architecture first")
     sp.add_argument("--decoder-out", help="keep the decoder in this separate file")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any codec setting")
+    sp.add_argument(
+        "--finetune", action="store_true", help="let retraining codecs fine-tune on MNIST"
+    )
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--json", action="store_true")
-    common(sp, data=False)
+    common(sp)
     sp.set_defaults(func=cmd_compress)
 
     sp = sub.add_parser("decompress", help="rebuild a weights file from a compressed file")
