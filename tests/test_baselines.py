@@ -214,7 +214,8 @@ def test_prune_has_exactly_the_requested_sparsity(scope: str) -> None:
 
 def test_prune_finetune_keeps_zeros_zero() -> None:
     task = TinyTask()
-    res = compress(task.state, "prune", ctx=task.ctx(), sparsity=0.6, finetune_epochs=2, lr=1e-2)
+    res = compress(task.state, "prune", ctx=task.ctx(), sparsity=0.6, scope="layer",
+                   finetune_epochs=2, lr=1e-2)
     out = decompress(res.data)
     masks = magnitude_masks({k: v for k, v in task.state.items() if v.dim() >= 2}, 0.6)
     for k, m in masks.items():

@@ -1,8 +1,8 @@
 """`prune`: magnitude pruning, optional masked fine-tuning, and a real sparse encoding.
 
-The smallest-magnitude weights of every matrix/kernel (tensors with >= 2 dims) are zeroed,
-exactly `round(sparsity * n)` of them per tensor (`scope="layer"`) or over all of them together
-(`scope="global"`, so large redundant layers give up more). Biases and other 1-D tensors are
+The smallest-magnitude weights of the matrices/kernels (tensors with >= 2 dims) are zeroed,
+exactly `round(sparsity * n)` of them over all of them together (`scope="global"`, the default:
+large redundant layers give up more) or per tensor (`scope="layer"`). Biases and other 1-D tensors are
 kept. With a `Finetuner` in the context the survivors (and the biases) are then trained with
 Adam while the mask is re-applied after every step, so pruned weights stay exactly zero.
 
@@ -53,9 +53,11 @@ PAYLOAD = "sparse"
 @dataclass(frozen=True)
 class PruneSettings:
     sparsity: float = 0.9  # fraction of the weights of every matrix/kernel set to zero
-    scope: str = "layer"  # layer: that fraction of each tensor; global: of all weights pooled
+    scope: str = "global"  # global: of all weights pooled; layer: that fraction of each tensor
     finetune_epochs: float = 1.0  # masked retraining when ctx.finetune is given
-    lr: float = 1e-4  # Adam learning rate of the retraining
+    # 1e-3, not 1e-4: one epoch at 1e-4 does not recover 90 % pruning (FNN: -33 points layer-wise,
+    # against +0.6 globally at 1e-3; see the baselines report).
+    lr: float = 1e-3  # Adam learning rate of the retraining
     value_dtype: str = "float32"  # surviving values and biases: float32 | float16
     zstd: bool = True  # zstandard over the whole sparse encoding
     zstd_level: int = 19

@@ -49,10 +49,11 @@ def _reproduce_section(results: dict[str, Any], rel: str, cmd: str) -> list[str]
     sel = report.select(results)
     folder = str(Path(rel).parent)
     preset = results["config"]["preset"]
+    took = f" This invocation took {results['run_s']:.0f} s." if "run_s" in results else ""
     out = [
         f"### The paper, reproduced ({preset} preset)",
         "",
-        _provenance(results, rel, cmd),
+        _provenance(results, rel, cmd) + took,
         "",
         "**Honest finding.** " + report.honest_finding(sel),
         "",
@@ -69,9 +70,6 @@ def _reproduce_section(results: dict[str, Any], rel: str, cmd: str) -> list[str]
         f"![accuracy against ratio]({folder}/figures/accuracy_vs_ratio.png)",
         "",
     ]
-    if "run_s" in results:
-        out.insert(3, f"This invocation took {results['run_s']:.0f} s.")
-        out.insert(4, "")
     return out
 
 
