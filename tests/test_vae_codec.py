@@ -146,7 +146,7 @@ def test_real_fnn_keeps_its_accuracy() -> None:
     from vaecompress.zoo.train import TrainConfig, train_model
 
     train, test = load_mnist()
-    model = train_model("fnn", train, TrainConfig(epochs=1, limit=20_000), progress=False).model
+    model = train_model("fnn", train, TrainConfig(epochs=2, limit=30_000), progress=False).model
     state = {k: v.detach() for k, v in model.state_dict().items()}
     acc, _ = evaluate_state("fnn", state, test, device=torch.device("cpu"))
     res = compress(state, "vae-paper", ctx=CTX, epochs=25, patience=25)
