@@ -24,6 +24,7 @@ FIELDS = (
     "decompress_s",
     "settings",
     "peak_rss_bytes",
+    "codec_settings",
 )
 
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaecompress.api import compress, decompress
-from vaecompress.codecs import CodecContext, get_codec_class
+from vaecompress.codecs import CodecContext, get_codec_class, make_codec
 from vaecompress.data import load_mnist
 from vaecompress.errors import UserError
 from vaecompress.experiments.common import RecordStore, config_hash, evaluate_state, trained_model
@@ -174,12 +174,14 @@ def bench(
             device=device,
             progress=progress,
         )
+        # Keyed on every resolved setting, so a changed codec default is measured anew.
+        resolved = make_codec(codec, **point).settings_json()
         key = config_hash(
             {
                 "model": trained.key,
                 "codec": codec,
                 "version": get_codec_class(codec).version,
-                "point": point,
+                "settings": resolved,
                 "seed": cfg.seed,
                 "device": device.type,
             }
@@ -194,6 +196,7 @@ def bench(
                 finetune=make_finetuner(name, train, device=device, seed=cfg.seed),
             )
             rec = _measure(name, trained.state, trained.accuracy, codec, point, ctx, test)
+            rec["codec_settings"] = resolved
             store.put(key, rec)
         records.append(rec)
     bar.close()
