@@ -2,9 +2,10 @@
 
 The smallest-magnitude weights of the matrices/kernels (tensors with >= 2 dims) are zeroed,
 exactly `round(sparsity * n)` of them over all of them together (`scope="global"`, the default:
-large redundant layers give up more) or per tensor (`scope="layer"`). Biases and other 1-D tensors are
-kept. With a `Finetuner` in the context the survivors (and the biases) are then trained with
-Adam while the mask is re-applied after every step, so pruned weights stay exactly zero.
+large redundant layers give up more) or per tensor (`scope="layer"`). Biases and other 1-D
+tensors are kept. With a `Finetuner` in the context the survivors (and the biases) are then
+trained with Adam while the mask is re-applied after every step, so pruned weights stay exactly
+zero.
 
 Storage, per tensor: the positions of the survivors as a packed bitmask (n/8 bytes) or as
 index deltas in the narrowest of uint8/16/32 that holds them, whichever is smaller (recorded),
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import zstandard
+from tqdm.auto import tqdm
 
 from vaecompress.codecs.base import (
     Codec,
@@ -118,11 +120,7 @@ def run_finetune(params: dict[str, torch.Tensor],
     losses: list[float] = []
     chunk = max(1, steps // 10)
     total = 0.0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
+    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=not progress)
     for step in range(steps):
         loss = finetuner.loss(make_state(), next(batches))
         opt.zero_grad(set_to_none=True)
@@ -135,10 +133,8 @@ def run_finetune(params: dict[str, torch.Tensor],
         if (step + 1) % chunk == 0:
             losses.append(total / chunk)
             total = 0.0
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+        bar.update()
+    bar.close()
     return losses
 
 
