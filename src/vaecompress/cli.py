@@ -348,6 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"vaecompress: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `vaecompress zoo --json | head`: the reader left, not a bug
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("vaecompress: interrupted", file=sys.stderr)
         return 130
