@@ -88,9 +88,7 @@ def _raw_weights(n_chunks: int = 24, chunk: int = 256) -> dict[str, torch.Tensor
     return {"w": torch.randn(n_chunks, chunk, generator=g) * 0.05}
 
 
-def test_raw_weights_with_unit_likelihood_collapse() -> None:
-    """The known trap, kept as a test: without normalization and with sigma_x = 1 the KL wins and
-    the decoder emits one average chunk. If this stops collapsing, the test below proves nothing."""
+def _round_trip_raw(**settings: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     w = _raw_weights()
     res = compress(
         w,
@@ -103,29 +101,21 @@ def test_raw_weights_with_unit_likelihood_collapse() -> None:
         patience=60,
         n_variants=20,
         batch_size=16,
-        normalize="none",
-        sigma_x=1.0,
+        **settings,
     )
-    out = decompress(res.data)["w"]
+    return decompress(res.data)["w"], w
+
+
+def test_raw_weights_with_unit_likelihood_collapse() -> None:
+    """The known trap, kept as a test: without normalization and with sigma_x = 1 the KL wins and
+    the decoder emits one average chunk. If this stops collapsing, the test below proves nothing."""
+    out, w = _round_trip_raw(normalize="none", sigma_x=1.0)
     assert _relerr({"w": out}, w) > 0.9  # no better than predicting zero
     assert float(out.std(0).mean()) < 0.1 * float(w["w"].std(0).mean())  # every chunk alike
 
 
 def test_default_settings_do_not_collapse() -> None:
-    w = _raw_weights()
-    res = compress(
-        w,
-        "vae-paper",
-        ctx=CTX,
-        chunk_size=256,
-        latent=16,
-        hidden=(128,),
-        epochs=60,
-        patience=60,
-        n_variants=20,
-        batch_size=16,
-    )
-    out = decompress(res.data)["w"]
+    out, w = _round_trip_raw()
     assert _relerr({"w": out}, w) < 0.25
 
 
