@@ -87,7 +87,7 @@ def render(root: Path = ROOT) -> str:
             "",
             _provenance(bench, *BENCH),
             "",
-            write_summary_table(bench),
+            write_summary_table(bench).replace("## ", "#### ", 1),
             "",
             f"All operating points: [`{folder}/bench.md`]({folder}/bench.md).",
             "",
