@@ -144,3 +144,22 @@ def test_real_fnn_keeps_its_accuracy() -> None:
     assert acc > 90.0
     assert acc - acc_r < 1.0
     assert res.accounting.ratio_paper > 30
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ({"latent": 0}, "latent"),
+        ({"hidden": [64, -1]}, "hidden"),
+        ({"sigma_x": 0}, "sigma_x"),
+        ({"chunk_size": "big"}, "chunk_size"),
+    ],
+)
+def test_bad_settings_are_user_errors(tiny_state, bad: dict, fragment: str) -> None:
+    with pytest.raises(UserError, match=fragment):
+        compress(tiny_state, "vae-paper", ctx=CTX, **bad)
+
+
+def test_a_single_hidden_size_is_accepted(tiny_state, fast_vae) -> None:
+    res = compress(tiny_state, "vae-paper", ctx=CTX, **(fast_vae | {"hidden": 32, "epochs": 2}))
+    assert decompress(res.data)["fc.weight"].shape == tiny_state["fc.weight"].shape

@@ -111,9 +111,30 @@ class VAEPaperCodec(Codec):
 
     def arch(self) -> VAEArch:
         s = self.settings
-        return VAEArch(in_dim=s.chunk_size, latent=s.latent, hidden=tuple(s.hidden))
+        hidden = s.hidden if isinstance(s.hidden, (list, tuple)) else (s.hidden,)
+        return VAEArch(in_dim=s.chunk_size, latent=s.latent, hidden=tuple(hidden))
+
+    def _check(self) -> None:
+        """Settings a user typed (`--latent 0`, `--set hidden=512`) fail here, as bad input."""
+        s = self.settings
+        hidden = s.hidden if isinstance(s.hidden, (list, tuple)) else [s.hidden]
+        positive_ints = {
+            "chunk_size": s.chunk_size,
+            "latent": s.latent,
+            "epochs": s.epochs,
+            "patience": s.patience,
+            "batch_size": s.batch_size,
+            "n_variants": s.n_variants,
+        }
+        for key, value in [*positive_ints.items(), *(("hidden", h) for h in hidden)]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"vae-paper: {key} must be a positive integer, got {value!r}")
+        for key, value in {"sigma_x": s.sigma_x, "lr": s.lr}.items():
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise UserError(f"vae-paper: {key} must be a positive number, got {value!r}")
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
+        self._check()
         s = self.settings
         coded, raw = split_passthrough(state)
         if not coded:
