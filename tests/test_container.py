@@ -1,5 +1,5 @@
-"""Tests for vaecompress.format.container: round trip, golden bytes, determinism, every
-reader error, hostile headers, and atomic save."""
+"""Tests for vaecompress.format.container and .header: round trip, golden bytes of versions 1
+and 2, determinism, every reader error, hostile headers, the size caps, and atomic save."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import container as fc
 from vaecompress.format.container import (
+    HEADER_ZDICT,
     MAGIC,
+    MAX_DECODED_BYTES,
     PREAMBLE_SIZE,
     ROLE_AUX,
     ROLE_CODE,
@@ -31,7 +33,13 @@ from vaecompress.format.container import (
 )
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
-GOLDEN_HEX = "56 41 45 43 4f 4d 50 00 01 00 00 00 41 01 00 00 fe 4f 93 55 7b 22 63 6f"
+GOLDEN_HEX_V1 = "56 41 45 43 4f 4d 50 00 01 00 00 00 41 01 00 00 fe 4f 93 55 7b 22 63 6f"
+GOLDEN_HEX_V2 = "56 41 45 43 4f 4d 50 00 02 00 00 00 59 00 00 00 67 39 1e 03 36 01 00 00"
+GOLDEN_FILE_V2 = (
+    "564145434f4d5000020000005900000067391e0336010000bdd2b90dc0300c03c09504f9a1d631657905af1f"
+    "a7c803040152a565451cf9d45993fd0c749de470b2b3f37c878ac8cd915cd91528b5d1142643b1d2067aee69"
+    "08599b3321448cae08f78e2866fc0e3d6f68baab6d0000803f000000c0"
+)
 
 
 def tiny() -> Container:
@@ -69,18 +77,38 @@ def rich() -> Container:
     )
 
 
+def deflate(text: bytes) -> bytes:
+    """Version 2's stored header for a JSON text: u32 length, raw deflate with the zdict."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_ZDICT)
+    return struct.pack("<I", len(text)) + z.compress(text) + z.flush()
+
+
+def header_text(data: bytes) -> bytes:
+    """The header JSON of a valid file of either version."""
+    version, n = struct.unpack_from("<H", data, 8)[0], struct.unpack_from("<I", data, 12)[0]
+    stored = data[PREAMBLE_SIZE : PREAMBLE_SIZE + n]
+    if version == 1:
+        return stored
+    return zlib.decompressobj(-15, zdict=HEADER_ZDICT).decompress(stored[4:])
+
+
 def header_of(data: bytes) -> dict:
-    (n,) = struct.unpack_from("<I", data, 12)
-    return json.loads(data[PREAMBLE_SIZE : PREAMBLE_SIZE + n])
+    return json.loads(header_text(data))
+
+
+def with_stored(data: bytes, stored: bytes, *, fix_crc: bool = True) -> bytes:
+    """Replace the stored header of a valid file, keeping its version and payload section."""
+    version, n = struct.unpack_from("<H", data, 8)[0], struct.unpack_from("<I", data, 12)[0]
+    crc = zlib.crc32(stored) if fix_crc else struct.unpack_from("<I", data, 16)[0]
+    pre = MAGIC + struct.pack("<HHII", version, 0, len(stored), crc)
+    return pre + stored + data[PREAMBLE_SIZE + n :]
 
 
 def with_header(data: bytes, header: dict | bytes, *, fix_crc: bool = True) -> bytes:
-    """Replace the header of a valid file, keeping its payload section."""
-    (n,) = struct.unpack_from("<I", data, 12)
+    """Replace the header JSON of a valid file (compressed again for version 2), CRC fixed."""
     new = header if isinstance(header, bytes) else json.dumps(header).encode()
-    crc = zlib.crc32(new) if fix_crc else struct.unpack_from("<I", data, 16)[0]
-    pre = MAGIC + struct.pack("<HHII", 1, 0, len(new), crc)
-    return pre + new + data[PREAMBLE_SIZE + n :]
+    version = struct.unpack_from("<H", data, 8)[0]
+    return with_stored(data, new if version == 1 else deflate(new), fix_crc=fix_crc)
 
 
 # ---------------------------------------------------------------- round trip & golden
@@ -94,15 +122,73 @@ def test_round_trip_rich() -> None:
     assert back.external("shared-vae").length == 2000
 
 
-def test_golden_bytes_match_doc() -> None:
-    data = dumps(tiny())
-    assert " ".join(f"{b:02x}" for b in data[:24]) == GOLDEN_HEX
+def test_golden_bytes_v1_match_doc() -> None:
+    data = dumps(tiny(), version=1)
+    assert " ".join(f"{b:02x}" for b in data[:24]) == GOLDEN_HEX_V1
     assert len(data) == 349
     assert data[-8:] == bytes.fromhex("0000803f000000c0")
     doc = DOC.read_text(encoding="utf-8")
-    assert GOLDEN_HEX in doc, "docs/format.md no longer shows the golden bytes"
+    assert GOLDEN_HEX_V1 in doc, "docs/format.md no longer shows the golden bytes"
     header = data[PREAMBLE_SIZE:-8].decode("ascii")
     assert header in doc, "docs/format.md no longer shows the example header"
+    assert loads(data) == tiny()
+
+
+def test_golden_bytes_v2_match_doc() -> None:
+    data = dumps(tiny())
+    assert data[8:10] == b"\x02\x00"
+    text = header_text(data).decode("ascii")
+    doc = DOC.read_text(encoding="utf-8")
+    assert text in doc, "docs/format.md no longer shows the version 2 example header"
+    assert len(text) == 310 and '"offset"' not in text
+    assert data[-8:] == bytes.fromhex("0000803f000000c0")
+    # Exact deflate output is a property of the zlib in use; zlib-ng (some Python builds)
+    # compresses differently, and readers accept either.
+    if "zlib-ng" not in zlib.ZLIB_RUNTIME_VERSION:
+        assert data.hex() == GOLDEN_FILE_V2
+        assert " ".join(f"{b:02x}" for b in data[:24]) == GOLDEN_HEX_V2
+        assert GOLDEN_HEX_V2 in doc and len(data) == 117
+    assert loads(bytes.fromhex(GOLDEN_FILE_V2)) == tiny()
+
+
+def test_zdict_is_documented() -> None:
+    doc = DOC.read_text(encoding="utf-8")
+    assert HEADER_ZDICT.decode("ascii") in doc.replace("\n", "")
+
+
+def test_v1_round_trip_and_v2_is_smaller() -> None:
+    c = rich()
+    v1, v2 = dumps(c, version=1), dumps(c, version=2)
+    assert loads(v1) == loads(v2) == c
+    assert len(v2) < len(v1)
+    with pytest.raises(ValueError, match="cannot write format version 3"):
+        dumps(c, version=3)
+
+
+def test_typical_header_is_compact() -> None:
+    """Issue 9: the container's fixed cost at high ratios (numbers in docs/format.md)."""
+    names = ["batch_size", "chunk_size", "epochs", "external_decoder", "hidden", "latent", "lr"]
+    names += ["n_variants", "noise_fraction", "noise_kind", "noise_scale", "normalize"]
+    names += ["patience", "sigma_x", "val_fraction"]
+    values = [64, 2048, 8, True, [64], 64, 3e-4, 10, 0.5, "gaussian", 0.05, "tensor", 30]
+    values += [0.05, 0.2]
+    c = Container(
+        codec={"name": "vae-rd", "version": 1, "settings": dict(zip(names, values, strict=True))},
+        tensors=[
+            {"name": f"net.{i}.weight", "shape": [128, 128], "dtype": "float32"}
+            if j == 0
+            else {"name": f"net.{i}.bias", "shape": [128], "dtype": "float32"}
+            for i in range(5)
+            for j in range(2)
+        ],
+        codec_state={"chunking": {"chunk_size": 2048, "n_chunks": 27, "numel": 54538, "pad": 758}},
+        payloads=[Payload("latents", "ans", ROLE_CODE, bytes(range(256)) * 20)],
+        meta={"vaecompress.model": "fnn", "test_accuracy": "97.12"},
+    )
+    h1 = struct.unpack_from("<I", dumps(c, version=1), 12)[0]
+    h2 = struct.unpack_from("<I", dumps(c), 12)[0]
+    assert h1 == 1228
+    assert h2 < 400, h2  # 353 with CPython's zlib 1.2.13
 
 
 def test_deterministic() -> None:
@@ -126,9 +212,22 @@ def test_payload_lookup_errors() -> None:
 
 
 def test_header_offsets_are_contiguous() -> None:
-    h = header_of(dumps(rich()))
+    h = header_of(dumps(rich(), version=1))
     offs = [(p["offset"], p["length"]) for p in h["payloads"]]
     assert offs == [(0, 768), (768, 0), (768, 2000), (2768, 17)]
+    h = header_of(dumps(rich()))
+    assert all("offset" not in p for p in h["payloads"])
+
+
+def test_decoded_bytes() -> None:
+    # fc.weight 12 * 4 + fc.bias 4 * 2 (bfloat16) + a scalar int64 8
+    assert rich().decoded_bytes == loads(dumps(rich())).decoded_bytes == 64
+    assert tiny().decoded_bytes == 8
+    c = Container(codec={}, tensors=[{"name": "x", "shape": [3, 0, 2**40], "dtype": "int8"}])
+    assert c.decoded_bytes == 0
+    c.tensors[0]["dtype"] = "complex64"
+    with pytest.raises(FormatError, match="dtype 'complex64' is not one of"):
+        c.decoded_bytes  # noqa: B018
 
 
 # ---------------------------------------------------------------- reader errors
@@ -141,7 +240,7 @@ def test_bad_magic() -> None:
             loads(bad)
 
 
-@pytest.mark.parametrize("version", [0, 2, 65535])
+@pytest.mark.parametrize("version", [0, 3, 65535])
 def test_other_version(version: int) -> None:
     data = bytearray(dumps(tiny()))
     struct.pack_into("<H", data, 8, version)
@@ -149,8 +248,17 @@ def test_other_version(version: int) -> None:
         loads(bytes(data))
     assert str(e.value) == (
         f"format version {version} is not supported by this vaecompress "
-        "(reads 1); upgrade vaecompress"
+        "(reads 1 and 2); upgrade vaecompress"
     )
+
+
+def test_version_swapped_in_preamble() -> None:
+    # A version-2 file relabelled 1 (or the reverse) fails cleanly, never misparses.
+    for data, other in ((dumps(rich()), 1), (dumps(rich(), version=1), 2)):
+        bad = bytearray(data)
+        struct.pack_into("<H", bad, 8, other)
+        with pytest.raises(FormatError, match="bad header"):
+            loads(bytes(bad))
 
 
 def test_unknown_flags() -> None:
@@ -238,16 +346,19 @@ def test_missing_key(key: str) -> None:
 def test_header_version_must_match_preamble() -> None:
     data = dumps(tiny())
     h = header_of(data)
-    h["format_version"] = 2
-    with pytest.raises(FormatError, match="format_version 2 does not match"):
+    h["format_version"] = 1
+    with pytest.raises(FormatError, match=r"format_version 1 does not match the preamble \(2\)"):
         loads(with_header(data, h))
 
 
-def mutate(path: str, value: object) -> dict:
-    """Header of rich() with one payload/external/tensor field replaced."""
-    h = header_of(dumps(rich()))
-    section, index, key = path.split(".")
-    h[section][int(index)][key] = value
+def mutate(path: str, value: object, version: int = 2) -> dict:
+    """Header of rich() with one payload/external/tensor/codec field replaced."""
+    h = header_of(dumps(rich(), version=version))
+    *keys, last = path.split(".")
+    obj = h
+    for k in keys:
+        obj = obj[int(k)] if isinstance(obj, list) else obj[k]
+    obj[last] = value
     return h
 
 
@@ -257,20 +368,62 @@ def mutate(path: str, value: object) -> dict:
         ("payloads.0.offset", -1, "offset must be a non-negative integer"),
         ("payloads.1.offset", 2**64, "offset 18446744073709551616 should be 768"),
         ("payloads.0.offset", 1.0, "offset must be a non-negative integer"),
+        ("payloads.0.length", 767, "offset 768 should be 767"),
+    ],
+)
+def test_hostile_v1_offsets(path: str, value: object, fragment: str) -> None:
+    data = dumps(rich(), version=1)
+    with pytest.raises(FormatError, match=re.escape(fragment)):
+        loads(with_header(data, mutate(path, value, version=1)))
+
+
+def test_v1_needs_offsets() -> None:
+    h = header_of(dumps(rich(), version=1))
+    del h["payloads"][0]["offset"]
+    with pytest.raises(FormatError, match="payload entry missing key 'offset'"):
+        loads(with_header(dumps(rich(), version=1), h))
+
+
+LONG = "x" * 1025
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "fragment"),
+    [
         ("payloads.3.length", 2**63, "truncated"),
         ("payloads.0.length", -5, "length must be a non-negative integer"),
         ("payloads.0.length", True, "length must be a non-negative integer"),
-        ("payloads.0.length", 767, "offset 768 should be 767"),
+        ("payloads.0.length", 767, "trailing bytes"),
         ("payloads.2.role", "weights", "role 'weights' is not one of"),
         ("payloads.2.kind", "Bad Kind", "kind 'Bad Kind' is not"),
         ("payloads.2.sha256", "00", "sha256 must be 64 lowercase hex"),
         ("payloads.1.name", "latents", "name 'latents' is used twice"),
-        ("payloads.1.name", "", "name must be a non-empty string"),
+        ("payloads.1.name", "", "payload name must be a string of 1 to 1024 characters"),
+        ("payloads.1.name", LONG, "payload name must be a string of 1 to 1024 characters"),
         ("externals.0.length", -1, "length must be a non-negative integer"),
+        ("externals.0.length", 2**41, "length 2199023255552 exceeds the cap"),
         ("externals.0.name", "decoder", "name 'decoder' is used twice"),
+        ("externals.0.name", LONG, "external name must be a string of 1 to 1024 characters"),
         ("tensors.0.shape", [4, -3], "shape must be a list of non-negative integers"),
         ("tensors.0.shape", "4x3", "shape must be a list of non-negative integers"),
+        ("tensors.0.shape", [1] * 33, "has rank 33, more than 32"),
+        ("tensors.0.shape", [2**64], "dimension 18446744073709551616 exceeds"),
+        ("tensors.0.shape", [2**20, 2**20, 2**20], "declares more than the cap of"),
+        ("tensors.0.shape", [2**38, 4], "declares more than the cap of"),  # float32: 2**42
         ("tensors.1.name", "fc.weight", "listed twice"),
+        ("tensors.1.name", "", "tensor name must be a string of 1 to 1024 characters"),
+        ("tensors.1.name", LONG, "tensor name must be a string of 1 to 1024 characters"),
+        ("tensors.1.name", 7, "tensor name must be a string of 1 to 1024 characters"),
+        ("tensors.0.dtype", "complex64", "dtype 'complex64' is not one of"),
+        ("tensors.0.dtype", "Tensor", "dtype 'Tensor' is not one of"),  # getattr(torch, ...)
+        ("tensors.0.dtype", "__class__", "dtype '__class__' is not one of"),
+        ("tensors.0.dtype", ["float32"], "dtype ['float32'] is not one of"),
+        ("codec.name", "Bad Name", "codec name 'Bad Name' is not 1-64 of"),
+        ("codec.name", "", "codec name '' is not 1-64 of"),
+        ("codec.version", -1, "codec version must be an integer in 0..2147483647"),
+        ("codec.version", 2**31, "codec version must be an integer in 0..2147483647"),
+        ("meta.note", "\ud800", "is not valid Unicode"),
+        ("codec_state.chunking.\udfff", 1, "is not valid Unicode"),
     ],
 )
 def test_hostile_header_values(path: str, value: object, fragment: str) -> None:
@@ -279,12 +432,87 @@ def test_hostile_header_values(path: str, value: object, fragment: str) -> None:
         loads(with_header(data, mutate(path, value)))
 
 
-def test_hostile_preamble_header_len() -> None:
+def test_total_decoded_bytes_cap() -> None:
+    # Each tensor is exactly at the cap (2**38 float32 = 2**40 bytes); together they exceed it.
+    data = dumps(rich())
+    h = header_of(data)
+    h["tensors"] = [
+        {"name": "a", "shape": [2**38], "dtype": "float32"},
+        {"name": "b", "shape": [1], "dtype": "bool"},
+    ]
+    with pytest.raises(FormatError, match=r"more than 1099511627776 decoded bytes in total"):
+        loads(with_header(data, h))
+    h["tensors"] = h["tensors"][:1]
+    assert loads(with_header(data, h)).decoded_bytes == MAX_DECODED_BYTES
+
+
+def test_non_finite_number_in_header() -> None:
+    data = dumps(rich())
+    text = header_text(data).replace(b'"accuracy":0.981', b'"accuracy":1e999')
+    with pytest.raises(FormatError, match="bad header JSON: number '1e999' is not finite"):
+        loads(with_header(data, text))
+    text = header_text(data).replace(b'"accuracy":0.981', b'"accuracy":-1E400')
+    with pytest.raises(FormatError, match="is not finite"):
+        loads(with_header(data, text))
+
+
+# ---------------------------------------------------------------- version 2 stored header
+
+
+def test_v2_short_stored_header() -> None:
+    data = dumps(tiny())
+    for stored in (b"", b"\x01\x00"):
+        with pytest.raises(FormatError, match="shorter than its 4-byte length"):
+            loads(with_stored(data, stored))
+
+
+def test_v2_json_len_over_limit_is_refused_before_inflating() -> None:
+    data = dumps(tiny())
+    stored = deflate(header_text(data))
+    bad = struct.pack("<I", fc.MAX_HEADER_BYTES + 1) + stored[4:]
+    with pytest.raises(FormatError, match="header JSON length 67108865 exceeds the limit"):
+        loads(with_stored(data, bad))
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 1000])
+def test_v2_json_len_must_match(delta: int) -> None:
+    data = dumps(tiny())
+    text = header_text(data)
+    bad = struct.pack("<I", len(text) + delta) + deflate(text)[4:]
+    with pytest.raises(FormatError, match="does not inflate to exactly its declared"):
+        loads(with_stored(data, bad))
+
+
+def test_v2_decompression_bomb() -> None:
+    # 64 MiB of zeros deflate to ~64 KB; a declared length of 100 bytes stops inflating there.
+    bomb = deflate(b"\x00" * fc.MAX_HEADER_BYTES)
+    assert len(bomb) < 100_000
+    data = dumps(tiny())
+    with pytest.raises(FormatError, match="does not inflate to exactly its declared 100 bytes"):
+        loads(with_stored(data, struct.pack("<I", 100) + bomb[4:]))
+    # Declared at the limit, the zeros inflate fully and fail as JSON, not as a crash.
+    with pytest.raises(FormatError, match="bad header JSON"):
+        loads(with_stored(data, bomb))
+
+
+def test_v2_corrupt_or_trailing_deflate() -> None:
+    data = dumps(tiny())
+    stored = deflate(header_text(data))
+    with pytest.raises(FormatError, match="compressed header is corrupt"):
+        loads(with_stored(data, stored[:4] + b"\xff" * (len(stored) - 4)))
+    with pytest.raises(FormatError, match="does not inflate to exactly"):
+        loads(with_stored(data, stored + b"\x00"))  # bytes after the deflate stream
+    with pytest.raises(FormatError, match="does not inflate to exactly"):
+        loads(with_stored(data, stored[:-3]))  # stream cut short
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_hostile_preamble_header_len(version: int) -> None:
     for n in (2**32 - 1, fc.MAX_HEADER_BYTES + 1):
-        data = MAGIC + struct.pack("<HHII", 1, 0, n, 0) + b"{}"
+        data = MAGIC + struct.pack("<HHII", version, 0, n, 0) + b"{}"
         with pytest.raises(FormatError, match="exceeds the limit"):
             loads(data)
-    data = MAGIC + struct.pack("<HHII", 1, 0, 1000, 0) + b"{}"
+    data = MAGIC + struct.pack("<HHII", version, 0, 1000, 0) + b"{}"
     with pytest.raises(FormatError, match="truncated"):
         loads(data)
 

@@ -6,6 +6,7 @@ from vaecompress.format.container import (
     MAGIC,
     MAX_HEADER_BYTES,
     PREAMBLE_SIZE,
+    READ_VERSIONS,
     ROLE_AUX,
     ROLE_CODE,
     ROLE_MODEL,
@@ -19,12 +20,16 @@ from vaecompress.format.container import (
     loads,
     save,
 )
+from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_DECODED_BYTES
 
 __all__ = [
+    "DTYPE_ITEMSIZE",
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_DECODED_BYTES",
     "MAX_HEADER_BYTES",
     "PREAMBLE_SIZE",
+    "READ_VERSIONS",
     "ROLES",
     "ROLE_AUX",
     "ROLE_CODE",

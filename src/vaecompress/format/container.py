@@ -1,9 +1,10 @@
 """The vaecompress file container (spec: docs/format.md).
 
 Boundary: this module turns a `Container` (codec description, tensor manifest, codec state,
-named byte payloads, external references, meta) into bytes and back, and writes/reads files
-atomically. It never interprets payload bytes, knows no codec, and does not import torch;
-compression ratios (accounting) are computed elsewhere from what it returns.
+named byte payloads, external references, meta) into bytes and back (format versions 1 and 2;
+the header's field checks live in `header.py`), and writes/reads files atomically. It never
+interprets payload bytes, knows no codec, and does not import torch; compression ratios
+(accounting) are computed elsewhere from what it returns.
 
 Every problem with a file being read is a `FormatError` with a one-line message. A
 `Container` that cannot be written (bad role, duplicate names, non-JSON meta) is a bug in
@@ -15,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
-import re
 import secrets
 import struct
 import zlib
@@ -26,28 +27,35 @@ from pathlib import Path
 from typing import Any
 
 from vaecompress.errors import FormatError, UserError
+from vaecompress.format.header import DTYPE_ITEMSIZE as DTYPE_ITEMSIZE
+from vaecompress.format.header import MAX_DECODED_BYTES as MAX_DECODED_BYTES
+from vaecompress.format.header import ROLE_AUX as ROLE_AUX
+from vaecompress.format.header import ROLE_CODE as ROLE_CODE
+from vaecompress.format.header import ROLE_MODEL as ROLE_MODEL
+from vaecompress.format.header import ROLES as ROLES
+from vaecompress.format.header import check_header, decoded_bytes, short
 
-ROLE_CODE, ROLE_MODEL, ROLE_AUX = "code", "model", "aux"
-ROLES = frozenset({ROLE_CODE, ROLE_MODEL, ROLE_AUX})
 MAGIC = b"VAECOMP\x00"
-FORMAT_VERSION = 1
-KNOWN_FLAGS = 0  # version 1 defines no flag bits
-MAX_HEADER_BYTES = 64 * 1024 * 1024
+FORMAT_VERSION = 2  # what dumps writes by default
+READ_VERSIONS = (1, 2)
+KNOWN_FLAGS = 0  # versions 1 and 2 define no flag bits
+MAX_HEADER_BYTES = 64 * 1024 * 1024  # the header JSON, and in version 2 also its stored form
 
 # magic, u16 version, u16 flags, u32 header_len, u32 header crc32; little-endian, no padding
 _PREAMBLE = struct.Struct("<8sHHII")
 PREAMBLE_SIZE = _PREAMBLE.size  # 20
+_U32 = struct.Struct("<I")
 
-_KIND_RE = re.compile(r"[a-z0-9._-]{1,64}")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_HEADER_KEYS = (
-    "format_version",
-    "codec",
-    "tensors",
-    "codec_state",
-    "payloads",
-    "externals",
-    "meta",
+# Version 2 stores the header JSON as raw deflate (RFC 1951) with this preset dictionary: the
+# skeleton every header shares, so that its keys cost a few bits instead of ~100 bytes. Part of
+# format version 2: never change these bytes (docs/format.md shows them).
+HEADER_ZDICT = (
+    b'"role":"aux","role":"model","kind":"safetensors","kind":"raw-f32","kind":"bytes",'
+    b'"dtype":"int64","dtype":"float16","dtype":"bfloat16",".running_mean",".running_var",'
+    b'".num_batches_tracked",{"codec":{"name":"","settings":{},"version":1},"codec_state":{},'
+    b'"externals":[],"format_version":2,"meta":{},"payloads":[{"kind":"","length":0,"name":"",'
+    b'"role":"code","sha256":""}],"tensors":[{"dtype":"float32","name":".weight","shape":[]},'
+    b'{"dtype":"float32","name":".bias","shape":[]}]}'
 )
 
 
@@ -83,6 +91,13 @@ class Container:
     externals: list[External] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def decoded_bytes(self) -> int:
+        """Total declared decoded size of the manifest in bytes (sum of numel * itemsize),
+        at most MAX_DECODED_BYTES; a reader can bound its allocations by it before decoding.
+        Raises FormatError if the manifest is invalid (a loaded container never is)."""
+        return decoded_bytes(self.tensors)
+
     def payload(self, name: str, *, kinds: Iterable[str] | None = None) -> Payload:
         """The payload called `name`; with `kinds`, also insist that its kind is one of them,
         so a codec meeting a kind from a newer writer fails with a clear message."""
@@ -116,27 +131,32 @@ def file_sha256(data: bytes) -> str:
 # ---------------------------------------------------------------------------- writing
 
 
-def dumps(c: Container) -> bytes:
-    """Serialize `c`; the same container always gives byte-identical output."""
+def dumps(c: Container, *, version: int = FORMAT_VERSION) -> bytes:
+    """Serialize `c`; the same container always gives byte-identical output.
+
+    `version` 2 (the default) stores the header compressed; 1 writes the old, plain layout
+    for readers that predate version 2."""
+    if version not in READ_VERSIONS:
+        raise ValueError(f"cannot write format version {version} (writes 1 and 2)")
     payload_entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     offset = 0
     for p in c.payloads:
         data = bytes(p.data)
-        payload_entries.append(
-            {
-                "name": p.name,
-                "kind": p.kind,
-                "role": p.role,
-                "offset": offset,
-                "length": len(data),
-                "sha256": file_sha256(data),
-            }
-        )
+        entry = {
+            "name": p.name,
+            "kind": p.kind,
+            "role": p.role,
+            "length": len(data),
+            "sha256": file_sha256(data),
+        }
+        if version == 1:
+            entry["offset"] = offset
+        payload_entries.append(entry)
         blobs.append(data)
         offset += len(data)
     header = {
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "codec": c.codec,
         "tensors": c.tensors,
         "codec_state": c.codec_state,
@@ -151,7 +171,7 @@ def dumps(c: Container) -> bytes:
         text = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False)
         # Validate what a reader will see (tuples became lists) with the reader's own rules,
         # so that every file we write is one we can read.
-        _check_header(json.loads(text))
+        check_header(_parse_json(text.encode("ascii")), version)
     except (FormatError, TypeError, ValueError) as e:
         raise ValueError(f"cannot write container: {e}") from e
     header_bytes = text.encode("ascii")  # json.dumps escapes non-ASCII by default
@@ -160,8 +180,16 @@ def dumps(c: Container) -> bytes:
             f"cannot write container: header is {len(header_bytes)} bytes, "
             f"more than {MAX_HEADER_BYTES}"
         )
-    preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), zlib.crc32(header_bytes))
-    return b"".join([preamble, header_bytes, *blobs])
+    stored = header_bytes if version == 1 else _deflate_header(header_bytes)
+    preamble = _PREAMBLE.pack(MAGIC, version, 0, len(stored), zlib.crc32(stored))
+    return b"".join([preamble, stored, *blobs])
+
+
+def _deflate_header(header_bytes: bytes) -> bytes:
+    # Fixed parameters (level 9, 32 KiB window, memLevel 9, default strategy) keep the output
+    # a function of the header alone for a given zlib.
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_ZDICT)
+    return _U32.pack(len(header_bytes)) + z.compress(header_bytes) + z.flush()
 
 
 def save(c: Container, path: str | os.PathLike[str]) -> int:
@@ -244,7 +272,7 @@ def loads(data: bytes) -> Container:
         raise FormatError("not a vaecompress file (bad magic)")
     if len(data) >= len(MAGIC) + 2:
         (version,) = struct.unpack_from("<H", data, len(MAGIC))
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise FormatError(_version_message(version))
     if len(data) < PREAMBLE_SIZE:
         raise FormatError("truncated file: it ends inside the preamble")
@@ -262,11 +290,12 @@ def loads(data: bytes) -> Container:
         raise FormatError(
             f"truncated file: header needs {header_len} bytes, {len(data) - PREAMBLE_SIZE} present"
         )
-    header_bytes = data[PREAMBLE_SIZE:header_end]
-    if zlib.crc32(header_bytes) != crc:
+    stored = data[PREAMBLE_SIZE:header_end]
+    if zlib.crc32(stored) != crc:
         raise FormatError("corrupt header (CRC-32 mismatch)")
+    header_bytes = stored if version == 1 else _inflate_header(stored)
     header = _parse_json(header_bytes)
-    _check_header(header)
+    check_header(header, version)
 
     section = memoryview(data)[header_end:]
     entries = header["payloads"]
@@ -276,10 +305,12 @@ def loads(data: bytes) -> Container:
     if len(section) > needed:
         raise FormatError(f"trailing bytes: {len(section) - needed} bytes after the last payload")
     payloads = []
+    offset = 0  # version 1's stored offsets were checked to equal these
     for p in entries:
-        blob = bytes(section[p["offset"] : p["offset"] + p["length"]])
+        blob = bytes(section[offset : offset + p["length"]])
+        offset += p["length"]
         if file_sha256(blob) != p["sha256"]:
-            raise FormatError(f"payload {_short(p['name'])} is corrupt (sha256 mismatch)")
+            raise FormatError(f"payload {short(p['name'])} is corrupt (sha256 mismatch)")
         payloads.append(Payload(name=p["name"], kind=p["kind"], role=p["role"], data=blob))
     return Container(
         codec=header["codec"],
@@ -300,10 +331,36 @@ def loads(data: bytes) -> Container:
     )
 
 
+def _inflate_header(stored: bytes) -> bytes:
+    """Version 2's stored header: u32 json_len, then raw deflate of exactly json_len bytes.
+    json_len is checked against the limit before inflating, and inflating stops there, so a
+    decompression bomb costs at most MAX_HEADER_BYTES of memory."""
+    if len(stored) < _U32.size:
+        raise FormatError("bad header: stored header is shorter than its 4-byte length")
+    (json_len,) = _U32.unpack_from(stored, 0)
+    if json_len > MAX_HEADER_BYTES:
+        raise FormatError(
+            f"bad header: header JSON length {json_len} exceeds the limit of "
+            f"{MAX_HEADER_BYTES} bytes"
+        )
+    z = zlib.decompressobj(-15, zdict=HEADER_ZDICT)
+    try:
+        # max_length json_len + 1: one byte too many is enough to see a lying length.
+        out = z.decompress(stored[_U32.size :], json_len + 1)
+    except zlib.error as e:
+        raise FormatError(f"bad header: compressed header is corrupt ({e})") from None
+    if len(out) != json_len or not z.eof or z.unused_data or z.unconsumed_tail:
+        raise FormatError(
+            "bad header: compressed header does not inflate to exactly its declared "
+            f"{json_len} bytes"
+        )
+    return out
+
+
 def _version_message(version: int) -> str:
     return (
         f"format version {version} is not supported by this vaecompress "
-        f"(reads {FORMAT_VERSION}); upgrade vaecompress"
+        f"(reads {' and '.join(map(str, READ_VERSIONS))}); upgrade vaecompress"
     )
 
 
@@ -317,121 +374,22 @@ def _parse_json(header_bytes: bytes) -> Any:
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not allowed")
 
+    def finite_float(text: str) -> float:
+        # 1e999 parses to inf: the same as the Infinity that no_constants refuses.
+        x = float(text)
+        if not math.isfinite(x):
+            raise ValueError(f"number {short(text)} is not finite")
+        return x
+
     try:
         text = header_bytes.decode("utf-8")
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+        return json.loads(
+            text,
+            object_pairs_hook=no_duplicates,
+            parse_constant=no_constants,
+            parse_float=finite_float,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         # RecursionError: a hostile header nested thousands deep must not crash the reader.
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FormatError(f"bad header JSON: {msg}") from None
-
-
-# --------------------------------------------------------------- header validation
-
-
-def _check_header(h: Any) -> None:
-    """Check every key the reader relies on; raises FormatError('bad header: ...')."""
-    _expect(isinstance(h, dict), "bad header JSON: not an object")
-    for key in _HEADER_KEYS:
-        _expect(key in h, f"bad header: missing key {key!r}")
-    if not _is_int(h["format_version"]) or h["format_version"] != FORMAT_VERSION:
-        raise FormatError(
-            f"bad header: format_version {_short(h['format_version'])} does not "
-            f"match the preamble ({FORMAT_VERSION})"
-        )
-
-    codec = h["codec"]
-    _expect(isinstance(codec, dict), "bad header: 'codec' must be an object")
-    _expect(_is_name(codec.get("name")), "bad header: codec name must be a non-empty string")
-    _expect(_is_int(codec.get("version")), "bad header: codec version must be an integer")
-    _expect(isinstance(codec.get("settings"), dict), "bad header: codec settings must be an object")
-    for key in ("codec_state", "meta"):
-        _expect(isinstance(h[key], dict), f"bad header: {key!r} must be an object")
-
-    _check_tensors(h["tensors"])
-
-    names: set[str] = set()
-    _expect(isinstance(h["payloads"], list), "bad header: 'payloads' must be a list")
-    offset = 0
-    for p in h["payloads"]:
-        label = _check_entry(p, "payload", ("offset",), names)
-        if p["offset"] != offset:
-            raise FormatError(
-                f"bad header: {label} offset {p['offset']} should be {offset} "
-                "(payloads are contiguous)"
-            )
-        offset += p["length"]
-    _expect(isinstance(h["externals"], list), "bad header: 'externals' must be a list")
-    for e in h["externals"]:
-        _check_entry(e, "external", (), names)
-
-
-def _check_tensors(tensors: Any) -> None:
-    _expect(isinstance(tensors, list), "bad header: 'tensors' must be a list")
-    seen: set[str] = set()
-    for t in tensors:
-        _expect(
-            isinstance(t, dict) and all(k in t for k in ("name", "shape", "dtype")),
-            "bad header: tensor entries need name, shape and dtype",
-        )
-        name = t["name"]
-        _expect(isinstance(name, str), "bad header: tensor name must be a string")
-        label = f"bad header: tensor {_short(name)}"
-        _expect(name not in seen, f"{label} is listed twice")
-        seen.add(name)
-        shape = t["shape"]
-        _expect(
-            isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape),
-            f"{label} shape must be a list of non-negative integers",
-        )
-        _expect(_is_name(t["dtype"]), f"{label} dtype must be a non-empty string")
-
-
-def _check_entry(e: Any, what: str, extra_ints: tuple[str, ...], names: set[str]) -> str:
-    """Check a payload or external entry; returns its label for further messages."""
-    _expect(isinstance(e, dict), f"bad header: {what} entries must be objects")
-    for key in ("name", "kind", "role", "sha256", "length", *extra_ints):
-        _expect(key in e, f"bad header: {what} entry missing key {key!r}")
-    name = e["name"]
-    _expect(_is_name(name), f"bad header: {what} name must be a non-empty string")
-    label = f"{what} {_short(name)}"
-    _expect(name not in names, f"bad header: name {_short(name)} is used twice")
-    names.add(name)
-    kind, role = e["kind"], e["role"]
-    if not (isinstance(kind, str) and _KIND_RE.fullmatch(kind)):
-        raise FormatError(f"bad header: {label} kind {_short(kind)} is not 1-64 of [a-z0-9._-]")
-    if not (isinstance(role, str) and role in ROLES):
-        raise FormatError(
-            f"bad header: {label} role {_short(role)} is not one of {', '.join(sorted(ROLES))}"
-        )
-    for key in ("length", *extra_ints):
-        _expect(
-            _is_int(e[key]) and e[key] >= 0,
-            f"bad header: {label} {key} must be a non-negative integer",
-        )
-    sha = e["sha256"]
-    _expect(
-        isinstance(sha, str) and _SHA256_RE.fullmatch(sha) is not None,
-        f"bad header: {label} sha256 must be 64 lowercase hex digits",
-    )
-    return label
-
-
-def _is_int(x: Any) -> bool:
-    # bool is an int subclass in Python, but `true` is not a length.
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _short(x: Any) -> str:
-    # Hostile headers can hold megabyte-long names; error messages stay one short line.
-    r = repr(x)
-    return r if len(r) <= 80 else r[:77] + "..."
-
-
-def _is_name(x: Any) -> bool:
-    return isinstance(x, str) and x != ""
-
-
-def _expect(ok: bool, message: str) -> None:
-    if not ok:
-        raise FormatError(message)
