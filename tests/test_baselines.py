@@ -15,9 +15,9 @@ from torch.func import functional_call
 from vaecompress.api import compress, decompress
 from vaecompress.codecs.base import CodecContext, Finetuner, make_codec
 from vaecompress.codecs.deep_compression import DeepCompressionCodec, layer_sparsities
-from vaecompress.codecs.entropy import decode_symbols, encode_symbols, pack_uint, unpack_uint
-from vaecompress.codecs.kmeans import kmeans_1d
-from vaecompress.codecs.prune import decode_positions, encode_positions, magnitude_masks
+from vaecompress.coding.entropy import decode_symbols, encode_symbols, pack_uint, unpack_uint
+from vaecompress.coding.kmeans import kmeans_1d
+from vaecompress.coding.sparse import decode_positions, encode_positions, magnitude_masks
 from vaecompress.errors import FormatError
 from vaecompress.format import loads
 

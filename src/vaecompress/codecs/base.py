@@ -5,6 +5,21 @@ paper's VAE, later VAE codecs and every baseline are interchangeable entries her
 same harness. A codec declares which of its payloads are the compressed "code" (what the paper
 counts) and which are decoder weights, so that both ratios can always be reported.
 
+The contract, all of it on the class so that nothing outside `codecs/` names a codec:
+
+- `name`, `version` (bumped whenever the payload layout changes; the reader keeps old versions),
+  a frozen `Settings` dataclass with the defaults;
+- `validate()`: checks the resolved settings when the codec is made (bad values are a one-line
+  `UserError` before any work starts);
+- `available()`: None when the codec can run here, else the one-line install hint;
+- `externals`: names of the files the codec may write beside the container and read back
+  (`Encoded.externals` / `decode(..., externals)`, keyed by these names);
+- `operating_points(preset)`: the settings the bench measures ("quick", "full");
+- `uses_task`: whether its quality depends on fine-tuning with the task (`CodecContext.finetune`);
+- `encode(state, ctx) -> Encoded` and `decode(container, externals) -> state_dict`.
+
+Codecs compose the tools of `vaecompress.coding`; no codec imports another.
+
 Tensors a codec does not compress (integer buffers, flags) travel losslessly in one `aux`
 payload; `split_passthrough` / `join_passthrough` do that the same way for every codec.
 """
@@ -13,40 +28,34 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
+from vaecompress.coding.finetune import Finetuner
+from vaecompress.coding.floats import split_floats
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_AUX, Container, Payload
 from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
-from vaecompress.params.vector import is_float_dtype
 
 PASSTHROUGH = "passthrough"
 
 
 @dataclass
-class Finetuner:
-    """What a retraining codec (pruning, Deep Compression) may use: a loss on the task.
-
-    `loss(state, batch)` evaluates the model with the given tensors (via
-    `torch.func.functional_call`), `batches()` yields training batches forever.
-    """
-
-    loss: Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
-    batches: Callable[[], Iterator[Any]]
-    steps_per_epoch: int
-
-
-@dataclass
 class CodecContext:
+    """What an encoder may use besides the state_dict and its settings."""
+
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     progress: bool = True
-    finetune: Finetuner | None = None
+    finetune: Finetuner | None = None  # the task's loss and data, for `uses_task` codecs
     label: str = ""  # shown on progress bars, e.g. the model name
+    # Pre-trained parts that several models share (a decoder, a prior), by name, as bytes: a
+    # codec that finds its part here uses it instead of training one, and references it as an
+    # external rather than embedding it. No built-in codec reads it yet.
+    shared: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +74,8 @@ class Codec(ABC):
     name: ClassVar[str]
     version: ClassVar[int] = 1
     Settings: ClassVar[type]
+    externals: ClassVar[tuple[str, ...]] = ()  # files it may write beside the container
+    uses_task: ClassVar[bool] = False  # fine-tunes with `CodecContext.finetune` when given
 
     def __init__(self, settings: Any = None, **overrides: Any) -> None:
         base = settings if settings is not None else self.Settings()
@@ -76,6 +87,28 @@ class Codec(ABC):
                 f"settings: {', '.join(sorted(names))}"
             )
         self.settings = dataclasses.replace(base, **overrides)
+        try:
+            self.validate()
+        except TypeError as e:  # e.g. `--set bits=abc` compared with a number
+            raise UserError(f"codec '{self.name}': a setting has the wrong type ({e})") from None
+        hint = self.available()
+        if hint is not None:
+            raise UserError(hint)
+
+    def validate(self) -> None:
+        """Raise a one-line `UserError` for settings this codec cannot use (default: all
+        settings are acceptable)."""
+        return None
+
+    @classmethod
+    def available(cls) -> str | None:
+        """None if the codec can run here, else the one line saying how to install it."""
+        return None
+
+    @classmethod
+    def operating_points(cls, preset: str) -> list[dict[str, Any]]:
+        """Settings overrides the bench measures for `preset` ("quick" or "full")."""
+        return [{}]
 
     def settings_json(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self.settings))
@@ -117,6 +150,11 @@ def register(cls: type[Codec]) -> type[Codec]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove a codec from the registry (tests that register a toy codec clean up with this)."""
+    REGISTRY.pop(name, None)
+
+
 def get_codec_class(name: str) -> type[Codec]:
     import vaecompress.codecs  # noqa: F401  (registers the built-in codecs)
 
@@ -134,10 +172,7 @@ def make_codec(name: str, **settings: Any) -> Codec:
 
 def split_passthrough(state: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict]:
     """(floating tensors to compress, everything else kept exactly)."""
-    coded, raw = {}, {}
-    for k, v in state.items():
-        (coded if is_float_dtype(str(v.dtype).removeprefix("torch.")) else raw)[k] = v
-    return coded, raw
+    return split_floats(state)
 
 
 def add_passthrough(c: Container, raw: Mapping[str, torch.Tensor]) -> None:

@@ -14,7 +14,7 @@ entropy coding, as a codec.
    rest), then the centroids are retrained: the weights are built from the centroids by
    index_select and scatter, so each centroid's gradient is the sum of its weights' gradients.
 3. Entropy coding. Per tensor, two streams go through constriction's ANS coder with their own
-   stored integer frequency tables (`entropy.encode_symbols`): the cluster indices of the
+   stored integer frequency tables (`coding.entropy.encode_symbols`): the cluster indices of the
    survivors, and the gaps between consecutive survivors (the number of pruned weights in
    between, in row-major order). Gaps are coded directly over their own alphabet instead of
    Han's 4/8-bit gaps with filler zeros: the table lists only the gaps that occur, and a rare
@@ -45,17 +45,18 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
-from vaecompress.codecs.entropy import decode_symbols, encode_symbols, split_segments
-from vaecompress.codecs.kmeans import Clustered, finetune_centroids, kmeans_1d, reconstruct
-from vaecompress.codecs.prune import magnitude_masks, masked_finetune
-from vaecompress.codecs.quant import is_weight
-from vaecompress.codecs.zstd_codec import (
+from vaecompress.coding.entropy import decode_symbols, encode_symbols, split_segments
+from vaecompress.coding.finetune import finetune_centroids, masked_finetune
+from vaecompress.coding.floats import (
     FLOAT_STORE,
     float_specs,
     floats_from_bytes,
     floats_to_bytes,
+    is_weight,
     numel,
 )
+from vaecompress.coding.kmeans import Clustered, kmeans_1d, reconstruct
+from vaecompress.coding.sparse import magnitude_masks
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
@@ -124,8 +125,15 @@ class DeepCompressionCodec(Codec):
     name = "deep-compression"
     version = 1
     Settings = DeepCompressionSettings
+    uses_task = True
 
-    def _check(self) -> None:
+    @classmethod
+    def operating_points(cls, preset: str) -> list[dict[str, Any]]:
+        if preset == "full":
+            return [{"sparsity": s} for s in (0.85, 0.92, 0.96)]
+        return [{"prune_epochs": 0.5, "quant_epochs": 0.25, "prune_stages": 2}]
+
+    def validate(self) -> None:
         s = self.settings
         if s.scope not in SCOPES:
             raise UserError(f"deep-compression: scope must be one of {SCOPES}, got '{s.scope}'")
@@ -138,7 +146,6 @@ class DeepCompressionCodec(Codec):
 
     def quantize(self, state: StateDict, ctx: CodecContext) -> DeepCompressed:
         """Steps 1 and 2: prune (and retrain), cluster the survivors (and retrain centroids)."""
-        self._check()
         s = self.settings
         coded, raw = split_passthrough(state)
         current = dict(state)
@@ -226,7 +233,7 @@ class DeepCompressionCodec(Codec):
         rows = iter(table)
         out: StateDict = {}
         pos = 0
-        for spec in float_specs(c):
+        for spec in float_specs(c.tensors):
             shape, n = list(spec["shape"]), numel(spec["shape"])
             if n == 0:
                 out[spec["name"]] = torch.zeros(shape)

@@ -5,13 +5,12 @@ centroid. Stored: the float32 codebooks and the cluster indices, packed at ceil(
 entropy-coded. Biases stay float32/float16. With `finetune_epochs > 0` and a finetuner the
 centroids are retrained (Deep Compression's trained quantization, `finetune_centroids`).
 
-Boundary: the clustering (`kmeans_1d`), the clustered-tensor description (`Clustered`,
-`reconstruct`) and centroid retraining live here and are shared with `deep-compression`.
+Boundary: the clustering, the clustered-tensor description and centroid retraining come from
+`vaecompress.coding` (`kmeans`, `finetune`); decoding needs no data.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
-from vaecompress.codecs.entropy import (
+from vaecompress.coding.entropy import (
     decode_symbols,
     encode_symbols,
     pack_uint,
@@ -36,16 +35,17 @@ from vaecompress.codecs.entropy import (
     split_segments,
     unpack_uint,
 )
-from vaecompress.codecs.prune import finetune_steps, run_finetune
-from vaecompress.codecs.quant import is_weight
-from vaecompress.codecs.zstd_codec import (
+from vaecompress.coding.finetune import finetune_centroids
+from vaecompress.coding.floats import (
     FLOAT_KIND,
     FLOAT_STORE,
     float_specs,
     floats_from_bytes,
     floats_to_bytes,
+    is_weight,
     numel,
 )
+from vaecompress.coding.kmeans import Clustered, index_bits, kmeans_1d, reconstruct
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
@@ -65,107 +65,6 @@ class KMeansSettings:
     lr: float = 1e-4  # Adam learning rate of the centroid retraining
 
 
-# ------------------------------------------------------------------------------ k-means
-
-
-def kmeans_1d(values: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids float32 ascending, index int64 of each value) for 1-D data.
-
-    In one dimension the nearest centroid is found by bisecting the midpoints of the sorted
-    centroids, so each Lloyd step is O(n log k). An empty cluster keeps its centroid.
-    """
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
-    if x.size == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    k = max(1, min(k, x.size))
-    lo, hi = float(x.min()), float(x.max())
-    centroids = np.linspace(lo, hi, k) if k > 1 else np.array([(lo + hi) / 2])
-    for _ in range(iters):
-        idx = _nearest(x, centroids)
-        sums = np.bincount(idx, weights=x, minlength=k)
-        counts = np.bincount(idx, minlength=k)
-        new = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-        if np.array_equal(new, centroids):
-            break
-        centroids = new
-    # The stored centroids are float32: assign against exactly those values.
-    c32 = np.sort(centroids.astype(np.float32))
-    return c32, _nearest(x, c32.astype(np.float64))
-
-
-def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    mids = (centroids[1:] + centroids[:-1]) / 2
-    return np.searchsorted(mids, x).astype(np.int64)
-
-
-def index_bits(k: int) -> int:
-    return max(1, math.ceil(math.log2(k))) if k > 1 else 1
-
-
-# ---------------------------------------------------------------------- clustered tensors
-
-
-@dataclass
-class Clustered:
-    """A weight tensor as (positions, cluster index) into a codebook; the rest is zero."""
-
-    shape: list[int]
-    index: np.ndarray  # int64, cluster of each coded weight
-    book: str  # key of its codebook
-    positions: np.ndarray | None = None  # flat positions of the coded weights; None = all
-
-
-def reconstruct(cl: Clustered, codebooks: Mapping[str, np.ndarray]) -> torch.Tensor:
-    """The float32 tensor a decoder rebuilds; the encoder reports exactly this."""
-    values = codebooks[cl.book].astype(np.float32)[cl.index]
-    if cl.positions is None:
-        return torch.from_numpy(values.copy()).reshape(cl.shape)
-    full = np.zeros(numel(cl.shape), dtype=np.float32)
-    full[cl.positions] = values
-    return torch.from_numpy(full).reshape(cl.shape)
-
-
-def finetune_centroids(state: StateDict, clustered: Mapping[str, Clustered],
-                       codebooks: dict[str, np.ndarray], ctx: CodecContext, epochs: float,
-                       lr: float, desc: str = "centroids") -> tuple[StateDict, list[float]]:
-    """Deep Compression's trained quantization: the weights are a function of the centroids
-    (scatter of centroid[index] into the positions), so backprop gives each centroid the sum of
-    the gradients of its weights. The unclustered float tensors (biases) are trained too.
-    Updates `codebooks` in place; returns the other retrained tensors and the loss curve."""
-    steps = finetune_steps(ctx, epochs)
-    coded, raw = split_passthrough(state)
-    if steps == 0:
-        return {k: v for k, v in coded.items() if k not in clustered}, []
-    dev = ctx.device
-    books = {k: torch.tensor(v, dtype=torch.float32, device=dev, requires_grad=True)
-             for k, v in codebooks.items()}
-    free = {k: v.detach().to(dev, torch.float32).clone().requires_grad_(True)
-            for k, v in coded.items() if k not in clustered}
-    fixed = {k: v.to(dev) for k, v in raw.items()}
-    gather = {k: (torch.from_numpy(cl.index).to(dev),
-                  None if cl.positions is None else torch.from_numpy(cl.positions).to(dev))
-              for k, cl in clustered.items()}
-
-    def make_state() -> dict[str, torch.Tensor]:
-        out = {**fixed, **free}
-        for k, cl in clustered.items():
-            idx, pos = gather[k]
-            vals = books[cl.book].index_select(0, idx)
-            if pos is None:
-                out[k] = vals.reshape(cl.shape)
-            else:
-                w = torch.zeros(numel(cl.shape), device=dev, dtype=vals.dtype)
-                out[k] = w.index_add(0, pos, vals).reshape(cl.shape)
-        return out
-
-    params = {**{f"book:{k}": v for k, v in books.items()}, **free}
-    losses = run_finetune(params, make_state, ctx.finetune, steps, lr,
-                          desc=f"{desc} {ctx.label}".strip(), progress=ctx.progress)
-    for k, v in books.items():
-        codebooks[k] = v.detach().to("cpu").numpy().astype(np.float32)
-    return {k: v.detach().to("cpu").to(coded[k].dtype) for k, v in free.items()}, losses
-
-
 # ---------------------------------------------------------------------------- the codec
 
 
@@ -174,17 +73,29 @@ class KMeansCodec(Codec):
     name = "kmeans"
     version = 1
     Settings = KMeansSettings
+    uses_task = True  # only with finetune_epochs > 0: the centroids are retrained
+
+    @classmethod
+    def operating_points(cls, preset: str) -> list[dict[str, Any]]:
+        if preset == "full":
+            return [{"bits": b, "entropy": True} for b in (2, 3, 4, 5, 6)]
+        return [{"bits": 4}]
+
+    def validate(self) -> None:
+        s = self.settings
+        if isinstance(s.bits, bool) or not isinstance(s.bits, int) or not 1 <= s.bits <= 16:
+            raise UserError(f"kmeans: bits must be in 1..16, got {s.bits!r}")
+        if s.scope not in SCOPES or s.bias_dtype not in FLOAT_STORE:
+            raise UserError(f"kmeans: scope must be one of {SCOPES}, bias_dtype one of "
+                            f"{sorted(FLOAT_STORE)}")
+        if isinstance(s.iters, bool) or not isinstance(s.iters, int) or s.iters < 0:
+            raise UserError(f"kmeans: iters must be a non-negative integer, got {s.iters!r}")
 
     def cluster(self, state: StateDict, ctx: CodecContext) -> tuple[
             dict[str, Clustered], dict[str, np.ndarray], StateDict, dict[str, Any]]:
         """(clustered weights, codebooks, other float tensors, report): everything `encode`
         writes, also the reconstruction (`reconstruct`) exactly as decoding gives it."""
         s = self.settings
-        if not 1 <= s.bits <= 16:
-            raise UserError(f"kmeans: bits must be in 1..16, got {s.bits}")
-        if s.scope not in SCOPES or s.bias_dtype not in FLOAT_STORE:
-            raise UserError(f"kmeans: scope must be one of {SCOPES}, bias_dtype one of "
-                            f"{sorted(FLOAT_STORE)}")
         coded, _ = split_passthrough(state)
         weights = {k: v.detach().to("cpu", torch.float32).reshape(-1).numpy()
                    for k, v in coded.items() if is_weight(list(v.shape)) and v.numel() > 0}
@@ -255,7 +166,7 @@ class KMeansCodec(Codec):
         segments = iter(split_segments(blob["indices"], seg_lengths))
         out: StateDict = {}
         book_i = float_pos = 0
-        for spec in float_specs(c):
+        for spec in float_specs(c.tensors):
             shape, n = list(spec["shape"]), numel(spec["shape"])
             if n == 0:
                 out[spec["name"]] = torch.zeros(shape)

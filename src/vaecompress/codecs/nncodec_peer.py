@@ -190,8 +190,7 @@ def _probe(python: Path) -> str | None:
 
 
 def nncodec_available() -> bool:
-    """Whether the `nncodec` codec can run here (the bench harness skips it otherwise, with
-    `NOT_INSTALLED` as the reason)."""
+    """Whether the `nncodec` codec can run here (`NNCodecCodec.available()` says why not)."""
     return _probe(nncodec_python()) is None
 
 
@@ -244,8 +243,21 @@ class NNCodecCodec(Codec):
     version = 1
     Settings = NNCodecSettings
 
-    def __init__(self, settings: Any = None, **overrides: Any) -> None:
-        super().__init__(settings, **overrides)
+    @classmethod
+    def available(cls) -> str | None:
+        python = nncodec_python()
+        why = _probe(python)
+        if why is None:
+            return None
+        return NOT_INSTALLED if not python.exists() else f"{NOT_INSTALLED} [{why}]"
+
+    @classmethod
+    def operating_points(cls, preset: str) -> list[dict[str, Any]]:
+        if preset == "full":
+            return [{"qp": q} for q in (-44, -38, -32, -26, -20, -14)]
+        return [{"qp": -32}]
+
+    def validate(self) -> None:
         s = self.settings
         _check_int("qp_density", s.qp_density, 0, 6)
         qp_max = 2 ** (5 + s.qp_density)  # NNC's qp range at this density
@@ -255,7 +267,10 @@ class NNCodecCodec(Codec):
         if s.approx_method not in APPROX_METHODS:
             raise UserError(f"nncodec setting approx_method must be one of {APPROX_METHODS}, "
                             f"got {s.approx_method!r}")
-        self.python = require_nncodec()
+
+    @property
+    def python(self) -> Path:
+        return require_nncodec()
 
     def nnc_args(self) -> dict[str, Any]:
         s = self.settings

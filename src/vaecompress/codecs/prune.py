@@ -11,44 +11,50 @@ Storage, per tensor: the positions of the survivors as a packed bitmask (n/8 byt
 index deltas in the narrowest of uint8/16/32 that holds them, whichever is smaller (recorded),
 then the surviving values as float32 or float16; optionally zstd over everything.
 
-Boundary: the retraining loop `run_finetune` here is shared with `kmeans` and
-`deep-compression`; decoding needs no data.
+Boundary: masks, position encodings and the retraining loop come from `vaecompress.coding`;
+decoding needs no data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import zstandard
-from tqdm.auto import tqdm
 
 from vaecompress.codecs.base import (
     Codec,
     CodecContext,
     Encoded,
-    Finetuner,
     add_passthrough,
     join_passthrough,
     register,
     split_passthrough,
 )
-from vaecompress.codecs.quant import is_weight
-from vaecompress.codecs.zstd_codec import (
+from vaecompress.coding.finetune import masked_finetune
+from vaecompress.coding.floats import (
     FLOAT_STORE,
     float_specs,
     floats_from_bytes,
     floats_to_bytes,
+    is_weight,
     numel,
+)
+from vaecompress.coding.sparse import (
+    POSITION_MODES,
+    SCOPES,
+    decode_positions,
+    encode_positions,
+    magnitude_masks,
+    position_bytes,
 )
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
 
-SCOPES = ("layer", "global")
 PAYLOAD = "sparse"
 
 
@@ -65,164 +71,38 @@ class PruneSettings:
     zstd_level: int = 19
 
 
-# ------------------------------------------------------------------------------ masks
-
-
-def _keep_largest(mags: np.ndarray, n_zero: int) -> np.ndarray:
-    """Boolean mask with exactly `n_zero` False entries, the smallest magnitudes; ties are broken
-    by position (a stable sort), so the mask is deterministic."""
-    order = np.argsort(mags, kind="stable")
-    mask = np.ones(mags.size, dtype=bool)
-    mask[order[:n_zero]] = False
-    return mask
-
-
-def magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float | Mapping[str, float],
-                    scope: str = "layer") -> dict[str, torch.Tensor]:
-    """Keep-masks (bool, same shapes) for the given tensors. `sparsity` may be one number or one
-    per tensor (layer scope only)."""
-    if scope not in SCOPES:
-        raise UserError(f"scope must be one of {SCOPES}, got '{scope}'")
-    mags = {k: v.detach().to("cpu", torch.float32).abs().reshape(-1).numpy()
-            for k, v in weights.items()}
-    sp = {k: float(sparsity[k] if isinstance(sparsity, Mapping) else sparsity) for k in mags}
-    if any(not 0.0 <= s <= 1.0 for s in sp.values()):
-        raise UserError(f"sparsity must be in [0, 1], got {sorted(sp.values())}")
-    if scope == "global":
-        if isinstance(sparsity, Mapping):
-            raise UserError("global pruning takes a single sparsity")
-        pooled = np.concatenate(list(mags.values())) if mags else np.zeros(0, np.float32)
-        flat = _keep_largest(pooled, round(float(sparsity) * pooled.size))
-        out, pos = {}, 0
-        for k, v in weights.items():
-            out[k] = torch.from_numpy(flat[pos : pos + v.numel()].copy()).reshape(v.shape)
-            pos += v.numel()
-        return out
-    return {k: torch.from_numpy(_keep_largest(m, round(sp[k] * m.size))).reshape(weights[k].shape)
-            for k, m in mags.items()}
-
-
-# --------------------------------------------------------------------------- retraining
-
-
-def run_finetune(params: dict[str, torch.Tensor],
-                 make_state: Callable[[], Mapping[str, torch.Tensor]],
-                 finetuner: Finetuner, steps: int, lr: float,
-                 after_step: Callable[[], None] | None = None,
-                 desc: str = "finetune", progress: bool = False) -> list[float]:
-    """Adam on `params` (leaf tensors with requires_grad) for `steps` batches of the task loss
-    of `make_state()`; `after_step` runs under no_grad after each update (re-applying masks).
-    Returns the mean loss of every tenth of the run, for reports."""
-    if steps <= 0 or not params:
-        return []
-    opt = torch.optim.Adam(list(params.values()), lr=lr)
-    batches = finetuner.batches()
-    losses: list[float] = []
-    chunk = max(1, steps // 10)
-    total = 0.0
-    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=not progress)
-    for step in range(steps):
-        loss = finetuner.loss(make_state(), next(batches))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if after_step is not None:
-            with torch.no_grad():
-                after_step()
-        total += float(loss.detach())
-        if (step + 1) % chunk == 0:
-            losses.append(total / chunk)
-            total = 0.0
-        bar.update()
-    bar.close()
-    return losses
-
-
-def finetune_steps(ctx: CodecContext, epochs: float) -> int:
-    return round(epochs * ctx.finetune.steps_per_epoch) if ctx.finetune and epochs > 0 else 0
-
-
-def masked_finetune(state: StateDict, masks: Mapping[str, torch.Tensor], ctx: CodecContext,
-                    epochs: float, lr: float, desc: str = "prune") -> tuple[StateDict, list[float]]:
-    """Retrain every floating tensor of `state`, keeping the masked weights at zero. Returns the
-    new state (on the CPU) and the loss curve; unchanged state when there is no finetuner."""
-    steps = finetune_steps(ctx, epochs)
-    if steps == 0:
-        return dict(state), []
-    coded, raw = split_passthrough(state)
-    dev = ctx.device
-    params = {k: v.detach().to(dev, torch.float32).clone().requires_grad_(True)
-              for k, v in coded.items()}
-    dev_masks = {k: m.to(dev) for k, m in masks.items()}
-    fixed = {k: v.to(dev) for k, v in raw.items()}
-    with torch.no_grad():
-        for k, m in dev_masks.items():
-            params[k].mul_(m)
-
-    def reapply() -> None:
-        for k, m in dev_masks.items():
-            params[k].mul_(m)
-
-    losses = run_finetune(params, lambda: {**fixed, **params}, ctx.finetune, steps, lr,
-                          after_step=reapply, desc=f"{desc} {ctx.label}".strip(),
-                          progress=ctx.progress)
-    out = {k: (params[k].detach().to("cpu").to(v.dtype) if k in params else v)
-           for k, v in state.items()}
-    return out, losses
-
-
-# ------------------------------------------------------------------------ sparse format
-
-
-def encode_positions(mask: np.ndarray) -> tuple[str, bytes]:
-    """(mode, bytes) of a flat keep-mask: "m" packed bitmask, or "d1"/"d2"/"d4" index deltas
-    (first index, then differences) at 1/2/4 bytes; the smaller one wins."""
-    bitmask = np.packbits(mask.astype(np.uint8)).tobytes()
-    pos = np.flatnonzero(mask)
-    deltas = np.diff(pos, prepend=0)
-    top = int(deltas.max(initial=0))
-    width = 1 if top < 2**8 else 2 if top < 2**16 else 4
-    if width * pos.size < len(bitmask):
-        return f"d{width}", deltas.astype(f"<u{width}").tobytes()
-    return "m", bitmask
-
-
-def decode_positions(mode: str, data: bytes, n: int, nnz: int) -> np.ndarray:
-    """Flat keep-mask from `encode_positions`' output."""
-    if mode == "m":
-        if len(data) != (n + 7) // 8:
-            raise FormatError("bitmask has the wrong size")
-        mask = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n].astype(bool)
-        if int(mask.sum()) != nnz:
-            raise FormatError("bitmask does not match its count of surviving weights")
-        return mask
-    if mode not in ("d1", "d2", "d4"):
-        raise FormatError(f"unknown position encoding '{mode}'")
-    width = int(mode[1])
-    if len(data) != width * nnz:
-        raise FormatError("index deltas have the wrong size")
-    pos = np.cumsum(np.frombuffer(data, dtype=f"<u{width}").astype(np.int64))
-    if pos.size and (pos[-1] >= n or (np.diff(pos) <= 0).any()):
-        raise FormatError("index deltas point outside their tensor")
-    mask = np.zeros(n, dtype=bool)
-    mask[pos] = True
-    return mask
-
-
-def position_bytes(mode: str, n: int, nnz: int) -> int:
-    return (n + 7) // 8 if mode == "m" else int(mode[1]) * nnz
-
-
 @register
 class PruneCodec(Codec):
     name = "prune"
     version = 1
     Settings = PruneSettings
+    uses_task = True
+
+    @classmethod
+    def operating_points(cls, preset: str) -> list[dict[str, Any]]:
+        if preset == "full":
+            return [{"sparsity": s, "finetune_epochs": 1.0} for s in (0.5, 0.7, 0.8, 0.9)]
+        return [{"sparsity": 0.8, "finetune_epochs": 0.25}]
+
+    def validate(self) -> None:
+        s = self.settings
+        if s.value_dtype not in FLOAT_STORE:
+            raise UserError(f"prune: value_dtype must be one of {sorted(FLOAT_STORE)}, "
+                            f"got {s.value_dtype!r}")
+        if s.scope not in SCOPES:
+            raise UserError(f"prune: scope must be one of {SCOPES}, got {s.scope!r}")
+        if not _number(s.sparsity) or not 0.0 <= s.sparsity <= 1.0:
+            raise UserError(f"prune: sparsity must be in [0, 1], got {s.sparsity!r}")
+        if not _number(s.finetune_epochs) or s.finetune_epochs < 0:
+            raise UserError(f"prune: finetune_epochs must be >= 0, got {s.finetune_epochs!r}")
+        if not _number(s.lr) or not s.lr > 0:
+            raise UserError(f"prune: lr must be a positive number, got {s.lr!r}")
+        if isinstance(s.zstd_level, bool) or not isinstance(s.zstd_level, int) \
+                or not 1 <= s.zstd_level <= 22:
+            raise UserError(f"prune: zstd_level must be an integer in 1..22, got {s.zstd_level!r}")
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         s = self.settings
-        if s.value_dtype not in FLOAT_STORE:
-            raise UserError(f"value_dtype must be one of {sorted(FLOAT_STORE)}")
         coded, raw = split_passthrough(state)
         weights = {k: v for k, v in coded.items() if is_weight(list(v.shape))}
         masks = magnitude_masks(weights, s.sparsity, s.scope)
@@ -270,7 +150,7 @@ class PruneCodec(Codec):
                 data = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_bytes)
             except zstandard.ZstdError as e:
                 raise FormatError(f"prune payload is corrupt: {e}") from None
-        specs = float_specs(c)
+        specs = float_specs(c.tensors)
         if len(specs) != len(table):
             raise FormatError("prune: tensor table does not match the manifest")
         itemsize = np.dtype(FLOAT_STORE[vdtype]).itemsize
@@ -283,7 +163,7 @@ class PruneCodec(Codec):
                 pos += n * itemsize
                 out[spec["name"]] = torch.from_numpy(vals.copy()).reshape(shape)
                 continue
-            size = position_bytes(mode, n, nnz) if mode in ("m", "d1", "d2", "d4") else 0
+            size = position_bytes(mode, n, nnz) if mode in POSITION_MODES else 0
             mask = decode_positions(mode, data[pos : pos + size], n, nnz)
             pos += size
             vals = floats_from_bytes(data[pos : pos + nnz * itemsize], vdtype, nnz)
@@ -294,3 +174,7 @@ class PruneCodec(Codec):
         if pos != len(data):
             raise FormatError(f"prune payload has {len(data) - pos} bytes beyond its tensors")
         return join_passthrough(c, out)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)

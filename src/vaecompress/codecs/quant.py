@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
-from vaecompress.codecs.entropy import (
+from vaecompress.coding.entropy import (
     decode_symbols,
     encode_symbols,
     join_segments,
@@ -43,12 +43,13 @@ from vaecompress.codecs.entropy import (
     split_segments,
     unpack_uint,
 )
-from vaecompress.codecs.zstd_codec import (
+from vaecompress.coding.floats import (
     FLOAT_KIND,
     FLOAT_STORE,
     float_specs,
     floats_from_bytes,
     floats_to_bytes,
+    is_weight,
     numel,
 )
 from vaecompress.errors import FormatError, UserError
@@ -67,11 +68,6 @@ class QuantSettings:
     entropy: bool = False  # entropy-code the level indices (constriction ANS) instead of packing
     bias_dtype: str = "float32"  # tensors with < 2 dims: float32 | float16 | quantize
     scale_dtype: str = "float32"  # storage of lo/scale: float32 | float16
-
-
-def is_weight(shape: list[int]) -> bool:
-    """Matrices and kernels, the tensors the baselines quantize, prune and cluster."""
-    return len(shape) >= 2
 
 
 def _round_away(x: np.ndarray, dtype: str, up: bool) -> np.ndarray:
@@ -110,7 +106,14 @@ class UniformQuantCodec(Codec):
     version = 1
     Settings = QuantSettings
 
-    def _check(self) -> None:
+    @classmethod
+    def operating_points(cls, preset: str) -> list[dict[str, Any]]:
+        if preset == "full":
+            return [{"granularity": g, "entropy": e}
+                    for g in ("tensor", "channel") for e in (False, True)]
+        return [{"granularity": "channel"}]
+
+    def validate(self) -> None:
         s = self.settings
         for value, allowed, what in ((s.granularity, GRANULARITIES, "granularity"),
                                      (s.scheme, SCHEMES, "scheme"),
@@ -120,7 +123,6 @@ class UniformQuantCodec(Codec):
                 raise UserError(f"{self.name}: {what} must be one of {allowed}, got '{value}'")
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
-        self._check()
         s = self.settings
         coded, raw = split_passthrough(state)
         q_parts: list[bytes] = []
@@ -173,7 +175,7 @@ class UniformQuantCodec(Codec):
         scale_item = np.dtype(FLOAT_STORE[scale_dtype]).itemsize
         scale_pos = float_pos = 0
         out: StateDict = {}
-        for spec in float_specs(c):
+        for spec in float_specs(c.tensors):
             shape, n = list(spec["shape"]), numel(spec["shape"])
             if n == 0:
                 out[spec["name"]] = torch.zeros(shape)

@@ -14,6 +14,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,15 +109,25 @@ class VAEPaperCodec(Codec):
     name = "vae-paper"
     version = 1
     Settings = VAEPaperSettings
+    externals = ("decoder",)  # with external_decoder=True the decoder is its own file
+
+    @classmethod
+    def operating_points(cls, preset: str) -> list[dict[str, Any]]:
+        # The latent sweep lives in `reproduce`; in the bench this codec is one point per model.
+        if preset == "full":
+            return [{"latent": 64, "epochs": 100, "patience": 20, "batch_size": 128}]
+        return [{"latent": 64, "epochs": 30, "patience": 10}]
 
     def arch(self) -> VAEArch:
         s = self.settings
         hidden = s.hidden if isinstance(s.hidden, (list, tuple)) else (s.hidden,)
         return VAEArch(in_dim=s.chunk_size, latent=s.latent, hidden=tuple(hidden))
 
-    def _check(self) -> None:
+    def validate(self) -> None:
         """Settings a user typed (`--latent 0`, `--set hidden=512`) fail here, as bad input."""
         s = self.settings
+        if s.normalize not in NORMALIZE:
+            raise UserError(f"vae-paper: normalize must be one of {NORMALIZE}, got {s.normalize!r}")
         hidden = s.hidden if isinstance(s.hidden, (list, tuple)) else [s.hidden]
         positive_ints = {
             "chunk_size": s.chunk_size,
@@ -132,9 +143,10 @@ class VAEPaperCodec(Codec):
         for key, value in {"sigma_x": s.sigma_x, "lr": s.lr}.items():
             if not isinstance(value, (int, float)) or not value > 0:
                 raise UserError(f"vae-paper: {key} must be a positive number, got {value!r}")
+        NoiseConfig(s.noise_kind, s.noise_fraction, s.noise_scale, s.n_variants,
+                    s.val_fraction).validate()
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
-        self._check()
         s = self.settings
         coded, raw = split_passthrough(state)
         if not coded:

@@ -3,9 +3,7 @@ order, through zstandard; decoding gives back the state_dict bit for bit.
 
 Boundary: this codec does no modelling of its own. Its ratio is what a general-purpose
 compressor gets from trained weights (little: float mantissas look random), the floor every
-lossy codec has to beat. The module also holds the raw-tensor helpers the other baselines use
-for what they keep as plain floats (biases), and `float_specs`, which tells every baseline's
-decoder which manifest entries it coded (the floating ones, as `split_passthrough` chose).
+lossy codec has to beat.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import zstandard
 
@@ -26,14 +23,13 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
+from vaecompress.coding.floats import float_specs, numel, tensor_bytes, tensor_from_bytes
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
-from vaecompress.params.vector import dtype_from_name, is_float_dtype
+from vaecompress.params.vector import dtype_from_name
 
 PAYLOAD = "weights"
-FLOAT_STORE = {"float32": "<f4", "float16": "<f2"}
-FLOAT_KIND = {"float32": "raw-f32", "float16": "raw-f16"}  # payload kinds of such arrays
 
 
 @dataclass(frozen=True)
@@ -41,53 +37,16 @@ class ZstdSettings:
     level: int = 19  # zstandard level, 1..22; 19 is the strongest without --ultra memory
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """The tensor's own little-endian bytes in its own dtype (float64 stays float64, so the
-    round trip is exact whatever the dtype); viewed as bytes so bfloat16 needs no numpy type."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes()
-
-
-def tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    raw = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
-    return raw.view(dtype).reshape(shape)
-
-
-def float_specs(c: Container) -> list[dict]:
-    """Manifest entries of the tensors a baseline coded, in manifest order; deriving them from
-    the manifest keeps the tensor names out of the codec state (fewer header bytes)."""
-    try:
-        return [t for t in c.tensors if is_float_dtype(t["dtype"])]
-    except (UserError, KeyError, TypeError) as e:  # e.g. an unknown dtype in a hostile manifest
-        raise FormatError(f"manifest has a bad dtype: {e}") from None
-
-
-def numel(shape: list[int]) -> int:
-    return int(np.prod(shape)) if shape else 1
-
-
-def floats_to_bytes(t: torch.Tensor, dtype: str) -> bytes:
-    """A tensor stored as little-endian float32 or float16 (what baselines keep unquantized)."""
-    if dtype not in FLOAT_STORE:
-        raise UserError(f"float storage must be one of {sorted(FLOAT_STORE)}, got '{dtype}'")
-    return t.detach().to("cpu", torch.float32).reshape(-1).numpy().astype(FLOAT_STORE[dtype]) \
-        .tobytes()
-
-
-def floats_from_bytes(data: bytes, dtype: str, n: int) -> np.ndarray:
-    if dtype not in FLOAT_STORE:
-        raise FormatError(f"unknown float storage '{dtype}'")
-    size = n * np.dtype(FLOAT_STORE[dtype]).itemsize
-    if len(data) != size:
-        raise FormatError(f"{dtype} data holds {len(data)} bytes, expected {size}")
-    return np.frombuffer(data, dtype=FLOAT_STORE[dtype]).astype(np.float32)
-
-
 @register
 class ZstdCodec(Codec):
     name = "zstd"
     version = 1
     Settings = ZstdSettings
+
+    def validate(self) -> None:
+        level = self.settings.level
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
+            raise UserError(f"zstd: level must be an integer in 1..22, got {level!r}")
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         coded, raw = split_passthrough(state)
@@ -111,7 +70,7 @@ class ZstdCodec(Codec):
             raise FormatError(f"zstd payload is corrupt: {e}") from None
         out: StateDict = {}
         pos = 0
-        for spec in float_specs(c):
+        for spec in float_specs(c.tensors):
             dtype = dtype_from_name(spec["dtype"])
             shape = list(spec["shape"])
             size = numel(shape) * torch.empty((), dtype=dtype).element_size()
