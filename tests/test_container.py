@@ -529,6 +529,15 @@ def test_payload_data_is_bytes() -> None:
     assert all(type(p.data) is bytes for p in c.payloads)
 
 
+def test_format_package_never_touches_torch() -> None:
+    # Manifest dtypes are checked against DTYPE_ITEMSIZE, and format/ itself never turns a
+    # header string into a torch attribute.
+    for path in Path(fc.__file__).parent.glob("*.py"):
+        src = path.read_text(encoding="utf-8")
+        assert "getattr(torch" not in src, path.name
+        assert not re.search(r"^\s*(import|from) torch", src, re.MULTILINE), path.name
+
+
 # ---------------------------------------------------------------- writer errors
 
 

@@ -17,7 +17,7 @@ ROLE_CODE, ROLE_MODEL, ROLE_AUX = "code", "model", "aux"
 ROLES = frozenset({ROLE_CODE, ROLE_MODEL, ROLE_AUX})
 
 # The only dtype names a manifest may hold, with their item sizes in bytes. A name outside this
-# table never reaches the codecs, so `getattr(torch, dtype)` there only ever sees these names.
+# table never reaches the codecs, so their torch dtype lookups only ever see these names.
 DTYPE_ITEMSIZE: dict[str, int] = {
     "float64": 8,
     "float32": 4,
