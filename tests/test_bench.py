@@ -29,7 +29,7 @@ FIELDS = (
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def run(tmp_path_factory: pytest.TempPathFactory, toy_mnist_dir: Path) -> tuple[Path, dict]:
     from vaecompress.experiments import common
     from vaecompress.zoo.train import TrainConfig
 
@@ -49,7 +49,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     try:
         cfg = bench_mod.BenchConfig("quick", ("fnn",), ("zstd", "int8", "int4", "prune", "nncodec"))
         results = bench_mod.bench(
-            cfg, out, device=torch.device("cpu"), data_dir=None, progress=False
+            cfg, out, device=torch.device("cpu"), data_dir=str(toy_mnist_dir), progress=False
         )
         write_bench_report(results, out)
     finally:

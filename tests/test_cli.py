@@ -21,11 +21,14 @@ def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data(toy_mnist_dir: Path) -> list[str]:
+    return ["--data-dir", str(toy_mnist_dir)]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory, data: list[str]) -> Path:
     path = tmp_path_factory.mktemp("w") / "rnn.safetensors"
-    assert (
-        main(["train", "rnn", "-o", str(path), "--epochs", "1", "--limit", "3000", "--quiet"]) == 0
-    )
+    assert main(["train", "rnn", "-o", str(path), "--epochs", "1", "--quiet", *data]) == 0
     return path
 
 
@@ -36,15 +39,18 @@ def packed(weights: Path) -> Path:
     return out
 
 
-def test_train_then_evaluate_json(weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_then_evaluate_json(
+    weights: Path, data: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
-    assert main(["evaluate", str(weights), "--json"]) == 0
+    assert main(["evaluate", str(weights), "--json", *data]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["model"] == "rnn" and res["n"] == 10_000 and 20.0 < res["accuracy"] <= 100.0
+    assert res["model"] == "rnn" and res["n"] == 200 and 20.0 < res["accuracy"] <= 100.0
 
 
 def test_compress_decompress_evaluate(
-    packed: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    packed: Path, weights: Path, tmp_path: Path, data: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     capsys.readouterr()
     assert main(["inspect", str(packed), "--json"]) == 0
@@ -63,7 +69,7 @@ def test_compress_decompress_evaluate(
     assert acc["params"] == 54_538 and acc["ratio_paper"] > 30
     rebuilt = tmp_path / "rebuilt.safetensors"
     assert main(["decompress", str(packed), "-o", str(rebuilt)]) == 0
-    assert main(["evaluate", str(rebuilt), "--model", "rnn", "--json"]) == 0
+    assert main(["evaluate", str(rebuilt), "--model", "rnn", "--json", *data]) == 0
 
 
 def test_external_decoder_flow(
@@ -84,6 +90,42 @@ def test_external_decoder_flow(
     assert main(["decompress", str(out), "-o", str(target), "--decoder", str(bad)]) == 2
     assert "does not match" in _err_line(capsys)
     assert not target.exists()
+    # The generic spelling, and an external that lies beside the file under its default name.
+    assert main(["decompress", str(out), "-o", str(target), "--external", f"decoder={dec}"]) == 0
+    (tmp_path / "m.vaec.decoder.safetensors").write_bytes(dec.read_bytes())
+    assert main(["decompress", str(out), "-o", str(tmp_path / "r2.safetensors")]) == 0
+
+
+def test_external_out_default_path_and_unknown_names(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "e.vaec"
+    ext = ["--set", "external_decoder=true"]
+    assert main(["compress", str(weights), "-o", str(out), *ext, *FAST]) == 0
+    assert (tmp_path / "e.vaec.decoder.safetensors").is_file()
+    argv = ["decompress", str(out), "-o", str(tmp_path / "r.safetensors")]
+    assert main([*argv, "--external", f"prior={out}"]) == 2
+    assert "references no external 'prior'" in _err_line(capsys)
+    argv = ["compress", str(weights), "-o", str(tmp_path / "z.vaec"), "--codec", "zstd"]
+    assert main([*argv, "--decoder-out", str(tmp_path / "d")]) == 2
+    assert "writes no external 'decoder'" in _err_line(capsys)
+    assert main([*argv, "--external-out", "decoder"]) == 2
+    assert "NAME=VALUE" in _err_line(capsys)
+
+
+def test_latent_is_checked_against_the_chosen_codec(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "never.vaec"
+    argv = ["compress", str(weights), "-o", str(out), "--codec", "int8", "--latent", "8"]
+    assert main(argv) == 2
+    assert "no setting 'latent'" in _err_line(capsys)
+    assert main(["compress", str(weights), "-o", str(out), "--latent", "0"]) == 2
+    assert "latent must be a positive integer" in _err_line(capsys)
+    assert main(["compress", str(weights), "-o", str(out), "--codec", "int8",
+                 "--set", "granularity=row"]) == 2
+    assert "granularity" in _err_line(capsys)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "version", "magic"])
@@ -165,7 +207,7 @@ def test_internal_error_is_exit_1(
 
 
 def test_compress_with_a_baseline_and_finetune(
-    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    weights: Path, tmp_path: Path, data: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "p.vaec"
     argv = [
@@ -182,6 +224,7 @@ def test_compress_with_a_baseline_and_finetune(
         "finetune_epochs=0.05",
         "--json",
         "--quiet",
+        *data,
     ]
     assert main(argv) == 0
     acc = json.loads(capsys.readouterr().out)

@@ -9,6 +9,7 @@ container's own framing, which `tests/test_container.py` pins.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from torch.func import functional_call
 
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import REGISTRY, CodecContext, Finetuner
+from vaecompress.errors import UserError
 from vaecompress.format import ROLES, Container, loads
 from vaecompress.io import state_to_bytes
 
@@ -109,46 +111,27 @@ def test_golden_bytes(codec: str) -> None:
         "regenerate GOLDEN with `python tests/test_codec_contract.py`")
 
 
+# Codecs still being written (their layout is not frozen yet): add their digests with version 1.
+NO_GOLDEN_YET = {"vae-rd", "vae-rd-free"}
+
+
 def test_every_codec_has_a_golden_digest() -> None:
-    """A registered codec without a golden digest fails here (peers that are not installed
-    here are exempt)."""
-    assert set(_available_codecs()) - {"nncodec"} <= set(GOLDEN)
+    """A registered codec without a golden digest fails here (the optional peer, whose bytes
+    depend on its installed version, is exempt)."""
+    missing = set(_available_codecs()) - {"nncodec"} - NO_GOLDEN_YET - set(GOLDEN)
+    assert not missing, f"add golden digests for {sorted(missing)}"
 
 
 # ------------------------------------------------------------------------ the contract
 
 
-@pytest.mark.parametrize("codec", _all_codecs())
-def test_codec_contract(codec: str) -> None:
-    state = golden_state()
-    settings = TINY_SETTINGS.get(codec, {})
-    res = compress(state, codec, ctx=CodecContext(progress=False, seed=3), **settings)
-    out = decompress(res.data, res.externals)
-    assert list(out) == list(state)
-    c = loads(res.data)
-    assert c.codec["name"] == codec and c.codec["version"] == REGISTRY[codec].version
-    for spec in c.tensors:
-        t = out[spec["name"]]
-        assert list(t.shape) == spec["shape"]
-        assert str(t.dtype).removeprefix("torch.") == spec["dtype"]
-    for k in ("1.num_batches_tracked", "flags"):
-        assert torch.equal(out[k], state[k])
-    for k, v in state.items():
-        if v.is_floating_point():
-            assert torch.isfinite(out[k]).all()
-    again = compress(state, codec, ctx=CodecContext(progress=False, seed=3), **settings)
-    assert again.data == res.data
-    assert res.accounting.payload_bytes > 0 and res.accounting.file_bytes == len(res.data)
-    assert {p.role for p in c.payloads} <= set(ROLES)
-    assert json.loads(json.dumps(c.codec["settings"])) == c.codec["settings"]
-
-
 class TinyTask:
-    """A 16-32-4 MLP on random data labelled by a random linear teacher."""
+    """A 16-32-4 MLP with an int64 buffer on random data labelled by a random linear teacher."""
 
     def __init__(self, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+        self.net.register_buffer("steps", torch.tensor(12, dtype=torch.int64))
         with torch.no_grad():
             for p in self.net.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
@@ -169,11 +152,65 @@ class TinyTask:
                 idx = order[i : i + 32]
                 yield self.x[idx], self.y[idx]
 
-    def ctx(self) -> CodecContext:
-        return CodecContext(progress=False,
+    def ctx(self, seed: int = 0) -> CodecContext:
+        return CodecContext(progress=False, seed=seed,
                             finetune=Finetuner(self.loss, self.batches, steps_per_epoch=8))
 
 
+def check_contract(codec: str, settings: Mapping | None = None) -> None:
+    """What every codec promises; `test_plugin.py` runs it on a codec registered by a test.
+    A codec that fine-tunes on the task (`uses_task`) gets a tiny task and its finetuner."""
+    cls = REGISTRY[codec]
+    task = TinyTask() if cls.uses_task else None
+    state = task.state if task else golden_state()
+
+    def ctx() -> CodecContext:
+        return task.ctx(seed=3) if task else CodecContext(progress=False, seed=3)
+
+    settings = dict(TINY_SETTINGS.get(codec, {}) if settings is None else settings)
+    res = compress(state, codec, ctx=ctx(), **settings)
+    out = decompress(res.data, res.externals)
+    assert list(out) == list(state)
+    c = loads(res.data)
+    assert c.codec["name"] == codec and c.codec["version"] == REGISTRY[codec].version
+    for spec in c.tensors:
+        t = out[spec["name"]]
+        assert list(t.shape) == spec["shape"]
+        assert str(t.dtype).removeprefix("torch.") == spec["dtype"]
+    for k, v in state.items():
+        if not v.is_floating_point():  # integer and bool buffers travel exactly
+            assert torch.equal(out[k], v)
+    for k, v in state.items():
+        if v.is_floating_point():
+            assert torch.isfinite(out[k]).all()
+    again = compress(state, codec, ctx=ctx(), **settings)
+    assert again.data == res.data
+    assert res.accounting.payload_bytes > 0 and res.accounting.file_bytes == len(res.data)
+    assert {p.role for p in c.payloads} <= set(ROLES)
+    assert json.loads(json.dumps(c.codec["settings"])) == c.codec["settings"]
+    assert {e.name for e in c.externals} <= set(cls.externals)
+    assert set(res.externals) == {e.name for e in c.externals}
+    for preset in ("quick", "full"):
+        points = cls.operating_points(preset)
+        assert points and all(isinstance(p, dict) for p in points)
+        for point in points:  # every bench point is a valid setting of this codec
+            cls(**point)
+
+
+@pytest.mark.parametrize("codec", _all_codecs())
+def test_codec_contract(codec: str) -> None:
+    check_contract(codec)
+
+
+@pytest.mark.parametrize("codec", _all_codecs())
+def test_bad_setting_types_fail_when_the_codec_is_made(codec: str) -> None:
+    cls = REGISTRY[codec]
+    for f in dataclasses.fields(cls.Settings):
+        if isinstance(f.default, int | float) and not isinstance(f.default, bool):
+            with pytest.raises(UserError):
+                cls(**{f.name: "abc"})
+
+
 if __name__ == "__main__":  # print the digests, to regenerate GOLDEN after a version bump
-    for name in sorted(GOLDEN):
+    for name in sorted(_available_codecs()):
         print(f'    "{name}": "{golden_digest(name)}",')

@@ -49,17 +49,17 @@ def _with_root(root: Path):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run(tmp_path_factory: pytest.TempPathFactory, toy_mnist_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("rep")
     mp = pytest.MonkeyPatch()
     mp.setattr(rep, "trained_model", _with_root(out / "models"))
     try:
         results = rep.reproduce(
-            TINY, out, device=torch.device("cpu"), data_dir=None, progress=False
+            TINY, out, device=torch.device("cpu"), data_dir=str(toy_mnist_dir), progress=False
         )
         from vaecompress.experiments.report import write_report
 
-        write_report(results, out)
+        write_report(results, out, data_dir=toy_mnist_dir)
     finally:
         mp.undo()
     return out
@@ -92,17 +92,20 @@ def test_report_and_figures_written(run: Path) -> None:
         assert (run / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_rerun_reuses_finished_work(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_reuses_finished_work(run: Path, monkeypatch: pytest.MonkeyPatch,
+                                    toy_mnist_dir: Path) -> None:
     def fail(*a, **kw):
         raise AssertionError("a finished measurement was redone")
 
     monkeypatch.setattr(rep, "_measure", fail)
     monkeypatch.setattr(rep, "trained_model", _with_root(run / "models"))
-    res = rep.reproduce(TINY, run, device=torch.device("cpu"), data_dir=None, progress=False)
+    res = rep.reproduce(TINY, run, device=torch.device("cpu"), data_dir=str(toy_mnist_dir),
+                        progress=False)
     assert len(res["records"]) == 4
 
 
-def test_interrupted_run_resumes(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes(run: Path, monkeypatch: pytest.MonkeyPatch,
+                                 toy_mnist_dir: Path) -> None:
     """Drop one record (as if the run had been killed before it) and run again: exactly that one
     measurement is redone."""
     victim = sorted((run / "records").glob("*.json"))[0]
@@ -116,5 +119,6 @@ def test_interrupted_run_resumes(run: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(rep, "_measure", counting)
     monkeypatch.setattr(rep, "trained_model", _with_root(run / "models"))
-    rep.reproduce(TINY, run, device=torch.device("cpu"), data_dir=None, progress=False)
+    rep.reproduce(TINY, run, device=torch.device("cpu"), data_dir=str(toy_mnist_dir),
+                  progress=False)
     assert len(calls) == 1 and victim.is_file()

@@ -129,6 +129,7 @@ def test_unknown_codec_is_a_user_error(tiny_state) -> None:
         compress(tiny_state, "nope", ctx=CTX)
 
 
+@pytest.mark.slow
 def test_real_fnn_keeps_its_accuracy() -> None:
     """End to end on real MNIST: a trained FNN through vae-paper at latent 64 loses < 1 point."""
     from vaecompress.data import load_mnist

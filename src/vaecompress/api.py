@@ -1,8 +1,12 @@
 """The public API: state_dict -> bytes -> state_dict, with the accounting of every result.
 
 result = vaecompress.compress(state, "vae-paper", latent=64)
-vaecompress.save(result, "model.vaec")            # atomic; writes the decoder file if external
+vaecompress.save(result, "model.vaec")            # atomic; writes any external file beside it
 state = vaecompress.decompress(Path("model.vaec").read_bytes())
+state = vaecompress.decompress_file("model.vaec")  # the same, reading the externals beside it
+
+Externals are the separate files a codec declares (`Codec.externals`, e.g. vae-paper's
+"decoder"); by default each lies beside the file as `<file>.<name>.safetensors`.
 """
 
 from __future__ import annotations
@@ -101,28 +105,55 @@ def inspect(data: bytes) -> dict[str, Any]:
     }
 
 
-def save(
-    result: CompressResult, path: str | Path, *, decoder_path: str | Path | None = None
-) -> None:
-    """Write the file atomically; an external decoder goes to `decoder_path` (or beside it)."""
+def external_path(path: str | Path, name: str) -> Path:
+    """Where an external called `name` of the file `path` lies by default."""
     path = Path(path)
+    return path.with_name(f"{path.name}.{name}.safetensors")
+
+
+def save(
+    result: CompressResult,
+    path: str | Path,
+    *,
+    externals: Mapping[str, str | Path] | None = None,
+) -> None:
+    """Write the file atomically, and each external the codec produced to the path given for
+    its name in `externals`, or beside the file (`external_path`)."""
+    path = Path(path)
+    targets = dict(externals or {})
+    unknown = sorted(set(targets) - set(result.externals))
+    if unknown:
+        made = ", ".join(sorted(result.externals)) or "none"
+        raise UserError(f"this codec wrote no external '{unknown[0]}' (externals written: {made})")
     for name, blob in result.externals.items():
-        target = (
-            Path(decoder_path)
-            if decoder_path and name == "decoder"
-            else path.with_name(f"{path.name}.{name}.safetensors")
-        )
-        atomic_write_bytes(target, blob)
+        atomic_write_bytes(Path(targets[name]) if name in targets else external_path(path, name),
+                           blob)
     atomic_write_bytes(path, result.data)
 
 
-def load(path: str | Path, *, externals: Mapping[str, str | Path] | None = None) -> StateDict:
+def decompress_file(
+    path: str | Path, *, externals: Mapping[str, str | Path] | None = None
+) -> StateDict:
+    """Rebuild the state_dict from a compressed file. Each external the file references is read
+    from the path given for its name, else from beside the file when it lies there."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
+    data = path.read_bytes()
+    given = dict(externals or {})
+    referenced = [e.name for e in loads(data).externals]
+    unknown = sorted(set(given) - set(referenced))
+    if unknown:
+        names = ", ".join(referenced) or "none"
+        raise UserError(f"{path} references no external '{unknown[0]}' (it references: {names})")
     blobs = {}
-    for name, p in (externals or {}).items():
-        if not Path(p).is_file():
+    for name in referenced:
+        p = Path(given[name]) if name in given else external_path(path, name)
+        if name in given and not p.is_file():
             raise UserError(f"no such file: {p}")
-        blobs[name] = Path(p).read_bytes()
-    return decompress(path.read_bytes(), blobs)
+        if p.is_file():
+            blobs[name] = p.read_bytes()
+    return decompress(data, blobs)
+
+
+load = decompress_file  # the public name of the README's first version

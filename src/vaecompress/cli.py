@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -65,7 +65,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vaecompress.data import load_mnist
-    from vaecompress.io import save_weights
+    from vaecompress.io import save_weights_file
     from vaecompress.runinfo import resolve_device
     from vaecompress.zoo import get_spec
     from vaecompress.zoo.train import accuracy, preset_config, train_model
@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "test_accuracy": f"{acc:.2f}",
         "train_s": f"{res.train_s:.1f}",
     }
-    save_weights(args.output, res.model.state_dict(), meta)
+    save_weights_file(args.output, res.model.state_dict(), meta)
     print(
         f"{spec.name}: test accuracy {acc:.2f}% after {cfg.epochs} epochs "
         f"({res.train_s:.1f} s on {device}); saved {args.output}"
@@ -95,10 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model(path: str, model: str | None) -> tuple[Any, str]:
-    from vaecompress.io import check_state_matches, load_weights
+    from vaecompress.io import check_state_matches, load_weights_file
     from vaecompress.zoo import build_model, get_spec
 
-    state, meta = load_weights(path)
+    state, meta = load_weights_file(path)
     name = model or meta.get("vaecompress.model")
     if not name:
         raise UserError(f"{path} does not say which model it holds; pass --model")
@@ -127,30 +127,77 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- compress, decompress, inspect
 
 
-def _codec_settings(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in args.set or []:
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """`NAME=VALUE` arguments of a repeatable flag, in order; a repeated name is bad input."""
+    out: dict[str, str] = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        if not sep or not key or not value:
+            raise UserError(f"{flag} expects NAME=VALUE, got '{item}'")
+        if key in out:
+            raise UserError(f"{flag} names '{key}' twice")
+        out[key] = value
+    return out
+
+
+def _codec_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The `--set KEY=VALUE` overrides (values parsed as JSON when they are JSON); `--latent N`
+    is `--set latent=N`. The codec itself rejects a setting it does not have."""
+    out: dict[str, Any] = {}
+    for key, value in _pairs(args.set, "--set").items():
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
             out[key.replace("-", "_")] = value
     if args.latent is not None:
         out["latent"] = args.latent
-    if args.decoder_out:
-        out["external_decoder"] = True
     return out
+
+
+def _external_outs(args: argparse.Namespace, codec: str,
+                   settings: dict[str, Any]) -> dict[str, str]:
+    """`--external-out NAME=FILE` (and its alias `--decoder-out FILE`), checked against the
+    externals the codec declares. A codec that keeps an external in the file unless told
+    otherwise has a boolean setting `external_<NAME>`: asking for the file turns it on."""
+    from vaecompress.codecs import get_codec_class
+
+    outs = _pairs(args.external_out, "--external-out")
+    if args.decoder_out:
+        if "decoder" in outs:
+            raise UserError("give the decoder's file once: --decoder-out or --external-out")
+        outs["decoder"] = args.decoder_out
+    cls = get_codec_class(codec)
+    for name in outs:
+        if name not in cls.externals:
+            declared = ", ".join(cls.externals) or "none"
+            raise UserError(f"codec '{codec}' writes no external '{name}' "
+                            f"(its externals: {declared})")
+        flag = f"external_{name}"
+        if flag in {f.name for f in fields(cls.Settings)}:
+            settings.setdefault(flag, True)
+    return outs
+
+
+def _external_ins(args: argparse.Namespace) -> dict[str, str]:
+    """`--external NAME=FILE` (and its alias `--decoder FILE`)."""
+    ins = _pairs(args.external, "--external")
+    if args.decoder:
+        if "decoder" in ins:
+            raise UserError("give the decoder's file once: --decoder or --external decoder=FILE")
+        ins["decoder"] = args.decoder
+    return ins
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, save
-    from vaecompress.codecs import CodecContext
-    from vaecompress.io import load_weights
+    from vaecompress.codecs import CodecContext, make_codec
+    from vaecompress.io import load_weights_file
     from vaecompress.runinfo import resolve_device
 
-    state, meta = load_weights(args.input)
+    settings = _codec_settings(args)
+    outs = _external_outs(args, args.codec, settings)
+    make_codec(args.codec, **settings)  # bad settings fail here, before any work
+    state, meta = load_weights_file(args.input)
     if args.model:
         _load_model(args.input, args.model)  # validates the shapes against the architecture
     device = resolve_device(args.device)
@@ -174,8 +221,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         finetune=finetune,
     )
     keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
-    res = compress(state, args.codec, ctx=ctx, meta=keep, **_codec_settings(args))
-    save(res, args.output, decoder_path=args.decoder_out)
+    res = compress(state, args.codec, ctx=ctx, meta=keep, **settings)
+    save(res, args.output, externals=outs)
     a = res.accounting
     if args.json:
         _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": args.codec})
@@ -193,13 +240,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from vaecompress.api import load
-    from vaecompress.io import save_weights
+    from vaecompress.api import decompress_file
+    from vaecompress.io import save_weights_file
 
-    ext = {"decoder": args.decoder} if args.decoder else None
     t0 = time.perf_counter()
-    state = load(args.input, externals=ext)
-    save_weights(args.output, state, _file_meta(args.input))
+    state = decompress_file(args.input, externals=_external_ins(args))
+    save_weights_file(args.output, state, _file_meta(args.input))
     print(f"{args.output}: {len(state)} tensors rebuilt in {time.perf_counter() - t0:.2f} s")
     return 0
 
@@ -299,10 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("input")
     sp.add_argument("-o", "--output", required=True)
     sp.add_argument("--codec", default="vae-paper")
-    sp.add_argument("--latent", type=int, help="latent size (VAE codecs)")
+    sp.add_argument("--latent", type=int, help="latent size: --set latent=N (VAE codecs)")
     sp.add_argument("--model", help="check the weights against this zoo architecture first")
-    sp.add_argument("--decoder-out", help="keep the decoder in this separate file")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any codec setting")
+    sp.add_argument(
+        "--external-out",
+        action="append",
+        metavar="NAME=FILE",
+        help="write the codec's external NAME (e.g. decoder) to FILE "
+        "(default: beside the output as OUTPUT.NAME.safetensors)",
+    )
+    sp.add_argument("--decoder-out", metavar="FILE", help="--external-out decoder=FILE")
     sp.add_argument(
         "--finetune", action="store_true", help="let retraining codecs fine-tune on MNIST"
     )
@@ -314,7 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("decompress", help="rebuild a weights file from a compressed file")
     sp.add_argument("input")
     sp.add_argument("-o", "--output", required=True, help="weights file (.safetensors)")
-    sp.add_argument("--decoder", help="the external decoder file, if the file references one")
+    sp.add_argument(
+        "--external",
+        action="append",
+        metavar="NAME=FILE",
+        help="a file the compressed file references (default: INPUT.NAME.safetensors beside it)",
+    )
+    sp.add_argument("--decoder", metavar="FILE", help="--external decoder=FILE")
     sp.set_defaults(func=cmd_decompress)
 
     sp = sub.add_parser("inspect", help="show a compressed file's header and both ratios")

@@ -1,8 +1,13 @@
 """Reading and writing model weights safely, and writing any output file atomically.
 
 Weights are safetensors, or a PyTorch checkpoint read with `torch.load(weights_only=True)`:
-nothing a user hands us is ever unpickled. Every output goes to a temporary file in the target
-folder first and is renamed into place, so a failed run never leaves a half-written file.
+nothing a user hands us is ever unpickled. A safetensors blob is read back in its stored order
+(by data offset), so the same file gives the same state_dict order, and the same compressed
+bytes, in every process. Every output goes through `atomic_write`: a temporary file in the
+target folder, then a rename, so a failed run never leaves a half-written file.
+
+Names say what they read: `load_weights_file` (a weights file: state_dict and metadata),
+`load_state_dict` (a weights file: the state_dict alone), `state_from_bytes` (a safetensors blob).
 """
 
 from __future__ import annotations
@@ -10,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,8 +29,10 @@ from vaecompress.errors import UserError
 StateDict = dict[str, torch.Tensor]
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> int:
-    """Write `data` to `path` through a temp file and a rename; returns the bytes written."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> int:
+    """Call `write(f)` on a temp file beside `path`, fsync, rename it to `path`; returns the
+    bytes written. On any error the temp file is removed and `path` is untouched. The only
+    write-then-rename routine of the package (the container format keeps its own)."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise UserError(f"output folder does not exist: {path.parent}")
@@ -36,14 +43,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> int:
         os.umask(umask)
         os.chmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+            size = f.tell()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return len(data)
+    return size
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> int:
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> int:
@@ -64,13 +76,26 @@ def state_to_bytes(
 
 
 def state_from_bytes(data: bytes, *, what: str = "weights") -> StateDict:
+    """The tensors of a safetensors blob in their stored order (by data offset), whatever
+    order the library hands them back in (it differs between processes)."""
     try:
-        return dict(st_load(data))
+        tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise UserError(f"{what} are not a valid safetensors blob: {e}") from None
+    order = _stored_order(data)
+    rank = {name: i for i, name in enumerate(order)}
+    return {k: tensors[k] for k in sorted(tensors, key=lambda k: (rank.get(k, len(rank)), k))}
 
 
-def save_weights(
+def _stored_order(data: bytes) -> list[str]:
+    """Tensor names of a (valid) safetensors blob by data offset, then name."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    entries = [(v["data_offsets"][0], k) for k, v in header.items() if k != "__metadata__"]
+    return [k for _, k in sorted(entries)]
+
+
+def save_weights_file(
     path: str | Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
 ) -> int:
     return atomic_write_bytes(path, state_to_bytes(state, metadata))
@@ -97,7 +122,12 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
-def load_weights(path: str | Path) -> tuple[StateDict, dict[str, str]]:
+def load_state_dict(path: str | Path) -> StateDict:
+    """The state_dict of a weights file (`load_weights_file` without the metadata)."""
+    return load_weights_file(path)[0]
+
+
+def load_weights_file(path: str | Path) -> tuple[StateDict, dict[str, str]]:
     """Load a `.safetensors` file (with its metadata) or a `.pt`/`.pth`/`.bin` checkpoint.
 
     A checkpoint is read with `weights_only=True`; a nested one (`{"state_dict": {...}}`, the

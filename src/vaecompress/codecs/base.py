@@ -27,6 +27,7 @@ payload; `split_passthrough` / `join_passthrough` do that the same way for every
 from __future__ import annotations
 
 import dataclasses
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class Codec(ABC):
                 f"settings: {', '.join(sorted(names))}"
             )
         self.settings = dataclasses.replace(base, **overrides)
+        _check_types(self.name, self.settings)
         try:
             self.validate()
         except TypeError as e:  # e.g. `--set bits=abc` compared with a number
@@ -130,6 +132,29 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
         """Rebuild the state_dict from a container and the bytes of its externals."""
+
+
+def _check_types(codec: str, settings: Any) -> None:
+    """Each setting of the type its default has (an int where an int is, a number where a float
+    is, None only where the annotation allows it); containers are left to `validate`."""
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        value, default = getattr(settings, f.name), f.default
+        allowed = typing.get_args(hints.get(f.name)) or (hints.get(f.name),)
+        if value is None and type(None) in allowed:
+            continue
+        if isinstance(default, bool):
+            ok, what = isinstance(value, bool), "true or false"
+        elif isinstance(default, int) and float not in allowed:
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, int | float):
+            ok, what = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, what = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise UserError(f"{codec}: {f.name} must be {what}, got {value!r}")
 
 
 def _jsonable(obj: Any) -> Any:

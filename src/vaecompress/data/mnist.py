@@ -258,20 +258,12 @@ def _read_cache(path: Path) -> tuple[MnistSplit, MnistSplit]:
 
 
 def _write_cache(path: Path, train: MnistSplit, test: MnistSplit) -> None:
-    """Write the `.npz` atomically: temp file in the same folder, fsync, `os.replace`."""
+    """Write the `.npz` atomically (`io.atomic_write`)."""
+    from vaecompress.io import atomic_write  # imported here: it loads torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".mnist-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, train_images=train.images, train_labels=train.labels,
-                     test_images=test.images, test_labels=test.labels)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache holds nothing secret
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, train_images=train.images, train_labels=train.labels,
+                                          test_images=test.images, test_labels=test.labels))
 
 
 # ---- public API ---------------------------------------------------------------------------

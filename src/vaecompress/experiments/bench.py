@@ -29,36 +29,21 @@ from vaecompress.zoo.train import make_finetuner, preset_config
 
 Point = dict[str, Any]
 
-# Operating points per codec. `quick` is small enough for CI on one model; `full` sweeps each
-# method across its range so the curves can be compared at equal accuracy.
-GRIDS: dict[str, dict[str, list[Point]]] = {
-    "quick": {
-        "zstd": [{}],
-        "int8": [{"granularity": "channel"}],
-        "int4": [{"granularity": "channel"}],
-        "prune": [{"sparsity": 0.8, "finetune_epochs": 0.25}],
-        "kmeans": [{"bits": 4}],
-        "deep-compression": [{"prune_epochs": 0.5, "quant_epochs": 0.25, "prune_stages": 2}],
-        "nncodec": [{"qp": -32}],
-        "vae-paper": [{"latent": 64, "epochs": 30, "patience": 10}],
-    },
-    "full": {
-        "zstd": [{}],
-        "int8": [
-            {"granularity": g, "entropy": e} for g in ("tensor", "channel") for e in (False, True)
-        ],
-        "int4": [
-            {"granularity": g, "entropy": e} for g in ("tensor", "channel") for e in (False, True)
-        ],
-        "prune": [{"sparsity": s, "finetune_epochs": 1.0} for s in (0.5, 0.7, 0.8, 0.9)],
-        "kmeans": [{"bits": b, "entropy": True} for b in (2, 3, 4, 5, 6)],
-        "deep-compression": [{"sparsity": s} for s in (0.85, 0.92, 0.96)],
-        "nncodec": [{"qp": q} for q in (-44, -38, -32, -26, -20, -14)],
-        # The latent sweep lives in `reproduce`; here the paper's codec is one point per model.
-        "vae-paper": [{"latent": 64, "epochs": 100, "patience": 20, "batch_size": 128}],
-    },
-}
-CODECS = tuple(GRIDS["full"])
+PRESETS = ("quick", "full")
+
+
+def grid(codec: str, preset: str) -> list[Point]:
+    """The operating points of a codec: its own `operating_points(preset)`. `quick` is small
+    enough for CI on one model; `full` sweeps each method across its range so the curves can be
+    compared at equal accuracy."""
+    return [dict(p) for p in get_codec_class(codec).operating_points(preset)]
+
+
+def default_codecs() -> tuple[str, ...]:
+    """Every registered codec, in registry order."""
+    import vaecompress.codecs as codecs
+
+    return tuple(codecs.REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -93,11 +78,15 @@ def _peak_rss_bytes() -> int | None:
 
 def _available(codec: str) -> str | None:
     """None if usable, else the one line saying how to get it."""
-    if codec == "nncodec":
-        from vaecompress.codecs.nncodec_peer import NOT_INSTALLED, nncodec_available
+    return get_codec_class(codec).available()
 
-        return None if nncodec_available() else NOT_INSTALLED
-    return None
+
+def plan(cfg: BenchConfig) -> tuple[list[tuple[str, str, Point]], dict[str, str]]:
+    """(jobs: (model, codec, settings) in run order, skipped codecs with their install hint)."""
+    skipped = {c: hint for c in cfg.codecs if (hint := _available(c))}
+    jobs = [(m, c, p) for m in cfg.models for c in cfg.codecs if c not in skipped
+            for p in grid(c, cfg.preset)]
+    return jobs, skipped
 
 
 def _measure(
@@ -149,19 +138,9 @@ def bench(
     seed_everything(cfg.seed)
     train, test = load_mnist(data_dir)
     store = RecordStore(out / "records")
-    skipped: dict[str, str] = {}
-    for codec in cfg.codecs:
-        hint = _available(codec)
-        if hint:
-            skipped[codec] = hint
-            print(f"bench: skipping {codec}: {hint}")
-    jobs = [
-        (m, c, p)
-        for m in cfg.models
-        for c in cfg.codecs
-        if c not in skipped
-        for p in GRIDS[cfg.preset][c]
-    ]
+    jobs, skipped = plan(cfg)
+    for codec, hint in skipped.items():
+        print(f"bench: skipping {codec}: {hint}")
     records = []
     bar = tqdm(jobs, desc="bench", unit="point", disable=not progress)
     for name, codec, point in bar:
@@ -206,7 +185,7 @@ def bench(
             "preset": cfg.preset,
             "models": list(cfg.models),
             "codecs": list(cfg.codecs),
-            "grid": {c: GRIDS[cfg.preset][c] for c in cfg.codecs},
+            "grid": {c: grid(c, cfg.preset) for c in cfg.codecs},
             "seed": cfg.seed,
             "model_preset": cfg.model_preset(),
         },
@@ -222,11 +201,11 @@ def run_bench(args: argparse.Namespace) -> int:
     from vaecompress.experiments.bench_report import write_bench_report
 
     models = tuple(get_spec(m.strip()).name for m in args.models.split(",") if m.strip())
-    codecs = tuple(c.strip() for c in args.codecs.split(",")) if args.codecs else CODECS
+    codecs = (tuple(c.strip() for c in args.codecs.split(",") if c.strip()) if args.codecs
+              else default_codecs())
     for c in codecs:
-        get_codec_class(c)
-        if c not in GRIDS[args.preset]:
-            raise UserError(f"codec '{c}' has no operating points in the bench grid")
+        if not grid(c, args.preset):  # also: an unknown codec is a one-line error here
+            raise UserError(f"codec '{c}' has no operating points for preset '{args.preset}'")
     cfg = BenchConfig(args.preset, models, codecs, args.seed)
     out = Path(args.out)
     t0 = time.perf_counter()

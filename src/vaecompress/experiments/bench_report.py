@@ -6,7 +6,6 @@ method, the best honest ratio reached within 0.5 and within 1 point of the origi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from vaecompress.io import atomic_write_text
+from vaecompress.io import atomic_write, atomic_write_text
 
 TOLERANCES = (0.5, 1.0)
 
@@ -68,10 +67,11 @@ def plot_rate_accuracy(results: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(models) :]:
         ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120,
+                                                 metadata={"Software": None}))
+    finally:
+        plt.close(fig)
 
 
 def write_summary_table(results: dict[str, Any]) -> str:

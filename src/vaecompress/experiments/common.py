@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vaecompress.data import MnistSplit, cache_dir
-from vaecompress.io import atomic_write_json, load_weights, save_weights
+from vaecompress.io import atomic_write_json, load_weights_file, save_weights_file
 from vaecompress.zoo import build_model
 from vaecompress.zoo.train import TrainConfig, accuracy, predict, train_model
 
@@ -56,14 +56,14 @@ def trained_model(
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}-{key}.safetensors"
     if path.is_file():
-        state, meta = load_weights(path)
+        state, meta = load_weights_file(path)
         return TrainedModel(
             name, state, float(meta["test_accuracy"]), float(meta["train_s"]), path, key
         )
     res = train_model(name, train, cfg, device=device, progress=progress)
     acc = accuracy(res.model, test, device=device)
     state = {k: v.detach().cpu() for k, v in res.model.state_dict().items()}
-    save_weights(
+    save_weights_file(
         path,
         state,
         {

@@ -2,7 +2,7 @@
 
 Module boundary: plotting only. Each function takes already-selected records (plain dicts as
 written by `experiments.reproduce`) or arrays, and a target path; it draws one PNG and writes it
-atomically (temp name in the same folder, then `os.replace`). Nothing here reads results files,
+atomically (`io.atomic_write`). Nothing here reads results files,
 loads MNIST or decides what goes in the report: that is `experiments.report`. Output is
 deterministic: Agg backend, fixed figure sizes, dpi 120, no software/time metadata.
 """
@@ -10,8 +10,6 @@ deterministic: Agg backend, fixed figure sizes, dpi 120, no software/time metada
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
+from vaecompress.io import atomic_write
+
 DPI = 120
 Record = Mapping[str, Any]
 
@@ -39,14 +39,9 @@ def _save(fig: Figure, path: Path) -> None:
     """Write `fig` as PNG to `path` through a temp file and a rename, then close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI,
+                                                 metadata={"Software": None}))
     finally:
         plt.close(fig)
 
