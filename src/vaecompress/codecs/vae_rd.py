@@ -1,0 +1,118 @@
+"""`vae-rd`: the VAE trained for file size on the task, with entropy-coded integer latents.
+
+The paper's ELBO made into a code length (Balle et al.; EPR, Oktay et al. 2020): one integer
+latent per weight, a decoder of one float32 step per tensor (`w = step * z`), a learned mixture
+prior per tensor, trained on `task loss + lam * bits per parameter` with the model run on its
+decoded weights (`vae.rd`). After training the latents are entropy-coded against integer
+frequency tables stored in the file (`coding.latents`): the tables, the steps and the header are
+all counted. A latent that rounds to zero costs a fraction of a bit, so pruning falls out of the
+prior, and a column or row of zeros (an ignored pixel, a dead neuron) is flagged once.
+
+Needs the task's training data at compression time, like Deep Compression (`ctx.finetune`);
+`vae-rd-free` is the data-free sibling. Decoding needs only the file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from vaecompress.codecs.base import (
+    Codec,
+    CodecContext,
+    Encoded,
+    add_passthrough,
+    join_passthrough,
+    register,
+    split_passthrough,
+)
+from vaecompress.coding.floats import float_specs
+from vaecompress.coding.latents import decode_model, encode_model
+from vaecompress.errors import UserError
+from vaecompress.format import ROLE_CODE, Container, Payload
+from vaecompress.io import StateDict
+from vaecompress.vae.rd import (
+    RDConfig,
+    check_finite,
+    check_rd_settings,
+    rd_report,
+    train_rd,
+)
+
+PAYLOAD = "latents"
+KIND = "rd-latents"
+
+
+@dataclass(frozen=True)
+class VAERDSettings:
+    lam: float = 10.0  # weight of the rate (bits per parameter) against the task loss (nats)
+    epochs: float = 2.0  # passes over the training data
+    lr: float = 0.1  # Adam on the latents, in quantization bins
+    lr_step: float = 0.01  # Adam on the log of the decoder's steps
+    lr_prior: float = 0.01  # Adam on the prior's parameters
+    init_bins: float = 4.0  # the first step is std(w) / init_bins
+    quant: str = "mixed"  # mixed | noise | ste (see vae.rd)
+    decoder: str = "tensor"  # tensor | row | shared: where one step applies
+    latents: str = "direct"  # direct (optimized per model) | encoder (z = w / step)
+    learned_prior: bool = True  # False: the prior stays the fixed initial mixture
+    components: int = 3  # logistic components of each tensor's prior
+    entropy: bool = True  # False: fixed-length codes (the ablation)
+    masks: bool = True  # flag all-zero rows and columns once
+
+
+@register
+class VAERDCodec(Codec):
+    name = "vae-rd"
+    version = 1
+    Settings = VAERDSettings
+    uses_task: ClassVar[bool] = True
+
+    def validate(self) -> None:
+        s = self.settings
+        check_rd_settings(self.name, s)
+        if not (math.isfinite(s.epochs) and s.epochs > 0):
+            raise UserError(f"vae-rd: epochs must be > 0, got {s.epochs}")
+
+    @classmethod
+    def operating_points(cls, preset: str) -> list[dict[str, Any]]:
+        if preset == "quick":
+            return [{"epochs": 0.25}]
+        return [{"lam": lam} for lam in (2.0, 5.0, 10.0, 20.0, 40.0)]
+
+    def rd_config(self, steps: int, seed: int) -> RDConfig:
+        s = self.settings
+        return RDConfig(lam=s.lam, steps=steps, lr=s.lr, lr_step=s.lr_step, lr_prior=s.lr_prior,
+                        init_bins=s.init_bins, quant=s.quant, decoder=s.decoder,
+                        latents=s.latents, learned_prior=s.learned_prior,
+                        components=s.components, distortion="task", seed=seed)
+
+    def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
+        if ctx.finetune is None:
+            raise UserError(
+                "vae-rd trains on the task and needs its training data (CLI: --finetune with "
+                "a zoo model or --arch); without data use vae-rd-free"
+            )
+        coded, raw = split_passthrough(state)
+        check_finite(coded, self.name)
+        live = {k: v for k, v in coded.items() if v.numel()}
+        fixed = {**raw, **{k: v for k, v in coded.items() if not v.numel()}}
+        steps = max(1, round(self.settings.epochs * ctx.finetune.steps_per_epoch))
+        res = train_rd(live, self.rd_config(steps, ctx.seed), fixed=fixed,
+                       task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
+                       device=ctx.device, progress=ctx.progress,
+                       desc=f"vae-rd {ctx.label}".strip())
+        data = encode_model([z.numpy() for z in res.ints], [s.numpy() for s in res.steps],
+                            entropy=self.settings.entropy, masks=self.settings.masks)
+        c = self.new_container(state)
+        c.payloads.append(Payload(PAYLOAD, KIND, ROLE_CODE, data))
+        add_passthrough(c, raw)
+        return Encoded(c, report=rd_report(res, data))
+
+    def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
+        data = c.payload(PAYLOAD, kinds=[KIND]).data
+        arrays = decode_model(data, float_specs(c.tensors))
+        return join_passthrough(c, {k: torch.from_numpy(v) for k, v in arrays.items()})

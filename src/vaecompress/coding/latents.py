@@ -1,0 +1,219 @@
+"""Integer latent tensors and their affine decoders, to one byte string and back.
+
+The stored form of a rate-distortion VAE codec (`vae-rd`, `vae-rd-free`), after EPR's: per
+tensor, the decoder's step sizes and the entropy-coded integer latents. Everything is binary and
+in manifest order, so the container header carries no per-tensor JSON. All integers are LEB128
+varints; a signed one is zigzag-coded.
+
+    per coded tensor (the floating, non-empty tensors of the manifest, in its order):
+      flags:u8      bit 0: a column mask follows; bit 1: a row mask follows;
+                    bit 2: one step per row (else one step for the tensor);
+                    bit 3: fixed-length codes instead of entropy coding
+      steps         float32 LE, one or `rows` of them (must be finite)
+      offset        signed varint: the smallest latent; symbols are latent - offset
+      [col mask]    varint length, then a symbol stream of `cols` 0/1 flags
+      [row mask]    varint length, then a symbol stream of `rows` 0/1 flags
+      latents       varint length, then a symbol stream (`coding.entropy`) of the latents of
+                    the kept rows and columns, row-major; fixed-length: varint width, packed
+
+A tensor with >= 2 dims is seen as `rows = shape[0]` by `cols = numel / rows`. A column or row
+whose latents are all zero (a pixel the first layer ignores, a dead neuron) is then flagged once
+instead of coded once per weight; the encoder keeps a mask only where it makes the bytes smaller.
+The weights are `step * latent` in float32, exactly (`decode_affine`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vaecompress.coding.entropy import (
+    decode_symbols,
+    encode_symbols,
+    pack_uint,
+    packed_size,
+    read_varint,
+    unpack_uint,
+    write_varint,
+)
+from vaecompress.errors import FormatError
+
+COL_MASK, ROW_MASK, ROW_STEPS, FIXED = 1, 2, 4, 8
+MAX_LATENT = 2**31 - 1  # |latent| bound a reader accepts
+
+
+def zigzag(v: int) -> int:
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
+def unzigzag(u: int) -> int:
+    return u // 2 if u % 2 == 0 else -(u + 1) // 2
+
+
+def grid(shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """(rows, cols) under which a tensor is masked and given per-row steps."""
+    n = int(np.prod(shape)) if len(shape) else 1
+    if len(shape) < 2 or n == 0:
+        return 1, n
+    return int(shape[0]), n // int(shape[0])
+
+
+def decode_affine(z: np.ndarray, steps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 weights of integer latents: one step, or one per row."""
+    zf = z.astype(np.float32).reshape(grid(shape))
+    s = steps.astype(np.float32).reshape(-1, 1) if steps.size > 1 else np.float32(steps[0])
+    return (zf * s).astype(np.float32).reshape(shape)
+
+
+def _stream(out: bytearray, blob: bytes) -> None:
+    write_varint(out, len(blob))
+    out += blob
+
+
+def _fixed(symbols: np.ndarray) -> bytes:
+    out = bytearray()
+    width = max(1, int(symbols.max(initial=0)).bit_length())
+    write_varint(out, width)
+    if symbols.size:
+        out += pack_uint(symbols, width)
+    return bytes(out)
+
+
+def _body(z: np.ndarray, rows: np.ndarray | None, cols: np.ndarray | None, fixed: bool,
+          offset: int) -> bytes:
+    sub = z
+    if cols is not None:
+        sub = sub[:, cols]
+    if rows is not None:
+        sub = sub[rows]
+    sym = sub.reshape(-1) - offset
+    return _fixed(sym) if fixed else encode_symbols(sym)
+
+
+def encode_tensor(z: np.ndarray, steps: np.ndarray, *, entropy: bool = True,
+                  masks: bool = True) -> bytes:
+    """One tensor's record: `z` its integer latents (its own shape), `steps` float32 (1 or rows)."""
+    shape = z.shape
+    r, c = grid(shape)
+    m = np.asarray(z, dtype=np.int64).reshape(r, c)
+    if m.size and int(np.abs(m).max()) > MAX_LATENT:
+        raise ValueError("latent out of range")
+    steps = np.asarray(steps, dtype="<f4").reshape(-1)
+    if steps.size not in (1, r) or not np.isfinite(steps).all():
+        raise ValueError("steps must be finite, one per tensor or one per row")
+    flags = (ROW_STEPS if steps.size > 1 else 0) | (0 if entropy else FIXED)
+    offset = int(m.min(initial=0))
+    best: tuple[int, bytes] | None = None
+    nonzero = m != 0
+    options: list[tuple[bool, bool]] = [(False, False)]
+    if masks and len(shape) >= 2 and m.size:
+        options += [(True, False), (False, True), (True, True)]
+    for use_cols, use_rows in options:
+        cols = nonzero.any(axis=0) if use_cols else None
+        rows = (nonzero if cols is None else nonzero[:, cols]).any(axis=1) if use_rows else None
+        rec = bytearray()
+        f = flags | (COL_MASK if use_cols else 0) | (ROW_MASK if use_rows else 0)
+        rec.append(f)
+        rec += steps.tobytes()
+        write_varint(rec, zigzag(offset))
+        if cols is not None:
+            _stream(rec, encode_symbols(cols.astype(np.int64)))
+        if rows is not None:
+            _stream(rec, encode_symbols(rows.astype(np.int64)))
+        _stream(rec, _body(m, rows, cols, not entropy, offset))
+        if best is None or len(rec) < best[0]:
+            best = (len(rec), bytes(rec))
+    assert best is not None
+    return best[1]
+
+
+def _read_stream(data: memoryview, pos: int) -> tuple[memoryview, int]:
+    length, pos = read_varint(data, pos)
+    if pos + length > len(data):
+        raise FormatError("latent record is truncated")
+    return data[pos : pos + length], pos + length
+
+
+def _read_mask(data: memoryview, pos: int, n: int) -> tuple[np.ndarray, int]:
+    blob, pos = _read_stream(data, pos)
+    mask = decode_symbols(blob, n)
+    if mask.size and int(mask.max()) > 1:
+        raise FormatError("latent mask holds a value other than 0 and 1")
+    return mask.astype(bool), pos
+
+
+def decode_tensor(data: memoryview, pos: int, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """(float32 weights of `shape`, position after the record); FormatError on any damage."""
+    r, c = grid(shape)
+    if pos >= len(data):
+        raise FormatError("latent records end before the manifest's tensors do")
+    flags = data[pos]
+    pos += 1
+    if flags & ~(COL_MASK | ROW_MASK | ROW_STEPS | FIXED):
+        raise FormatError(f"latent record has unknown flags {flags:#x}")
+    n_steps = r if flags & ROW_STEPS else 1
+    if pos + 4 * n_steps > len(data):
+        raise FormatError("latent record is truncated (inside its steps)")
+    steps = np.frombuffer(bytes(data[pos : pos + 4 * n_steps]), dtype="<f4")
+    pos += 4 * n_steps
+    if not np.isfinite(steps).all():
+        raise FormatError("latent record has a non-finite step")
+    u, pos = read_varint(data, pos)
+    offset = unzigzag(u)
+    if abs(offset) > MAX_LATENT:
+        raise FormatError("latent offset is out of range")
+    cols = rows = None
+    if flags & COL_MASK:
+        cols, pos = _read_mask(data, pos, c)
+    if flags & ROW_MASK:
+        rows, pos = _read_mask(data, pos, r)
+    kept_c = int(cols.sum()) if cols is not None else c
+    kept_r = int(rows.sum()) if rows is not None else r
+    body, pos = _read_stream(data, pos)
+    n = kept_r * kept_c
+    if flags & FIXED:
+        width, p = read_varint(body, 0)
+        if not 1 <= width <= 32 or p + packed_size(n, width) != len(body):
+            raise FormatError("fixed-length latents have the wrong size")
+        sym = unpack_uint(body[p:], width, n) if n else np.zeros(0, np.int64)
+    else:
+        sym = decode_symbols(body, n)
+    vals = sym + offset
+    if vals.size and int(np.abs(vals).max()) > MAX_LATENT:
+        raise FormatError("latent out of range")
+    sub = vals.reshape(kept_r, kept_c)
+    m = np.zeros((r, c), dtype=np.int64)
+    if cols is not None:
+        full_rows = np.zeros((kept_r, c), dtype=np.int64)
+        full_rows[:, cols] = sub
+        sub = full_rows
+    if rows is not None:
+        m[rows] = sub
+    else:
+        m = sub
+    w = decode_affine(m.reshape(shape), steps, shape)
+    if not np.isfinite(w).all():
+        raise FormatError("latent record decodes to non-finite weights")
+    return w, pos
+
+
+def encode_model(ints: list[np.ndarray], steps: list[np.ndarray], *, entropy: bool = True,
+                 masks: bool = True) -> bytes:
+    """The records of every coded tensor, back to back (the order is the manifest's)."""
+    return b"".join(encode_tensor(z, s, entropy=entropy, masks=masks)
+                    for z, s in zip(ints, steps, strict=True))
+
+
+def decode_model(data: bytes, specs: list[dict]) -> dict[str, np.ndarray]:
+    """float32 weights of every non-empty manifest entry in `specs`; empty ones are zeros."""
+    view = memoryview(data)
+    out: dict[str, np.ndarray] = {}
+    pos = 0
+    for spec in specs:
+        shape = tuple(int(d) for d in spec["shape"])
+        if int(np.prod(shape)) == 0:
+            out[spec["name"]] = np.zeros(shape, dtype=np.float32)
+            continue
+        out[spec["name"]], pos = decode_tensor(view, pos, shape)
+    if pos != len(data):
+        raise FormatError(f"latent payload has {len(data) - pos} bytes beyond its tensors")
+    return out
