@@ -14,7 +14,8 @@ import pytest
 
 from vaecompress.data import MnistSplit
 from vaecompress.errors import DataUnavailableError
-from vaecompress.experiments import figures, report
+from vaecompress.experiments import figures
+from vaecompress.experiments.formatting import fmt_ratio
 from vaecompress.experiments.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -265,4 +266,4 @@ def test_sample_indices_disagreements_then_first() -> None:
                                          (0.112332, "0.112"), (0.0042, "0.0042"),
                                          (math.inf, "inf"), (None, "—")])
 def test_fmt_ratio(x: Any, text: str) -> None:
-    assert report.fmt_ratio(x) == text
+    assert fmt_ratio(x) == text

@@ -8,7 +8,9 @@ the decoder over them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,9 +50,7 @@ class Accounting:
 
     def amortized_ratio(self, k: int) -> float:
         """Ratio when K models of this size share one decoder: the decoder is paid once."""
-        embedded = self.model_bytes if self.external_bytes == 0 else 0
-        per_model = self.file_bytes - embedded
-        shared = self.external_bytes + embedded
+        per_model, shared = split_shared(self.file_bytes, self.model_bytes, self.external_bytes)
         return k * self.orig_bytes / (k * per_model + shared)
 
     def to_json(self, amortize: tuple[int, ...] = (1, 10, 100)) -> dict:
@@ -58,6 +58,39 @@ class Accounting:
         if self.model_bytes:
             out["ratio_amortized"] = {str(k): self.amortized_ratio(k) for k in amortize}
         return out
+
+
+def split_shared(file_bytes: int, model_bytes: int, external_bytes: int) -> tuple[int, int]:
+    """(bytes each model needs of its own, bytes K models can share): a decoder embedded in the
+    file could be shared if kept apart, so it counts as shared either way."""
+    embedded = model_bytes if external_bytes == 0 else 0
+    return file_bytes - embedded, external_bytes + embedded
+
+
+def _counts(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values)
+
+
+def break_even_k(orig_bytes: Any, file_bytes: Any, model_bytes: Any,
+                 external_bytes: Any) -> float | None:
+    """Smallest K at which K models sharing one decoder take fewer bytes than the originals
+    (`math.inf` when no K does; None when a count is missing), by the split of `split_shared`."""
+    if not _counts(orig_bytes, file_bytes, model_bytes, external_bytes):
+        return None
+    per_model, shared = split_shared(file_bytes, model_bytes, external_bytes)
+    if orig_bytes <= per_model:
+        return math.inf
+    return max(1.0, math.floor(shared / (orig_bytes - per_model)) + 1.0)
+
+
+def per_model_limit(orig_bytes: Any, file_bytes: Any, model_bytes: Any,
+                    external_bytes: Any) -> float | None:
+    """The amortized ratio as K grows without bound: original bytes / per-model bytes."""
+    if not _counts(orig_bytes, file_bytes, model_bytes, external_bytes):
+        return None
+    per_model, _ = split_shared(file_bytes, model_bytes, external_bytes)
+    return orig_bytes / per_model if per_model > 0 else None
 
 
 def account(c: Container, file_bytes: int) -> Accounting:

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vaecompress.experiments import report
 from vaecompress.experiments.bench_report import write_summary_table
+from vaecompress.experiments.prose import honest_finding
+from vaecompress.experiments.selection import select
+from vaecompress.experiments.tables import accounting_table, sweep_table, table2
 from vaecompress.io import atomic_write_text
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -46,7 +48,7 @@ def _provenance(results: dict[str, Any], rel: str, cmd: str) -> str:
 
 
 def _reproduce_section(results: dict[str, Any], rel: str, cmd: str) -> list[str]:
-    sel = report.select(results)
+    sel = select(results)
     folder = str(Path(rel).parent)
     preset = results["config"]["preset"]
     took = f" This invocation took {results['run_s']:.0f} s." if "run_s" in results else ""
@@ -55,15 +57,15 @@ def _reproduce_section(results: dict[str, Any], rel: str, cmd: str) -> list[str]
         "",
         _provenance(results, rel, cmd) + took,
         "",
-        "**Honest finding.** " + report.honest_finding(sel),
+        "**Honest finding.** " + honest_finding(sel),
         "",
-        report._table2(results, sel),
+        table2(results, sel),
         "",
         "Latent sweep on the CNN:",
         "",
-        report._sweep_table(sel),
+        sweep_table(sel),
         "",
-        report._accounting_table(sel),
+        accounting_table(sel),
         "",
         f"Full report: [`{folder}/report.md`]({folder}/report.md).",
         "",

@@ -1,0 +1,64 @@
+"""How numbers look in the generated markdown: ratios, accuracies, counts, seconds, spans and
+tables. Pure string formatting, shared by the reproduction report, the README block and prose."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_ratio(x: Any) -> str:
+    """A compression ratio: 3 significant figures at most, never scientific notation."""
+    if not finite(x):
+        return "inf" if isinstance(x, float) and math.isinf(x) else "—"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    if a >= 0.01:
+        return f"{x:.3f}"
+    return f"{x:.2g}"
+
+
+def fmt_acc(x: Any) -> str:
+    return f"{x:.2f}" if finite(x) else "—"
+
+
+def fmt_int(x: Any) -> str:
+    return f"{int(x):,}" if finite(x) else "—"
+
+
+def fmt_s(x: Any) -> str:
+    if not finite(x):
+        return "—"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def span(values: Sequence[float], fmt: Any = fmt_ratio) -> str:
+    """"X" when every value formats the same, else "X-Y" (min-max)."""
+    vals = [v for v in values if finite(v)]
+    if not vals:
+        return "—"
+    lo, hi = fmt(min(vals)), fmt(max(vals))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+           align: Sequence[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def model_name(model: str) -> str:
+    return model.upper()
