@@ -109,7 +109,7 @@ class PruneCodec(Codec):
         report: dict[str, Any] = {}
         if s.finetune_epochs > 0 and ctx.finetune is None:
             report["note"] = "no finetuner in the context: pruned without fine-tuning"
-        pruned, losses = masked_finetune(state, masks, ctx, s.finetune_epochs, s.lr)
+        pruned, losses = masked_finetune(state, masks, ctx, s.finetune_epochs, s.lr, desc="prune")
         report["finetune_loss"] = losses
         parts: list[bytes] = []
         table: list[list[Any]] = []

@@ -83,7 +83,8 @@ def finetune_steps(ctx: TaskContext, epochs: float) -> int:
 
 
 def masked_finetune(state: StateDict, masks: Mapping[str, torch.Tensor], ctx: TaskContext,
-                    epochs: float, lr: float, desc: str = "prune") -> tuple[StateDict, list[float]]:
+                    epochs: float, lr: float,
+                    desc: str = "finetune") -> tuple[StateDict, list[float]]:
     """Retrain every floating tensor of `state`, keeping the masked weights at zero. Returns the
     new state (on the CPU) and the loss curve; unchanged state when there is no finetuner."""
     steps = finetune_steps(ctx, epochs)
