@@ -7,6 +7,7 @@ the "not installed" path and the settings checks run everywhere.
 from __future__ import annotations
 
 import dataclasses
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from vaecompress.api import compress, decompress
-from vaecompress.codecs import make_codec
+from vaecompress.codecs import get_codec_class, make_codec
+from vaecompress.codecs.base import CodecContext
 from vaecompress.codecs.nncodec_peer import (
     ENV_PYTHON,
     KIND,
@@ -22,6 +24,8 @@ from vaecompress.codecs.nncodec_peer import (
     PAYLOAD,
     nncodec_available,
 )
+from vaecompress.coding.finetune import Finetuner
+from vaecompress.coding.sparse import magnitude_masks
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, dumps, loads
 
@@ -79,7 +83,10 @@ def test_decoding_without_nncodec_says_how_to_install(missing_nncodec: None) -> 
 
 
 @pytest.mark.parametrize("bad", [{"qp": 500}, {"qp": 1.5}, {"qp": True}, {"nonweight_qp": -999},
-                                 {"approx_method": "lloyd"}, {"bitdepth": 1}, {"qp_density": 9}])
+                                 {"approx_method": "lloyd"}, {"bitdepth": 1}, {"qp_density": 9},
+                                 {"sparsity": 1.0}, {"sparsity": -0.1},
+                                 {"struct_spars_factor": 2.0}, {"prune": 1.5},
+                                 {"prune_epochs": -1.0}, {"prune_lr": 0.0}])
 def test_bad_settings_are_user_errors(missing_nncodec: None, bad: dict) -> None:
     with pytest.raises(UserError) as e:
         make_codec("nncodec", **bad)
@@ -89,6 +96,24 @@ def test_bad_settings_are_user_errors(missing_nncodec: None, bad: dict) -> None:
 def test_unknown_setting(missing_nncodec: None) -> None:
     with pytest.raises(UserError, match="no setting 'qstep'"):
         make_codec("nncodec", qstep=0.1)
+
+
+def test_full_sweep_goes_past_the_accuracy_line_and_every_point_is_valid() -> None:
+    points = get_codec_class("nncodec").operating_points("full")
+    assert len(points) <= 25
+    qps = {p["qp"] for p in points if set(p) == {"qp"}}
+    assert {-38, -14, -10, -6, -2} <= qps
+    assert {p["sparsity"] for p in points if "sparsity" in p} == {0.7, 0.9}
+    pruned = {(p["prune"], p["qp"]) for p in points if "prune" in p}
+    assert pruned == {(pr, q) for pr in (0.9, 0.95) for q in (-26, -20, -14, -10)}
+    installed = nncodec_available()
+    for point in points:
+        if installed:
+            assert make_codec("nncodec", **point).settings.use_dq is True
+        else:  # the settings are checked before availability: only the install hint remains
+            with pytest.raises(UserError) as e:
+                make_codec("nncodec", **point)
+            assert str(e.value) == NOT_INSTALLED, point
 
 
 # ------------------------------------------------------------------ with NNCodec
@@ -156,3 +181,72 @@ def test_corrupt_bitstream_is_a_format_error(nnc: None) -> None:
     c.payloads = bad
     with pytest.raises(FormatError, match="NNC bitstream"):
         decompress(dumps(c))
+
+
+def fnn_like_state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return {"l1.weight": torch.randn(64, 96, generator=g) * 0.05,
+            "l1.bias": torch.randn(64, generator=g) * 0.05,
+            "l2.weight": torch.randn(10, 64, generator=g) * 0.1,
+            "l2.bias": torch.randn(10, generator=g) * 0.05}
+
+
+def toy_finetuner() -> Finetuner:
+    """Pull the weights of l1 towards 0.1 * sign: any step moves the survivors."""
+    def loss(state, batch):
+        return ((state["l1.weight"] - 0.1 * batch).pow(2)).mean() + state["l2.weight"].pow(2).mean()
+
+    def batches():
+        g = torch.Generator().manual_seed(3)
+        while True:
+            yield torch.sign(torch.randn(64, 96, generator=g))
+
+    return Finetuner(loss=loss, batches=batches, steps_per_epoch=3)
+
+
+def pruned_positions(state: dict[str, torch.Tensor], prune: float) -> dict[str, torch.Tensor]:
+    weights = {k: v for k, v in state.items() if v.dim() >= 2}
+    return {k: ~m for k, m in magnitude_masks(weights, prune, scope="global").items()}
+
+
+def test_prune_gives_exact_zeros_without_dq_and_fine_tunes(nnc: None) -> None:
+    state = fnn_like_state()
+    codec = make_codec("nncodec", qp=-20, prune=0.9, prune_epochs=1.0, use_dq=False)
+    enc = codec.encode(state, CodecContext(progress=False, finetune=toy_finetuner()))
+    assert enc.report["pruned_fraction"] == pytest.approx(0.9, abs=1e-3)
+    assert len(enc.report["finetune_loss"]) > 0 and "note" not in enc.report
+    back = codec.decode(enc.container, {})
+    for k, zero in pruned_positions(state, 0.9).items():
+        assert torch.equal(back[k][zero], torch.zeros(int(zero.sum()))), k
+    assert not torch.equal(back["l1.weight"], state["l1.weight"])
+
+
+def test_prune_with_dq_leaves_pruned_weights_within_one_step(nnc: None) -> None:
+    # The trellis of dependent quantization may put a pruned zero on +-1 step to reach a
+    # cheaper state for its neighbours; almost all stay zero.
+    state, qp = fnn_like_state(), -20
+    res = compress(state, "nncodec", qp=qp, prune=0.9)
+    assert res.report["note"].startswith("no finetuner")
+    back = decompress(res.data)
+    for k, zero in pruned_positions(state, 0.9).items():
+        vals = back[k][zero]
+        assert vals.abs().max().item() <= step(qp) + 1e-7, k
+        assert (vals == 0).float().mean().item() >= 0.9, k
+
+
+def test_sparsity_option_and_times_inside_the_worker(nnc: None) -> None:
+    state = fnn_like_state()
+    codec = make_codec("nncodec", qp=-32, sparsity=0.8)
+    assert codec.last_decode_s is None
+    t0 = time.perf_counter()
+    enc = codec.encode(state, CodecContext(progress=False))
+    encode_wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    back = codec.decode(enc.container, {})
+    decode_wall = time.perf_counter() - t0
+    coded = [back[k].reshape(-1) for k in back]
+    zeros = float((torch.cat(coded) == 0).float().mean())
+    assert zeros >= 0.75  # NNCodec's target counts all coded values, biases included
+    r = enc.report
+    assert 0 < r["encode_s_inside_worker"] < r["encode_s_worker_process"] <= encode_wall
+    assert 0 < codec.last_decode_s < codec.last_decode_worker_s <= decode_wall

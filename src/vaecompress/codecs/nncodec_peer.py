@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
+from vaecompress.coding.finetune import masked_finetune
+from vaecompress.coding.floats import is_weight
+from vaecompress.coding.sparse import magnitude_masks
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
@@ -61,7 +65,7 @@ CODE_TIMEOUT_S = 6 * 3600.0  # NNCodec codes a few MB/s; this only stops a hung 
 # Runs inside NNCodec's interpreter (`python -I -c`), so it may use only the standard library,
 # numpy and nncodec. Request: one JSON object on stdin. Reply: <dir>/reply.json.
 WORKER_SOURCE = r'''
-import contextlib, importlib.metadata, io, json, os, sys, traceback, types
+import contextlib, importlib.metadata, io, json, os, sys, time, traceback, types
 
 class _Meta(type):
     def __getattr__(cls, name):
@@ -105,13 +109,20 @@ def main():
                 results = os.path.join(folder, "results")
                 os.makedirs(results, exist_ok=True)
                 args = dict(req["args"], results=results, verbose=False)
-                bs = encode(arrays, args=args)
+                # NNCodec applies its `sparsity` option to a dict of arrays only when epoch > 0
+                # (its federated-learning loop); epoch otherwise only names a results file.
+                epoch = 1 if args.get("sparsity", 0) > 0 else 0
+                t0 = time.perf_counter()
+                bs = encode(arrays, args=args, epoch=epoch)
+                reply["elapsed_s"] = time.perf_counter() - t0
                 with open(os.path.join(folder, "bitstream.nnc"), "wb") as f:
                     f.write(bytes(bs))
             elif op == "decode":
                 with open(os.path.join(folder, "bitstream.nnc"), "rb") as f:
                     bs = bytearray(f.read())
+                t0 = time.perf_counter()
                 out = decode(bs, args={"verbose": False})
+                reply["elapsed_s"] = time.perf_counter() - t0
                 names = [str(k) for k in out]
                 for i, k in enumerate(out):
                     a = np.asarray(out[k])
@@ -216,6 +227,19 @@ class NNCodecSettings:
     row_skipping: bool = True  # signal all-zero rows of weight matrices with one flag
     approx_method: str = "uniform"  # or "codebook" (quantization levels coded via a codebook)
     bitdepth: int | None = None  # integer-aligned quantization to this many bits (ignores qp)
+    # NNCodec's own data-free sparsification before quantization: zero the weights below a
+    # per-tensor threshold (mean +- delta * std, delta raised until this fraction of all coded
+    # values is zero); 0: off.
+    sparsity: float = 0.0
+    # NNCodec's structured sparsification, applied with `sparsity`: zero the rows whose mean
+    # |w| is below this factor times the tensor's mean row magnitude. NNCodec's default, 0.9, is
+    # meant for federated weight updates and wipes ~half the rows of a trained model; 0: off.
+    struct_spars_factor: float = 0.0
+    # Ours, before NNCodec: global magnitude pruning of this fraction of the weights of all
+    # matrices/kernels, then masked fine-tuning (when the context has a finetuner); 0: off.
+    prune: float = 0.0
+    prune_epochs: float = 2.0  # epochs of masked fine-tuning after `prune`
+    prune_lr: float = 1e-3  # Adam learning rate of that fine-tuning
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int, *, optional: bool = False) -> None:
@@ -223,6 +247,14 @@ def _check_int(name: str, value: Any, lo: int, hi: int, *, optional: bool = Fals
         return
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise UserError(f"nncodec setting {name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def _check_fraction(name: str, value: Any, *, below_one: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and (
+        0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0)
+    if not ok:
+        raise UserError(f"nncodec setting {name} must be a number in [0, "
+                        f"{'1)' if below_one else '1]'}, got {value!r}")
 
 
 def _coded_specs(c: Container) -> list[dict[str, Any]]:
@@ -240,8 +272,17 @@ def _numel(shape: list[int]) -> int:
 @register
 class NNCodecCodec(Codec):
     name = "nncodec"
-    version = 1
+    version = 1  # pruning and NNCodec's sparsification change the weights, not the layout
     Settings = NNCodecSettings
+    uses_task = True  # with `prune`, the pruned model is fine-tuned when ctx.finetune is given
+
+    def __init__(self, settings: Any = None, **overrides: Any) -> None:
+        super().__init__(settings, **overrides)
+        # NNCodec's own time of the last `decode` in this instance, measured inside the worker
+        # (the `decode` call only: no process start, no imports, no file transfer); None before.
+        # `decode` can return only the state_dict, so a bench reads it here.
+        self.last_decode_s: float | None = None
+        self.last_decode_worker_s: float | None = None  # the whole worker process, for contrast
 
     @classmethod
     def available(cls) -> str | None:
@@ -254,7 +295,11 @@ class NNCodecCodec(Codec):
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "full":
-            return [{"qp": q} for q in (-44, -38, -32, -26, -20, -14)]
+            # Past the one-point line on every zoo model (-14 already costs 2-18 points).
+            plain = [{"qp": q} for q in (-38, -32, -26, -22, -18, -14, -10, -6, -2)]
+            spars = [{"qp": q, "sparsity": sp} for sp in (0.7, 0.9) for q in (-26, -20, -14)]
+            pruned = [{"qp": q, "prune": p} for p in (0.9, 0.95) for q in (-26, -20, -14, -10)]
+            return plain + spars + pruned
         return [{"qp": -32}]
 
     def validate(self) -> None:
@@ -267,6 +312,13 @@ class NNCodecCodec(Codec):
         if s.approx_method not in APPROX_METHODS:
             raise UserError(f"nncodec setting approx_method must be one of {APPROX_METHODS}, "
                             f"got {s.approx_method!r}")
+        _check_fraction("sparsity", s.sparsity, below_one=True)
+        _check_fraction("struct_spars_factor", s.struct_spars_factor)
+        _check_fraction("prune", s.prune)
+        if s.prune_epochs < 0:
+            raise UserError(f"nncodec setting prune_epochs must be >= 0, got {s.prune_epochs!r}")
+        if not s.prune_lr > 0:
+            raise UserError(f"nncodec setting prune_lr must be > 0, got {s.prune_lr!r}")
 
     @property
     def python(self) -> Path:
@@ -277,9 +329,33 @@ class NNCodecCodec(Codec):
         return {"qp": s.qp, "use_dq": bool(s.use_dq), "nonweight_qp": s.nonweight_qp,
                 "qp_density": s.qp_density, "opt_qp": bool(s.opt_qp),
                 "param_opt": bool(s.param_opt), "row_skipping": bool(s.row_skipping),
-                "approx_method": s.approx_method, "bitdepth": s.bitdepth}
+                "approx_method": s.approx_method, "bitdepth": s.bitdepth,
+                "sparsity": float(s.sparsity), "struct_spars_factor": float(s.struct_spars_factor)}
+
+    def _prune(self, state: StateDict, ctx: CodecContext) -> tuple[StateDict, dict[str, Any]]:
+        """Global magnitude pruning of the matrices/kernels, then masked fine-tuning when the
+        context has a finetuner (pruned weights stay exactly zero); `state` unchanged at 0."""
+        s = self.settings
+        if s.prune <= 0:
+            return state, {}
+        coded, _ = split_passthrough(state)
+        weights = {k: v for k, v in coded.items() if is_weight(list(v.shape))}
+        masks = magnitude_masks(weights, s.prune, scope="global")
+        # masked_finetune returns its input untouched without a finetuner: mask here first.
+        pruned = {k: (v * masks[k].to(v.dtype) if k in masks else v) for k, v in state.items()}
+        report: dict[str, Any] = {}
+        if s.prune_epochs > 0 and ctx.finetune is None:
+            report["note"] = "no finetuner in the context: pruned without fine-tuning"
+        pruned, losses = masked_finetune(pruned, masks, ctx, s.prune_epochs, s.prune_lr,
+                                         desc="nncodec prune")
+        n = sum(m.numel() for m in masks.values())
+        report["pruned_fraction"] = (n - sum(int(m.sum()) for m in masks.values())) / max(n, 1)
+        report["finetune_loss"] = losses
+        return pruned, report
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
+        state_in = state
+        state, prune_report = self._prune(state, ctx)
         coded, raw = split_passthrough(state)
         tensors = [t for t in coded.values() if t.numel() > 0]  # empty ones: manifest suffices
         if not tensors:
@@ -291,23 +367,30 @@ class NNCodecCodec(Codec):
                 # NNCodec cannot code a 0-d array; the manifest restores the shape.
                 np.save(folder / f"in{i}.npy", a.reshape(-1) if a.ndim == 0 else a,
                         allow_pickle=False)
+            python = self.python  # probe (cached) before the clock starts
+            t0 = time.perf_counter()
             try:
-                _run_worker(self.python, "encode", folder, CODE_TIMEOUT_S, n=len(tensors),
-                            args=self.nnc_args())
+                reply = _run_worker(python, "encode", folder, CODE_TIMEOUT_S, n=len(tensors),
+                                    args=self.nnc_args())
             except _WorkerError as e:
                 raise UserError(f"NNCodec could not encode: {e}") from None
             except subprocess.TimeoutExpired:
                 raise UserError(f"NNCodec did not finish encoding in {CODE_TIMEOUT_S:.0f} s") \
                     from None
+            worker_s = time.perf_counter() - t0
             bitstream = (folder / "bitstream.nnc").read_bytes()
-        c = self.new_container(state)
+        c = self.new_container(state_in)
         c.payloads.append(Payload(PAYLOAD, KIND, ROLE_CODE, bitstream))
         add_passthrough(c, raw)
         n = sum(t.numel() for t in tensors)
-        return Encoded(c, report={"nnc_bytes": len(bitstream), "coded_tensors": len(tensors),
-                                  "bits_per_param": 8 * len(bitstream) / n})
+        report = {"nnc_bytes": len(bitstream), "coded_tensors": len(tensors),
+                  "bits_per_param": 8 * len(bitstream) / n,
+                  "encode_s_inside_worker": _seconds(reply),
+                  "encode_s_worker_process": worker_s, **prune_report}
+        return Encoded(c, report=report)
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
+        self.last_decode_s = self.last_decode_worker_s = None
         specs = _coded_specs(c)
         out: StateDict = {}
         for spec in c.tensors:  # floating tensors without elements
@@ -319,13 +402,17 @@ class NNCodecCodec(Codec):
         with tempfile.TemporaryDirectory(prefix="vaecompress-nnc-") as tmp:
             folder = Path(tmp)
             (folder / "bitstream.nnc").write_bytes(bitstream)
+            python = self.python
+            t0 = time.perf_counter()
             try:
-                reply = _run_worker(self.python, "decode", folder, CODE_TIMEOUT_S)
+                reply = _run_worker(python, "decode", folder, CODE_TIMEOUT_S)
             except _WorkerError as e:
                 raise FormatError(f"NNC bitstream is corrupt: {e}") from None
             except subprocess.TimeoutExpired:
                 raise FormatError(f"NNCodec did not finish decoding in {CODE_TIMEOUT_S:.0f} s") \
                     from None
+            self.last_decode_worker_s = time.perf_counter() - t0
+            self.last_decode_s = _seconds(reply)
             names = reply.get("names")
             files = {n: i for i, n in enumerate(names)} if isinstance(names, list) else {}
             expected = [f"t{i}" for i in range(len(specs))]
@@ -341,6 +428,12 @@ class NNCodecCodec(Codec):
                 out[spec["name"]] = torch.from_numpy(
                     np.ascontiguousarray(a, dtype=np.float32).reshape(spec["shape"]))
         return join_passthrough(c, out)
+
+
+def _seconds(reply: dict[str, Any]) -> float | None:
+    """The worker's own time of the NNCodec call, when it sent a sane one."""
+    t = reply.get("elapsed_s")
+    return float(t) if isinstance(t, int | float) and not isinstance(t, bool) and t >= 0 else None
 
 
 def main() -> int:
