@@ -6,6 +6,13 @@ arithmetic coder. Tensors of two or more dimensions are "weights" (step from `qp
 (biases, norm scales, scalars) are coded finer (`nonweight_qp`). The whole NNC bitstream is the
 one `code` payload; non-float tensors pass through as in every codec.
 
+Two ways to sparser weights, neither changing the layout: NNCodec's own data-free `sparsity`
+option (run inside its encoder), and `prune`, ours: global magnitude pruning with masked
+fine-tuning on the task (`coding.sparse`, `coding.finetune`) before NNCodec codes the result,
+the strongest combination a user could assemble from parts. Times are measured inside the worker
+as well (`Encoded.report["encode_s_inside_worker"]`, `last_decode_s` after `decode`), since the
+worker's start-up (~3 s, importing torch) dwarfs NNCodec's own work on small models.
+
 Boundary: NNCodec is not a dependency of vaecompress. It needs numpy<2 and drags torchvision in,
 so it lives in its own virtual environment (scripts/install_nncodec.sh, docs/nncodec.md) and runs
 in a subprocess of that interpreter: `VAECOMPRESS_NNCODEC_PYTHON`, or by default
