@@ -25,6 +25,9 @@ FIELDS = (
     "settings",
     "peak_rss_bytes",
     "codec_settings",
+    "git_revision",
+    "compress_s_inside_worker",
+    "decompress_s_inside_worker",
 )
 
 
@@ -107,3 +110,24 @@ def test_cli_rejects_unknown_codec(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["bench", "--codecs", "gzip", "--out", "/tmp/never"]) == 2
     assert "unknown codec" in capsys.readouterr().err
+
+
+def test_ablation_table_compares_each_variant_with_the_reference() -> None:
+    from vaecompress.experiments.bench_report import write_ablation_table
+
+    def rec(settings: dict, ratio: float, drop: float) -> dict:
+        return {"model": "fnn", "codec": "vae-rd", "settings": settings, "acc_recon": 97.0,
+                "acc_drop": drop, "ratio_honest": ratio, "bits_per_param": 32 / ratio,
+                "file_bytes": int(741200 / ratio)}
+
+    ref = {"lam": 10.0}
+    results = {"config": {"grid": {"vae-rd": [ref, {**ref, "entropy": False}]}},
+               "records": [rec({**ref, "entropy": False}, 50.0, 0.5), rec(ref, 100.0, 0.5)]}
+    table = write_ablation_table(results)
+    assert "reference: lam=10.0" in table
+    assert "| entropy=False |" in table and "| 0.50x |" in table
+
+
+def test_ablation_preset_runs_only_codecs_that_define_it() -> None:
+    codecs = bench_mod.default_codecs("ablation")
+    assert "vae-rd" in codecs and "zstd" not in codecs

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from vaecompress.cli import main
 from vaecompress.format import FORMAT_VERSION
 
-FAST = ["--set", "epochs=8", "--set", "n_variants=10", "--set", "hidden=[64]", "--quiet"]
+FAST = ["--codec", "vae-paper", "--set", "epochs=8", "--set", "n_variants=10",
+        "--set", "hidden=[64]", "--quiet"]
 
 
 def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -120,7 +122,8 @@ def test_latent_is_checked_against_the_chosen_codec(
     argv = ["compress", str(weights), "-o", str(out), "--codec", "int8", "--latent", "8"]
     assert main(argv) == 2
     assert "no setting 'latent'" in _err_line(capsys)
-    assert main(["compress", str(weights), "-o", str(out), "--latent", "0"]) == 2
+    assert main(["compress", str(weights), "-o", str(out), "--codec", "vae-paper",
+                 "--latent", "0"]) == 2
     assert "latent must be a positive integer" in _err_line(capsys)
     assert main(["compress", str(weights), "-o", str(out), "--codec", "int8",
                  "--set", "granularity=row"]) == 2
@@ -230,3 +233,40 @@ def test_compress_with_a_baseline_and_finetune(
     acc = json.loads(capsys.readouterr().out)
     assert acc["codec"] == "prune" and acc["ratio_honest"] > 1.0
     assert main(["decompress", str(out), "-o", str(tmp_path / "p.safetensors")]) == 0
+
+
+def test_default_codec_needs_no_data_and_never_makes_the_file_larger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --codec: the data-free RD codec; a model it cannot shrink falls back to lossless."""
+    from vaecompress.io import load_weights_file, save_weights_file
+
+    torch.manual_seed(0)
+    src = tmp_path / "m.safetensors"
+    save_weights_file(src, {"w": torch.randn(64, 64) * 0.05, "b": torch.randn(64) * 0.01}, {})
+    out = tmp_path / "m.vaec"
+    assert main(["compress", str(src), "-o", str(out), "--set", "steps=30", "--quiet"]) == 0
+    from vaecompress.format import load as load_container
+
+    assert load_container(out).codec["name"] == "vae-rd-free"
+    assert out.stat().st_size < src.stat().st_size
+    tiny = tmp_path / "t.safetensors"
+    save_weights_file(tiny, {"w": torch.randn(3)}, {})
+    out2 = tmp_path / "t.vaec"
+    assert main(["compress", str(tiny), "-o", str(out2), "--set", "steps=5", "--quiet"]) == 0
+    assert load_container(out2).codec["name"] == "zstd"
+    assert "lossless" in capsys.readouterr().err
+    assert load_weights_file(src)[0].keys() == {"w", "b"}
+
+
+def test_task_codec_without_data_warns_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vaecompress.io import save_weights_file
+
+    src = tmp_path / "m.safetensors"
+    save_weights_file(src, {"w": torch.randn(16, 16)}, {})
+    assert main(["compress", str(src), "-o", str(tmp_path / "o"), "--codec", "prune"]) == 0
+    assert "without --finetune" in capsys.readouterr().err
+    assert main(["compress", str(src), "-o", str(tmp_path / "o2"), "--codec", "vae-rd"]) == 2
+    assert "training data" in capsys.readouterr().err

@@ -71,8 +71,13 @@ def _check_externals(c: Container, externals: Mapping[str, bytes]) -> None:
             )
 
 
-def decompress(data: bytes, externals: Mapping[str, bytes] | None = None) -> StateDict:
-    """Rebuild the state_dict from a file's bytes (and the bytes of what it references)."""
+def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
+               stats: dict[str, Any] | None = None) -> StateDict:
+    """Rebuild the state_dict from a file's bytes (and the bytes of what it references).
+
+    `stats`, when given, receives what the codec measured of its own decoding: a codec that
+    decodes in a worker process (nncodec) sets `last_decode_s` to the time inside the worker,
+    recorded here as `decode_s_inside`, so that a bench compares decoders, not process starts."""
     c = loads(data)
     externals = dict(externals or {})
     _check_externals(c, externals)
@@ -82,7 +87,11 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None) -> Sta
             f"file was written by {codec_cls.name} v{c.codec.get('version')}; this "
             f"vaecompress reads up to v{codec_cls.version}"
         )
-    return codec_cls().decode(c, externals)
+    codec = codec_cls()
+    state = codec.decode(c, externals)
+    if stats is not None and getattr(codec, "last_decode_s", None) is not None:
+        stats["decode_s_inside"] = float(codec.last_decode_s)  # type: ignore[attr-defined]
+    return state
 
 
 def inspect(data: bytes) -> dict[str, Any]:

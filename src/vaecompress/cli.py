@@ -190,13 +190,22 @@ def _external_ins(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, save
-    from vaecompress.codecs import CodecContext, make_codec
+    from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC, CodecContext, make_codec
     from vaecompress.io import load_weights_file
     from vaecompress.runinfo import resolve_device
 
+    auto_codec = args.codec is None
+    if auto_codec:
+        args.codec = DEFAULT_CODEC
     settings = _codec_settings(args)
     outs = _external_outs(args, args.codec, settings)
-    make_codec(args.codec, **settings)  # bad settings fail here, before any work
+    codec = make_codec(args.codec, **settings)  # bad settings fail here, before any work
+    if codec.uses_task and not args.finetune and not args.quiet:
+        print(
+            f"vaecompress: warning: {args.codec} retrains on the task to keep accuracy; without "
+            "--finetune it runs without retraining and the rebuilt model can lose many points",
+            file=sys.stderr,
+        )
     state, meta = load_weights_file(args.input)
     if args.model:
         _load_model(args.input, args.model)  # validates the shapes against the architecture
@@ -222,6 +231,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     )
     keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
     res = compress(state, args.codec, ctx=ctx, meta=keep, **settings)
+    if auto_codec and res.accounting.ratio_honest < 1.0:
+        # A codec nobody asked for must never make the file larger than the model.
+        print(f"vaecompress: {args.codec} made a file larger than the model; "
+              f"keeping it lossless with {LOSSLESS_CODEC} instead", file=sys.stderr)
+        args.codec = LOSSLESS_CODEC
+        res = compress(state, LOSSLESS_CODEC, ctx=ctx, meta=keep)
     save(res, args.output, externals=outs)
     a = res.accounting
     if args.json:
@@ -344,7 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("compress", help="compress a weights file")
     sp.add_argument("input")
     sp.add_argument("-o", "--output", required=True)
-    sp.add_argument("--codec", default="vae-paper")
+    sp.add_argument(
+        "--codec",
+        default=None,
+        help="compression method: vae-rd-free, vae-rd, deep-compression, nncodec, kmeans, "
+        "prune, int8, int4, zstd or vae-paper; default: vae-rd-free, which needs no "
+        "training data (a result larger than the model falls back to lossless zstd); with "
+        "training data (--finetune) vae-rd gives the smallest files",
+    )
     sp.add_argument("--latent", type=int, help="latent size: --set latent=N (VAE codecs)")
     sp.add_argument("--model", help="check the weights against this zoo architecture first")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any codec setting")
@@ -392,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("bench", help="every codec on the same models: rate against accuracy")
     sp.add_argument("--models", default="fnn,cnn,rnn,lstm")
     sp.add_argument("--codecs", help="comma-separated codec names (default: all)")
-    sp.add_argument("--preset", default="quick", choices=["quick", "full"])
+    sp.add_argument("--preset", default="quick", choices=["quick", "full", "ablation"])
     sp.add_argument("--out", default="runs/bench")
     sp.add_argument("--seed", type=int, default=0)
     common(sp)
@@ -403,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.func not in (cmd_zoo, cmd_inspect):  # commands that compute
+            from vaecompress.runinfo import auto_threads
+
+            auto_threads()
         return int(args.func(args))
     except UserError as e:
         print(f"vaecompress: error: {e}", file=sys.stderr)

@@ -13,6 +13,8 @@ from vaecompress.codecs import kmeans  # noqa: F401  (registers)
 from vaecompress.codecs import deep_compression  # noqa: F401  (registers)
 from vaecompress.codecs import nncodec_peer  # noqa: F401  (registers)
 from vaecompress.codecs import vae_paper  # noqa: F401  (registers)
+from vaecompress.codecs import vae_rd  # noqa: F401  (registers)
+from vaecompress.codecs import vae_rd_free  # noqa: F401  (registers)
 # isort: on
 from vaecompress.codecs.base import (
     REGISTRY,
@@ -26,5 +28,22 @@ from vaecompress.codecs.base import (
     unregister,
 )
 
-__all__ = ["REGISTRY", "Codec", "CodecContext", "Encoded", "Finetuner", "get_codec_class",
-           "make_codec", "register", "unregister"]
+# What `vaecompress compress` uses when no codec is named: the best honest ratio among the
+# codecs that need no training data (see the README's bench table), and the lossless fallback
+# for a model it would make larger.
+DEFAULT_CODEC = "vae-rd-free"
+LOSSLESS_CODEC = "zstd"
+
+__all__ = [
+    "DEFAULT_CODEC",
+    "LOSSLESS_CODEC",
+    "REGISTRY",
+    "Codec",
+    "CodecContext",
+    "Encoded",
+    "Finetuner",
+    "get_codec_class",
+    "make_codec",
+    "register",
+    "unregister",
+]

@@ -130,7 +130,7 @@ class DeepCompressionCodec(Codec):
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "full":
-            return [{"sparsity": s} for s in (0.85, 0.92, 0.96)]
+            return [{"sparsity": s} for s in (0.85, 0.92, 0.96, 0.98, 0.99)]
         return [{"prune_epochs": 0.5, "quant_epochs": 0.25, "prune_stages": 2}]
 
     def validate(self) -> None:

@@ -43,13 +43,24 @@ from vaecompress.vae.rd import (
     train_rd,
 )
 
+# One ingredient changed at a time against the defaults (`bench --preset ablation`).
+ABLATION: tuple[dict[str, Any], ...] = (
+    {"entropy": False},  # fixed-length codes instead of ANS with stored tables
+    {"masks": False},  # no all-zero row/column flags
+    {"learned_prior": False},  # the prior stays the initial mixture
+    {"decoder": "row"},  # a bigger decoder: one step per output row
+    {"decoder": "shared"},  # one step shared by every tensor
+    {"latents": "encoder"},  # amortized encoder z = w / step instead of per-model latents
+    {"quant": "noise"},  # uniform noise for the task too
+    {"quant": "ste"},  # straight-through rounding for the rate too
+)
 PAYLOAD = "latents"
 KIND = "rd-latents"
 
 
 @dataclass(frozen=True)
 class VAERDSettings:
-    lam: float = 10.0  # weight of the rate (bits per parameter) against the task loss (nats)
+    lam: float = 7.0  # weight of the rate (bits per parameter) against the task loss (nats)
     epochs: float = 2.0  # passes over the training data
     lr: float = 0.1  # Adam on the latents, in quantization bins
     lr_step: float = 0.01  # Adam on the log of the decoder's steps
@@ -81,7 +92,12 @@ class VAERDCodec(Codec):
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "quick":
             return [{"epochs": 0.25}]
-        return [{"lam": lam} for lam in (2.0, 5.0, 10.0, 20.0, 40.0)]
+        if preset == "full":
+            return [{"lam": lam} for lam in (3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 30.0)]
+        if preset == "ablation":  # the reference first, then one ingredient changed at a time
+            base = {"lam": 10.0}
+            return [base, *({**base, **v} for v in ABLATION)]
+        return []
 
     def rd_config(self, steps: int, seed: int) -> RDConfig:
         s = self.settings

@@ -39,7 +39,7 @@ KIND = "rd-latents"
 
 @dataclass(frozen=True)
 class VAERDFreeSettings:
-    lam: float = 1e-3  # weight of the rate (bits per parameter) against the relative error
+    lam: float = 0.03  # weight of the rate (bits per parameter) against the relative error
     steps: int = 1500  # optimizer steps, each over the whole model
     lr: float = 0.1  # Adam on the latents, in quantization bins
     lr_step: float = 0.01  # Adam on the log of the decoder's steps
@@ -69,7 +69,9 @@ class VAERDFreeCodec(Codec):
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "quick":
             return [{"steps": 300}]
-        return [{"lam": lam} for lam in (3e-4, 1e-3, 3e-3, 1e-2)]
+        if preset in ("full", "ablation"):
+            return [{"lam": lam} for lam in (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)]
+        return []
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         s = self.settings

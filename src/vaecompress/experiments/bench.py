@@ -23,13 +23,15 @@ from vaecompress.data import load_mnist
 from vaecompress.errors import UserError
 from vaecompress.experiments.common import RecordStore, config_hash, evaluate_state, trained_model
 from vaecompress.io import atomic_write_json
-from vaecompress.runinfo import environment, resolve_device, seed_everything
+from vaecompress.runinfo import environment, git_revision, resolve_device, seed_everything
 from vaecompress.zoo import get_spec
 from vaecompress.zoo.train import make_finetuner, preset_config
 
 Point = dict[str, Any]
 
-PRESETS = ("quick", "full")
+# `ablation` measures what each ingredient of a codec contributes (`Codec.operating_points`
+# gives the variants; run it with `--codecs` naming the codecs that have them).
+PRESETS = ("quick", "full", "ablation")
 
 
 def grid(codec: str, preset: str) -> list[Point]:
@@ -39,11 +41,11 @@ def grid(codec: str, preset: str) -> list[Point]:
     return [dict(p) for p in get_codec_class(codec).operating_points(preset)]
 
 
-def default_codecs() -> tuple[str, ...]:
-    """Every registered codec, in registry order."""
+def default_codecs(preset: str = "full") -> tuple[str, ...]:
+    """Every registered codec that has operating points for `preset`, in registry order."""
     import vaecompress.codecs as codecs
 
-    return tuple(codecs.REGISTRY)
+    return tuple(c for c, cls in codecs.REGISTRY.items() if cls.operating_points(preset))
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class BenchConfig:
     seed: int = 0
 
     def model_preset(self) -> str:
-        return "paper" if self.preset == "full" else "quick"
+        return "quick" if self.preset == "quick" else "paper"
 
 
 def _peak_rss_reset() -> bool:
@@ -104,8 +106,11 @@ def _measure(
     rss_ok = _peak_rss_reset()
     res = compress(state, codec, ctx=ctx, **point)
     t0 = time.perf_counter()
-    rebuilt = decompress(res.data, res.externals)
+    stats: dict[str, Any] = {}
+    rebuilt = decompress(res.data, res.externals, stats=stats)
     decompress_s = time.perf_counter() - t0
+    # A peer that runs in a worker process reports the time inside it: that is its decoder.
+    encode_inside = res.report.get("encode_s_inside_worker")
     acc, _ = evaluate_state(name, rebuilt, test, device=ctx.device)
     return {
         "model": name,
@@ -117,6 +122,8 @@ def _measure(
         "acc_drop": acc_orig - acc,
         "compress_s": res.compress_s,
         "decompress_s": decompress_s,
+        "compress_s_inside_worker": encode_inside,
+        "decompress_s_inside_worker": stats.get("decode_s_inside"),
         "peak_rss_bytes": _peak_rss_bytes() if rss_ok else None,
         "peak_cuda_bytes": torch.cuda.max_memory_allocated(ctx.device) if cuda else None,
         "bits_per_param": 8
@@ -176,6 +183,8 @@ def bench(
             )
             rec = _measure(name, trained.state, trained.accuracy, codec, point, ctx, test)
             rec["codec_settings"] = resolved
+            # Records are reused across invocations: each keeps the revision that measured it.
+            rec["git_revision"] = git_revision()
             store.put(key, rec)
         records.append(rec)
     bar.close()
@@ -202,7 +211,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     models = tuple(get_spec(m.strip()).name for m in args.models.split(",") if m.strip())
     codecs = (tuple(c.strip() for c in args.codecs.split(",") if c.strip()) if args.codecs
-              else default_codecs())
+              else default_codecs(args.preset))
     for c in codecs:
         if not grid(c, args.preset):  # also: an unknown codec is a one-line error here
             raise UserError(f"codec '{c}' has no operating points for preset '{args.preset}'")

@@ -96,6 +96,40 @@ def write_summary_table(results: dict[str, Any]) -> str:
     return "\n".join(summary)
 
 
+def _seconds(r: dict[str, Any], key: str) -> str:
+    """A time, with the time inside a peer's worker process when it reported one (that is its
+    coder; the rest is the process start)."""
+    inside = r.get(f"{key}_inside_worker")
+    text = f"{r[key]:.2f}" if key == "decompress_s" else f"{r[key]:.1f}"
+    return text + (f" ({inside:.2f} in worker)" if inside is not None else "")
+
+
+def write_ablation_table(results: dict[str, Any]) -> str:
+    """Per model and codec: the reference point (its first ablation point) and each variant,
+    with what changing that one ingredient did to the honest ratio and to accuracy."""
+    recs = results["records"]
+    grids = results["config"].get("grid", {})
+    lines = ["## Ablation: one ingredient changed at a time", "",
+             "| model | codec | variant | acc_recon | drop | ratio_honest | vs reference | "
+             "bits/param | file_bytes |", "|---|---|---|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in recs):
+        for codec, points in grids.items():
+            rows = [r for r in recs if r["model"] == model and r["codec"] == codec]
+            if not rows or not points:
+                continue
+            ref = next((r for r in rows if r["settings"] == points[0]), rows[0])
+            for r in rows:
+                diff = {k: v for k, v in r["settings"].items() if ref["settings"].get(k) != v}
+                name = "reference: " + _settings(ref["settings"]) if r is ref else _settings(diff)
+                rel = r["ratio_honest"] / ref["ratio_honest"]
+                lines.append(
+                    f"| {model} | {codec} | {name} | {r['acc_recon']:.2f} | "
+                    f"{r['acc_drop']:+.2f} | {_ratio(r['ratio_honest'])} | "
+                    f"{'-' if r is ref else f'{rel:.2f}x'} | {r['bits_per_param']:.3f} | "
+                    f"{r['file_bytes']:,} |")
+    return "\n".join(lines)
+
+
 def write_bench_report(results: dict[str, Any], out: Path) -> str:
     """Write bench.md and rate_accuracy.png; returns the summary table (also printed)."""
     recs = results["records"]
@@ -109,11 +143,15 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
         "measured on the model rebuilt from those bytes alone.",
         "",
     ]
+    revs = sorted({str(r.get("git_revision")) for r in recs})
+    lines += [f"Records measured at revision(s): {', '.join(revs)}.", ""]
     for codec, hint in results.get("skipped", {}).items():
         lines.append(f"- skipped `{codec}`: {hint}")
     models = list(dict.fromkeys(r["model"] for r in recs))
     summary = write_summary_table(results)
     lines += ["", summary, "", "![rate against accuracy](rate_accuracy.png)", ""]
+    if results["config"]["preset"] == "ablation":
+        lines += [write_ablation_table(results), ""]
     lines += [
         "## Every operating point",
         "",
@@ -128,7 +166,7 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
             f"| {r['model']} | {r['codec']} | {_settings(r['settings'])} | {r['acc_recon']:.2f} | "
             f"{r['acc_drop']:+.2f} | {_ratio(r['ratio_honest'])} | {_ratio(r['ratio_paper'])} | "
             f"{r['file_bytes']:,} | {r['external_bytes']:,} | {r['bits_per_param']:.3f} | "
-            f"{r['compress_s']:.1f} | {r['decompress_s']:.2f} | "
+            f"{_seconds(r, 'compress_s')} | {_seconds(r, 'decompress_s')} | "
             f"{peak_s} |"
         )
     lines.append("")
