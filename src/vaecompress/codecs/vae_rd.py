@@ -93,7 +93,7 @@ class VAERDCodec(Codec):
         if preset == "quick":
             return [{"epochs": 0.25}]
         if preset == "full":
-            return [{"lam": lam} for lam in (3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 30.0)]
+            return [{"lam": lam} for lam in (4.0, 7.0, 10.0, 14.0, 20.0, 30.0)]
         if preset == "ablation":  # the reference first, then one ingredient changed at a time
             base = {"lam": 10.0}
             return [base, *({**base, **v} for v in ABLATION)]
