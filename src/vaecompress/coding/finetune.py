@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vaecompress.coding.floats import numel, split_floats
 from vaecompress.coding.kmeans import Clustered
 from vaecompress.io import StateDict
+from vaecompress.progress import progress as progress_bar
 
 
 @dataclass
@@ -60,7 +60,7 @@ def run_finetune(params: dict[str, torch.Tensor],
     losses: list[float] = []
     chunk = max(1, steps // 10)
     total = 0.0
-    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=not progress)
+    bar = progress_bar(steps, desc=desc, unit="step", enabled=progress)
     for step in range(steps):
         loss = finetuner.loss(make_state(), next(batches))
         opt.zero_grad(set_to_none=True)
@@ -73,6 +73,7 @@ def run_finetune(params: dict[str, torch.Tensor],
         if (step + 1) % chunk == 0:
             losses.append(total / chunk)
             total = 0.0
+            bar.set_status(f"loss {losses[-1]:.4f}")
         bar.update()
     bar.close()
     return losses

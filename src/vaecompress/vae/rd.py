@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from vaecompress.errors import UserError
+from vaecompress.progress import progress as progress_bar
 from vaecompress.vae.prior import MixturePrior
 
 QUANT_MODES = ("mixed", "noise", "ste")
@@ -233,7 +233,7 @@ def train_rd(
     every = max(1, cfg.steps // 50)
     acc = {"loss": 0.0, "d": 0.0, "b": 0.0, "k": 0}
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc=desc, unit="step", leave=False, disable=not progress)
+    bar = progress_bar(cfg.steps, desc=desc, unit="step", enabled=progress)
     for it in range(cfg.steps):
         # Cosine decay over the last half: the latents settle into their bins.
         frac = max(0.0, (it / max(cfg.steps, 1) - 0.5) * 2)

@@ -1,19 +1,21 @@
 """Training one VAE on the noisy variants of one model's chunked parameters.
 
 Up to `epochs` passes with early stopping on the validation loss; the weights of the best
-validation epoch are kept. Each epoch's train/validation loss and wall time are recorded: they are
-the paper's Figure 2 (curves) and Figure 3 (training time).
+validation epoch are kept. Each epoch's train/validation loss, its two terms (reconstruction error
+and KL) and its wall time are recorded: they are the paper's Figure 2 (curves) and Figure 3
+(training time).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
+from vaecompress.progress import progress as progress_bar
 from vaecompress.vae.model import VAE, VAEArch, elbo_terms
 
 
@@ -31,7 +33,12 @@ class VAETrainConfig:
 class VAEHistory:
     train_loss: list[float] = field(default_factory=list)  # -ELBO per chunk, nats
     val_loss: list[float] = field(default_factory=list)
-    val_kl: list[float] = field(default_factory=list)
+    val_kl: list[float] = field(default_factory=list)  # KL per chunk, nats
+    train_kl: list[float] = field(default_factory=list)
+    # Mean squared reconstruction error per parameter, on the normalized parameters (so in
+    # units of each tensor's variance): the likelihood term without its constant and scale.
+    train_mse: list[float] = field(default_factory=list)
+    val_mse: list[float] = field(default_factory=list)
     epoch_s: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
@@ -48,7 +55,17 @@ class VAEHistory:
         return asdict(self) | {"epochs": self.epochs, "train_s": self.train_s}
 
 
-def _eval_loss(vae: VAE, data: torch.Tensor, sigma_x: float, bs: int = 1024) -> tuple[float, float]:
+def nll_to_mse(nll: float, dim: int, sigma_x: float) -> float:
+    """The mean squared error per parameter behind a Gaussian negative log-likelihood per chunk
+    (`elbo_terms`): nll = sq / (2 sigma_x^2) + dim * log(sigma_x sqrt(2 pi)), sq = dim * mse."""
+    const = dim * math.log(sigma_x * math.sqrt(2 * math.pi))
+    return (nll - const) * 2 * sigma_x**2 / dim
+
+
+def _eval_loss(
+    vae: VAE, data: torch.Tensor, sigma_x: float, bs: int = 1024
+) -> tuple[float, float, float]:
+    """(-ELBO, KL, NLL) per chunk, averaged over `data`."""
     vae.eval()
     nll_sum = kl_sum = 0.0
     with torch.no_grad():
@@ -57,7 +74,8 @@ def _eval_loss(vae: VAE, data: torch.Tensor, sigma_x: float, bs: int = 1024) -> 
             nll, kl = elbo_terms(x, vae(x), sigma_x)
             nll_sum += float(nll) * len(x)
             kl_sum += float(kl) * len(x)
-    return (nll_sum + kl_sum) / len(data), kl_sum / len(data)
+    n = len(data)
+    return (nll_sum + kl_sum) / n, kl_sum / n, nll_sum / n
 
 
 def train_vae(
@@ -77,12 +95,15 @@ def train_vae(
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     hist = VAEHistory()
     best = (float("inf"), copy.deepcopy(vae.state_dict()))
-    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
-    for epoch in bar:
+    dim = train.shape[1]
+    # The length is unknown: early stopping ends the run long before `epochs` (150-250 of 500
+    # in the paper preset), so the bar shows the best epoch and the patience left, not an ETA.
+    bar = progress_bar(None, desc=desc, unit="epoch", enabled=progress)
+    for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         vae.train()
         order = torch.randperm(len(train), generator=gen).to(device)
-        total = 0.0
+        nll_sum = kl_sum = 0.0
         for i in range(0, len(train), cfg.batch_size):
             x = train[order[i : i + cfg.batch_size]]
             nll, kl = elbo_terms(x, vae(x), cfg.sigma_x)
@@ -90,16 +111,27 @@ def train_vae(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(x)
-        val_loss, val_kl = _eval_loss(vae, val, cfg.sigma_x)
-        hist.train_loss.append(total / len(train))
+            nll_sum += float(nll.detach()) * len(x)
+            kl_sum += float(kl.detach()) * len(x)
+        val_loss, val_kl, val_nll = _eval_loss(vae, val, cfg.sigma_x)
+        hist.train_loss.append((nll_sum + kl_sum) / len(train))
+        hist.train_kl.append(kl_sum / len(train))
+        hist.train_mse.append(nll_to_mse(nll_sum / len(train), dim, cfg.sigma_x))
         hist.val_loss.append(val_loss)
         hist.val_kl.append(val_kl)
+        hist.val_mse.append(nll_to_mse(val_nll, dim, cfg.sigma_x))
         hist.epoch_s.append(time.perf_counter() - t0)
         if val_loss < best[0]:
             best = (val_loss, copy.deepcopy(vae.state_dict()))
             hist.best_epoch = epoch + 1
-        bar.set_postfix(val=f"{val_loss:.1f}", best=hist.best_epoch)
+        left = min(cfg.patience - (epoch + 1 - hist.best_epoch), cfg.epochs - epoch - 1)
+        if hist.best_epoch:
+            rms = math.sqrt(max(hist.val_mse[hist.best_epoch - 1], 0.0))
+            bar.set_status(
+                f"best {hist.best_epoch} (val -ELBO {best[0]:.5g}, recon RMS {rms:.3g}), "
+                f"patience {left} left"
+            )
+        bar.update()
         if epoch + 1 - hist.best_epoch >= cfg.patience:
             hist.stopped_early = True
             break

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from vaecompress.codecs.base import Finetuner
 from vaecompress.data import MnistSplit, to_tensors
 from vaecompress.errors import UserError
+from vaecompress.progress import progress as progress_bar
 from vaecompress.runinfo import seed_everything
 from vaecompress.zoo.models import build_model
 
@@ -81,13 +81,7 @@ def train_model(
     steps = (len(x) + cfg.batch_size - 1) // cfg.batch_size
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=cfg.epochs * steps,
-        desc=f"train {name}",
-        unit="step",
-        disable=not progress,
-        leave=False,
-    )
+    bar = progress_bar(cfg.epochs * steps, desc=f"train {name}", unit="step", enabled=progress)
     for _ in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen).to(device)
@@ -101,7 +95,7 @@ def train_model(
             total += float(loss.detach()) * len(idx)
             bar.update()
         losses.append(total / len(x))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.set_status(f"epoch {len(losses)}/{cfg.epochs}, loss {losses[-1]:.4f}")
     bar.close()
     model.eval()
     return TrainResult(model, cfg, time.perf_counter() - t0, losses)
