@@ -49,10 +49,16 @@ def _with_root(root: Path):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, toy_mnist_dir: Path) -> Path:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared model cache, apart from the run's folder as the user's cache is."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, toy_mnist_dir: Path, cache: Path) -> Path:
     out = tmp_path_factory.mktemp("rep")
     mp = pytest.MonkeyPatch()
-    mp.setattr(rep, "trained_model", _with_root(out / "models"))
+    mp.setattr(rep, "trained_model", _with_root(cache))
     try:
         results = rep.reproduce(
             TINY, out, device=torch.device("cpu"), data_dir=str(toy_mnist_dir), progress=False
@@ -81,6 +87,9 @@ def test_results_json_has_every_field(run: Path) -> None:
         for f in FIELDS:
             assert f in r, f
         assert r["ratio_honest"] < r["ratio_paper"]
+        hist = r["history"]
+        assert {"train_kl", "train_mse", "val_mse"} <= set(hist)  # Figure 2's split
+        assert len(hist["val_mse"]) == r["vae_epochs"]
     table1 = {t["model"]: t["params"] for t in res["table1"]}
     assert table1 == {"rnn": 54_538, "fnn": 185_300}
 
@@ -92,20 +101,55 @@ def test_report_and_figures_written(run: Path) -> None:
         assert (run / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_models_are_under_out(run: Path, cache: Path) -> None:
+    """The trained classifiers are where a user looks: OUT/models/<model>.safetensors, the same
+    bytes as the cached ones, named in results.json and in each record."""
+    from vaecompress.io import load_weights_file
+
+    res = json.loads((run / "results.json").read_text())
+    assert res["models"] == {"rnn": "models/rnn.safetensors", "fnn": "models/fnn.safetensors"}
+    for name, rel in res["models"].items():
+        path = run / rel
+        cached = next(cache.glob(f"{name}-*.safetensors"))
+        assert path.read_bytes() == cached.read_bytes()
+        state, meta = load_weights_file(path)
+        assert meta["vaecompress.model"] == name and state
+    assert all(r["model_file"] == res["models"][r["model"]] for r in res["records"])
+    assert not list((run / "models").glob(".*"))
+
+
+def test_publish_model_replaces_another(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"first")
+    b.write_bytes(b"second")
+    out = tmp_path / "out"
+    dst = rep.publish_model(a, out, "cnn")
+    assert dst == out / "models" / "cnn.safetensors" and dst.read_bytes() == b"first"
+    assert rep.publish_model(a, out, "cnn") == dst  # already there: nothing to do
+    rep.publish_model(b, out, "cnn")
+    assert dst.read_bytes() == b"second" and a.read_bytes() == b"first"
+
+
+def test_environment_records_threads_and_load(run: Path) -> None:
+    res = json.loads((run / "results.json").read_text())
+    assert res["environment"]["torch_threads"] == torch.get_num_threads()
+    assert set(res["load_average"]) == {"start", "end"}
+
+
 def test_rerun_reuses_finished_work(run: Path, monkeypatch: pytest.MonkeyPatch,
-                                    toy_mnist_dir: Path) -> None:
+                                    toy_mnist_dir: Path, cache: Path) -> None:
     def fail(*a, **kw):
         raise AssertionError("a finished measurement was redone")
 
     monkeypatch.setattr(rep, "_measure", fail)
-    monkeypatch.setattr(rep, "trained_model", _with_root(run / "models"))
+    monkeypatch.setattr(rep, "trained_model", _with_root(cache))
     res = rep.reproduce(TINY, run, device=torch.device("cpu"), data_dir=str(toy_mnist_dir),
                         progress=False)
     assert len(res["records"]) == 4
 
 
 def test_interrupted_run_resumes(run: Path, monkeypatch: pytest.MonkeyPatch,
-                                 toy_mnist_dir: Path) -> None:
+                                 toy_mnist_dir: Path, cache: Path) -> None:
     """Drop one record (as if the run had been killed before it) and run again: exactly that one
     measurement is redone."""
     victim = sorted((run / "records").glob("*.json"))[0]
@@ -118,7 +162,7 @@ def test_interrupted_run_resumes(run: Path, monkeypatch: pytest.MonkeyPatch,
         return real(name, trained, test, latent, *a, **kw)
 
     monkeypatch.setattr(rep, "_measure", counting)
-    monkeypatch.setattr(rep, "trained_model", _with_root(run / "models"))
+    monkeypatch.setattr(rep, "trained_model", _with_root(cache))
     rep.reproduce(TINY, run, device=torch.device("cpu"), data_dir=str(toy_mnist_dir),
                   progress=False)
     assert len(calls) == 1 and victim.is_file()

@@ -3,12 +3,16 @@
 Experiment 2 (Table 2, Figures 2-5): a VAE per model at latent 64, original against rebuilt
 accuracy. Experiment 1: the latent sweep on the CNN, 128 down to 64 as in the paper and on to 4
 to show where accuracy breaks. Every record carries both ratios. Results are JSON first
-(`results.json`); `report.md` and `figures/` are drawn from it by `experiments.report`.
+(`results.json`); `report.md` and `figures/` are drawn from it by `experiments.report`. The
+trained classifiers are kept in the shared cache (`experiments.common`) and linked, or copied,
+to `OUT/models/<model>.safetensors`, where a user looks for them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext
@@ -25,7 +28,8 @@ from vaecompress.data import load_mnist
 from vaecompress.errors import UserError
 from vaecompress.experiments.common import RecordStore, config_hash, evaluate_state, trained_model
 from vaecompress.io import atomic_write_bytes, atomic_write_json
-from vaecompress.runinfo import environment, resolve_device, seed_everything
+from vaecompress.progress import progress as progress_bar
+from vaecompress.runinfo import auto_threads, environment, resolve_device, seed_everything
 from vaecompress.zoo import MODELS, build_model, count_params, get_spec
 from vaecompress.zoo.train import TrainConfig, preset_config
 
@@ -81,6 +85,10 @@ PAPER = {
 }
 
 
+# What a record keeps of the VAE's training history (Figure 2 and the training table).
+HISTORY_KEYS = ("train_loss", "val_loss", "train_kl", "val_kl", "train_mse", "val_mse", "epoch_s")
+
+
 def _measure(
     name: str,
     trained: Any,
@@ -132,9 +140,34 @@ def _measure(
         "model_train_s": trained.train_s,
         "model_key": trained.key,
         "file": str(fpath.relative_to(out)),
-        "history": {k: hist[k] for k in ("train_loss", "val_loss", "val_kl", "epoch_s")},
+        "history": {k: hist[k] for k in HISTORY_KEYS if k in hist},
         "settings": asdict(settings),
     }
+
+
+def publish_model(src: Path, out: Path, name: str) -> Path:
+    """Make the cached model `src` visible as `out/models/<name>.safetensors`: a hard link
+    when the cache is on the same file system (no extra bytes), else a copy; replaced
+    atomically when it holds another model."""
+    dst = out / "models" / f"{name}.safetensors"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and os.path.samefile(src, dst):
+        return dst
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def reproduce(
@@ -147,6 +180,8 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run (or resume) every experiment and write `results.json`; returns its content."""
     t_start = time.perf_counter()
+    auto_threads()  # the thread count decides the float sums, so the results: see the report
+    load_start = _load_average()
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     train, test = load_mnist(data_dir)
@@ -155,12 +190,15 @@ def reproduce(
     if cfg.sweep_model in cfg.models:
         jobs += [(cfg.sweep_model, lat, "sweep") for lat in cfg.sweep_latents if lat != cfg.latent]
     records = []
-    bar = tqdm(jobs, desc="reproduce", unit="vae", disable=not progress)
-    for name, latent, experiment in bar:
-        bar.set_postfix(model=name, latent=latent)
+    models: dict[str, str] = {}
+    bar = progress_bar(len(jobs), desc="reproduce", unit="vae", enabled=progress)
+    for name, latent, experiment in jobs:
+        bar.set_status(f"{name} latent {latent}")
         trained = trained_model(
             name, cfg.train_config(name), train, test, device=device, progress=progress
         )
+        if name not in models:
+            models[name] = str(publish_model(trained.path, out, name).relative_to(out))
         key = config_hash(
             {
                 "model": trained.key,
@@ -174,7 +212,8 @@ def reproduce(
         if rec is None:
             rec = _measure(name, trained, test, latent, cfg, device, out, progress)
             store.put(key, rec)
-        records.append(rec | {"experiment": experiment})
+        records.append(rec | {"experiment": experiment, "model_file": models[name]})
+        bar.update()
     bar.close()
     results = {
         "environment": environment(device, cfg.seed),
@@ -189,6 +228,9 @@ def reproduce(
         ],
         "paper": PAPER,
         "records": records,
+        "models": models,  # the trained classifiers, relative to `out`
+        # 1-, 5- and 15-minute load averages before and after: what else the machine was doing.
+        "load_average": {"start": load_start, "end": _load_average()},
         "run_s": time.perf_counter() - t_start,  # this invocation; reused work costs ~0
     }
     atomic_write_json(out / "results.json", results)
@@ -209,7 +251,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     write_report(results, out)
     print(
         f"reproduce ({args.preset}) done in {time.perf_counter() - t0:.0f} s: "
-        f"{out / 'results.json'}, {out / 'report.md'}, {out / 'figures'}/"
+        f"{out / 'results.json'}, {out / 'report.md'}, {out / 'figures'}/, "
+        f"{out / 'models'}/"
     )
     for r in results["records"]:
         if r["experiment"] == "table2":
