@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,28 @@ def test_sample_indices_disagreements_then_first() -> None:
                                          (math.inf, "inf"), (None, "—")])
 def test_fmt_ratio(x: Any, text: str) -> None:
     assert fmt_ratio(x) == text
+
+
+@pytest.mark.parametrize(("drops", "text"), [
+    ([0.0, 0.02, 0.01], "Accuracy drops by 0.00-0.02 points at latent 64"),
+    ([-0.0001, 0.02], "Accuracy drops by 0.00-0.02 points at latent 64"),
+    ([-0.02, 0.13, 0.05], "The accuracy drop at latent 64 ranges from -0.02 to +0.13 points "
+                          "(negative: the rebuilt model scores higher"),
+    ([-0.12, -0.01], "Accuracy rises by 0.01-0.12 points at latent 64"),
+    ([0.05, 0.05], "Accuracy drops by 0.05 points at latent 64"),
+])
+def test_accuracy_change_wording(drops: list[float], text: str) -> None:
+    from vaecompress.experiments.prose import accuracy_change
+
+    sentence = accuracy_change(drops, 64)
+    assert sentence.startswith(text), sentence
+    assert not re.search(r"-\d+\.\d+-\d", sentence)  # never "-0.02-0.13"
+
+
+@pytest.mark.parametrize(("values", "text"), [
+    ([-0.02, 0.13], "from -0.02 to +0.13"), ([0.0, 0.5], "from 0.00 to +0.50"),
+    ([-0.001, -0.001], "0.00"), ([], "—")])
+def test_signed_range(values: list[float], text: str) -> None:
+    from vaecompress.experiments.formatting import signed_range
+
+    assert signed_range(values) == text

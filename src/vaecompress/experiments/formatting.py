@@ -51,6 +51,22 @@ def span(values: Sequence[float], fmt: Any = fmt_ratio) -> str:
     return lo if lo == hi else f"{lo}-{hi}"
 
 
+def signed_range(values: Sequence[float], fmt: Any = fmt_acc) -> str:
+    """"from -0.12 to +0.05" for values of both signs, where "-0.12-0.05" would misread."""
+    vals = [v for v in values if finite(v)]
+    if not vals:
+        return "—"
+
+    def sign(x: float) -> str:
+        s = fmt(x)
+        if s.strip("-+0.") == "":  # zero as printed: no sign
+            return s.lstrip("-+")
+        return s if s.startswith("-") else f"+{s}"
+
+    lo, hi = sign(min(vals)), sign(max(vals))
+    return lo if lo == hi else f"from {lo} to {hi}"
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]],
            align: Sequence[str] | None = None) -> str:
     align = align or ["l"] + ["r"] * (len(header) - 1)
