@@ -293,3 +293,19 @@ def test_signed_range(values: list[float], text: str) -> None:
     from vaecompress.experiments.formatting import signed_range
 
     assert signed_range(values) == text
+
+
+def test_report_names_the_thread_count(full_run: tuple[Path, str]) -> None:
+    """CPU results depend on the thread count: the report says so beside Table 2."""
+    _, md = full_run
+    table2 = md.split("## Table 2", 1)[1].split("## Experiment 1", 1)[0]
+    assert "computed on the CPU with 2 torch threads" in table2
+    assert "depend on the thread count" in table2
+
+
+def test_gpu_run_names_the_gpu() -> None:
+    from vaecompress.experiments.tables import threads_note
+
+    res = make_results()
+    res["environment"].update(device="cuda:0", gpu="NVIDIA H200")
+    assert "computed on NVIDIA H200" in threads_note(res)

@@ -41,9 +41,13 @@ def _load(root: Path, rel: str) -> dict[str, Any] | None:
 
 def _provenance(results: dict[str, Any], rel: str, cmd: str) -> str:
     env = results["environment"]
+    threads = env.get("torch_threads")
+    where = str(env.get("device"))
+    if where == "cpu" and isinstance(threads, int):
+        where += f" with {threads} torch thread" + ("" if threads == 1 else "s")
     return (
         f"From [`{rel}`]({rel}), made by `{cmd}` (git `{env.get('git_revision')}`, "
-        f"{env.get('device')}, torch {env.get('torch')}, {env.get('time_utc')})."
+        f"{where}, torch {env.get('torch')}, {env.get('time_utc')})."
     )
 
 

@@ -26,6 +26,7 @@ from vaecompress.experiments.tables import (
     sweep_table,
     table1,
     table2,
+    threads_note,
     training_table,
 )
 from vaecompress.io import atomic_write_text
@@ -69,7 +70,7 @@ def render(results: Mapping[str, Any], out: Path, *, data_dir: str | Path | None
     md += ["## Table 1: models", "", table1(results), ""]
 
     md += [f"## Table 2: test accuracy, original and reconstructed (latent {sel.latent})", "",
-           table2(results, sel), ""]
+           table2(results, sel), "", threads_note(results), ""]
 
     md += [f"## Experiment 1: latent sweep on the {model_name(sel.sweep_model)}", ""]
     if paper.get("sweep"):

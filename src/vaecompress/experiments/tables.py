@@ -53,6 +53,29 @@ def environment_lines(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _plural(n: Any, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def threads_note(results: Mapping[str, Any]) -> str:
+    """Where the numbers depend on more than the seed: the thread count (CPU) or the GPU."""
+    env = results.get("environment") or {}
+    device = str(env.get("device") or "")
+    if device.startswith("cuda"):
+        return (f"These numbers were computed on {env.get('gpu') or 'a GPU'}. GPU kernels add "
+                "floats in their own order, so another GPU, or the CPU, trains slightly "
+                "different weights from the same seed and gives slightly different accuracies.")
+    n = env.get("torch_threads")
+    used = (f"with {_plural(n, 'torch thread')}" if isinstance(n, int)
+            else "with an unrecorded number of torch threads")
+    return (f"These numbers were computed on the CPU {used}. They depend on the thread count: "
+            "PyTorch splits float sums across threads, so another count adds them in another "
+            "order and, from the same seed, trains slightly different weights; accuracies move "
+            "most where training is least stable (the smallest latents). vaecompress picks the "
+            "count itself (1 thread on a 2-core machine); set `VAECOMPRESS_THREADS=N` to match "
+            "another run.")
+
+
 def table1(results: Mapping[str, Any]) -> str:
     rows = [[model_name(r["model"]), "[" + ", ".join(str(n) for n in r.get("neurons", [])) + "]",
              fmt_int(r.get("params"))] for r in results.get("table1") or []]
