@@ -277,3 +277,19 @@ def test_ablation_switches_all_run(tiny_state) -> None:  # type: ignore[no-untyp
         res = compress(tiny_state, "vae-rd-free", ctx=ctx, steps=10, **kw)
         out = decompress(res.data)
         assert set(out) == set(tiny_state), kw
+
+
+def test_frequency_tables_live_in_the_counted_payload(tiny_state) -> None:  # type: ignore[no-untyped-def]
+    """The integer tables travel inside each stream: the decoder needs the file alone, and
+    every table byte is in `payload_bytes` and `file_bytes` (so in ratio_honest)."""
+    from vaecompress.format import loads
+
+    res = compress(tiny_state, "vae-rd-free", ctx=CodecContext(progress=False), steps=30)
+    c = loads(res.data)
+    payload = c.payload("latents").data
+    assert res.report["latent_bytes"] == len(payload)
+    assert res.accounting.payload_bytes >= len(payload)
+    assert res.accounting.file_bytes == len(res.data) and res.accounting.external_bytes == 0
+    assert c.externals == [] and res.externals == {}
+    # The model's own probabilities are rebuilt from integers in the payload alone.
+    assert decompress(res.data).keys() == tiny_state.keys()
