@@ -309,3 +309,37 @@ def test_gpu_run_names_the_gpu() -> None:
     res = make_results()
     res["environment"].update(device="cuda:0", gpu="NVIDIA H200")
     assert "computed on NVIDIA H200" in threads_note(res)
+
+
+def test_training_curves_split_and_fallbacks() -> None:
+    """Figure 2 plots the reconstruction error and the KL; old records (only the train total)
+    still draw their validation split, and records without settings fall back to the total."""
+    rec = _record("cnn", 64, "table2", params=1000, ratio_paper=30.0, ratio_honest=0.1,
+                  file_bytes=5_000, acc_recon=98.0)
+    rec["settings"] = {"chunk_size": 2048, "sigma_x": 0.05}
+    # a validation -ELBO of nll + kl whose nll means an RMS error of 0.04 per parameter
+    const = 2048 * math.log(0.05 * math.sqrt(2 * math.pi))
+    nll_04 = 0.04**2 * 2048 / (2 * 0.05**2) + const
+    rec["history"]["val_loss"] = [nll_04 + 300.0] * 4
+    rec["history"]["val_kl"] = [300.0] * 4
+    old = figures.training_curves(rec)
+    assert old["val_recon"] == pytest.approx([0.04] * 4)
+    assert old["val_kl"] == [300.0] * 4
+    assert "train_recon" not in old and "train_total" in old
+    rec["history"].update(train_kl=[5.0] * 4, train_mse=[0.01] * 4, val_mse=[0.0004] * 4)
+    new = figures.training_curves(rec)
+    assert new["train_recon"] == pytest.approx([0.1] * 4)
+    assert new["val_recon"] == pytest.approx([0.02] * 4)
+    rec["settings"] = {}
+    del rec["history"]["val_mse"]
+    assert "val_total" in figures.training_curves(rec)
+
+
+def test_fig3_says_where_it_was_measured(full_run: tuple[Path, str]) -> None:
+    from vaecompress.experiments.tables import measured_where
+
+    res = make_results()
+    assert measured_where(res).startswith("Measured on cpu, 2 CPUs, 2 torch threads (TestOS)")
+    assert "load not recorded" in measured_where(res)
+    res["load_average"] = {"start": [1.5, 1.0, 0.5], "end": [2.25, 1.0, 0.5]}
+    assert "load average 1.50 at the start, 2.25 at the end" in measured_where(res)

@@ -54,65 +54,127 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and math.isfinite(x)
 
 
-def _loss_scale(values: Sequence[float]) -> tuple[str, dict[str, float]]:
-    """Pick one y scale for all loss panels: linear for a narrow positive range, log for a wide
-    positive one, symlog when the -ELBO crosses zero (it can: the Gaussian likelihood is a
-    density). Returns the scale name and its keyword arguments."""
+def _positive_scale(values: Sequence[float]) -> str:
+    """log for a positive range wider than 30x (losses that fall by orders of magnitude),
+    else linear."""
     v = np.asarray([x for x in values if _finite(x)], dtype=float)
-    if v.size == 0:
-        return "linear", {}
-    lo, hi = float(v.min()), float(v.max())
-    big = max(abs(lo), abs(hi))
-    if lo <= 0:
-        if big <= 0:
-            return "linear", {}
-        return "symlog", {"linthresh": max(1.0, 10 ** math.floor(math.log10(big)) * 1e-3)}
-    if hi / lo > 30:
-        return "log", {}
-    return "linear", {}
+    if v.size and v.min() > 0 and v.max() / v.min() > 30:
+        return "log"
+    return "linear"
+
+
+def training_curves(rec: Record) -> dict[str, list[float]]:
+    """The series Figure 2 draws for one record: `{train,val}_recon` (RMS reconstruction error
+    per parameter, in units of each tensor's std, as the VAE sees the normalized weights) and
+    `{train,val}_kl` (nats per chunk). Records written before the split was kept have the
+    validation split (its -ELBO minus its KL) but only the train total: the train curves are
+    then left out. Without the settings to convert, `{train,val}_total` (-ELBO) stand in."""
+    from vaecompress.vae.train import nll_to_mse
+
+    hist = rec.get("history") or {}
+    settings = rec.get("settings") or {}
+    dim, sigma = settings.get("chunk_size"), settings.get("sigma_x")
+
+    def rms(mse: Sequence[float]) -> list[float]:
+        return [math.sqrt(max(m, 1e-30)) if _finite(m) else math.nan for m in mse]
+
+    out: dict[str, list[float]] = {}
+    for split in ("train", "val"):
+        kl = list(hist.get(f"{split}_kl") or [])
+        mse = list(hist.get(f"{split}_mse") or [])
+        total = list(hist.get(f"{split}_loss") or [])
+        if not mse and kl and total and _finite(dim) and _finite(sigma):
+            mse = [nll_to_mse(t - k, int(dim), float(sigma)) if _finite(t) and _finite(k)
+                   else math.nan for t, k in zip(total, kl, strict=False)]
+        if mse and kl:
+            out[f"{split}_recon"] = rms(mse)
+            out[f"{split}_kl"] = kl
+        elif total:
+            out[f"{split}_total"] = total
+    return out
+
+
+def _zoom_tail(ax: Axes, series: Sequence[Sequence[float]]) -> str | None:
+    """The reconstruction error falls by an order of magnitude in the first few epochs and then
+    changes by a few percent: scale the axis to the rest of the run so that convergence shows,
+    and return a note on the early epochs that lie above it."""
+    n = max((len(s) for s in series), default=0)
+    skip = max(3, n // 20)
+    tail = [x for s in series for x in s[skip:] if _finite(x)]
+    head = [x for s in series for x in s[:skip] if _finite(x)]
+    if n <= skip + 2 or not tail:
+        return None
+    lo, hi = min(tail + head), max(tail)
+    pad = (hi - lo) * 0.15 or hi * 0.05
+    ax.set_yscale("linear")
+    ax.set_ylim(lo - pad, hi + pad)
+    above = [i + 1 for s in series for i, x in enumerate(s[:skip]) if _finite(x) and x > hi + pad]
+    if not above:
+        return None
+    return f"epochs 1-{max(above)} off the top (up to {max(head):.2g})"
 
 
 def fig_vae_training(records: Sequence[Record], path: Path) -> None:
-    """Figure 2: train and validation loss (-ELBO per chunk) per epoch, one panel per model."""
-    n = max(4, len(records))
-    ncols = 2
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(10, 3.6 * nrows), squeeze=False)
-    flat = list(axes.ravel())
-    every: list[float] = []
-    for rec in records:
-        hist = rec.get("history") or {}
-        every += list(hist.get("train_loss") or []) + list(hist.get("val_loss") or [])
-    scale, kw = _loss_scale(every)
-    for ax, rec in zip(flat, records, strict=False):
-        hist = rec.get("history") or {}
-        tr = list(hist.get("train_loss") or [])
-        va = list(hist.get("val_loss") or [])
-        letter = "abcdefghijklmnopqrstuvwxyz"[flat.index(ax)]
-        early = ", stopped early" if rec.get("vae_stopped_early") else ""
-        ax.set_title(f"({letter}) {_label(rec['model'])}, latent {rec.get('latent', '?')}{early}")
-        if not tr and not va:
-            ax.text(0.5, 0.5, "no history", ha="center", va="center", transform=ax.transAxes)
-            continue
-        ax.plot(range(1, len(tr) + 1), tr, color=_TRAIN_COLOR, lw=1.4, label="train")
-        ax.plot(range(1, len(va) + 1), va, color=_VAL_COLOR, lw=1.4, label="validation")
-        ax.set_yscale(scale, **kw)
-        if scale == "symlog":
-            ax.axhline(0.0, color="0.6", lw=0.6, zorder=0)
+    """Figure 2: per model (one row), the reconstruction error and the KL term per epoch, train
+    and validation, with the best validation epoch (the weights kept) marked."""
+    rows = max(1, len(records))
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 2.7 * rows + 0.8), squeeze=False)
+    curves = [training_curves(r) for r in records]
+    scale = {
+        kind: _positive_scale([x for c in curves for k, v in c.items() if k.endswith(kind)
+                               for x in v])
+        for kind in ("_recon", "_kl", "_total")
+    }
+    ylabel = {"_recon": "recon. RMS error\n(tensor std units)", "_kl": "KL (nats per chunk)",
+              "_total": "-ELBO (nats per chunk)"}
+    for row, (rec, c) in enumerate(zip(records, curves, strict=True)):
+        epochs = max((len(v) for v in c.values()), default=0)
         best = rec.get("vae_best_epoch")
-        if isinstance(best, int) and 1 <= best <= len(va):
-            ax.axvline(best, color="0.4", ls="--", lw=0.9)
-            ax.plot([best], [va[best - 1]], "o", color=_VAL_COLOR, mec="k", ms=6,
-                    label=f"best epoch {best}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("-ELBO per chunk (nats)" + ("" if scale == "linear" else f", {scale}"))
-        ax.grid(True, which="major", alpha=0.3)
-        if len(tr) < 20:
-            ax.set_xticks(range(1, max(len(tr), len(va)) + 1))
-        ax.legend(fontsize=8, loc="upper right")
-    for ax in flat[len(records):]:
+        early = ", stopped early" if rec.get("vae_stopped_early") else ""
+        head = f"{_label(rec['model'])}, latent {rec.get('latent', '?')}"
+        for col, kind in enumerate(("_recon", "_kl")):
+            ax = axes[row][col]
+            if not any(k.endswith(kind) for k in c) and kind == "_recon":
+                kind = "_total"
+            letter = "abcdefghijklmnopqrstuvwxyz"[(2 * row + col) % 26]
+            what = {"_recon": "reconstruction error", "_kl": "KL term",
+                    "_total": "-ELBO (split not recorded)"}[kind]
+            ax.set_title(f"({letter}) {head}: {what}", fontsize=10)
+            drawn = False
+            for split, color, name in (("train", _TRAIN_COLOR, "train"),
+                                       ("val", _VAL_COLOR, "validation")):
+                ys = c.get(f"{split}{kind}")
+                if ys:
+                    ax.plot(range(1, len(ys) + 1), ys, color=color, lw=1.3, label=name)
+                    drawn = True
+            if not drawn:
+                ax.text(0.5, 0.5, "not recorded", ha="center", va="center",
+                        transform=ax.transAxes)
+                continue
+            ax.set_yscale(scale[kind])
+            note = None
+            if kind == "_recon":
+                note = _zoom_tail(ax, [c.get("train_recon") or [], c.get("val_recon") or []])
+            va = c.get(f"val{kind}") or []
+            if isinstance(best, int) and 1 <= best <= len(va):
+                ax.axvline(best, color="0.4", ls="--", lw=0.9)
+                ax.plot([best], [va[best - 1]], "o", color=_VAL_COLOR, mec="k", ms=5,
+                        label=f"best epoch {best}{early}")
+            if "train_recon" not in c and kind == "_recon":
+                ax.plot([], [], " ", label="train split: not recorded in this run")
+            if note:
+                ax.plot([], [], " ", label=note)
+            ax.set_ylabel(ylabel[kind] + ("" if scale[kind] == "linear" else ", log"),
+                          fontsize=9)
+            ax.grid(True, which="major", alpha=0.3)
+            if epochs < 20:
+                ax.set_xticks(range(1, epochs + 1))
+            if row == rows - 1:
+                ax.set_xlabel("epoch")
+            ax.legend(fontsize=7, loc="best")
+    for ax in axes.ravel()[2 * len(records):]:
         ax.axis("off")
-    fig.suptitle("VAE training (paper Fig. 2)")
+    fig.suptitle("VAE training (paper Fig. 2): reconstruction error and KL per epoch")
     fig.tight_layout()
     _save(fig, path)
 
@@ -124,11 +186,15 @@ def _bar_labels(ax: Axes, bars: Any, texts: Sequence[str]) -> None:
 
 
 def fig_params_time(models: Sequence[str], params: Sequence[int | None],
-                    train_s: Sequence[float | None], path: Path) -> None:
-    """Figure 3: (a) parameters per model, (b) VAE training time per model (seconds).
-
-    A missing value (None) leaves its bar out."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+                    s_per_epoch_per_m: Sequence[float | None], path: Path, *,
+                    details: Sequence[str] | None = None, where: str = "") -> None:
+    """Figure 3: (a) parameters per model, (b) VAE training time normalized by the work: the
+    median seconds per epoch per million parameters (an epoch's work grows with the number of
+    chunks, so with the parameters). Totals depend on when early stopping ends and on what else
+    ran on the machine; `details` (per model, e.g. epochs and total seconds) are printed under
+    the bars, `where` (machine, threads, load) under the figure. A missing value (None) leaves
+    its bar out."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.6))
     x = np.arange(len(models))
     names = [_label(m) for m in models]
     p = [v if v is not None else 0 for v in params]
@@ -136,18 +202,24 @@ def fig_params_time(models: Sequence[str], params: Sequence[int | None],
     _bar_labels(a, bars, [f"{v:,}" if v is not None else "n/a" for v in params])
     a.set_title("(a) parameters per model")
     a.set_ylabel("parameters")
-    t = [v if _finite(v) else 0.0 for v in train_s]
+    t = [v if _finite(v) else 0.0 for v in s_per_epoch_per_m]
     bars = b.bar(x, t, color="#dd8452")
-    _bar_labels(b, bars, [f"{v:.1f} s" if _finite(v) else "n/a" for v in train_s])
-    b.set_title("(b) VAE training time")
-    b.set_ylabel("seconds")
+    _bar_labels(b, bars, [f"{v:.3g} s" if _finite(v) else "n/a" for v in s_per_epoch_per_m])
+    b.set_title("(b) VAE training time per epoch and parameter")
+    b.set_ylabel("median s per epoch per 10$^6$ parameters")
     a.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     for ax, vals in ((a, p), (b, t)):
         ax.set_xticks(x, names)
         ax.set_ylim(0, (max(vals) if vals and max(vals) > 0 else 1) * 1.15)
         ax.grid(True, axis="y", alpha=0.3)
+    if details:
+        b.set_xticks(x, [f"{n}\n{d}" for n, d in zip(names, details, strict=True)],
+                     fontsize=8)
     fig.suptitle("Parameters and VAE training time (paper Fig. 3)")
-    fig.tight_layout()
+    if where:
+        fig.text(0.5, 0.01, where, ha="center", va="bottom", fontsize=8, color="0.3",
+                 wrap=True)
+    fig.tight_layout(rect=(0, 0.07 if where else 0, 1, 1))
     _save(fig, path)
 
 
@@ -202,6 +274,29 @@ def fig_samples(images: np.ndarray, labels: np.ndarray, orig: np.ndarray, recon:
     _save(fig, path)
 
 
+def _honest_inset(ax: Axes, rh: Sequence[float], acc: Sequence[float],
+                  latents: Sequence[int]) -> None:
+    """The honest ratios of a latent sweep differ by a few percent, so on the main log axis
+    they sit on one spot: an inset with a linear axis spreads them out, each point labelled
+    with its latent size (alternately above and below, as neighbours can be close)."""
+    ins = ax.inset_axes((0.31, 0.24, 0.32, 0.42))
+    ins.plot(rh, acc, "s-", color=_WRONG, ms=5, lw=1)
+    for k, (x, y, lat) in enumerate(zip(rh, acc, latents, strict=True)):
+        ins.annotate(str(lat), (x, y), xytext=(0, 6 if k % 2 == 0 else -7),
+                     textcoords="offset points", ha="center",
+                     va="bottom" if k % 2 == 0 else "top", fontsize=7, color=_WRONG)
+    lo, hi = min(rh), max(rh)
+    pad = (hi - lo) * 0.12 or hi * 0.01
+    ins.set_xlim(lo - pad, hi + pad)
+    ylo, yhi = min(acc), max(acc)
+    ypad = (yhi - ylo) * 0.25 or 0.05
+    ins.set_ylim(ylo - ypad, yhi + ypad)
+    ins.xaxis.set_major_formatter(StrMethodFormatter("{x:.3f}"))
+    ins.tick_params(labelsize=7)
+    ins.set_title("ratio_honest zoomed in (linear); numbers are latent sizes", fontsize=7)
+    ins.grid(True, alpha=0.25)
+
+
 def fig_accuracy_vs_ratio(sweep: Sequence[Record], others: Sequence[Record], path: Path, *,
                           sweep_model: str = "cnn") -> None:
     """Accuracy of the reconstructed `sweep_model` against compression ratio (log x): one curve
@@ -248,4 +343,6 @@ def fig_accuracy_vs_ratio(sweep: Sequence[Record], others: Sequence[Record], pat
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
                   frameon=False)
     fig.tight_layout()
+    if len(pts) > 1:
+        _honest_inset(ax, rh, acc, [int(r["latent"]) for r in pts])
     _save(fig, path)

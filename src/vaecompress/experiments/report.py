@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from vaecompress.experiments import figures
-from vaecompress.experiments.formatting import model_name
+from vaecompress.experiments.formatting import fmt_int, fmt_s, model_name
 from vaecompress.experiments.predictions import samples_section
 from vaecompress.experiments.prose import honest_finding
 from vaecompress.experiments.selection import select
 from vaecompress.experiments.tables import (
     accounting_table,
     environment_lines,
+    epoch_s_median,
+    measured_where,
     sweep_table,
     table1,
     table2,
@@ -108,8 +110,15 @@ def render(results: Mapping[str, Any], out: Path, *, data_dir: str | Path | None
     if models:
         params = [t1.get(m, sel.main[m].get("params") if m in sel.main else None)
                   for m in models]
-        train_s = [sel.main[m].get("vae_train_s") if m in sel.main else None for m in models]
-        figures.fig_params_time(models, params, train_s, figdir / FIG_PARAMS_TIME)
+        per_m, details = [], []
+        for m, n in zip(models, params, strict=True):
+            r = sel.main.get(m) or {}
+            med = epoch_s_median(r)
+            per_m.append(med / (n / 1e6) if med is not None and n else None)
+            details.append(f"{fmt_int(r.get('vae_epochs'))} epochs\n"
+                           f"{fmt_s(r.get('vae_train_s'))} s in all" if r else "no record")
+        figures.fig_params_time(models, params, per_m, figdir / FIG_PARAMS_TIME,
+                                details=details, where=measured_where(results))
         md += [f"![parameters and VAE training time](figures/{FIG_PARAMS_TIME})", ""]
 
     md += ["## MNIST test samples (paper Figures 4 and 5)", ""]

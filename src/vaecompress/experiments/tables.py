@@ -76,6 +76,30 @@ def threads_note(results: Mapping[str, Any]) -> str:
             "another run.")
 
 
+def measured_where(results: Mapping[str, Any]) -> str:
+    """One line on where the timings were taken: device, machine, threads and load."""
+    env = results.get("environment") or {}
+    device = str(env.get("device") or "unknown device")
+    if env.get("gpu"):
+        device += f" ({env['gpu']})"
+    parts = [f"Measured on {device}"]
+    if env.get("cpu_count"):
+        parts.append(f"{env['cpu_count']} CPUs")
+    if isinstance(env.get("torch_threads"), int):
+        parts.append(_plural(env["torch_threads"], "torch thread"))
+    line = ", ".join(parts)
+    if env.get("platform"):
+        line += f" ({env['platform']})"
+    load = results.get("load_average") or {}
+    ends = [(k, v[0]) for k in ("start", "end") if isinstance(v := load.get(k), list) and v]
+    if ends:
+        line += "; 1-minute load average " + ", ".join(f"{v:.2f} at the {k}" for k, v in ends)
+        line += " of the run (other jobs share the machine when it exceeds the thread count)"
+    else:
+        line += "; machine load not recorded (other jobs may have run)"
+    return line + "."
+
+
 def table1(results: Mapping[str, Any]) -> str:
     rows = [[model_name(r["model"]), "[" + ", ".join(str(n) for n in r.get("neurons", [])) + "]",
              fmt_int(r.get("params"))] for r in results.get("table1") or []]
