@@ -102,8 +102,8 @@ def _zoom_tail(ax: Axes, series: Sequence[Sequence[float]]) -> str | None:
     skip = max(3, n // 20)
     tail = [x for s in series for x in s[skip:] if _finite(x)]
     head = [x for s in series for x in s[:skip] if _finite(x)]
-    if n <= skip + 2 or not tail:
-        return None
+    if n < 20 or not tail or not head or max(head) < 2 * max(tail):
+        return None  # a short run, or no steep start: the whole curve reads well as it is
     lo, hi = min(tail + head), max(tail)
     pad = (hi - lo) * 0.15 or hi * 0.05
     ax.set_yscale("linear")
