@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,14 @@ def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
     assert "\n" not in err and "Traceback" not in err, err
     assert err.startswith("vaecompress: error:")
     return err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_data_by_default(toy_mnist_dir: Path) -> Iterator[None]:
+    """compress measures a zoo model's accuracy on MNIST: the toy set here, never a download."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VAECOMPRESS_DATA_DIR", str(toy_mnist_dir))
+        yield
 
 
 @pytest.fixture(scope="module")

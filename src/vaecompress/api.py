@@ -12,6 +12,8 @@ Externals are the separate files a codec declares (`Codec.externals`, e.g. vae-p
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,10 +23,22 @@ from typing import Any
 import torch
 
 from vaecompress.accounting import Accounting, account
-from vaecompress.codecs.base import CodecContext, get_codec_class, make_codec
+from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_codec
+from vaecompress.coding.floats import tensor_bytes
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import Container, dumps, loads
-from vaecompress.io import StateDict, atomic_write_bytes
+from vaecompress.io import StateDict, atomic_write_all, check_outputs
+
+# The checksum of the rebuilt tensors, recorded in the file's `meta` at compression (spec:
+# docs/format.md, "Checksum of the rebuilt tensors"): {"sha256": hex} of the decoded tensors'
+# own little-endian bytes in manifest order; codecs whose decoder is float arithmetic that may
+# differ by an ulp between CPUs (`Codec.exact_decode` False) add "l1" and "l2", the float64
+# sums of |w| and w**2 over the floating tensors, compared with a relative tolerance instead.
+DECODED_KEY = "vaecompress.decoded"
+NORM_RTOL = 1e-4
+# The largest model `decompress` rebuilds unless told otherwise (the manifest's declared size,
+# checked before any decoding); VAECOMPRESS_MAX_DECODED_BYTES overrides it.
+DEFAULT_MAX_DECODED_BYTES = 2**34
 
 
 @dataclass
@@ -34,6 +48,36 @@ class CompressResult:
     accounting: Accounting
     compress_s: float
     report: dict[str, Any] = field(default_factory=dict)
+    rebuilt: StateDict | None = None  # what decoding the file gives (decoded once to check it)
+
+
+def decoded_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the tensors' own little-endian bytes, concatenated in the given order."""
+    h = hashlib.sha256()
+    for t in state.values():
+        h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _norms(state: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+    l1 = l2 = 0.0
+    for t in state.values():
+        if t.is_floating_point() and t.numel():
+            x = t.detach().to("cpu", torch.float64)
+            l1 += float(x.abs().sum())
+            l2 += float((x * x).sum())
+    return l1, l2
+
+
+def check_finite_input(codec: type[Codec], state: Mapping[str, torch.Tensor]) -> None:
+    """A lossy codec refuses NaN/Inf weights (one would spread through a codebook, a scale or
+    a normalization); the lossless ones keep them bit for bit."""
+    if codec.lossless:
+        return
+    for k, v in state.items():
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            raise UserError(f"{codec.name}: tensor '{k}' holds NaN or Inf values; this lossy "
+                            "codec refuses them (the lossless zstd keeps them exactly)")
 
 
 def compress(
@@ -46,16 +90,60 @@ def compress(
 ) -> CompressResult:
     """Compress a state_dict with a registered codec; `settings` override the codec's defaults."""
     enc_codec = make_codec(codec, **settings)
+    check_finite_input(type(enc_codec), state)
     ctx = ctx or CodecContext()
     t0 = time.perf_counter()
     enc = enc_codec.encode(dict(state), ctx)
     if meta:
         enc.container.meta.update(meta)
-    data = dumps(enc.container)
     elapsed = time.perf_counter() - t0
+    # Decode once, as a reader will (from the written bytes), and record what it rebuilt.
+    rebuilt = type(enc_codec)().decode(loads(dumps(enc.container)), enc.externals)
+    record: dict[str, Any] = {"sha256": decoded_sha256(rebuilt)}
+    if not enc_codec.exact_decode:
+        record["l1"], record["l2"] = _norms(rebuilt)
+    if not enc_codec.lossless and not all(math.isfinite(x) for x in _norms(rebuilt)):
+        raise RuntimeError(f"{codec} rebuilt non-finite weights from finite ones")
+    enc.container.meta[DECODED_KEY] = record
+    data = dumps(enc.container)
     return CompressResult(
-        data, enc.externals, account(enc.container, len(data)), elapsed, enc.report
+        data, enc.externals, account(enc.container, len(data)), elapsed, enc.report, rebuilt
     )
+
+
+def _check_decoded(c: Container, codec: type[Codec], state: StateDict) -> None:
+    """The rebuilt tensors against the checksum recorded at compression (files written before
+    it existed have none), and never a non-finite weight from a lossy codec."""
+    record = c.meta.get(DECODED_KEY)
+    if record is not None:
+        sha = record.get("sha256") if isinstance(record, dict) else None
+        if not isinstance(sha, str):
+            raise FormatError(f"meta '{DECODED_KEY}' is malformed")
+        if decoded_sha256(state) != sha:
+            if codec.exact_decode:
+                raise FormatError(
+                    "the rebuilt tensors do not match the checksum recorded at compression "
+                    "(a damaged payload, or a decoder other than the one that wrote the file)")
+            _check_norms(record, state)
+    if not codec.lossless:
+        for k, t in state.items():
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                raise FormatError(f"tensor '{k}' decodes to NaN or Inf values: the file is "
+                                  "damaged or was made by another decoder")
+
+
+def _check_norms(record: dict[str, Any], state: StateDict) -> None:
+    """A float decoder may differ by an ulp on another CPU: compare the sums instead."""
+    try:
+        want = (float(record["l1"]), float(record["l2"]))
+    except (KeyError, TypeError, ValueError):
+        raise FormatError(f"meta '{DECODED_KEY}' is malformed") from None
+    for name, got, ref in zip(("l1", "l2"), _norms(state), want, strict=True):
+        if not (math.isfinite(got) and abs(got - ref) <= NORM_RTOL * max(abs(ref), 1e-30)):
+            raise FormatError(
+                f"the rebuilt tensors do not match the file's checksum ({name} {got:.6g}, "
+                f"recorded {ref:.6g}): a damaged payload or a decoder other than the one "
+                "that wrote the file")
 
 
 def _check_externals(c: Container, externals: Mapping[str, bytes]) -> None:
@@ -71,9 +159,26 @@ def _check_externals(c: Container, externals: Mapping[str, bytes]) -> None:
             )
 
 
+def max_decoded_bytes() -> int:
+    """The cap on a manifest's declared decoded size: VAECOMPRESS_MAX_DECODED_BYTES, else
+    DEFAULT_MAX_DECODED_BYTES."""
+    value = os.environ.get("VAECOMPRESS_MAX_DECODED_BYTES")
+    if value is None:
+        return DEFAULT_MAX_DECODED_BYTES
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(
+            f"VAECOMPRESS_MAX_DECODED_BYTES must be an integer, got {value!r}") from None
+
+
 def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
-               stats: dict[str, Any] | None = None) -> StateDict:
+               stats: dict[str, Any] | None = None, max_bytes: int | None = None) -> StateDict:
     """Rebuild the state_dict from a file's bytes (and the bytes of what it references).
+
+    A file whose manifest declares more than `max_bytes` (default `max_decoded_bytes()`) is
+    refused before decoding; the rebuilt tensors are checked against the checksum recorded at
+    compression (FormatError when they differ).
 
     `stats`, when given, receives what the codec measured of its own decoding: a codec that
     decodes in a worker process (nncodec) sets `last_decode_s` to the time inside the worker,
@@ -87,8 +192,14 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
             f"file was written by {codec_cls.name} v{c.codec.get('version')}; this "
             f"vaecompress reads up to v{codec_cls.version}"
         )
+    limit = max_decoded_bytes() if max_bytes is None else max_bytes
+    if c.decoded_bytes > limit:
+        raise FormatError(
+            f"the file declares a model of {c.decoded_bytes:,} bytes, more than the limit of "
+            f"{limit:,} (set VAECOMPRESS_MAX_DECODED_BYTES to allow it)")
     codec = codec_cls()
     state = codec.decode(c, externals)
+    _check_decoded(c, codec_cls, state)
     if stats is not None and getattr(codec, "last_decode_s", None) is not None:
         stats["decode_s_inside"] = float(codec.last_decode_s)  # type: ignore[attr-defined]
     return state
@@ -134,10 +245,12 @@ def save(
     if unknown:
         made = ", ".join(sorted(result.externals)) or "none"
         raise UserError(f"this codec wrote no external '{unknown[0]}' (externals written: {made})")
-    for name, blob in result.externals.items():
-        atomic_write_bytes(Path(targets[name]) if name in targets else external_path(path, name),
-                           blob)
-    atomic_write_bytes(path, result.data)
+    files: list[tuple[str | Path, bytes]] = [
+        (Path(targets[name]) if name in targets else external_path(path, name), blob)
+        for name, blob in result.externals.items()]
+    files.append((path, result.data))
+    check_outputs([p for p, _ in files])
+    atomic_write_all(files)  # all or nothing: no orphan external when the file cannot be written
 
 
 def decompress_file(

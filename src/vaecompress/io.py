@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,19 +30,68 @@ from vaecompress.errors import UserError
 StateDict = dict[str, torch.Tensor]
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output_path(path: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse, as bad input and before any work, an output that would lose data or cannot be
+    written: one of `inputs` (the same file by inode or by resolved path), anything that is not
+    a regular file (a symlink, a device node, a FIFO, a folder: never replaced), or a path whose
+    folder is missing or not writable."""
+    path = Path(path)
+    for src in inputs:
+        if _same_file(path, Path(src)):
+            raise UserError(f"output {path} is the input {src}; choose another output file")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise UserError(f"cannot use {path} as output: {e.strerror}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else
+                "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+        raise UserError(f"output {path} is {what}; refusing to replace it (give a file path)")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"output folder is not writable: {parent}")
+    return path
+
+
+def check_outputs(outputs: Sequence[str | Path], *, inputs: Sequence[str | Path] = ()) -> None:
+    """`check_output_path` for each output, and no two outputs the same file."""
+    paths = [check_output_path(p, inputs=inputs) for p in outputs]
+    for i, a in enumerate(paths):
+        for b in paths[:i]:
+            if _same_file(a, b):
+                raise UserError(f"two outputs are the same file: {b} and {a}")
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp makes the file private (0600); outputs get the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> int:
     """Call `write(f)` on a temp file beside `path`, fsync, rename it to `path`; returns the
     bytes written. On any error the temp file is removed and `path` is untouched. The only
-    write-then-rename routine of the package (the container format keeps its own)."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise UserError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write-then-rename routine of the package (the container format keeps its own). A `path`
+    that exists and is not a regular file (symlink, device, FIFO) is refused, never replaced."""
+    path = check_output_path(path)
+    fd, tmp = _temp_beside(path)
     try:
-        # mkstemp makes the file private (0600); outputs get the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -52,6 +102,28 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     return size
+
+
+def atomic_write_all(files: Sequence[tuple[str | Path, bytes]]) -> None:
+    """Write several files as one step: every one to a temp file beside its target first, then
+    the renames, in the given order (put the main file last). A failure while writing leaves
+    no target touched and no temp file behind."""
+    targets = [check_output_path(p) for p, _ in files]
+    temps: list[str] = []
+    try:
+        for path, (_, data) in zip(targets, files, strict=True):
+            fd, tmp = _temp_beside(path)
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in zip(targets, temps, strict=True):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> int:

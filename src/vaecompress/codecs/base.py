@@ -16,6 +16,7 @@ The contract, all of it on the class so that nothing outside `codecs/` names a c
   (`Encoded.externals` / `decode(..., externals)`, keyed by these names);
 - `operating_points(preset)`: the settings the bench measures ("quick", "full");
 - `uses_task`: whether its quality depends on fine-tuning with the task (`CodecContext.finetune`);
+- `lossless`, `exact_decode`: what the checks of `api` may expect of its decoding;
 - `encode(state, ctx) -> Encoded` and `decode(container, externals) -> state_dict`.
 
 Codecs compose the tools of `vaecompress.coding`; no codec imports another.
@@ -77,6 +78,13 @@ class Codec(ABC):
     Settings: ClassVar[type]
     externals: ClassVar[tuple[str, ...]] = ()  # files it may write beside the container
     uses_task: ClassVar[bool] = False  # fine-tunes with `CodecContext.finetune` when given
+    # Decoding gives back every bit of the input, NaN and Inf included; a lossy codec
+    # (False) refuses non-finite input weights and never decodes to non-finite ones.
+    lossless: ClassVar[bool] = False
+    # Decoding is integer or elementwise float arithmetic: the same bits on every machine, so
+    # the recorded checksum of the rebuilt tensors is compared exactly. False for a decoder
+    # with float reductions (a matrix product), compared within a tolerance (api.DECODED_KEY).
+    exact_decode: ClassVar[bool] = True
 
     def __init__(self, settings: Any = None, **overrides: Any) -> None:
         base = settings if settings is not None else self.Settings()
@@ -106,6 +114,13 @@ class Codec(ABC):
     def available(cls) -> str | None:
         """None if the codec can run here, else the one line saying how to install it."""
         return None
+
+    @classmethod
+    def method(cls, settings: Mapping[str, Any]) -> tuple[str, bool]:
+        """(the name a result table gives the method these settings make, whether it uses the
+        task's training data). One codec can make several methods: nncodec with `prune` is the
+        pruned, fine-tuned model coded by NNCodec, a different method from NNCodec alone."""
+        return cls.name, cls.uses_task
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:

@@ -248,6 +248,10 @@ class DeepCompressionCodec(Codec):
             if row is None:
                 raise FormatError("deep-compression: fewer table rows than weight tensors")
             k, nnz, gap_len, idx_len = row
+            if not (0 <= nnz <= n and 0 <= k <= max(nnz, 1) and gap_len >= 0 and idx_len >= 0):
+                # Checked before decoding: no stream may declare more symbols than the tensor.
+                raise FormatError(f"deep-compression: table row of '{spec['name']}' is out "
+                                  "of range")
             end = pos + 4 * k + gap_len + idx_len
             if end > len(data):
                 raise FormatError("deep-compression payload is truncated")

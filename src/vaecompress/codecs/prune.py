@@ -144,16 +144,27 @@ class PruneCodec(Codec):
             raise FormatError(f"prune codec state is malformed: {e}") from None
         if vdtype not in FLOAT_STORE:
             raise FormatError(f"prune: unknown value dtype '{vdtype}'")
+        specs = float_specs(c.tensors)
+        if len(specs) != len(table):
+            raise FormatError("prune: tensor table does not match the manifest")
+        itemsize = np.dtype(FLOAT_STORE[vdtype]).itemsize
+        expected = 0  # the sparse encoding's size, from the table and the manifest alone
+        for spec, (mode, nnz) in zip(specs, table, strict=True):
+            n = numel(spec["shape"])
+            if mode == "f":
+                expected += n * itemsize
+            elif mode in POSITION_MODES and 0 <= nnz <= n:
+                expected += position_bytes(mode, n, nnz) + nnz * itemsize
+            else:
+                raise FormatError(f"prune: table entry of '{spec['name']}' is out of range")
+        if raw_bytes != expected:
+            raise FormatError(f"prune: codec state says {raw_bytes} bytes, its table {expected}")
         data = c.payload(PAYLOAD, kinds=["zstd", "bytes"]).data
         if use_zstd:
             try:
                 data = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_bytes)
             except zstandard.ZstdError as e:
                 raise FormatError(f"prune payload is corrupt: {e}") from None
-        specs = float_specs(c.tensors)
-        if len(specs) != len(table):
-            raise FormatError("prune: tensor table does not match the manifest")
-        itemsize = np.dtype(FLOAT_STORE[vdtype]).itemsize
         out: StateDict = {}
         pos = 0
         for spec, (mode, nnz) in zip(specs, table, strict=True):
@@ -163,7 +174,7 @@ class PruneCodec(Codec):
                 pos += n * itemsize
                 out[spec["name"]] = torch.from_numpy(vals.copy()).reshape(shape)
                 continue
-            size = position_bytes(mode, n, nnz) if mode in POSITION_MODES else 0
+            size = position_bytes(mode, n, nnz)
             mask = decode_positions(mode, data[pos : pos + size], n, nnz)
             pos += size
             vals = floats_from_bytes(data[pos : pos + nnz * itemsize], vdtype, nnz)

@@ -11,6 +11,8 @@ spread (0.05-0.1) makes a unit-variance likelihood negligible beside the KL term
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
+from vaecompress.coding.floats import float_specs
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, ROLE_MODEL, Container, External, Payload
 from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
@@ -79,22 +82,46 @@ def _stats(coded: Mapping[str, torch.Tensor], layout: ParamLayout, mode: str) ->
     for s in layout.specs:
         t = coded[s.name].detach().float().reshape(-1)
         std = float(t.std()) if t.numel() > 1 else 0.0
-        means.append(float(t.mean()))
+        means.append(float(t.mean()) if t.numel() else 0.0)  # an empty tensor has no mean
         # A constant tensor (or a scalar) keeps its value exactly through the mean alone.
         stds.append(std if std > 0 else 1.0)
     return {"mode": mode, "mean": means, "std": stds}
 
 
-def _affine(layout: ParamLayout, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element (mean, std) vectors for the flat parameter vector."""
+# Normalization statistics a file may hold: finite, std > 0, both below this (weights beyond
+# 1e30 do not occur; a larger value is a damaged or hostile header that would decode to Inf).
+MAX_STAT = 1e30
+
+
+def _check_stat(x: Any, *, positive: bool) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise FormatError("normalization statistics must be numbers")
+    v = float(x)
+    if not (math.isfinite(v) and abs(v) <= MAX_STAT and (v > 0 or not positive)):
+        raise FormatError(f"normalization statistic {v!r} is out of range")
+    return v
+
+
+def _affine(layout: ParamLayout, stats: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element (mean, std) vectors for the flat parameter vector; FormatError for
+    statistics that are malformed, non-finite, huge or (std) not positive."""
     n = layout.numel
-    if stats["mode"] == "none":
+    mode = stats.get("mode") if isinstance(stats, dict) else None
+    if mode not in NORMALIZE:
+        raise FormatError(f"unknown normalization mode {mode!r}")
+    if mode == "none":
         return torch.zeros(n), torch.ones(n)
-    if stats["mode"] == "global":
-        return torch.full((n,), float(stats["mean"])), torch.full((n,), float(stats["std"]))
+    if mode == "global":
+        mean = _check_stat(stats.get("mean"), positive=False)
+        std = _check_stat(stats.get("std"), positive=True)
+        return torch.full((n,), mean), torch.full((n,), std)
     sizes = [int(np.prod(s.shape)) if s.shape else 1 for s in layout.specs]
-    if len(stats["mean"]) != len(sizes) or len(stats["std"]) != len(sizes):
+    means, stds = stats.get("mean"), stats.get("std")
+    if not isinstance(means, list) or not isinstance(stds, list) \
+            or len(means) != len(sizes) or len(stds) != len(sizes):
         raise FormatError("normalization statistics do not match the tensor manifest")
+    stats = {"mean": [_check_stat(x, positive=False) for x in means],
+             "std": [_check_stat(x, positive=True) for x in stds]}
     mean = torch.repeat_interleave(
         torch.tensor(stats["mean"], dtype=torch.float64), torch.tensor(sizes)
     ).float()
@@ -110,6 +137,7 @@ class VAEPaperCodec(Codec):
     version = 1
     Settings = VAEPaperSettings
     externals = ("decoder",)  # with external_decoder=True the decoder is its own file
+    exact_decode = False  # an MLP: its float sums may differ by an ulp between CPUs
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
@@ -214,9 +242,8 @@ class VAEPaperCodec(Codec):
             ch = Chunking.from_json(st["chunking"])
             arch = VAEArch.from_json(st["vae"])
             stats = st["normalization"]
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, UserError) as e:
             raise FormatError(f"vae-paper codec state is malformed: {e}") from None
-        decoder = build_decoder(arch)
         names = {p.name for p in c.payloads}
         if "decoder" in names:
             blob = c.payload("decoder").data
@@ -224,6 +251,9 @@ class VAEPaperCodec(Codec):
             blob = externals["decoder"]
         else:
             raise UserError("this file references an external decoder; pass it with --decoder FILE")
+        _check_sizes(c, layout, ch, arch, len(blob))
+        mean, std = _affine(layout, stats)
+        decoder = build_decoder(arch)
         try:
             decoder.load_state_dict(state_from_bytes(blob, what="decoder weights"))
         except RuntimeError as e:
@@ -238,8 +268,35 @@ class VAEPaperCodec(Codec):
         z = torch.from_numpy(
             np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(ch.n_chunks, arch.latent)
         )
+        # In batches, so that the activations stay small whatever the decoder's widths.
+        widest = max(arch.in_dim, arch.latent, *arch.hidden)
+        step = max(1, DECODE_BATCH_FLOATS // widest)
         with torch.no_grad():
-            chunks = decoder(z)
-        mean, std = _affine(layout, stats)
+            chunks = torch.cat([decoder(z[i : i + step]) for i in range(0, ch.n_chunks, step)])
         vec = unchunk(chunks, ch) * std + mean
         return join_passthrough(c, unflatten(vec, layout))
+
+
+DECODE_BATCH_FLOATS = 2**24  # activations of one decoding batch, in floats
+
+
+def _check_sizes(c: Container, layout: ParamLayout, ch: Chunking, arch: VAEArch,
+                 decoder_bytes: int) -> None:
+    """Before allocating anything: the layout is the manifest's floating tensors, the chunking
+    covers exactly it with chunks of the decoder's output size, and the decoder the header
+    declares fits in the bytes that hold its weights (float32, 4 bytes each)."""
+    floats = [(t["name"], list(t["shape"]), t["dtype"]) for t in float_specs(c.tensors)]
+    if floats != [(s.name, list(s.shape), s.dtype) for s in layout.specs]:
+        raise FormatError("vae-paper layout does not match the tensor manifest")
+    dims = [arch.latent, *arch.hidden, arch.in_dim]
+    if any(d < 1 for d in dims):
+        raise FormatError("vae-paper decoder has a dimension below 1")
+    n_params = sum((a + 1) * b for a, b in itertools.pairwise(dims))
+    if 4 * n_params > decoder_bytes:
+        raise FormatError(f"vae-paper decoder declares {n_params:,} weights, its file holds "
+                          f"{decoder_bytes:,} bytes")
+    numel = layout.numel
+    if (ch.chunk_size != arch.in_dim or ch.numel != numel or ch.n_chunks < 0
+            or ch.n_chunks != -(-numel // ch.chunk_size) or ch.pad != ch.n_chunks * ch.chunk_size
+            - numel):
+        raise FormatError("vae-paper chunking does not match the manifest and the decoder")

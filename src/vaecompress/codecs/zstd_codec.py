@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 import zstandard
 
 from vaecompress.codecs.base import (
@@ -25,7 +24,7 @@ from vaecompress.codecs.base import (
 )
 from vaecompress.coding.floats import float_specs, numel, tensor_bytes, tensor_from_bytes
 from vaecompress.errors import FormatError, UserError
-from vaecompress.format import ROLE_CODE, Container, Payload
+from vaecompress.format import DTYPE_ITEMSIZE, ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
 from vaecompress.params.vector import dtype_from_name
 
@@ -42,6 +41,7 @@ class ZstdCodec(Codec):
     name = "zstd"
     version = 1
     Settings = ZstdSettings
+    lossless = True  # NaN and Inf weights are kept exactly
 
     def validate(self) -> None:
         level = self.settings.level
@@ -63,6 +63,12 @@ class ZstdCodec(Codec):
             raw_bytes = int(c.codec_state["raw_bytes"])
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"zstd codec state is malformed: {e}") from None
+        specs = float_specs(c.tensors)
+        sizes = [numel(list(t["shape"])) * DTYPE_ITEMSIZE[t["dtype"]] for t in specs]
+        if raw_bytes != sum(sizes):
+            # Checked before decompressing: the output is bounded by the manifest's size.
+            raise FormatError(f"zstd codec state says {raw_bytes} bytes, the manifest's "
+                              f"floating tensors hold {sum(sizes)}")
         try:
             blob = zstandard.ZstdDecompressor().decompress(
                 c.payload(PAYLOAD, kinds=["zstd"]).data, max_output_size=raw_bytes)
@@ -70,10 +76,9 @@ class ZstdCodec(Codec):
             raise FormatError(f"zstd payload is corrupt: {e}") from None
         out: StateDict = {}
         pos = 0
-        for spec in float_specs(c.tensors):
+        for spec, size in zip(specs, sizes, strict=True):
             dtype = dtype_from_name(spec["dtype"])
             shape = list(spec["shape"])
-            size = numel(shape) * torch.empty((), dtype=dtype).element_size()
             if pos + size > len(blob):
                 raise FormatError("zstd payload is shorter than its tensors")
             out[spec["name"]] = tensor_from_bytes(blob[pos : pos + size], dtype, shape)

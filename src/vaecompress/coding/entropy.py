@@ -97,8 +97,12 @@ def unpack_uint(data: bytes | memoryview, bits: int, n: int) -> np.ndarray:
     if bits in (8, 16, 32):
         return np.frombuffer(bytes(data[:need]), dtype=f"<u{bits // 8}").astype(np.int64)
     bitarr = np.unpackbits(np.frombuffer(bytes(data[:need]), dtype=np.uint8))[: n * bits]
-    weights = (np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64))
-    return (bitarr.reshape(n, bits).astype(np.int64) * weights).sum(axis=1)
+    # One bit plane at a time: n*bits bytes of bits and the int64 result, nothing larger.
+    planes = bitarr.reshape(n, bits)
+    out = np.zeros(n, dtype=np.int64)
+    for b in range(bits):
+        out = (out << 1) | planes[:, b]
+    return out
 
 
 def packed_size(n: int, bits: int) -> int:

@@ -50,11 +50,15 @@ def float_specs(tensors: list[dict]) -> list[dict]:
 def tensor_bytes(t: torch.Tensor) -> bytes:
     """The tensor's own little-endian bytes in its own dtype (float64 stays float64, so the
     round trip is exact whatever the dtype); viewed as bytes so bfloat16 needs no numpy type."""
+    if t.numel() == 0:  # an empty tensor's strides may forbid the byte view
+        return b""
     flat = t.detach().to("cpu").contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes()
 
 
 def tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    if not data:  # an empty tensor: a zero-length byte view cannot be reinterpreted
+        return torch.empty(shape, dtype=dtype)
     raw = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
     return raw.view(dtype).reshape(shape)
 
