@@ -76,6 +76,10 @@ class KMeansCodec(Codec):
     uses_task = True  # only with finetune_epochs > 0: the centroids are retrained
 
     @classmethod
+    def method(cls, settings: Mapping[str, Any]) -> tuple[str, bool]:
+        return cls.name, float(settings.get("finetune_epochs", 0) or 0) > 0
+
+    @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "full":
             return [{"bits": b, "entropy": True} for b in (2, 3, 4, 5, 6)]

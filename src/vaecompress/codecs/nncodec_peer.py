@@ -300,6 +300,14 @@ class NNCodecCodec(Codec):
         return NOT_INSTALLED if not python.exists() else f"{NOT_INSTALLED} [{why}]"
 
     @classmethod
+    def method(cls, settings: Mapping[str, Any]) -> tuple[str, bool]:
+        # Pruning and fine-tuning on the task before NNCodec is the combination a user could
+        # assemble from parts; NNCodec alone (with or without its sparsity) needs no data.
+        if float(settings.get("prune", 0) or 0) > 0:
+            return "nncodec+prune", True
+        return cls.name, False
+
+    @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "full":
             # Past the one-point line on every zoo model (-14 already costs 2-18 points).
