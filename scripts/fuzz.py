@@ -308,12 +308,24 @@ def _limit_memory(extra_mb: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cases", type=int, help="number of mutated files to read")
+    ap.add_argument("cases", type=int, help="number of mutated files to read (per codec "
+                    "with --codecs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--mem-mb", type=int, default=1024, help="address space allowed above start; 0: no limit"
     )
+    ap.add_argument("--codecs", action="store_true",
+                    help="fuzz every codec's decoder instead (scripts/fuzz_codecs.py)")
+    ap.add_argument("--only", help="with --codecs: comma-separated codec names")
     args = ap.parse_args(argv)
+    if args.codecs:
+        import fuzz_codecs
+
+        files_first = fuzz_codecs.available_codecs()  # imports torch before the limit
+        if args.mem_mb > 0:
+            _limit_memory(args.mem_mb)
+        only = args.only.split(",") if args.only else files_first
+        return fuzz_codecs.run(args.cases, args.seed, only)
     files = base_files()
     if args.mem_mb > 0:
         _limit_memory(args.mem_mb)

@@ -206,6 +206,8 @@ def decode_symbols(data: bytes | memoryview, n: int | None = None) -> np.ndarray
     if n is not None and count != n:
         raise FormatError(f"symbol stream holds {count} symbols, expected {n}")
     if mode == MODE_EMPTY:
+        if count:
+            raise FormatError(f"empty symbol stream claims {count} symbols")
         return np.zeros(0, dtype=np.int64)
     if mode == MODE_CONST:
         sym, pos = read_varint(data, pos)
