@@ -147,6 +147,28 @@ def write_ablation_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def leaders(results: dict[str, Any]) -> str:
+    """One sentence per tolerance, drawn from the records: per model, the method with the best
+    honest ratio within the tolerance and its margin over the runner-up."""
+    recs = results["records"]
+    models = list(dict.fromkeys(r["model"] for r in recs))
+    out = []
+    for tol in TOLERANCES:
+        best = best_within(recs, tol)
+        parts = []
+        for m in models:
+            ranked = sorted(((v["ratio_honest"], k[1]) for k, v in best.items()
+                             if k[0] == m and v is not None), reverse=True)
+            if not ranked:
+                continue
+            (r1, m1), rest = ranked[0], ranked[1:]
+            margin = f", {r1 / rest[0][0]:.2f} times {rest[0][1]} ({_ratio(rest[0][0])})" \
+                if rest else ""
+            parts.append(f"{m.upper()} {m1} {_ratio(r1)}{margin}")
+        out.append(f"Within {tol:g} point: " + "; ".join(parts) + ".")
+    return " ".join(out)
+
+
 def write_bench_report(results: dict[str, Any], out: Path) -> str:
     """Write bench.md and rate_accuracy.png; returns the summary table (also printed)."""
     recs = results["records"]
@@ -166,7 +188,8 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
         lines.append(f"- skipped `{codec}`: {hint}")
     models = list(dict.fromkeys(r["model"] for r in recs))
     summary = write_summary_table(results)
-    lines += ["", summary, "", "![rate against accuracy](rate_accuracy.png)", ""]
+    lines += ["", summary, "", "**Best method per model.** " + leaders(results), "",
+              "![rate against accuracy](rate_accuracy.png)", ""]
     if results["config"]["preset"] == "ablation":
         lines += [write_ablation_table(results), ""]
     lines += [

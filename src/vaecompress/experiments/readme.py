@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vaecompress.experiments.bench_report import write_summary_table
+from vaecompress.experiments.bench_report import (
+    leaders,
+    write_ablation_table,
+    write_summary_table,
+)
 from vaecompress.experiments.prose import honest_finding
 from vaecompress.experiments.selection import select
 from vaecompress.experiments.tables import accounting_table, sweep_table, table2
@@ -31,6 +35,10 @@ QUICK = ("results/quick/results.json", "vaecompress reproduce --preset quick --o
 BENCH = (
     "results/bench-full/bench.json",
     "vaecompress bench --preset full --out results/bench-full",
+)
+ABLATION = (
+    "results/ablation/bench.json",
+    "vaecompress bench --preset ablation --models fnn --codecs vae-rd --out results/ablation",
 )
 
 
@@ -79,27 +87,48 @@ def _reproduce_section(results: dict[str, Any], rel: str, cmd: str) -> list[str]
     return out
 
 
+def _bench_section(bench: dict[str, Any]) -> list[str]:
+    folder = str(Path(BENCH[0]).parent)
+    return [
+        "### Every codec on the same models",
+        "",
+        _provenance(bench, *BENCH),
+        "",
+        write_summary_table(bench).replace("## ", "#### ", 1),
+        "",
+        "**Best method per model.** " + leaders(bench),
+        "",
+        f"All operating points, with timings and peak memory: [`{folder}/bench.md`]"
+        f"({folder}/bench.md).",
+        "",
+        f"![rate against accuracy]({folder}/rate_accuracy.png)",
+        "",
+    ]
+
+
+def _ablation_section(abl: dict[str, Any]) -> list[str]:
+    return [
+        "### What each ingredient of vae-rd contributes",
+        "",
+        _provenance(abl, *ABLATION),
+        "",
+        write_ablation_table(abl).replace("## ", "#### ", 1),
+        "",
+    ]
+
+
 def render(root: Path = ROOT) -> str:
     parts: list[str] = []
+    bench = _load(root, BENCH[0])
+    if bench is not None:
+        parts += _bench_section(bench)
+    abl = _load(root, ABLATION[0])
+    if abl is not None:
+        parts += _ablation_section(abl)
     for rel, cmd in (REPRODUCE, QUICK):
         res = _load(root, rel)
         if res is not None:
             parts += _reproduce_section(res, rel, cmd)
-    bench = _load(root, BENCH[0])
-    if bench is not None:
-        folder = str(Path(BENCH[0]).parent)
-        parts += [
-            "### Every codec on the same models",
-            "",
-            _provenance(bench, *BENCH),
-            "",
-            write_summary_table(bench).replace("## ", "#### ", 1),
-            "",
-            f"All operating points: [`{folder}/bench.md`]({folder}/bench.md).",
-            "",
-            f"![rate against accuracy]({folder}/rate_accuracy.png)",
-            "",
-        ]
     if not parts:
         parts = ["_No committed results yet: run the commands above._", ""]
     return "\n".join(parts)
