@@ -166,6 +166,19 @@ def leaders(results: dict[str, Any]) -> str:
                 if rest else ""
             parts.append(f"{m.upper()} {m1} {_ratio(r1)}{margin}")
         out.append(f"Within {tol:g} point: " + "; ".join(parts) + ".")
+    methods = dict(method_of(r) for r in recs)
+    free = []
+    for m in models:
+        cells = []
+        for tol in TOLERANCES:
+            best = best_within(recs, tol)
+            ranked = sorted(((v["ratio_honest"], k[1]) for k, v in best.items()
+                             if k[0] == m and v is not None and not methods[k[1]]),
+                            reverse=True)
+            cells.append(f"{ranked[0][1]} {_ratio(ranked[0][0])}" if ranked else "-")
+        free.append(f"{m.upper()} " + " / ".join(cells))
+    out.append("Among methods that need the weights alone (within 0.5 / 1 point): "
+               + "; ".join(free) + ".")
     return " ".join(out)
 
 
