@@ -1,8 +1,9 @@
 """`vae-paper`: the method of Cheng et al. (2024), sections 2-4, as a codec.
 
-flatten -> normalize -> chunk (2048, zero-padded) -> train a VAE on 100 noisy variants -> the
-encoder's mean of each true chunk is the code. Decoding: decoder -> un-pad -> de-normalize ->
-un-flatten. The decoder travels in the file (default) or in its own file referenced by sha256.
+flatten -> normalize -> chunk (2048, zero-padded) -> train a VAE on 100 noisy variants (made
+per batch, `params.variants`) -> the encoder's mean of each true chunk is the code. Decoding:
+decoder -> un-pad -> de-normalize -> un-flatten. The decoder travels in the file (default) or
+in its own file referenced by sha256.
 
 Normalization is this project's fix for the known collapse: the paper feeds raw weights, whose
 spread (0.05-0.1) makes a unit-variance likelihood negligible beside the KL term.
@@ -34,7 +35,7 @@ from vaecompress.coding.floats import float_specs
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, ROLE_MODEL, Container, External, Payload
 from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
-from vaecompress.params.variants import NoiseConfig, make_variants
+from vaecompress.params.variants import NoiseConfig, VariantStream
 from vaecompress.params.vector import (
     Chunking,
     ParamLayout,
@@ -188,7 +189,7 @@ class VAEPaperCodec(Codec):
         noise = NoiseConfig(
             s.noise_kind, s.noise_fraction, s.noise_scale, s.n_variants, s.val_fraction
         )
-        train, val = make_variants(chunks, noise, seed=ctx.seed)
+        variants = VariantStream(chunks, noise, seed=ctx.seed)  # made per batch, never stored
         cfg = VAETrainConfig(
             epochs=s.epochs,
             patience=s.patience,
@@ -199,7 +200,12 @@ class VAEPaperCodec(Codec):
         )
         t0 = time.perf_counter()
         vae, hist = train_vae(
-            train, val, self.arch(), cfg, progress=ctx.progress, desc=f"vae {ctx.label}".strip()
+            variants.train,
+            variants.val,
+            self.arch(),
+            cfg,
+            progress=ctx.progress,
+            desc=f"vae {ctx.label}".strip(),
         )
         train_s = time.perf_counter() - t0
         with torch.no_grad():
