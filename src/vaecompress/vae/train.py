@@ -36,6 +36,7 @@ class VAETrainConfig:
     lr: float = 3e-4
     sigma_x: float = 0.05  # likelihood std on the normalized parameters (see elbo_terms)
     seed: int = 0
+    fused_adam: bool = True  # False: torch's per-tensor Adam (the old loop, for benchmarks)
 
 
 @dataclass
@@ -99,11 +100,13 @@ def _device(data: Rows) -> torch.device:
     return getattr(data, "device", torch.device("cpu"))
 
 
-def make_adam(params: Iterable[torch.nn.Parameter], lr: float, device: torch.device):
+def make_adam(
+    params: Iterable[torch.nn.Parameter], lr: float, device: torch.device, fused: bool = True
+) -> torch.optim.Adam:
     """Adam, fused where torch has the kernel (CPU and CUDA in torch >= 2.4)."""
     params = list(params)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+        return torch.optim.Adam(params, lr=lr, fused=fused and device.type in ("cpu", "cuda"))
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, lr=lr)
 
@@ -121,7 +124,7 @@ def train_vae(
     device = _device(train)
     torch.manual_seed(cfg.seed)
     vae = VAE(arch).to(device)
-    opt = make_adam(vae.parameters(), cfg.lr, device)
+    opt = make_adam(vae.parameters(), cfg.lr, device, cfg.fused_adam)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     hist = VAEHistory()
     best = (float("inf"), copy.deepcopy(vae.state_dict()))
