@@ -84,3 +84,23 @@ def test_help_and_zoo_do_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert "HEAVY []" in out and "185,300" in out
+
+
+def test_compress_without_reachable_mnist_still_compresses(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Measuring the rebuilt accuracy is a courtesy: offline without MNIST, the file is still
+    written, with one warning line (with --finetune the data is required)."""
+    from vaecompress.io import save_weights_file
+    from vaecompress.zoo import build_model
+
+    weights = tmp_path / "fnn.safetensors"
+    save_weights_file(weights, {k: v.detach() for k, v in build_model("fnn").state_dict().items()},
+                      {})
+    empty = tmp_path / "no-mnist"
+    empty.mkdir()
+    out = tmp_path / "fnn.vaec"
+    argv = ["compress", str(weights), "-o", str(out), "--model", "fnn", "--codec", "int8",
+            "--quiet", "--data-dir", str(empty)]
+    assert main(argv) == 0 and out.is_file()
+    assert "will not be measured" in capsys.readouterr().err
+    assert main([*argv, "--finetune", "--codec", "prune"]) == 2

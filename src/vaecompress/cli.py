@@ -250,7 +250,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
         # The task is known: its data is loaded before the work, to measure the rebuilt model.
         from vaecompress.data import load_mnist
 
-        train, test = load_mnist(args.data_dir)
+        try:
+            train, test = load_mnist(args.data_dir)
+        except UserError as e:
+            if args.finetune:
+                raise
+            # Measuring is a courtesy, not the job: offline without MNIST, compress anyway.
+            print(f"vaecompress: warning: the rebuilt model's accuracy will not be measured "
+                  f"({e}); --no-eval silences this", file=sys.stderr)
+            test = None
     if args.finetune:
         # Retraining codecs (prune, deep-compression) need the task: MNIST and the architecture.
         from vaecompress.zoo.train import make_finetuner
@@ -296,7 +304,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             drop = evals["accuracy_original"] - evals["accuracy_rebuilt"]
             print(
                 f"test accuracy {evals['accuracy_rebuilt']:.2f}% rebuilt from the file, "
-                f"{evals['accuracy_original']:.2f}% before ({drop:+.2f} points lost; "
+                f"{evals['accuracy_original']:.2f}% before ("
+                f"{f'{drop:.2f} points lost' if drop >= 0 else f'{-drop:.2f} points gained'}; "
                 f"{name}, {evals['n_test']:.0f} MNIST test images)"
             )
     return 0
