@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import random
 import re
@@ -215,16 +216,18 @@ def m_value(data: bytes, rng: random.Random) -> bytes:
         for k in path[:-1]:
             parent = parent[k]
         key, op = path[-1], rng.randrange(4)
+        # Copies, never the objects themselves: a shared HOSTILE list edited in place leaked from
+        # one case into the next (hypothesis saw flaky replays) and could come to contain itself.
         if op == 0:
-            parent[key] = rng.choice(HOSTILE)
+            parent[key] = copy.deepcopy(rng.choice(HOSTILE))
         elif op == 1:
             del parent[key]
         elif op == 2 and isinstance(parent, dict):
-            parent[rng.choice(["name", "shape", "dtype", "length", "offset", "x"])] = rng.choice(
-                HOSTILE
+            parent[rng.choice(["name", "shape", "dtype", "length", "offset", "x"])] = (
+                copy.deepcopy(rng.choice(HOSTILE))
             )
         elif isinstance(parent, list):
-            parent.insert(rng.randrange(len(parent) + 1), parent[key])
+            parent.insert(rng.randrange(len(parent) + 1), copy.deepcopy(parent[key]))
     return with_text(data, json.dumps(h).encode())
 
 
