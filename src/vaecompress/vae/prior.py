@@ -9,7 +9,7 @@ smooth function of the continuous latents.
 
 Boundary: this prior only guides training. The file never stores these floats: after training the
 encoder turns the integers it actually codes into integer frequency tables
-(`coding.entropy` / `codecs.entropy`), and decoding reads only those integers, so a file decodes
+(`coding.entropy`, via `coding.latents`), and decoding reads only those integers, so a file decodes
 identically on every machine.
 """
 
