@@ -66,9 +66,9 @@ def auto_threads(force: bool = False) -> int:
     core is left to the rest of the machine (1 thread on 2 cores, at most 8).
 
     Why: with as many threads as cores, PyTorch's OpenMP threads spin against any other busy
-    process. On this project's 2-core machine with one other job running, 200 full-model steps
-    of `vae-rd-free` on the FNN took 178 s with 2 threads and 12.8 s with 1; the zoo models are
-    too small for a second thread to pay even on an idle machine."""
+    process: on this project's 2-core machine with one other job running, `vae-rd-free` on the
+    FNN ran more than ten times slower with 2 threads than with 1, and the zoo models are too
+    small for a second thread to pay even on an idle machine."""
     global _THREADS_CHOSEN
     if _THREADS_CHOSEN and not force:
         return torch.get_num_threads()
