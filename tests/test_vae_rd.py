@@ -166,9 +166,15 @@ def test_more_lam_means_fewer_bits() -> None:
 
 
 def test_encoder_latents_train_only_the_decoder_and_prior() -> None:
-    res = train_rd(_weights(), RDConfig(lam=0.01, steps=20, latents="encoder",
-                                        distortion="weights"))
-    assert all(z.dtype == torch.int64 for z in res.ints)
+    w = _weights()
+    res = train_rd(w, RDConfig(lam=0.01, steps=20, latents="encoder", distortion="weights"))
+    # The latents are the encoder's output z = round(w / step) of the original weights,
+    # not free parameters: only the step (and the prior) moved.
+    for name, z, step in zip(res.names, res.ints, res.steps, strict=True):
+        assert torch.equal(z, torch.round(w[name] / step).to(torch.int64))
+    direct = train_rd(w, RDConfig(lam=0.01, steps=20, distortion="weights"))
+    assert not all(torch.equal(z, torch.round(w[n] / s).to(torch.int64))
+                   for n, z, s in zip(direct.names, direct.ints, direct.steps, strict=True))
 
 
 # ------------------------------------------------------------------------ codecs
