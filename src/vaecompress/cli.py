@@ -89,6 +89,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vaecompress.checkpoint import hidden_beside
     from vaecompress.data import load_mnist
     from vaecompress.io import save_weights_file
     from vaecompress.runinfo import resolve_device
@@ -101,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None or args.limit is not None:
         cfg = replace(cfg, epochs=args.epochs or cfg.epochs, limit=args.limit)
     train, test = load_mnist(args.data_dir)
-    res = train_model(spec.name, train, cfg, device=device, progress=not args.quiet)
+    res = train_model(spec.name, train, cfg, device=device, progress=not args.quiet,
+                      checkpoint=hidden_beside(args.output))  # a killed run, restarted, resumes
     acc = accuracy(res.model, test, device=device)
     meta = {
         "vaecompress.model": spec.name,
@@ -215,6 +217,7 @@ def _external_ins(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, external_path, save
+    from vaecompress.checkpoint import hidden_beside
     from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC, CodecContext, make_codec
     from vaecompress.io import check_outputs, load_weights_file
     from vaecompress.runinfo import resolve_device
@@ -274,6 +277,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         label=Path(args.input).stem,
         finetune=finetune,
+        checkpoint=hidden_beside(args.output),  # a killed run, restarted, resumes
     )
     keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
     res = compress(state, args.codec, ctx=ctx, meta=keep, **settings)

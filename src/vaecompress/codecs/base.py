@@ -32,6 +32,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -58,6 +59,9 @@ class CodecContext:
     # codec that finds its part here uses it instead of training one, and references it as an
     # external rather than embedding it. No built-in codec reads it yet.
     shared: dict[str, bytes] = field(default_factory=dict)
+    # A file where a codec that trains (a VAE, the RD optimization) keeps its resumable state
+    # (`vaecompress.checkpoint`): a killed run given the same file resumes; None: no checkpoint.
+    checkpoint: Path | None = None
 
 
 @dataclass

@@ -206,6 +206,7 @@ class VAEPaperCodec(Codec):
             cfg,
             progress=ctx.progress,
             desc=f"vae {ctx.label}".strip(),
+            checkpoint=ctx.checkpoint,
         )
         train_s = time.perf_counter() - t0
         with torch.no_grad():

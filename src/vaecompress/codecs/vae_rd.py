@@ -120,7 +120,7 @@ class VAERDCodec(Codec):
         res = train_rd(live, self.rd_config(steps, ctx.seed), fixed=fixed,
                        task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
                        device=ctx.device, progress=ctx.progress,
-                       desc=f"vae-rd {ctx.label}".strip())
+                       desc=f"vae-rd {ctx.label}".strip(), checkpoint=ctx.checkpoint)
         data = encode_model([z.numpy() for z in res.ints], [s.numpy() for s in res.steps],
                             entropy=self.settings.entropy, masks=self.settings.masks)
         c = self.new_container(state)

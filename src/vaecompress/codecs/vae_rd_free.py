@@ -83,7 +83,7 @@ class VAERDFreeCodec(Codec):
                        decoder=s.decoder, latents=s.latents, learned_prior=s.learned_prior,
                        components=s.components, distortion="weights", seed=ctx.seed)
         res = train_rd(live, cfg, device=ctx.device, progress=ctx.progress,
-                       desc=f"vae-rd-free {ctx.label}".strip())
+                       desc=f"vae-rd-free {ctx.label}".strip(), checkpoint=ctx.checkpoint)
         data = encode_model([z.numpy() for z in res.ints], [t.numpy() for t in res.steps],
                             entropy=s.entropy, masks=s.masks)
         c = self.new_container(state)

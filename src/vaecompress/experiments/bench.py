@@ -21,7 +21,14 @@ from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, get_codec_class, make_codec
 from vaecompress.data import load_mnist
 from vaecompress.errors import UserError
-from vaecompress.experiments.common import RecordStore, config_hash, evaluate_state, trained_model
+from vaecompress.experiments.common import (
+    RecordStore,
+    checkpoint_path,
+    config_hash,
+    evaluate_state,
+    remove_if_empty,
+    trained_model,
+)
 from vaecompress.io import atomic_write_json
 from vaecompress.runinfo import environment, git_revision, resolve_device, seed_everything
 from vaecompress.zoo import get_spec
@@ -159,6 +166,7 @@ def bench(
             test,
             device=device,
             progress=progress,
+            checkpoints=out / "checkpoints",
         )
         # Keyed on every resolved setting, so a changed codec default is measured anew.
         resolved = make_codec(codec, **point).settings_json()
@@ -180,6 +188,7 @@ def bench(
                 progress=progress,
                 label=f"{name} {codec}",
                 finetune=make_finetuner(name, train, device=device, seed=cfg.seed),
+                checkpoint=checkpoint_path(out / "checkpoints", key),
             )
             rec = _measure(name, trained.state, trained.accuracy, codec, point, ctx, test)
             rec["codec_settings"] = resolved
@@ -188,6 +197,7 @@ def bench(
             store.put(key, rec)
         records.append(rec)
     bar.close()
+    remove_if_empty(out / "checkpoints")
     results = {
         "environment": environment(device, cfg.seed),
         "config": {

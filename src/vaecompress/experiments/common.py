@@ -4,11 +4,14 @@ A trained model is cached under `cache_dir()/models/<name>-<hash>.safetensors`, 
 over everything that decides its weights (architecture, training config, seed, torch version), so
 `reproduce` and `bench` reuse each other's models and a re-run trains nothing twice. Each finished
 measurement is one JSON file under the run's `records/`, written atomically: an interrupted run
-resumes where it stopped.
+resumes where it stopped. A training killed midway resumes too: the classifier's training and
+each codec's (`CodecContext.checkpoint`) keep their state under the run's `checkpoints/`, named
+by the same keys, until they end (`vaecompress.checkpoint`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -47,8 +50,10 @@ def trained_model(
     device: torch.device,
     progress: bool = True,
     root: Path | None = None,
+    checkpoints: Path | None = None,
 ) -> TrainedModel:
-    """Train `name` with `cfg`, or load the cached result of an identical earlier run."""
+    """Train `name` with `cfg`, or load the cached result of an identical earlier run.
+    `checkpoints`: the folder where the training keeps its resumable state (None: none)."""
     key = config_hash(
         {"model": name, "train": asdict(cfg), "torch": torch.__version__, "n_train": len(train)}
     )
@@ -60,7 +65,8 @@ def trained_model(
         return TrainedModel(
             name, state, float(meta["test_accuracy"]), float(meta["train_s"]), path, key
         )
-    res = train_model(name, train, cfg, device=device, progress=progress)
+    ckpt = checkpoint_path(checkpoints, f"model-{name}-{key}")
+    res = train_model(name, train, cfg, device=device, progress=progress, checkpoint=ckpt)
     acc = accuracy(res.model, test, device=device)
     state = {k: v.detach().cpu() for k, v in res.model.state_dict().items()}
     save_weights_file(
@@ -75,7 +81,21 @@ def trained_model(
             "config_key": key,
         },
     )
+    # The tensors in the order the file gives them back, as every later run that finds the
+    # model cached sees them: the vae-paper codec's layout, so its bytes, follow that order.
+    state = load_weights_file(path)[0]
     return TrainedModel(name, state, acc, res.train_s, path, key)
+
+
+def checkpoint_path(folder: Path | None, key: str) -> Path | None:
+    """The checkpoint file of the training keyed `key` in `folder` (None without a folder)."""
+    return None if folder is None else folder / f"{key}.pt"
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove a run's `checkpoints/` once every training in it has ended."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def evaluate_state(

@@ -34,7 +34,14 @@ from vaecompress.codecs import CodecContext
 from vaecompress.codecs.vae_paper import VAEPaperSettings
 from vaecompress.data import load_mnist
 from vaecompress.errors import UserError
-from vaecompress.experiments.common import RecordStore, config_hash, evaluate_state, trained_model
+from vaecompress.experiments.common import (
+    RecordStore,
+    checkpoint_path,
+    config_hash,
+    evaluate_state,
+    remove_if_empty,
+    trained_model,
+)
 from vaecompress.io import atomic_write_bytes, atomic_write_json
 from vaecompress.progress import progress as progress_bar
 from vaecompress.runinfo import auto_threads, environment, resolve_device, seed_everything
@@ -113,9 +120,11 @@ def _measure(
     device: torch.device,
     out: Path,
     progress: bool,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     settings = replace(cfg.vae, latent=latent)
-    ctx = CodecContext(device=device, seed=cfg.seed, progress=progress, label=f"{name} l{latent}")
+    ctx = CodecContext(device=device, seed=cfg.seed, progress=progress, label=f"{name} l{latent}",
+                       checkpoint=checkpoint)
     res = compress(
         trained.state, "vae-paper", ctx=ctx, settings=settings, meta={"vaecompress.model": name}
     )
@@ -210,7 +219,8 @@ def reproduce(
     for name, latent, experiment in jobs:
         bar.set_status(f"{name} latent {latent}")
         trained = trained_model(
-            name, cfg.train_config(name), train, test, device=device, progress=progress
+            name, cfg.train_config(name), train, test, device=device, progress=progress,
+            checkpoints=out / "checkpoints",
         )
         if name not in models:
             models[name] = str(publish_model(trained.path, out, name).relative_to(out))
@@ -225,11 +235,13 @@ def reproduce(
         )
         rec = store.get(key)
         if rec is None:
-            rec = _measure(name, trained, test, latent, cfg, device, out, progress)
+            rec = _measure(name, trained, test, latent, cfg, device, out, progress,
+                           checkpoint_path(out / "checkpoints", key))
             store.put(key, rec)
         records.append(rec | {"experiment": experiment, "model_file": models[name]})
         bar.update()
     bar.close()
+    remove_if_empty(out / "checkpoints")
     results = {
         "environment": environment(device, cfg.seed),
         "config": cfg.to_json(),

@@ -16,22 +16,42 @@ Quantization during training (`quant`): `mixed` (default) runs the task on strai
 rounded latents and measures the rate on noisy ones (`z + u`, `u ~ U(-1/2, 1/2)`); `noise` uses
 the noisy latents for both; `ste` uses straight-through rounding for both.
 
-Boundary: this module trains and returns integers and float32 steps; it knows nothing of files.
-`codecs.vae_rd` turns them into bytes.
+With a checkpoint path the optimization saves its state every `checkpoint_every_s` seconds and a
+run killed midway resumes from it to the same integers and steps, bit for bit, as an
+uninterrupted run (`vaecompress.checkpoint`); the task's batch stream is replayed to where it was.
+
+Boundary: this module trains and returns integers and float32 steps; it knows nothing of the
+compressed file. `codecs.vae_rd` turns them into bytes.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from vaecompress.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    count,
+    fingerprint,
+    number,
+    number_list,
+    optimizer_state,
+    read_field,
+    restore_rng,
+    rng_states,
+    seconds,
+    state_dict_like,
+)
 from vaecompress.errors import UserError
 from vaecompress.progress import progress as progress_bar
 from vaecompress.vae.prior import MixturePrior
@@ -209,11 +229,17 @@ def train_rd(
     device: torch.device | None = None,
     progress: bool = False,
     desc: str = "vae-rd",
+    checkpoint: str | Path | None = None,
+    checkpoint_every_s: float | None = None,
 ) -> RDResult:
     """Optimize latents, decoder and prior for distortion + lam * bits per parameter.
 
     `fixed` are the tensors the distortion needs but the codec does not code (integer buffers);
-    `task_loss(state, batch)` and `batches` are required for `distortion="task"`."""
+    `task_loss(state, batch)` and `batches` are required for `distortion="task"`.
+    `checkpoint`: a file to keep the optimization's state in (saved after a step, at most every
+    `checkpoint_every_s` seconds), resumed from when it holds a state of this same run and
+    removed at the end; a resumed run draws again, and skips, the batches already used, so
+    `batches` must yield the same sequence in every run (the zoo's finetuner does)."""
     device = device or torch.device("cpu")
     if cfg.distortion == "task" and (task_loss is None or batches is None):
         raise ValueError("task distortion needs a task loss and batches")
@@ -232,9 +258,36 @@ def train_rd(
     hist: dict[str, list[float]] = {"step": [], "loss": [], "distortion": [], "bits_per_param": []}
     every = max(1, cfg.steps // 50)
     acc = {"loss": 0.0, "d": 0.0, "b": 0.0, "k": 0}
-    t0 = time.perf_counter()
+    start, before_s = 0, 0.0
+    if checkpoint is not None:
+        inputs: list[Any] = [list(tensors), *tensors.values(), *sorted((fixed or {}).items())]
+        if cfg.distortion == "task":  # the first batch stands for the task's data
+            first = next(batches)  # type: ignore[arg-type]
+            batches = itertools.chain([first], batches)  # type: ignore[arg-type]
+            inputs.append(_batch_digest(first))
+        ck = Checkpoint(
+            checkpoint,
+            kind="train_rd",
+            fingerprint=fingerprint(
+                "train_rd", {"config": asdict(cfg), "device": device.type}, inputs
+            ),
+            every_s=checkpoint_every_s,
+        )
+    else:
+        ck = Checkpoint(None, kind="train_rd", fingerprint="")
+    saved = ck.load()
+    if saved is not None:
+        try:
+            start, hist, acc, before_s = _restore_rd(saved, model, opt, device, cfg.steps)
+        except CheckpointError as e:
+            ck.reject(str(e))
+    if start and cfg.distortion == "task":
+        for _ in range(start):  # the batches the interrupted run used
+            next(batches)  # type: ignore[arg-type]
+    t0 = time.perf_counter() - before_s
     bar = progress_bar(cfg.steps, desc=desc, unit="step", enabled=progress)
-    for it in range(cfg.steps):
+    bar.update(start)
+    for it in range(start, cfg.steps):
         # Cosine decay over the last half: the latents settle into their bins.
         frac = max(0.0, (it / max(cfg.steps, 1) - 0.5) * 2)
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
@@ -262,10 +315,62 @@ def train_rd(
             bar.set_postfix(bits_per_param=f"{acc['b'] / k:.3f}", distortion=f"{acc['d'] / k:.4f}")
             acc = {"loss": 0.0, "d": 0.0, "b": 0.0, "k": 0}
         bar.update()
+        if it + 1 < cfg.steps and ck.due():
+            ck.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "rng": rng_states({}, device), "step": it + 1, "history": hist,
+                     "acc": acc, "train_s": time.perf_counter() - t0})
     bar.close()
+    ck.finish()
     ints, steps = model.export()
     hist["prior_bits_final"] = [model.prior_bits()]
     return RDResult(model.names, ints, steps, hist, time.perf_counter() - t0)
+
+
+_HISTORY = ("step", "loss", "distortion", "bits_per_param")
+
+
+def _batch_digest(batch: Any) -> list[Any]:
+    """The tensors and plain values of a batch (nested in tuples, lists, dicts), for a
+    fingerprint; other objects count by their type alone (their repr may hold an address)."""
+    if isinstance(batch, torch.Tensor | np.ndarray | int | float | str | bool) or batch is None:
+        return [batch]
+    if isinstance(batch, tuple | list):
+        return [len(batch), *(x for b in batch for x in _batch_digest(b))]
+    if isinstance(batch, Mapping):
+        return [sorted(map(str, batch)), *(x for k in batch for x in _batch_digest(batch[k]))]
+    return [type(batch).__qualname__]
+
+
+def _restore_rd(saved: dict[str, Any], model: RDModel, opt: torch.optim.Optimizer,
+                device: torch.device,
+                steps: int) -> tuple[int, dict[str, list[float]], dict[str, Any], float]:
+    """Check every field of a `train_rd` checkpoint, then load it; returns (steps done,
+    history, the running sums of the current history window, training time). Nothing is
+    changed when a field is wrong."""
+    start = count(saved, "step", 1, steps - 1)
+    h = read_field(saved, "history", dict)
+    if set(h) != set(_HISTORY):
+        raise CheckpointError("field 'history' is malformed")
+    points = len(read_field(h, "step", list))
+    hist: dict[str, list[Any]] = {k: number_list(h, k, points) for k in _HISTORY[1:]}
+    hist_steps = h["step"]
+    if any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= start
+           for s in hist_steps):
+        raise CheckpointError("field 'history' holds a step that was not done")
+    hist = {"step": list(hist_steps), **hist}
+    a = read_field(saved, "acc", dict)
+    if set(a) != {"loss", "d", "b", "k"}:
+        raise CheckpointError("field 'acc' is malformed")
+    acc: dict[str, Any] = {k: number(a, k) for k in ("loss", "d", "b")}
+    acc["k"] = count(a, "k", 0, start)
+    train_s = seconds(saved, "train_s")
+    weights = state_dict_like(saved.get("model"), model.state_dict(), "latents and prior")
+    opt_state = optimizer_state(saved.get("optimizer"), opt)
+    set_rng = restore_rng(saved.get("rng"), {}, device)
+    model.load_state_dict(weights)
+    opt.load_state_dict(opt_state)
+    set_rng()
+    return start, hist, acc, train_s
 
 
 def check_rd_settings(codec: str, s: Any) -> None:

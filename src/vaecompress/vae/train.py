@@ -11,6 +11,10 @@ Up to `epochs` passes with early stopping on the validation loss; the weights of
 validation epoch are kept. Each epoch's train/validation loss, its two terms (reconstruction error
 and KL) and its wall time are recorded: they are the paper's Figure 2 (curves) and Figure 3
 (training time).
+
+With a checkpoint path the loop saves its whole state after an epoch (at most every
+`checkpoint_every_s` seconds): a run killed midway and started again resumes from it and ends
+with the same VAE, bit for bit, as an uninterrupted run (`vaecompress.checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,24 @@ import copy
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
+from vaecompress.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    count,
+    fingerprint,
+    number_list,
+    optimizer_state,
+    restore_rng,
+    rng_states,
+    state_dict_like,
+)
+from vaecompress.params.variants import RowSet
 from vaecompress.progress import progress as progress_bar
 from vaecompress.vae.model import VAE, VAEArch, elbo_terms
 
@@ -119,8 +136,14 @@ def train_vae(
     *,
     progress: bool = True,
     desc: str = "vae",
+    checkpoint: str | Path | None = None,
+    checkpoint_every_s: float | None = None,
 ) -> tuple[VAE, VAEHistory]:
-    """Fit a VAE to `train` [n, in_dim]; returns the best-validation VAE (in eval mode)."""
+    """Fit a VAE to `train` [n, in_dim]; returns the best-validation VAE (in eval mode).
+
+    `checkpoint`: a file to keep the training's state in (saved after an epoch, at most every
+    `checkpoint_every_s` seconds), resumed from when it holds a state of this same run and
+    removed at the end."""
     device = _device(train)
     torch.manual_seed(cfg.seed)
     vae = VAE(arch).to(device)
@@ -130,10 +153,27 @@ def train_vae(
     best = (float("inf"), copy.deepcopy(vae.state_dict()))
     dim = arch.in_dim
     n = len(train)
+    ck = Checkpoint(
+        checkpoint,
+        kind="train_vae",
+        fingerprint=fingerprint(
+            "train_vae",
+            {"config": asdict(cfg), "arch": arch.to_json(), "device": device.type},
+            [*_rows_digest(train), *_rows_digest(val)] if checkpoint else [],
+        ),
+        every_s=checkpoint_every_s,
+    )
+    saved = ck.load()
+    if saved is not None:
+        try:
+            hist, best = _restore_vae(saved, vae, opt, gen, device, cfg.epochs)
+        except CheckpointError as e:
+            ck.reject(str(e))
     # The length is unknown: early stopping ends the run long before `epochs` (150-250 of 500
     # in the paper preset), so the bar shows the best epoch and the patience left, not an ETA.
     bar = progress_bar(None, desc=desc, unit="epoch", enabled=progress)
-    for epoch in range(cfg.epochs):
+    bar.update(hist.epochs)
+    for epoch in range(hist.epochs, cfg.epochs):
         t0 = time.perf_counter()
         vae.train()
         order = torch.randperm(n, generator=gen).to(device)
@@ -169,7 +209,72 @@ def train_vae(
         if epoch + 1 - hist.best_epoch >= cfg.patience:
             hist.stopped_early = True
             break
+        if ck.due() and epoch + 1 < cfg.epochs:
+            ck.save(_vae_state(vae, opt, gen, device, hist, best))
     bar.close()
+    ck.finish()
     vae.load_state_dict(best[1])
     vae.eval()
     return vae, hist
+
+
+# The per-epoch lists of a history, all of one length in a checkpoint.
+_CURVES = tuple(f.name for f in fields(VAEHistory) if f.name not in ("best_epoch",
+                                                                       "stopped_early"))
+
+
+def _rows_digest(data: Rows) -> list[Any]:
+    """What identifies training rows in a fingerprint: a tensor itself; for a `RowSet` (rows
+    made on demand) the chunks and window offsets of its stream, its range and a sample of its
+    rows (they carry the noise), so hashing stays as cheap as the model is small."""
+    if isinstance(data, torch.Tensor):
+        return [data]
+    n = len(data)
+    idx = torch.linspace(0, n - 1, steps=min(n, 64)).round().long().to(_device(data))
+    parts: list[Any] = [n, data[idx] if n else None]
+    if isinstance(data, RowSet):
+        parts += [data.start, data.stream.chunks, data.stream.offsets]
+    return parts
+
+
+def _vae_state(vae: VAE, opt: torch.optim.Optimizer, gen: torch.Generator,
+               device: torch.device, hist: VAEHistory,
+               best: tuple[float, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    return {
+        "vae": vae.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng": rng_states({"order": gen}, device),
+        "epoch": hist.epochs,
+        "history": {k: list(getattr(hist, k)) for k in _CURVES},
+        "best_epoch": hist.best_epoch,
+        "best_loss": best[0],
+        "best_vae": best[1],
+    }
+
+
+def _restore_vae(saved: dict[str, Any], vae: VAE, opt: torch.optim.Optimizer,
+                 gen: torch.Generator, device: torch.device,
+                 epochs: int) -> tuple[VAEHistory, tuple[float, dict[str, torch.Tensor]]]:
+    """Check every field of a `train_vae` checkpoint, then load it into `vae`, `opt` and the
+    random states; returns (history, best). Nothing is changed when a field is wrong."""
+    epoch = count(saved, "epoch", 1, epochs - 1)
+    curves = saved.get("history")
+    if not isinstance(curves, dict):
+        raise CheckpointError("field 'history' is malformed")
+    hist = VAEHistory(**{k: number_list(curves, k, epoch) for k in _CURVES})
+    hist.best_epoch = count(saved, "best_epoch", 0, epoch)
+    best_loss = saved.get("best_loss")
+    if not isinstance(best_loss, float) or math.isnan(best_loss):
+        raise CheckpointError("field 'best_loss' is not a number")
+    if (hist.best_epoch == 0) != (best_loss == float("inf")):
+        raise CheckpointError("fields 'best_loss' and 'best_epoch' disagree")
+    ref = vae.state_dict()
+    weights = state_dict_like(saved.get("vae"), ref, "VAE weights")
+    best_weights = state_dict_like(saved.get("best_vae"), ref, "best VAE weights")
+    opt_state = optimizer_state(saved.get("optimizer"), opt)
+    set_rng = restore_rng(saved.get("rng"), {"order": gen}, device)
+    vae.load_state_dict(weights)
+    opt.load_state_dict(opt_state)
+    set_rng()
+    best = (best_loss, {k: v.to(device) for k, v in best_weights.items()})
+    return hist, best
