@@ -40,6 +40,11 @@ ABLATION = (
     "results/ablation/bench.json",
     "vaecompress bench --preset ablation --models fnn --codecs vae-rd --out results/ablation",
 )
+MINILM = (
+    "results/minilm/bench.json",
+    "python -m vaecompress.experiments.minilm --out results/minilm",
+)
+SCALING = "benchmarks/results/scaling-cpu.json"
 
 
 def _load(root: Path, rel: str) -> dict[str, Any] | None:
@@ -117,6 +122,48 @@ def _ablation_section(abl: dict[str, Any]) -> list[str]:
     ]
 
 
+def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list[str]:
+    """The large real model (`experiments.minilm`) and, when committed, the scaling benchmark."""
+    from vaecompress.experiments.minilm_report import summary_table
+    from vaecompress.experiments.scaling_report import growth_table
+    from vaecompress.experiments.scaling_report import provenance as scaling_provenance
+
+    folder = str(Path(MINILM[0]).parent)
+    n = res["records"][0]["n_sentences"] if res["records"] else 0
+    out = [
+        "### A large real model: all-MiniLM-L6-v2",
+        "",
+        _provenance(res, *MINILM),
+        "",
+        f"{res['config']['params']:,} parameters, rebuilt from the file alone and judged by its "
+        f"sentence embeddings over {n:,} sentences: the mean cosine to the original model's, "
+        "and the share of sentences whose nearest neighbour stays the same "
+        "([`docs/minilm.md`](docs/minilm.md)). Budgets are cut to fit this machine (stated "
+        "there); methods marked (data) distil the original model's embeddings.",
+        "",
+        summary_table(res),
+        "",
+        f"All operating points, with time per million parameters and peak memory: "
+        f"[`{folder}/bench.md`]({folder}/bench.md).",
+        "",
+        f"![rate against fidelity]({folder}/rate_fidelity.png)",
+        "",
+    ]
+    if scaling is not None:
+        out += [
+            "#### Scaling from 54k to 50M parameters",
+            "",
+            f"From [`{SCALING}`]({SCALING}), {scaling_provenance(scaling)}. Log-log slopes of "
+            "time and memory against the parameter count (1 is linear growth), and issue 12's "
+            "target: peak memory while compressing under 3 times the float32 parameters plus "
+            "the VAE's own training state ([`benchmarks/README.md`](benchmarks/README.md)).",
+            "",
+            growth_table(scaling),
+            "",
+        ]
+    return out
+
+
 def render(root: Path = ROOT) -> str:
     parts: list[str] = []
     bench = _load(root, BENCH[0])
@@ -125,6 +172,9 @@ def render(root: Path = ROOT) -> str:
     abl = _load(root, ABLATION[0])
     if abl is not None:
         parts += _ablation_section(abl)
+    mini = _load(root, MINILM[0])
+    if mini is not None:
+        parts += _minilm_section(mini, _load(root, SCALING))
     for rel, cmd in (REPRODUCE, QUICK):
         res = _load(root, rel)
         if res is not None:

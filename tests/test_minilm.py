@@ -1,0 +1,215 @@
+"""MiniLM: the packaged model, its sentence task, the bench on it and its report.
+
+Tests that need the optional extra `minilm` (scripts/setup.sh minilm) skip without it; the
+sentence files, the fidelity arithmetic, the grid and the report are checked everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaecompress.codecs import REGISTRY, make_codec
+from vaecompress.experiments import minilm as minilm_bench
+from vaecompress.experiments.minilm_report import best_at, summary_table, write_report
+from vaecompress.tasks.sentence import mean_pool, nearest_neighbours, read_sentences
+from vaecompress.zoo import minilm
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_minilm = pytest.mark.skipif(minilm.missing() is not None,
+                                  reason="optional extra 'minilm' not installed")
+
+
+# ------------------------------------------------------------------ everywhere
+
+
+def test_sentence_sets_are_large_distinct_and_disjoint() -> None:
+    ev, tr = read_sentences("eval"), read_sentences("train")
+    assert len(ev) >= 1000 and len(set(ev)) == len(ev)
+    assert len(tr) == 2048 and len(set(tr)) == len(tr)
+    assert not set(ev) & set(tr)
+    assert all(s[0].isupper() and s.endswith(".") and 6 <= len(s.split()) <= 40 for s in ev + tr)
+
+
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7),
+                    reason="the sentence files were made from CPython 3.11.7's own text")
+def test_sentence_files_are_what_the_script_makes() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/make_sentences.py"), "--check"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mean_pool_ignores_padding_and_normalizes() -> None:
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.allclose(mean_pool(hidden, mask), torch.tensor([[1.0, 0.0]]))
+
+
+def test_nearest_neighbours_exclude_self_across_blocks() -> None:
+    emb = torch.nn.functional.normalize(torch.tensor(
+        [[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.05]]), dim=1)
+    assert nearest_neighbours(emb, block=2).tolist() == [1, 0, 3, 2, 2]
+
+
+def test_missing_extra_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == minilm.PACKAGE else real(name, *a))
+    assert minilm.missing() == minilm.INSTALL_HINT
+    with pytest.raises(Exception, match=r"scripts/setup\.sh minilm"):
+        minilm.model_dir()
+
+
+def test_grid_points_are_valid_settings_of_registered_codecs() -> None:
+    assert set(minilm_bench.GRID) <= set(REGISTRY)
+    for codec, points in minilm_bench.GRID.items():
+        assert points, codec
+        for p in points:
+            REGISTRY[codec].Settings(**p)  # every key is a setting of the codec
+            if REGISTRY[codec].available() is None:
+                make_codec(codec, **p)  # and its value passes the codec's checks
+    assert minilm_bench.default_codecs()[0] == next(c for c in REGISTRY if c in minilm_bench.GRID)
+
+
+def _record(codec: str, ratio: float, cos: float, nn: float, **settings: object) -> dict:
+    return {"model": "minilm", "codec": codec, "settings": settings, "codec_settings": settings,
+            "ratio_honest": ratio, "ratio_paper": ratio, "cos_mean": cos, "cos_min": cos - 0.01,
+            "nn_same": nn, "n_sentences": 1039, "file_bytes": int(9e7 / ratio),
+            "external_bytes": 0, "bits_per_param": 32 / ratio, "compress_s": 10.0,
+            "decompress_s": 1.0, "compress_s_per_mparam": 0.44, "decompress_s_per_mparam": 0.04,
+            "rss_before_bytes": 2**30, "peak_rss_bytes": 2**31,
+            "peak_added_bytes_per_param": 47.3, "git_revision": "abc"}
+
+
+def _results(records: list[dict]) -> dict:
+    env = {"seed": 0, "device": "cpu", "torch_threads": 1, "torch": torch.__version__,
+           "time_utc": "2026-01-01T00:00:00+00:00", "git_revision": "abc"}
+    return {"environment": env, "config": {"params": minilm.PARAMS}, "skipped": {},
+            "records": records}
+
+
+def test_report_picks_the_best_ratio_at_each_fidelity_level(tmp_path: Path) -> None:
+    recs = [_record("int8", 3.9, 0.99995, 1.0), _record("int4", 7.6, 0.995, 0.9),
+            _record("kmeans", 6.0, 0.9995, 0.97, bits=6),
+            _record("kmeans", 8.0, 0.98, 0.8, bits=4)]
+    assert best_at(recs, 0.999)["kmeans"]["settings"] == {"bits": 6}
+    assert best_at(recs, 0.99)["int4"]["ratio_honest"] == 7.6
+    assert best_at(recs, 0.999)["int4"] is None
+    table = summary_table(_results(recs))
+    assert "| int4 | - / 7.6x | - / 90.0% |" in table
+    assert "| kmeans | 6x / 6x | 97.0% / 97.0% |" in table
+    summary = write_report(_results(recs), tmp_path)
+    assert summary == table
+    md = (tmp_path / "bench.md").read_text()
+    assert md.count("| kmeans | bits=") == 2 and "0.99950" in md
+    assert (tmp_path / "rate_fidelity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------ with the extra
+
+
+@pytest.fixture(scope="module")
+def task():  # type: ignore[no-untyped-def]
+    if minilm.missing() is not None:
+        pytest.skip("optional extra 'minilm' not installed")
+    from vaecompress.tasks.sentence import SentenceTask
+
+    return SentenceTask(n_eval=48, n_train=64)
+
+
+@needs_minilm
+def test_packaged_weights_as_stored() -> None:
+    state = minilm.load_state()
+    assert len(state) == 104
+    floats = [v for v in state.values() if v.is_floating_point()]
+    assert sum(v.numel() for v in floats) == minilm.PARAMS
+    assert {v.dtype for v in floats} == {torch.float32}
+    pos = state["embeddings.position_ids"]
+    assert pos.dtype == torch.int64 and pos.reshape(-1).tolist() == list(range(512))
+
+
+@needs_minilm
+def test_embeddings_are_sentence_transformers_own(task) -> None:  # type: ignore[no-untyped-def]
+    st = minilm.network()
+    sentences = task.eval_sentences[:8]
+    want = torch.as_tensor(st.encode(sentences, convert_to_numpy=True))
+    assert torch.allclose(task.eval_ref[:8], want, atol=1e-5)
+
+
+@needs_minilm
+def test_fidelity_is_one_for_the_original_and_drops_with_noise(task) -> None:  # type: ignore[no-untyped-def]
+    same = task.fidelity(task.reference)
+    assert same["cos_mean"] > 0.99999 and same["nn_same"] == 1.0 and same["n_sentences"] == 48
+    gen = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.2 * v.std() * torch.randn(v.shape, generator=gen)
+             if v.is_floating_point() else v for k, v in task.reference.items()}
+    worse = task.fidelity(noisy)
+    assert worse["cos_mean"] < 0.99 and worse["cos_min"] <= worse["cos_mean"]
+
+
+@needs_minilm
+def test_distillation_loss_is_zero_at_the_original_and_has_gradients(task) -> None:  # type: ignore[no-untyped-def]
+    ft = task.finetuner(seed=0, batch_size=16)
+    assert ft.steps_per_epoch == 4
+    batch = next(ft.batches())
+    assert abs(float(ft.loss(task.reference, batch))) < 1e-5
+    w = task.reference["encoder.layer.0.output.dense.weight"]
+    leaf = (w + 0.05 * torch.randn_like(w)).requires_grad_(True)
+    loss = ft.loss({**task.reference, "encoder.layer.0.output.dense.weight": leaf}, batch)
+    loss.backward()
+    assert float(loss.detach()) > 0 and leaf.grad is not None and float(leaf.grad.abs().sum()) > 0
+
+
+@needs_minilm
+def test_bench_measures_reuses_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          task) -> None:  # type: ignore[no-untyped-def]
+    import vaecompress.tasks.sentence as sentence
+
+    monkeypatch.setattr(sentence, "SentenceTask", lambda *a, **kw: task)
+    monkeypatch.setitem(minilm_bench.GRID, "int8", [{}])
+    res = minilm_bench.bench(("int8",), tmp_path, progress=False)
+    (rec,) = res["records"]
+    assert rec["cos_mean"] > 0.999 and 3.5 < rec["ratio_honest"] < 4.1
+    assert rec["peak_rss_bytes"] >= rec["rss_before_bytes"] > 0
+    assert rec["compress_s_per_mparam"] == pytest.approx(rec["compress_s"] / 22.713216)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["records"] == [rec] and saved["config"]["grid"] == {"int8": [{}]}
+    monkeypatch.setattr(minilm_bench, "_measure", lambda *a, **kw: pytest.fail("not reused"))
+    again = minilm_bench.bench(("int8",), tmp_path, progress=False)
+    assert again["records"] == [rec]
+
+
+@needs_minilm
+def test_integer_buffer_survives_a_lossy_codec() -> None:
+    from vaecompress.api import compress, decompress
+
+    state = minilm.load_state()
+    res = compress(state, "int8")
+    out = decompress(res.data, res.externals)
+    assert list(out) == list(state)
+    assert out["embeddings.position_ids"].dtype == torch.int64
+    assert torch.equal(out["embeddings.position_ids"], state["embeddings.position_ids"])
+
+
+@pytest.mark.slow
+@needs_minilm
+@pytest.mark.parametrize("codec", sorted(minilm_bench.GRID))
+def test_every_codec_rebuilds_minilm(codec: str, task) -> None:  # type: ignore[no-untyped-def]
+    """Each codec at its first MiniLM point (minutes each: run by the benchmarks, not CI)."""
+    from vaecompress.api import compress, decompress
+    from vaecompress.codecs import CodecContext, get_codec_class
+
+    if (hint := get_codec_class(codec).available()) is not None:
+        pytest.skip(hint)
+    ctx = CodecContext(progress=False, finetune=task.finetuner())
+    res = compress(task.reference, codec, ctx=ctx, **minilm_bench.GRID[codec][0])
+    out = decompress(res.data, res.externals)
+    assert torch.equal(out["embeddings.position_ids"], task.reference["embeddings.position_ids"])
+    assert task.fidelity(out)["cos_mean"] > 0.5
