@@ -20,30 +20,18 @@ Configurations (same run, same thread count):
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from benchlib import finish_run, start_run, write_json
 
 from vaecompress.params.variants import NoiseConfig, VariantStream, make_variants
 from vaecompress.params.vector import chunk, flatten, layout_of
-from vaecompress.runinfo import auto_threads, environment, git_revision
+from vaecompress.runinfo import auto_threads
 from vaecompress.vae.model import VAE, VAEArch
 from vaecompress.vae.train import VAETrainConfig, train_vae
 from vaecompress.zoo import build_model
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_gflops(n: int, reps: int, device: torch.device) -> float:
@@ -81,6 +69,7 @@ def epoch_flops(arch: VAEArch, n_train: int, n_val: int) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
+    res = start_run("vae_throughput", args.argv)
     threads = auto_threads()
     device = torch.device(args.device)
     state = build_model(args.model).state_dict()
@@ -123,21 +112,11 @@ def run(args: argparse.Namespace) -> dict:
     peak = max(mm)
     for r in results.values():
         r["share_of_matmul"] = r["gflops"] / peak
-    env = environment(device, 0)
-    return {
-        "benchmark": "vae_throughput",
-        "command": "benchmarks/vae_throughput.py " + " ".join(args.argv),
-        "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": env["cpu_count"],
-            "platform": env["platform"],
-            "gpu": env.get("gpu"),
-            "load_average": [round(x, 2) for x in __import__("os").getloadavg()],
-        },
-        "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return finish_run(res | {
         "threads": threads,
         "device": str(device),
-        "git_revision": git_revision(),
+        "gpu": gpu,
         "model": args.model,
         "n_chunks": chunks.shape[0],
         "vae": arch.to_json(),
@@ -146,8 +125,7 @@ def run(args: argparse.Namespace) -> dict:
         "epoch_gflop": flops / 1e9,
         "matmul": {"n": args.matmul_n, "gflops_runs": mm, "gflops": peak},
         "configs": results,
-        "time_utc": env["time_utc"],
-    }
+    })
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     res = run(args)
     m = res["matmul"]["gflops"]
-    print(f"{res['machine']['cpu']}, {res['threads']} thread(s), {res['device']}; "
+    print(f"{res['machine']['cpu']}, {res['threads']} thread(s), {res['device']}, load "
+          f"{res['load_average_start']} -> {res['load_average_end']}; "
           f"matmul {m:.1f} GFLOP/s; one epoch {res['epoch_gflop']:.1f} GFLOP "
           f"({res['model']}, {res['train_rows']} + {res['val_rows']} rows)")
     for name, r in res["configs"].items():
@@ -173,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * r['share_of_matmul']:5.1f}% of matmul  (epochs "
               f"{', '.join(f'{s:.2f}' for s in r['epoch_s'])} s)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, res)
     return 0
 
 
