@@ -258,6 +258,17 @@ def test_damaged_checkpoint_is_ignored(tmp_path: Path, stop_after: Callable[[int
     assert not (tmp_path / "pwned").exists()
 
 
+def test_finish_removes_the_file_and_its_leftover_temp_files(tmp_path: Path) -> None:
+    """A kill during a save leaves the atomic write's temp file: the end of training takes it."""
+    ck = ckmod.Checkpoint(tmp_path / "run.ckpt", kind="k", fingerprint="f", every_s=0)
+    ck.save({"step": 1})
+    assert ck.load() == {"step": 1}
+    (tmp_path / ".run.ckpt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".other.ckpt.x1y2.tmp").write_bytes(b"not ours")
+    ck.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.ckpt.x1y2.tmp"]
+
+
 def test_bad_interval_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from vaecompress.errors import UserError
 
@@ -341,5 +352,5 @@ def test_killed_compress_resumes_to_the_same_file(tmp_path: Path) -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "ignoring checkpoint" not in done.stderr
-    assert not ck.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.vrd", "ref.vrd"]
     assert out.read_bytes() == (tmp_path / "ref.vrd").read_bytes()

@@ -21,6 +21,7 @@ Boundary: this module stores and checks; each loop says what its state is and re
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -146,9 +147,12 @@ class Checkpoint:
         self._last = time.monotonic()
 
     def finish(self) -> None:
-        """The training ended normally: the file has served."""
+        """The training ended normally: the file has served, and so have the temp files a
+        kill in the middle of a save left beside it (`io.atomic_write` names them so)."""
         if self.path is not None and self.writes:
             self.path.unlink(missing_ok=True)
+            for tmp in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
 def hidden_beside(output: str | Path, suffix: str = "checkpoint") -> Path:

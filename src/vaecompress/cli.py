@@ -221,6 +221,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC, CodecContext, make_codec
     from vaecompress.io import check_outputs, load_weights_file
     from vaecompress.runinfo import resolve_device
+    from vaecompress.vae.distributed import is_main
 
     auto_codec = args.codec is None
     if auto_codec:
@@ -287,6 +288,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
               f"keeping it lossless with {LOSSLESS_CODEC} instead", file=sys.stderr)
         args.codec = LOSSLESS_CODEC
         res = compress(state, LOSSLESS_CODEC, ctx=ctx, meta=keep)
+    if not is_main():  # one of several processes under torchrun: rank 0 writes and reports
+        return 0
     save(res, args.output, externals=outs)
     evals: dict[str, float] = {}
     if test is not None and name and res.rebuilt is not None:
@@ -551,6 +554,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _process_group(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """Under torchrun (`WORLD_SIZE` set), `compress` runs in the process group of its
+    processes, which share the VAE's training (docs/distributed.md); no other command does."""
+    if "WORLD_SIZE" not in os.environ:  # checked first: the light commands import no torch
+        return contextlib.nullcontext()
+    from vaecompress.vae import distributed
+
+    if not distributed.launched():
+        return contextlib.nullcontext()
+    if args.func is not cmd_compress:
+        raise UserError(f"{args.command} does not run under torchrun with several processes; "
+                        "compress does (docs/distributed.md)")
+    if os.environ.get("RANK", "0") != "0":
+        args.quiet = True  # rank 0 shows the progress
+    return distributed.session(args.device)
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     # As for Ctrl-C: unwinding runs the cleanup of every temporary file being written.
     raise KeyboardInterrupt
@@ -583,7 +603,7 @@ def _main(argv: Sequence[str] | None) -> int:
             from vaecompress.runinfo import auto_threads
 
             auto_threads()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _process_group(args):
             warnings.showwarning = _one_line_warning
             return int(args.func(args))
     except UserError as e:

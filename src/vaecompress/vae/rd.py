@@ -20,6 +20,12 @@ With a checkpoint path the optimization saves its state every `checkpoint_every_
 run killed midway resumes from it to the same integers and steps, bit for bit, as an
 uninterrupted run (`vaecompress.checkpoint`); the task's batch stream is replayed to where it was.
 
+Under torchrun the data-free optimization (`distortion="weights"`, the `vae-rd-free` codec) is
+shared by the processes (`vae.distributed`): each computes the distortion and rate terms of its
+share of the tensors (balanced by size), and the gradients, those of the prior and the decoder
+included, are summed over the group before every process takes the same Adam step. With the
+task's loss each process runs the whole optimization (the same one: nothing is shared).
+
 Boundary: this module trains and returns integers and float32 steps; it knows nothing of the
 compressed file. `codecs.vae_rd` turns them into bytes.
 """
@@ -29,7 +35,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,7 @@ from vaecompress.checkpoint import (
 )
 from vaecompress.errors import UserError
 from vaecompress.progress import progress as progress_bar
+from vaecompress.vae.distributed import group
 from vaecompress.vae.prior import MixturePrior
 
 QUANT_MODES = ("mixed", "noise", "ste")
@@ -172,11 +179,20 @@ class RDModel(nn.Module):
         q = self.cfg.quant
         return {"mixed": ("ste", "noise"), "noise": ("noise", "noise"), "ste": ("ste", "ste")}[q]
 
-    def forward(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(decoded tensors for the distortion, rate in bits) with training relaxations."""
+    def forward(
+        self, own: Collection[int] | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(decoded tensors for the distortion, rate in bits) with training relaxations; with
+        `own`, of those tensors only (a process's share in a group). The others still draw
+        their noise, so that each tensor gets the noise it gets in one process."""
         how_w, how_r = self._modes()
         out, bits = {}, torch.zeros(())
         for i, name in enumerate(self.names):
+            if own is not None and i not in own:
+                if "noise" in (how_w, how_r):  # `_q`'s one draw of this tensor's noise
+                    p = self.latents[i]
+                    torch.rand(p.shape, dtype=p.dtype, device=p.device)
+                continue
             z = self.latent(i)
             zw = self._q(z, how_w)
             zr = zw if how_r == how_w else self._q(z, how_r)
@@ -204,19 +220,36 @@ class RDModel(nn.Module):
         return float(sum(self.prior.bits(z.to(torch.float32), i) for i, z in enumerate(ints)))
 
 
-def _weight_distortion(model: RDModel, w: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _weight_distortion(model: RDModel, w: Mapping[str, torch.Tensor],
+                       own: Collection[int] | None = None) -> torch.Tensor:
     """The mean over tensors of each tensor's squared error relative to its own energy.
 
     Relative per tensor, not over the whole model: a layer's output error relative to its
     signal scales with `|dW|^2 / |W|^2` whatever the layer's size, and the errors of the layers
     add up along the network; a global MSE would let the largest layer set one step for all and
-    starve the small, sensitive ones (the output layer)."""
+    starve the small, sensitive ones (the output layer). With `own`, the terms of those
+    tensors only, still divided by the number of all tensors: the processes' parts add up."""
     terms = []
     for i, n in enumerate(model.names):
+        if own is not None and i not in own:
+            continue
         ref = model.orig(i)
         energy = float((ref**2).sum())
         terms.append(((w[n] - ref) ** 2).sum() / max(energy, 1e-30))
-    return torch.stack(terms).mean()
+    if own is None:
+        return torch.stack(terms).mean()
+    return torch.stack(terms).sum() / len(model.names) if terms else torch.zeros(())
+
+
+def _shares(sizes: list[int], processes: int) -> list[list[int]]:
+    """The tensors (indices into `sizes`) of each process: the largest first, each to the
+    process with the fewest parameters so far."""
+    loads, parts = [0] * processes, [[] for _ in range(processes)]
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        r = min(range(processes), key=lambda r: (loads[r], r))
+        parts[r].append(i)
+        loads[r] += sizes[i]
+    return parts
 
 
 def train_rd(
@@ -239,12 +272,17 @@ def train_rd(
     `checkpoint`: a file to keep the optimization's state in (saved after a step, at most every
     `checkpoint_every_s` seconds), resumed from when it holds a state of this same run and
     removed at the end; a resumed run draws again, and skips, the batches already used, so
-    `batches` must yield the same sequence in every run (the zoo's finetuner does)."""
+    `batches` must yield the same sequence in every run (the zoo's finetuner does). Under
+    torchrun the data-free optimization is shared by the processes (module docstring)."""
     device = device or torch.device("cpu")
     if cfg.distortion == "task" and (task_loss is None or batches is None):
         raise ValueError("task distortion needs a task loss and batches")
+    grp = group()
     torch.manual_seed(cfg.seed)
     model = RDModel(tensors, cfg).to(device)
+    own = None
+    if grp.size > 1 and cfg.distortion == "weights":
+        own = set(_shares([t.numel() for t in model.latents], grp.size)[grp.rank])
     fixed_d = {k: v.to(device) for k, v in (fixed or {}).items()}
     groups = [
         {"params": [p for p in model.latents if p.requires_grad], "lr": cfg.lr},
@@ -269,18 +307,29 @@ def train_rd(
             checkpoint,
             kind="train_rd",
             fingerprint=fingerprint(
-                "train_rd", {"config": asdict(cfg), "device": device.type}, inputs
+                "train_rd",
+                {"config": asdict(cfg), "device": device.type, "processes": grp.size},
+                inputs,
             ),
             every_s=checkpoint_every_s,
+            writes=grp.main,
         )
     else:
         ck = Checkpoint(None, kind="train_rd", fingerprint="")
     saved = ck.load()
+    resume = None
     if saved is not None:
         try:
-            start, hist, acc, before_s = _restore_rd(saved, model, opt, device, cfg.steps)
+            resume = _check_rd(saved, model, opt, device, cfg.steps)
         except CheckpointError as e:
             ck.reject(str(e))
+    if not grp.agree(resume[0] if resume else 0):
+        ck.reject("the processes found different checkpoints (it must lie on a file system "
+                  "every process reads)")
+        resume = None
+    if resume:
+        start, hist, acc, before_s, load = resume
+        load()
     if start and cfg.distortion == "task":
         for _ in range(start):  # the batches the interrupted run used
             next(batches)  # type: ignore[arg-type]
@@ -292,15 +341,21 @@ def train_rd(
         frac = max(0.0, (it / max(cfg.steps, 1) - 0.5) * 2)
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        w, bits = model()
+        w, bits = model(own)
         if cfg.distortion == "task":
             d = task_loss({**fixed_d, **w}, next(batches))  # type: ignore[misc,arg-type]
         else:
-            d = _weight_distortion(model, w)
+            d = _weight_distortion(model, w, own)
         bpp = bits / n
         loss = d + cfg.lam * bpp
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if own is None:
+            loss.backward()
+        else:  # this process's terms; the group sums the gradients and the loss's parts
+            if loss.requires_grad:  # False when the share holds no tensor
+                loss.backward()
+            grp.sum_grads(model.parameters())
+            loss, d, bpp = grp.sum_(torch.stack([loss.detach(), d.detach(), bpp.detach()]))
         opt.step()
         acc["loss"] += float(loss.detach())
         acc["d"] += float(d.detach())
@@ -321,6 +376,7 @@ def train_rd(
                      "acc": acc, "train_s": time.perf_counter() - t0})
     bar.close()
     ck.finish()
+    grp.broadcast_(model.state_dict().values())  # every process returns rank 0's result
     ints, steps = model.export()
     hist["prior_bits_final"] = [model.prior_bits()]
     return RDResult(model.names, ints, steps, hist, time.perf_counter() - t0)
@@ -341,12 +397,13 @@ def _batch_digest(batch: Any) -> list[Any]:
     return [type(batch).__qualname__]
 
 
-def _restore_rd(saved: dict[str, Any], model: RDModel, opt: torch.optim.Optimizer,
-                device: torch.device,
-                steps: int) -> tuple[int, dict[str, list[float]], dict[str, Any], float]:
-    """Check every field of a `train_rd` checkpoint, then load it; returns (steps done,
-    history, the running sums of the current history window, training time). Nothing is
-    changed when a field is wrong."""
+def _check_rd(
+    saved: dict[str, Any], model: RDModel, opt: torch.optim.Optimizer, device: torch.device,
+    steps: int,
+) -> tuple[int, dict[str, list[Any]], dict[str, Any], float, Callable[[], None]]:
+    """Check every field of a `train_rd` checkpoint; returns (steps done, history, the running
+    sums of the current history window, training time, the function that loads the rest into
+    `model`, `opt` and the random state). Nothing is changed here."""
     start = count(saved, "step", 1, steps - 1)
     h = read_field(saved, "history", dict)
     if set(h) != set(_HISTORY):
@@ -367,10 +424,13 @@ def _restore_rd(saved: dict[str, Any], model: RDModel, opt: torch.optim.Optimize
     weights = state_dict_like(saved.get("model"), model.state_dict(), "latents and prior")
     opt_state = optimizer_state(saved.get("optimizer"), opt)
     set_rng = restore_rng(saved.get("rng"), {}, device)
-    model.load_state_dict(weights)
-    opt.load_state_dict(opt_state)
-    set_rng()
-    return start, hist, acc, train_s
+
+    def load() -> None:
+        model.load_state_dict(weights)
+        opt.load_state_dict(opt_state)
+        set_rng()
+
+    return start, hist, acc, train_s, load
 
 
 def check_rd_settings(codec: str, s: Any) -> None:

@@ -15,6 +15,9 @@ and KL) and its wall time are recorded: they are the paper's Figure 2 (curves) a
 With a checkpoint path the loop saves its whole state after an epoch (at most every
 `checkpoint_every_s` seconds): a run killed midway and started again resumes from it and ends
 with the same VAE, bit for bit, as an uninterrupted run (`vaecompress.checkpoint`).
+
+Under torchrun the processes share every batch and the validation set (`vae.distributed`): each
+computes its share of the rows, the gradients and loss sums are summed over the group.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +45,7 @@ from vaecompress.checkpoint import (
 )
 from vaecompress.params.variants import RowSet
 from vaecompress.progress import progress as progress_bar
+from vaecompress.vae.distributed import Group, group
 from vaecompress.vae.model import VAE, VAEArch, elbo_terms
 
 
@@ -90,18 +94,21 @@ def nll_to_mse(nll: float, dim: int, sigma_x: float) -> float:
 
 
 def _eval_loss(
-    vae: VAE, data: Rows, sigma_x: float, bs: int = 1024
+    vae: VAE, data: Rows, sigma_x: float, bs: int = 1024, grp: Group | None = None
 ) -> tuple[float, float, float]:
-    """(-ELBO, KL, NLL) per chunk, averaged over `data`."""
+    """(-ELBO, KL, NLL) per chunk, averaged over `data`; in a group each process evaluates its
+    share of the rows and the sums are summed over the group."""
     vae.eval()
+    grp = grp or Group()
     n = len(data)
+    lo, hi = grp.share(n)
     sums = torch.zeros(2, device=_device(data))
     with torch.no_grad():
-        for i in range(0, n, bs):
-            x = data[torch.arange(i, min(i + bs, n), device=sums.device)]
+        for i in range(lo, hi, bs):
+            x = data[torch.arange(i, min(i + bs, hi), device=sums.device)]
             nll, kl = elbo_terms(x, vae(x), sigma_x)
             sums += torch.stack([nll, kl]) * len(x)
-    nll_sum, kl_sum = sums.tolist()
+    nll_sum, kl_sum = grp.sum_(sums).tolist()
     return (nll_sum + kl_sum) / n, kl_sum / n, nll_sum / n
 
 
@@ -143,8 +150,10 @@ def train_vae(
 
     `checkpoint`: a file to keep the training's state in (saved after an epoch, at most every
     `checkpoint_every_s` seconds), resumed from when it holds a state of this same run and
-    removed at the end."""
+    removed at the end. Under torchrun (`vae.distributed`) the processes share the work and
+    every one returns the same VAE; the checkpoint is written by rank 0 and read by all."""
     device = _device(train)
+    grp = group()
     torch.manual_seed(cfg.seed)
     vae = VAE(arch).to(device)
     opt = make_adam(vae.parameters(), cfg.lr, device, cfg.fused_adam)
@@ -158,17 +167,27 @@ def train_vae(
         kind="train_vae",
         fingerprint=fingerprint(
             "train_vae",
-            {"config": asdict(cfg), "arch": arch.to_json(), "device": device.type},
+            {"config": asdict(cfg), "arch": arch.to_json(), "device": device.type,
+             "processes": grp.size},
             [*_rows_digest(train), *_rows_digest(val)] if checkpoint else [],
         ),
         every_s=checkpoint_every_s,
+        writes=grp.main,
     )
     saved = ck.load()
+    resume = None
     if saved is not None:
         try:
-            hist, best = _restore_vae(saved, vae, opt, gen, device, cfg.epochs)
+            resume = _check_vae(saved, vae, opt, gen, device, cfg.epochs)
         except CheckpointError as e:
             ck.reject(str(e))
+    if not grp.agree(resume[0].epochs if resume else 0):
+        ck.reject("the processes found different checkpoints (it must lie on a file system "
+                  "every process reads)")
+        resume = None
+    if resume:
+        hist, best, load = resume
+        load()
     # The length is unknown: early stopping ends the run long before `epochs` (150-250 of 500
     # in the paper preset), so the bar shows the best epoch and the patience left, not an ETA.
     bar = progress_bar(None, desc=desc, unit="epoch", enabled=progress)
@@ -179,6 +198,9 @@ def train_vae(
         order = torch.randperm(n, generator=gen).to(device)
         sums = torch.zeros(2, device=device)
         for i in range(0, n, cfg.batch_size):
+            if grp.size > 1:
+                sums += _shared_step(vae, opt, train, order[i : i + cfg.batch_size], cfg, grp)
+                continue
             x = train[order[i : i + cfg.batch_size]]
             nll, kl = elbo_terms(x, vae(x), cfg.sigma_x)
             loss = nll + kl
@@ -186,8 +208,8 @@ def train_vae(
             loss.backward()
             opt.step()
             sums += torch.stack([nll.detach(), kl.detach()]) * len(x)
-        nll_sum, kl_sum = sums.tolist()
-        val_loss, val_kl, val_nll = _eval_loss(vae, val, cfg.sigma_x)
+        nll_sum, kl_sum = grp.sum_(sums).tolist()
+        val_loss, val_kl, val_nll = _eval_loss(vae, val, cfg.sigma_x, grp=grp)
         hist.train_loss.append((nll_sum + kl_sum) / n)
         hist.train_kl.append(kl_sum / n)
         hist.train_mse.append(nll_to_mse(nll_sum / n, dim, cfg.sigma_x))
@@ -214,8 +236,31 @@ def train_vae(
     bar.close()
     ck.finish()
     vae.load_state_dict(best[1])
+    grp.broadcast_(vae.state_dict().values())  # every process returns rank 0's VAE
     vae.eval()
     return vae, hist
+
+
+def _shared_step(vae: VAE, opt: torch.optim.Optimizer, train: Rows, batch: torch.Tensor,
+                 cfg: VAETrainConfig, grp: Group) -> torch.Tensor:
+    """One step of a group on `batch` (row numbers): this process's share of the rows, the
+    batch's noise as one process draws it (`VAE.forward`: one normal per row and latent), the
+    gradients of the batch mean summed over the group. Returns this share's (NLL, KL) sums."""
+    eps = torch.randn(len(batch), vae.arch.latent, device=batch.device)
+    lo, hi = grp.share(len(batch))
+    opt.zero_grad(set_to_none=True)
+    sums = torch.zeros(2, device=batch.device)
+    if hi > lo:
+        x = train[batch[lo:hi]]
+        mu, logvar = vae.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * eps[lo:hi]
+        out = {"x_hat": vae.decoder(z), "mu": mu, "logvar": logvar}
+        nll, kl = elbo_terms(x, out, cfg.sigma_x)
+        ((nll + kl) * ((hi - lo) / len(batch))).backward()
+        sums = torch.stack([nll.detach(), kl.detach()]) * (hi - lo)
+    grp.sum_grads(vae.parameters())
+    opt.step()
+    return sums
 
 
 # The per-epoch lists of a history, all of one length in a checkpoint.
@@ -252,11 +297,12 @@ def _vae_state(vae: VAE, opt: torch.optim.Optimizer, gen: torch.Generator,
     }
 
 
-def _restore_vae(saved: dict[str, Any], vae: VAE, opt: torch.optim.Optimizer,
-                 gen: torch.Generator, device: torch.device,
-                 epochs: int) -> tuple[VAEHistory, tuple[float, dict[str, torch.Tensor]]]:
-    """Check every field of a `train_vae` checkpoint, then load it into `vae`, `opt` and the
-    random states; returns (history, best). Nothing is changed when a field is wrong."""
+def _check_vae(
+    saved: dict[str, Any], vae: VAE, opt: torch.optim.Optimizer, gen: torch.Generator,
+    device: torch.device, epochs: int,
+) -> tuple[VAEHistory, tuple[float, dict[str, torch.Tensor]], Callable[[], None]]:
+    """Check every field of a `train_vae` checkpoint; returns (history, best, the function that
+    loads the rest into `vae`, `opt` and the random states). Nothing is changed here."""
     epoch = count(saved, "epoch", 1, epochs - 1)
     curves = saved.get("history")
     if not isinstance(curves, dict):
@@ -273,8 +319,10 @@ def _restore_vae(saved: dict[str, Any], vae: VAE, opt: torch.optim.Optimizer,
     best_weights = state_dict_like(saved.get("best_vae"), ref, "best VAE weights")
     opt_state = optimizer_state(saved.get("optimizer"), opt)
     set_rng = restore_rng(saved.get("rng"), {"order": gen}, device)
-    vae.load_state_dict(weights)
-    opt.load_state_dict(opt_state)
-    set_rng()
-    best = (best_loss, {k: v.to(device) for k, v in best_weights.items()})
-    return hist, best
+
+    def load() -> None:
+        vae.load_state_dict(weights)
+        opt.load_state_dict(opt_state)
+        set_rng()
+
+    return hist, (best_loss, {k: v.to(device) for k, v in best_weights.items()}), load

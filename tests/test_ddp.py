@@ -1,0 +1,118 @@
+"""Data-parallel VAE training: `torchrun --nproc_per_node=2 -m vaecompress.cli compress` with the
+gloo backend on CPU gives the file one process gives, within the float-sum tolerance of
+docs/distributed.md. Every launch has a deadline and its whole process group is killed past it,
+so a stuck rendezvous fails the test instead of hanging CI."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from vaecompress.api import decompress_file
+from vaecompress.cli import main
+from vaecompress.format import load
+from vaecompress.io import state_from_bytes
+from vaecompress.vae.distributed import Group
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE_S = 180
+
+# The tolerance of docs/distributed.md: two processes sum the gradient and the losses in another
+# order than one, so the weights drift apart by float rounding (measured: 3e-8 on the decoder,
+# 1e-7 on the latents after 80 steps); 1e-5 leaves room for other CPUs, while noise drawn per
+# process instead of per batch moved the decoder by 1e-2 and the latents by 0.1.
+ATOL = 1e-5
+
+
+def _launch(args: list[str], nproc: int, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "vaecompress.cli", *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every worker it started
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {DEADLINE_S} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_share_splits_rows_contiguously() -> None:
+    for n in (0, 1, 5, 16, 17):
+        for size in (1, 2, 3):
+            parts = [Group(r, size).share(n) for r in range(size)]
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+            assert max(h - lo for lo, h in parts) - min(h - lo for lo, h in parts) <= 1
+
+
+def _one_and_two(tmp_path: Path, args: list[str], suffix: str) -> tuple[Path, Path]:
+    """The files of `compress ARGS` run by one process and by two under torchrun."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 16), nn.Linear(16, 4))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+              str(tmp_path / "m.safetensors"))
+    args = ["compress", "m.safetensors", *args, "--no-eval", "--quiet"]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main([*args, "-o", f"one{suffix}"]) == 0
+    finally:
+        os.chdir(cwd)
+    done = _launch([*args, "-o", f"two{suffix}"], 2, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(f"two{suffix}:") == 1  # rank 0 alone reports ...
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", f"one{suffix}",
+                                                         f"two{suffix}"]  # ... and writes
+    return tmp_path / f"one{suffix}", tmp_path / f"two{suffix}"
+
+
+def test_vae_paper_two_processes_match_one(tmp_path: Path) -> None:
+    # 16 rows a batch: 8 per process; 10 steps an epoch, 8 epochs.
+    a, b = _one_and_two(tmp_path, ["--codec", "vae-paper", "--set", "chunk_size=64",
+                                   "--set", "latent=8", "--set", "hidden=[32]",
+                                   "--set", "n_variants=20", "--set", "batch_size=16",
+                                   "--set", "epochs=8", "--set", "patience=8"], ".vaec")
+    one, two = load(a), load(b)
+    za = np.frombuffer(one.payload("latents").data, "<f4")
+    zb = np.frombuffer(two.payload("latents").data, "<f4")
+    assert za.shape == zb.shape and np.abs(za - zb).max() <= ATOL
+    assert not np.array_equal(za, np.zeros_like(za))
+    da = state_from_bytes(one.payload("decoder").data)
+    db = state_from_bytes(two.payload("decoder").data)
+    for k in da:
+        torch.testing.assert_close(da[k], db[k], atol=ATOL, rtol=0)
+    ra, rb = decompress_file(a), decompress_file(b)
+    for k in ra:
+        torch.testing.assert_close(ra[k], rb[k], atol=ATOL, rtol=0)
+
+
+def test_vae_rd_free_two_processes_match_one(tmp_path: Path) -> None:
+    """The four tensors split 512 | 64 + 16 + 4 between the processes. The integer latents
+    round the float drift away: at most a few of them (measured: none) fall into the next
+    bin, which moves a weight by one step."""
+    a, b = _one_and_two(tmp_path, ["--codec", "vae-rd-free", "--set", "steps=80"], ".vrd")
+    ra, rb = decompress_file(a), decompress_file(b)
+    moved = sum(int((ra[k] != rb[k]).sum()) for k in ra)
+    assert moved <= 0.01 * sum(t.numel() for t in ra.values())
+    assert abs(a.stat().st_size - b.stat().st_size) <= 0.01 * a.stat().st_size
+
+
+def test_other_commands_refuse_several_processes(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["inspect", "nothing.vaec"]) == 2
+    assert "does not run under torchrun" in capsys.readouterr().err
