@@ -164,3 +164,24 @@ def test_bad_settings_are_user_errors(tiny_state, bad: dict, fragment: str) -> N
 def test_a_single_hidden_size_is_accepted(tiny_state, fast_vae) -> None:
     res = compress(tiny_state, "vae-paper", ctx=CTX, **(fast_vae | {"hidden": 32, "epochs": 2}))
     assert decompress(res.data)["fc.weight"].shape == tiny_state["fc.weight"].shape
+
+
+def test_per_tensor_chunking_is_recorded_and_round_trips(tiny_state, fast_vae) -> None:
+    """`chunking=tensor`: no chunk mixes two tensors; the file says so; the default leaves
+    the header as it was (the setting is not written)."""
+    res = compress(tiny_state, "vae-paper", ctx=CTX, chunking="tensor", **fast_vae)
+    c = loads(res.data)
+    floats = [v.numel() for v in tiny_state.values() if v.is_floating_point()]
+    n_chunks = sum(-(-n // fast_vae["chunk_size"]) for n in floats)
+    assert n_chunks > -(-sum(floats) // fast_vae["chunk_size"])
+    assert c.codec_state["chunk_per"] == "tensor" and c.codec["settings"]["chunking"] == "tensor"
+    assert c.codec_state["chunking"]["n_chunks"] == n_chunks
+    assert res.accounting.payload_bytes == n_chunks * fast_vae["latent"] * 4
+    out = decompress(res.data)
+    assert [(k, v.shape, v.dtype) for k, v in out.items()] == \
+        [(k, v.shape, v.dtype) for k, v in tiny_state.items()]
+    assert _relerr(out, tiny_state) < 0.25
+    default = loads(compress(tiny_state, "vae-paper", ctx=CTX, **fast_vae).data)
+    assert "chunking" not in default.codec["settings"] and "chunk_per" not in default.codec_state
+    with pytest.raises(UserError, match="chunking must be one of"):
+        compress(tiny_state, "vae-paper", chunking="layer")

@@ -14,12 +14,14 @@ from vaecompress.params.vector import (
     ParamLayout,
     TensorSpec,
     chunk,
+    chunk_tensors,
     dtype_from_name,
     dtype_name,
     flatten,
     is_float_dtype,
     layout_of,
     unchunk,
+    unchunk_tensors,
     unflatten,
 )
 
@@ -263,3 +265,19 @@ def test_full_pipeline_on_module() -> None:
     back = unflatten(unchunk(chunks, ch), layout)
     for name, t in back.items():
         assert same_bits(t, state[name]), name
+
+
+def test_chunk_tensors_pads_each_tensor_on_its_own() -> None:
+    sizes = [5, 0, 8, 1]
+    vec = torch.arange(1, sum(sizes) + 1, dtype=torch.float32)
+    chunks, ch = chunk_tensors(vec, sizes, 4)
+    assert ch == Chunking(chunk_size=4, n_chunks=2 + 0 + 2 + 1, pad=0, numel=20)
+    assert chunks.tolist() == [[1, 2, 3, 4], [5, 0, 0, 0], [6, 7, 8, 9], [10, 11, 12, 13],
+                               [14, 0, 0, 0]]
+    decoded = chunks.clone()
+    decoded[1, 1:] = 7.0  # whatever a decoder puts in the padding is dropped
+    assert torch.equal(unchunk_tensors(decoded, ch, sizes), vec)
+    with pytest.raises(UserError, match="does not match"):
+        unchunk_tensors(chunks, ch, [5, 8, 5])
+    with pytest.raises(UserError, match="14 elements"):
+        chunk_tensors(vec[:-1], sizes, 4)

@@ -13,13 +13,27 @@ from vaecompress.errors import FormatError, UserError, VaecompressError
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from vaecompress.api import CompressResult, compress, decompress, inspect, load, save
+    from vaecompress.api import (
+        CodecContext,
+        CompressResult,
+        Finetuner,
+        ModuleLoss,
+        compress,
+        decompress,
+        inspect,
+        load,
+        save,
+    )
 
-_API = ("CompressResult", "compress", "decompress", "inspect", "load", "save")
+_API = ("CodecContext", "CompressResult", "Finetuner", "ModuleLoss", "compress", "decompress",
+        "inspect", "load", "save")
 
 __all__ = [
+    "CodecContext",
     "CompressResult",
+    "Finetuner",
     "FormatError",
+    "ModuleLoss",
     "UserError",
     "VaecompressError",
     "__version__",

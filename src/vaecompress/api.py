@@ -1,9 +1,16 @@
 """The public API: state_dict -> bytes -> state_dict, with the accounting of every result.
 
 result = vaecompress.compress(state, "vae-paper", latent=64)
+result = vaecompress.compress(state, "vae-rd", finetune=vaecompress.Finetuner(loss, batches))
 vaecompress.save(result, "model.vaec")            # atomic; writes any external file beside it
 state = vaecompress.decompress(Path("model.vaec").read_bytes())
 state = vaecompress.decompress_file("model.vaec")  # the same, reading the externals beside it
+
+Any state_dict is accepted (any names, float32/float16/bfloat16/float64, integer and bool
+tensors, empty and 0-d ones; docs/own-model.md says what each codec does with each dtype), and a
+codec that trains on the task (`vae-rd`, `prune`, `deep-compression`, `kmeans` with
+`finetune_epochs`) takes any task through a `Finetuner`: a loss of the model run with given
+tensors (`coding.finetune.ModuleLoss` makes one from an nn.Module and a criterion) and batches.
 
 Externals are the separate files a codec declares (`Codec.externals`, e.g. vae-paper's
 "decoder"); by default each lies beside the file as `<file>.<name>.safetensors`.
@@ -16,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +31,11 @@ import torch
 
 from vaecompress.accounting import Accounting, account
 from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_codec
+from vaecompress.coding.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 from vaecompress.coding.floats import tensor_bytes
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import Container, dumps, loads
+from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.io import StateDict, atomic_write_all, check_outputs
 
 # The checksum of the rebuilt tensors, recorded in the file's `meta` at compression (spec:
@@ -69,6 +78,27 @@ def _norms(state: Mapping[str, torch.Tensor]) -> tuple[float, float]:
     return l1, l2
 
 
+def check_state(state: Mapping[str, torch.Tensor]) -> None:
+    """What any codec can store, checked before any work: string names of 1 to
+    MAX_NAME_CHARS characters, tensors of at most MAX_RANK dimensions in a dtype of the
+    format's list (`DTYPE_ITEMSIZE`); one UserError naming the first entry that is not."""
+    if not isinstance(state, Mapping):
+        raise UserError(f"compress takes a state_dict (a mapping of names to tensors), got a "
+                        f"{type(state).__name__}")
+    for k, v in state.items():
+        if not isinstance(k, str) or not 1 <= len(k) <= MAX_NAME_CHARS:
+            raise UserError(f"tensor name {str(k)[:40]!r} must be a string of 1 to "
+                            f"{MAX_NAME_CHARS} characters")
+        if not isinstance(v, torch.Tensor):
+            raise UserError(f"state entry '{k}' is a {type(v).__name__}, not a tensor")
+        dtype = str(v.dtype).removeprefix("torch.")
+        if dtype not in DTYPE_ITEMSIZE:
+            raise UserError(f"tensor '{k}' has dtype {dtype}, which vaecompress does not store "
+                            f"(it stores {', '.join(DTYPE_ITEMSIZE)}): convert it first")
+        if v.dim() > MAX_RANK:
+            raise UserError(f"tensor '{k}' has {v.dim()} dimensions, more than {MAX_RANK}")
+
+
 def check_finite_input(codec: type[Codec], state: Mapping[str, torch.Tensor]) -> None:
     """A lossy codec refuses NaN/Inf weights (one would spread through a codebook, a scale or
     a normalization); the lossless ones keep them bit for bit."""
@@ -85,13 +115,20 @@ def compress(
     codec: str = "vae-paper",
     *,
     ctx: CodecContext | None = None,
+    finetune: Finetuner | None = None,
     meta: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> CompressResult:
-    """Compress a state_dict with a registered codec; `settings` override the codec's defaults."""
+    """Compress a state_dict with a registered codec; `settings` override the codec's defaults.
+
+    `finetune`, the task of a codec that trains on it, replaces `ctx.finetune` (`ctx` holds the
+    device, seed and progress bars; default: CPU, seed 0)."""
     enc_codec = make_codec(codec, **settings)
+    check_state(state)
     check_finite_input(type(enc_codec), state)
     ctx = ctx or CodecContext()
+    if finetune is not None:
+        ctx = replace(ctx, finetune=finetune)
     t0 = time.perf_counter()
     enc = enc_codec.encode(dict(state), ctx)
     if meta:

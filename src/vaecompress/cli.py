@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -38,6 +39,10 @@ Typical session:
   vaecompress decompress cnn.vaec -o cnn2.safetensors
   vaecompress evaluate cnn2.safetensors              # test accuracy of the rebuilt model
 
+Your own MNIST classifier (a class in my_mlp.py, in the working directory):
+  vaecompress evaluate my_mlp.pt --arch my_mlp:MyMLP
+  vaecompress compress my_mlp.pt -o my_mlp.vrd --codec vae-rd --finetune --arch my_mlp:MyMLP
+
 Run `vaecompress COMMAND --help` for each command's options. Exit status: 0 success, 2 bad
 input (one line on stderr), 1 internal error (set VAECOMPRESS_DEBUG=1 for the traceback)."""
 
@@ -46,6 +51,12 @@ CODECS_HELP = (
     "files; needs --finetune), deep-compression, prune, kmeans (retrain with --finetune to keep "
     "accuracy), int8, int4, nncodec (optional peer), zstd (lossless), vae-paper (the paper's "
     "method). Without --codec, a result larger than the model falls back to lossless zstd"
+)
+
+
+WEIGHTS_HELP = (
+    "weights file: .safetensors, or a PyTorch checkpoint (.pt, .pth, .bin, .ckpt) read with "
+    "torch.load(weights_only=True), its state_dict found where it is nested (see --key)"
 )
 
 
@@ -121,33 +132,84 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: str, model: str | None) -> tuple[Any, str]:
-    from vaecompress.io import check_state_matches, load_weights_file
-    from vaecompress.zoo import build_model, get_spec
+def _normalize(text: str | None) -> tuple[float, float] | None:
+    """`--normalize MEAN,STD` (or `mnist`, MNIST's own statistics)."""
+    if text is None:
+        return None
+    if text.strip().lower() == "mnist":
+        from vaecompress.data.mnist import MEAN, STD
 
-    state, meta = load_weights_file(path)
-    name = model or meta.get("vaecompress.model")
-    if not name:
-        raise UserError(f"{path} does not say which model it holds; pass --model")
-    spec = get_spec(name)
-    net = build_model(spec.name)
-    check_state_matches(net, state, model_name=spec.name, source=path)
-    net.load_state_dict(state)
-    return net, spec.name
+        return MEAN, STD
+    try:
+        mean, std = (float(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--normalize expects MEAN,STD (e.g. 0.1307,0.3081) or mnist, "
+                        f"got '{text}'") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise UserError(f"--normalize needs a finite mean and a positive std, got '{text}'")
+    return mean, std
+
+
+def _arch_kwargs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--arch-kwargs is not valid JSON ({e.msg}): {text}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"--arch-kwargs must be a JSON object such as '{{\"hidden\": 64}}', "
+                        f"got {text}")
+    return obj
+
+
+def _arch(args: argparse.Namespace, meta: dict[str, str]) -> Any:
+    """The network the weights belong to (`zoo.arch.Arch`): --arch (the user's class), else
+    --model, else the zoo model the file's metadata names; None when nothing names one."""
+    from vaecompress.zoo.arch import import_arch, zoo_arch
+
+    if args.arch and args.model:
+        raise UserError("give the architecture once: --model (a zoo model) or --arch (yours)")
+    if args.arch:
+        return import_arch(args.arch, kwargs=_arch_kwargs(args.arch_kwargs),
+                           normalize=_normalize(args.normalize))
+    if args.arch_kwargs is not None or args.normalize is not None:
+        raise UserError("--arch-kwargs and --normalize go with --arch (a zoo model knows its "
+                        "own)")
+    name = args.model or meta.get("vaecompress.model")
+    return zoo_arch(name) if name else None
+
+
+def _network(arch: Any, state: Any, source: str, device: Any) -> Any:
+    """A network of `arch` holding `state`, checked to be an MNIST classifier."""
+    from vaecompress.zoo.arch import load_network
+    from vaecompress.zoo.train import check_classifier
+
+    net = load_network(arch, state, source=source)
+    if not arch.zoo:
+        check_classifier(net, device=device, name=arch.name)
+    return net
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from vaecompress.data import load_mnist
+    from vaecompress.io import load_weights_file
     from vaecompress.runinfo import resolve_device
     from vaecompress.zoo.train import accuracy
 
-    net, name = _load_model(args.file, args.model)
+    state, meta = load_weights_file(args.file, key=args.key)
+    arch = _arch(args, meta)
+    if arch is None:
+        raise UserError(f"{args.file} does not say which model it holds; pass --model (a zoo "
+                        "model) or --arch module:Class (your own)")
+    device = resolve_device(args.device)
+    net = _network(arch, state, args.file, device)
     _, test = load_mnist(args.data_dir)
-    acc = accuracy(net, test, device=resolve_device(args.device))
+    acc = accuracy(net, test, device=device, normalize=arch.normalize)
     if args.json:
-        _print_json({"model": name, "accuracy": acc, "n": len(test)})
+        _print_json({"model": arch.name, "accuracy": acc, "n": len(test)})
     else:
-        print(f"{name}: test accuracy {acc:.2f}% on {len(test)} images")
+        print(f"{arch.name}: test accuracy {acc:.2f}% on {len(test)} images")
     return 0
 
 
@@ -240,17 +302,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "--finetune it runs without retraining and the rebuilt model can lose many points",
             file=sys.stderr,
         )
-    state, meta = load_weights_file(args.input)
-    name = args.model or meta.get("vaecompress.model")
-    if args.model:
-        _load_model(args.input, args.model)  # validates the shapes against the architecture
-    elif name:
-        name = _load_model(args.input, name)[1] if args.finetune else _known_model(args.input,
-                                                                                   name)
+    state, meta = load_weights_file(args.input, key=args.key)
     device = resolve_device(args.device)
+    try:
+        arch = _arch(args, meta)
+        if arch is not None:
+            _network(arch, state, args.input, device)  # the weights fit, before any work
+    except UserError:
+        if args.arch or args.model or args.finetune or args.arch_kwargs is not None \
+                or args.normalize is not None:
+            raise
+        arch = None  # only the metadata names a model, which the weights do not fit: no accuracy
     finetune = None
     test = None
-    if name and (args.finetune or not args.no_eval):
+    if arch is not None and (args.finetune or not args.no_eval):
         # The task is known: its data is loaded before the work, to measure the rebuilt model.
         from vaecompress.data import load_mnist
 
@@ -265,11 +330,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
             test = None
     if args.finetune:
         # Retraining codecs (prune, deep-compression) need the task: MNIST and the architecture.
+        from vaecompress.zoo.arch import wrapper_prefix
         from vaecompress.zoo.train import make_finetuner
 
-        if not name:
-            raise UserError("--finetune needs --model (the file does not name its architecture)")
-        finetune = make_finetuner(name, train, device=device, seed=args.seed)
+        if arch is None:
+            raise UserError("--finetune needs the model's architecture: --model (a zoo model) "
+                            "or --arch module:Class (yours); the file does not name one")
+        net = arch.build()
+        finetune = make_finetuner(net, train, device=device, seed=args.seed,
+                                  normalize=arch.normalize,
+                                  prefix=wrapper_prefix(list(state), list(net.state_dict())))
     if args.no_eval:
         test = None
     ctx = CodecContext(
@@ -292,8 +362,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         return 0
     save(res, args.output, externals=outs)
     evals: dict[str, float] = {}
-    if test is not None and name and res.rebuilt is not None:
-        evals = _accuracies(name, state, res.rebuilt, test, device)
+    if test is not None and arch is not None and res.rebuilt is not None:
+        evals = _accuracies(arch, args.input, state, res.rebuilt, test, device)
     a = res.accounting
     if args.json:
         _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": args.codec} | evals)
@@ -313,29 +383,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 f"test accuracy {evals['accuracy_rebuilt']:.2f}% rebuilt from the file, "
                 f"{evals['accuracy_original']:.2f}% before ("
                 f"{f'{drop:.2f} points lost' if drop >= 0 else f'{-drop:.2f} points gained'}; "
-                f"{name}, {evals['n_test']:.0f} MNIST test images)"
+                f"{arch.name}, {evals['n_test']:.0f} MNIST test images)"
             )
     return 0
 
 
-def _known_model(path: str, name: str) -> str | None:
-    """The zoo architecture a file's metadata names, if its tensors fit it (else None: the
-    file is compressed all the same, without an accuracy)."""
-    try:
-        return _load_model(path, name)[1]
-    except UserError:
-        return None
-
-
-def _accuracies(name: str, original: Any, rebuilt: Any, test: Any, device: Any) -> dict[str, float]:
-    from vaecompress.zoo import build_model
+def _accuracies(arch: Any, source: str, original: Any, rebuilt: Any, test: Any,
+                device: Any) -> dict[str, float]:
+    from vaecompress.zoo.arch import load_network
     from vaecompress.zoo.train import accuracy
 
     out: dict[str, float] = {"n_test": float(len(test))}
     for key, state in (("accuracy_original", original), ("accuracy_rebuilt", rebuilt)):
-        net = build_model(name)
-        net.load_state_dict(state)
-        out[key] = accuracy(net, test, device=device)
+        net = load_network(arch, state, source=source)
+        out[key] = accuracy(net, test, device=device, normalize=arch.normalize)
     return out
 
 
@@ -351,7 +412,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     check_outputs([args.output], inputs=[args.input, *ins.values(), *beside])
     state = decompress_file(args.input, externals=ins)
     meta = {k: str(v) for k, v in c.meta.items() if k == "vaecompress.model"}
-    save_weights_file(args.output, state, meta)
+    save_weights_file(args.output, state, meta, keep_order=True)  # the input's order
     print(f"{args.output}: {len(state)} tensors rebuilt in {time.perf_counter() - t0:.2f} s")
     return 0
 
@@ -423,6 +484,23 @@ def build_parser() -> argparse.ArgumentParser:
                             help="cpu, cuda, cuda:N or auto (default: auto, a GPU if present)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
 
+    def arch_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--arch", metavar="MODULE:CLASS",
+                        help="your own MNIST classifier: a torch.nn.Module class (or a function "
+                        "returning one) importable from the working directory or PYTHONPATH, "
+                        "e.g. my_mlp:MyMLP; built without arguments, the weights loaded strictly")
+        sp.add_argument("--arch-kwargs", metavar="JSON",
+                        help="keyword arguments for --arch's constructor, a JSON object "
+                        "(e.g. '{\"hidden\": 64}')")
+        sp.add_argument("--normalize", metavar="MEAN,STD",
+                        help="for --arch: images x/255 in [0, 1] are normalized to "
+                        "(x - MEAN) / STD before the model sees them ('mnist': 0.1307,0.3081); "
+                        "default: none")
+        sp.add_argument("--key", metavar="KEY",
+                        help="where the state_dict is inside a checkpoint that holds several "
+                        "(a dotted path such as ema.model; in a flat file, a name prefix); "
+                        "default: found automatically")
+
     def json_flag(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -456,10 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="test accuracy of a weights file",
-                        description="Test accuracy (percent, MNIST test set) of a weights file "
-                        "of a zoo model, original or rebuilt by decompress.")
-    sp.add_argument("file", help="weights file (.safetensors, or a .pt/.pth state_dict)")
-    sp.add_argument("--model", help="architecture (default: from the file's metadata)")
+                        description="Test accuracy (percent, MNIST test set) of a weights file, "
+                        "original or rebuilt by decompress: a zoo model, or your own MNIST "
+                        "classifier with --arch (its class is imported from your code and "
+                        "loaded strictly; it must map images [N,1,28,28] to logits [N,10]).")
+    sp.add_argument("file", help=WEIGHTS_HELP)
+    sp.add_argument("--model", help="zoo architecture (default: from the file's metadata)")
+    arch_flags(sp)
     json_flag(sp)
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
@@ -469,16 +550,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress a weights file into one compressed file (plus, for some codecs, "
         "external files such as a decoder). Prints the sizes and two ratios: ratio_paper counts "
         "the code only, ratio_honest every byte needed to decode. When the model is a zoo model "
-        "(--model, or named in the file's metadata) it also prints the test accuracy of the "
-        "model rebuilt from the file, beside the original's (--no-eval skips it). The output is "
+        "(--model, or named in the file's metadata) or your own MNIST classifier (--arch), it "
+        "also prints the test accuracy of the model rebuilt from the file, beside the "
+        "original's (--no-eval skips it). Any state_dict can be compressed: float32, float16, "
+        "bfloat16 and float64 tensors are coded, integer and bool tensors kept exactly; the "
+        "rebuilt file has the same names, shapes and dtypes in the same order. The output is "
         "written only when everything succeeded; it may never be the input.")
-    sp.add_argument("input", help="weights file (.safetensors, or a .pt/.pth state_dict)")
+    sp.add_argument("input", help=WEIGHTS_HELP)
     sp.add_argument("-o", "--output", required=True, metavar="FILE",
                     help="the compressed file to write (e.g. model.vaec)")
     sp.add_argument("--codec", default=None, help=CODECS_HELP)
     sp.add_argument("--latent", type=int, help="latent size: --set latent=N (VAE codecs)")
     sp.add_argument("--model", help="zoo architecture of the weights (checked first; default: "
                     "from the file's metadata)")
+    arch_flags(sp)
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="a codec setting, repeatable (e.g. --set bits=4); a bad key lists the "
                     "codec's settings")
@@ -492,7 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--decoder-out", metavar="FILE", help="--external-out decoder=FILE")
     sp.add_argument(
         "--finetune", action="store_true",
-        help="let retraining codecs fine-tune on MNIST (needs a zoo model; keeps accuracy)"
+        help="let the codecs that train on the task (vae-rd, prune, deep-compression, kmeans "
+        "with finetune_epochs) fine-tune on MNIST: cross-entropy on the training set; needs a "
+        "zoo model or --arch"
     )
     sp.add_argument("--no-eval", action="store_true",
                     help="do not measure the rebuilt model's test accuracy")

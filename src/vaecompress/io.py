@@ -2,12 +2,24 @@
 
 Weights are safetensors, or a PyTorch checkpoint read with `torch.load(weights_only=True)`:
 nothing a user hands us is ever unpickled. A safetensors blob is read back in its stored order
-(by data offset), so the same file gives the same state_dict order, and the same compressed
-bytes, in every process. Every output goes through `atomic_write`: a temporary file in the
-target folder, then a rename, so a failed run never leaves a half-written file.
+(by data offset; safetensors stores by dtype, then name), so the same file gives the same
+state_dict order, and the same compressed bytes, in every process; a file written with
+`keep_order` (what decompress writes) records the order it was given and is read back in it.
+Every output goes through `atomic_write`: a temporary file in the target folder, then a rename,
+so a failed run never leaves a half-written file.
 
 Names say what they read: `load_weights_file` (a weights file: state_dict and metadata),
-`load_state_dict` (a weights file: the state_dict alone), `state_from_bytes` (a safetensors blob).
+`load_state_dict` (a weights file: the state_dict alone), `state_from_bytes` (a safetensors blob),
+`find_state_dict` (the state_dict inside a loaded checkpoint).
+
+Finding the state_dict in a checkpoint (docs/own-model.md): the format is told by the file's
+first bytes (safetensors, a torch zip or a legacy torch pickle), the suffix only when they say
+nothing. A checkpoint is searched for mappings of names to tensors, descending through mappings
+with string keys (an optimizer's state, keyed by parameter numbers, is never entered): the one
+found is taken, several are refused with their list unless `key` names one (a dotted path,
+`ema.model`; in a flat state_dict or a safetensors file, a name prefix, stripped). Entries of
+the state_dict that are not tensors are dropped with a warning. Names are kept as they are (a
+`module.` prefix too): the rebuilt file has the names of the input.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import json
 import os
 import stat
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -138,23 +151,56 @@ def atomic_write_json(path: str | Path, obj: Any) -> int:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+# safetensors stores tensors by dtype, then name, whatever the state_dict's order; a file that
+# must give its tensors back in the order they were given (`keep_order`) records it here: the
+# position in the stored order of each tensor, in the given order, comma-separated.
+ORDER_KEY = "vaecompress.order"
+
+
 def state_to_bytes(
-    state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+    state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None, *,
+    keep_order: bool = False,
 ) -> bytes:
-    """safetensors bytes of a state_dict; metadata values are stored as strings."""
+    """safetensors bytes of a state_dict; metadata values are stored as strings. With
+    `keep_order`, `state_from_bytes` gives the tensors back in `state`'s order (`ORDER_KEY`)."""
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return st_save(tensors, metadata=meta or None)
+    tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for k, v in state.items():
+        t = v.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else 0
+        if ptr and ptr in storages:  # tied weights: safetensors refuses shared memory
+            t = t.clone()
+            ptr = t.untyped_storage().data_ptr()
+        storages.add(ptr)
+        tensors[k] = t
+    data = st_save(tensors, metadata=meta or None)
+    if keep_order:
+        stored = {name: i for i, name in enumerate(_stored_order(data))}
+        if list(stored) != list(tensors):  # adding metadata does not move the data
+            meta[ORDER_KEY] = ",".join(str(stored[k]) for k in tensors)
+            data = st_save(tensors, metadata=meta)
+    return data
 
 
 def state_from_bytes(data: bytes, *, what: str = "weights") -> StateDict:
     """The tensors of a safetensors blob in their stored order (by data offset), whatever
-    order the library hands them back in (it differs between processes)."""
+    order the library hands them back in (it differs between processes); in the order it
+    was written in when it records one (`ORDER_KEY`, a permutation; anything else is
+    ignored)."""
     try:
         tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise UserError(f"{what} are not a valid safetensors blob: {e}") from None
     order = _stored_order(data)
+    given = safetensors_metadata(data).get(ORDER_KEY)
+    if given is not None:
+        try:
+            perm = [int(i) for i in given.split(",")] if given else []
+        except ValueError:
+            perm = []
+        if sorted(perm) == list(range(len(order))) and len(order) == len(tensors):
+            order = [order[i] for i in perm]
     rank = {name: i for i, name in enumerate(order)}
     return {k: tensors[k] for k in sorted(tensors, key=lambda k: (rank.get(k, len(rank)), k))}
 
@@ -168,9 +214,12 @@ def _stored_order(data: bytes) -> list[str]:
 
 
 def save_weights_file(
-    path: str | Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+    path: str | Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None,
+    *, keep_order: bool = False,
 ) -> int:
-    return atomic_write_bytes(path, state_to_bytes(state, metadata))
+    """Write a safetensors file atomically; `keep_order` as for `state_to_bytes` (a rebuilt
+    model is read back in the order of the model it was made from)."""
+    return atomic_write_bytes(path, state_to_bytes(state, metadata, keep_order=keep_order))
 
 
 def _read(path: Path) -> bytes:
@@ -194,53 +243,155 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
-def load_state_dict(path: str | Path) -> StateDict:
+def load_state_dict(path: str | Path, *, key: str | None = None) -> StateDict:
     """The state_dict of a weights file (`load_weights_file` without the metadata)."""
-    return load_weights_file(path)[0]
+    return load_weights_file(path, key=key)[0]
 
 
-def load_weights_file(path: str | Path) -> tuple[StateDict, dict[str, str]]:
-    """Load a `.safetensors` file (with its metadata) or a `.pt`/`.pth`/`.bin` checkpoint.
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 
-    A checkpoint is read with `weights_only=True`; a nested one (`{"state_dict": {...}}`, the
-    layout of many training scripts) is unwrapped.
+
+def _is_safetensors(data: bytes) -> bool:
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    return 0 < n <= len(data) - 8 and data[8:9] == b"{"
+
+
+def _is_torch(data: bytes, path: Path) -> bool:
+    """A torch.save file: a zip archive, or the legacy format (a pickle stream); by the
+    suffix when the first bytes say neither."""
+    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
+        return True
+    return not _is_safetensors(data) and path.suffix.lower() in TORCH_SUFFIXES
+
+
+def load_weights_file(
+    path: str | Path, *, key: str | None = None
+) -> tuple[StateDict, dict[str, str]]:
+    """Load a safetensors file (with its metadata) or a PyTorch checkpoint (`.pt`, `.pth`,
+    `.bin`, `.ckpt`: read with `weights_only=True`, never unpickled) and return its state_dict.
+
+    A checkpoint's state_dict is found wherever it is nested (`find_state_dict`); `key` names
+    it (a dotted path) when the checkpoint holds several, or selects the tensors under a name
+    prefix of a flat file.
     """
     path = Path(path)
     data = _read(path)
-    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        import io as _io
-
-        try:
-            obj = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for a bad or unsafe checkpoint
-            raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
-        return _unwrap_checkpoint(obj, path), {}
+    if _is_torch(data, path):
+        return find_state_dict(_torch_load(data, path), key=key, source=str(path)), {}
     state = state_from_bytes(data, what=f"weights in {path}")
+    if key is not None:
+        state = find_state_dict(state, key=key, source=str(path))
     return state, safetensors_metadata(data)
 
 
-def _unwrap_checkpoint(obj: Any, path: Path) -> StateDict:
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} does not hold a state_dict of tensors")
-    return {str(k): v for k, v in obj.items()}
+def _torch_load(data: bytes, path: Path) -> Any:
+    """`torch.load(weights_only=True)`: tensors, plain containers and numbers, and
+    argparse.Namespace (training scripts store their arguments; it holds attributes only)."""
+    import argparse
+    import io as _io
+    import re
 
-
-def check_state_matches(
-    model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, model_name: str, source: str
-) -> None:
-    """Raise a UserError naming the first tensor that is missing, extra or of the wrong shape."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    if missing or extra:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-        raise UserError(f"{source} does not hold {model_name} weights: {detail}")
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad or unsafe checkpoint
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
             raise UserError(
-                f"{source}: tensor '{k}' has shape {tuple(state[k].shape)}, "
-                f"{model_name} expects {tuple(v.shape)}"
-            )
+                f"cannot read checkpoint {path}: it holds a {found.group(1)} object, which a "
+                "safe load (weights_only) refuses; save tensors and plain containers, e.g. "
+                "model.state_dict(), not the model or other objects") from None
+        first = (text.splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+
+
+# How deep `find_state_dict` looks for a nested state_dict, and how many names an error lists.
+MAX_DEPTH = 4
+LISTED = 8
+
+
+def _is_state(obj: Any, *, strict: bool) -> bool:
+    """A mapping of string names to tensors (strict: nothing else in it)."""
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) for k in obj):
+        return False
+    tensors = [isinstance(v, torch.Tensor) for v in obj.values()]
+    if strict:
+        return all(tensors)
+    return any(tensors) and not any(isinstance(v, Mapping) for v in obj.values())
+
+
+def _mappings(obj: Any, where: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """Every mapping with string keys reachable through such mappings, with its dotted path."""
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+        return []
+    out = [(where, obj)]
+    if depth < MAX_DEPTH:
+        for k, v in obj.items():
+            out += _mappings(v, f"{where}.{k}" if where else k, depth + 1)
+    return out
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:LISTED])
+    return shown + (f" and {len(names) - LISTED} more" if len(names) > LISTED else "")
+
+
+def _resolve(obj: Any, key: str, source: str) -> Any:
+    """The object at a dotted path; a key may itself hold dots (the longest match wins). In a
+    flat mapping of tensors the rest of the path is a name prefix, stripped."""
+    parts = key.split(".")
+    i = 0
+    while i < len(parts):
+        if not isinstance(obj, Mapping):
+            raise UserError(f"--key '{key}': '{'.'.join(parts[:i])}' in {source} is a "
+                            f"{type(obj).__name__}, not a mapping")
+        names = {str(k): k for k in obj}
+        for j in range(len(parts), i, -1):
+            name = ".".join(parts[i:j])
+            if name in names:
+                obj, i = obj[names[name]], j
+                break
+        else:
+            prefix = ".".join(parts[i:]) + "."
+            sub = {k[len(prefix):]: v for k, v in obj.items()
+                   if isinstance(k, str) and k.startswith(prefix) and isinstance(v, torch.Tensor)}
+            if sub:
+                return sub
+            raise UserError(f"--key '{key}': {source} has no '{'.'.join(parts[i:])}' "
+                            f"(keys there: {_listed(list(names))})")
+    return obj
+
+
+def find_state_dict(obj: Any, *, key: str | None = None, source: str = "checkpoint") -> StateDict:
+    """The state_dict in a loaded checkpoint (see the module docstring): the mapping `key`
+    names, else the only mapping of names to tensors (one holding nothing else preferred to
+    one with other entries too); UserError listing them when there are several."""
+    if key is not None:
+        found = _resolve(obj, key, source)
+        if not _is_state(found, strict=False):
+            raise UserError(f"--key '{key}' in {source} is not a state_dict (a mapping of names "
+                            "to tensors)")
+        where = key
+    else:
+        found = None
+        maps = _mappings(obj)
+        for strict in (True, False):
+            hits = [(w, m) for w, m in maps if _is_state(m, strict=strict)]
+            if len(hits) > 1:
+                names = [w or "(top level)" for w, _ in hits]
+                raise UserError(f"{source} holds {len(hits)} state_dicts: {_listed(names)}; "
+                                "choose one with --key")
+            if hits:
+                where, found = hits[0]
+                break
+        if found is None:
+            what = "a mapping" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+            raise UserError(f"{source} holds no state_dict (a mapping of names to tensors); "
+                            f"it is {what}")
+    dropped = [str(k) for k, v in found.items() if not isinstance(v, torch.Tensor)]
+    if dropped:
+        warnings.warn(f"{source}: ignoring {len(dropped)} entries of the state_dict"
+                      f"{f' {where!r}' if where else ''} that are not tensors: "
+                      f"{_listed(dropped)}", stacklevel=2)
+    return {str(k): v for k, v in found.items() if isinstance(v, torch.Tensor)}

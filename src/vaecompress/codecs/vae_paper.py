@@ -5,6 +5,16 @@ per batch, `params.variants`) -> the encoder's mean of each true chunk is the co
 decoder -> un-pad -> de-normalize -> un-flatten. The decoder travels in the file (default) or
 in its own file referenced by sha256.
 
+Chunking: the paper cuts the whole parameter vector, so a chunk may hold the end of one tensor
+and the start of the next (`chunking="vector"`, the default). `chunking="tensor"` pads each
+tensor to whole chunks of its own (more chunks, none mixing two tensors); the file records it
+(`chunk_per` in the codec state). The setting is written into the header only when it is not
+the default, so that files made with the defaults are byte for byte those of earlier versions.
+
+Dtypes: every floating tensor (float16, bfloat16, float64 too) is coded in float32 and cast
+back to its own dtype (float64 loses its extra precision); integer and bool tensors travel
+exactly beside the code.
+
 Normalization is this project's fix for the known collapse: the paper feeds raw weights, whose
 spread (0.05-0.1) makes a unit-variance likelihood negligible beside the KL term.
 """
@@ -40,15 +50,19 @@ from vaecompress.params.vector import (
     Chunking,
     ParamLayout,
     chunk,
+    chunk_tensors,
     flatten,
     layout_of,
+    tensor_chunks,
     unchunk,
+    unchunk_tensors,
     unflatten,
 )
 from vaecompress.vae.model import VAEArch, build_decoder
 from vaecompress.vae.train import VAETrainConfig, train_vae
 
 NORMALIZE = ("tensor", "global", "none")
+CHUNKING = ("vector", "tensor")
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class VAEPaperSettings:
     lr: float = 3e-4  # 1e-3 makes the validation ELBO jump by hundreds of nats per epoch
     sigma_x: float = 0.05
     external_decoder: bool = False
+    chunking: str = "vector"  # vector: the paper's, across tensors; tensor: padded per tensor
 
 
 def _stats(coded: Mapping[str, torch.Tensor], layout: ParamLayout, mode: str) -> dict:
@@ -157,6 +172,8 @@ class VAEPaperCodec(Codec):
         s = self.settings
         if s.normalize not in NORMALIZE:
             raise UserError(f"vae-paper: normalize must be one of {NORMALIZE}, got {s.normalize!r}")
+        if s.chunking not in CHUNKING:
+            raise UserError(f"vae-paper: chunking must be one of {CHUNKING}, got {s.chunking!r}")
         hidden = s.hidden if isinstance(s.hidden, (list, tuple)) else [s.hidden]
         positive_ints = {
             "chunk_size": s.chunk_size,
@@ -175,6 +192,12 @@ class VAEPaperCodec(Codec):
         NoiseConfig(s.noise_kind, s.noise_fraction, s.noise_scale, s.n_variants,
                     s.val_fraction).validate()
 
+    def settings_json(self) -> dict[str, Any]:
+        out = super().settings_json()
+        if out.get("chunking") == "vector":  # the default: the header of earlier versions
+            del out["chunking"]
+        return out
+
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         s = self.settings
         coded, raw = split_passthrough(state)
@@ -184,7 +207,10 @@ class VAEPaperCodec(Codec):
         stats = _stats(coded, layout, s.normalize)
         mean, std = _affine(layout, stats)
         vec = (flatten(coded, layout) - mean) / std
-        chunks, ch = chunk(vec, s.chunk_size)
+        if s.chunking == "tensor":
+            chunks, ch = chunk_tensors(vec, [spec.numel for spec in layout.specs], s.chunk_size)
+        else:
+            chunks, ch = chunk(vec, s.chunk_size)
         chunks = chunks.to(ctx.device)
         noise = NoiseConfig(
             s.noise_kind, s.noise_fraction, s.noise_scale, s.n_variants, s.val_fraction
@@ -220,6 +246,8 @@ class VAEPaperCodec(Codec):
             "normalization": stats,
             "vae": self.arch().to_json(),
         }
+        if s.chunking == "tensor":
+            c.codec_state["chunk_per"] = "tensor"
         c.payloads.append(
             Payload("latents", "raw-f32", ROLE_CODE, latents.numpy().astype("<f4").tobytes())
         )
@@ -249,6 +277,9 @@ class VAEPaperCodec(Codec):
             ch = Chunking.from_json(st["chunking"])
             arch = VAEArch.from_json(st["vae"])
             stats = st["normalization"]
+            per_tensor = st.get("chunk_per", "vector") == "tensor"
+            if st.get("chunk_per", "vector") not in CHUNKING:
+                raise ValueError(f"unknown chunking {st.get('chunk_per')!r}")
         except (KeyError, TypeError, ValueError, UserError) as e:
             raise FormatError(f"vae-paper codec state is malformed: {e}") from None
         names = {p.name for p in c.payloads}
@@ -258,7 +289,7 @@ class VAEPaperCodec(Codec):
             blob = externals["decoder"]
         else:
             raise UserError("this file references an external decoder; pass it with --decoder FILE")
-        _check_sizes(c, layout, ch, arch, len(blob))
+        _check_sizes(c, layout, ch, arch, len(blob), per_tensor)
         mean, std = _affine(layout, stats)
         decoder = build_decoder(arch)
         try:
@@ -280,7 +311,11 @@ class VAEPaperCodec(Codec):
         step = max(1, DECODE_BATCH_FLOATS // widest)
         with torch.no_grad():
             chunks = torch.cat([decoder(z[i : i + step]) for i in range(0, ch.n_chunks, step)])
-        vec = unchunk(chunks, ch) * std + mean
+        if per_tensor:
+            vec = unchunk_tensors(chunks, ch, [spec.numel for spec in layout.specs])
+        else:
+            vec = unchunk(chunks, ch)
+        vec = vec * std + mean
         return join_passthrough(c, unflatten(vec, layout))
 
 
@@ -288,10 +323,11 @@ DECODE_BATCH_FLOATS = 2**24  # activations of one decoding batch, in floats
 
 
 def _check_sizes(c: Container, layout: ParamLayout, ch: Chunking, arch: VAEArch,
-                 decoder_bytes: int) -> None:
+                 decoder_bytes: int, per_tensor: bool = False) -> None:
     """Before allocating anything: the layout is the manifest's floating tensors, the chunking
-    covers exactly it with chunks of the decoder's output size, and the decoder the header
-    declares fits in the bytes that hold its weights (float32, 4 bytes each)."""
+    covers exactly it (each tensor padded on its own when `per_tensor`) with chunks of the
+    decoder's output size, and the decoder the header declares fits in the bytes that hold its
+    weights (float32, 4 bytes each)."""
     floats = [(t["name"], list(t["shape"]), t["dtype"]) for t in float_specs(c.tensors)]
     if floats != [(s.name, list(s.shape), s.dtype) for s in layout.specs]:
         raise FormatError("vae-paper layout does not match the tensor manifest")
@@ -303,6 +339,9 @@ def _check_sizes(c: Container, layout: ParamLayout, ch: Chunking, arch: VAEArch,
         raise FormatError(f"vae-paper decoder declares {n_params:,} weights, its file holds "
                           f"{decoder_bytes:,} bytes")
     numel = layout.numel
+    if per_tensor and ch.chunk_size > 0:
+        numel = sum(tensor_chunks([spec.numel for spec in layout.specs], ch.chunk_size))
+        numel *= ch.chunk_size
     if (ch.chunk_size != arch.in_dim or ch.numel != numel or ch.n_chunks < 0
             or ch.n_chunks != -(-numel // ch.chunk_size) or ch.pad != ch.n_chunks * ch.chunk_size
             - numel):

@@ -1,7 +1,11 @@
 """Retraining on the task: the loop every fine-tuning codec shares, masked or through codebooks.
 
-A `Finetuner` (built by `zoo.train.make_finetuner` for the zoo models, or by any user for their
-own model) gives a loss of the model evaluated with given tensors and an endless batch stream.
+A `Finetuner` (built by `zoo.train.make_finetuner` for MNIST classifiers, or by any user for
+their own model and task) gives a loss of the model evaluated with given tensors and an endless
+batch stream. `ModuleLoss` makes such a loss from an `nn.Module` and a criterion: the module
+runs in eval mode (dropout off, BatchNorm on its stored statistics, computed by a formula that
+is differentiable in them, since codecs retrain every floating tensor, the statistics too), the
+same function of its tensors that evaluating the rebuilt model computes.
 `run_finetune` runs Adam on some leaf tensors; `masked_finetune` keeps pruned weights at zero;
 `finetune_centroids` trains the codebooks of clustered tensors (Deep Compression's trained
 quantization).
@@ -12,30 +16,120 @@ Boundary: the loops take any context with `device`, `progress`, `label` and `fin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import copy
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
+from torch.func import functional_call
 
 from vaecompress.coding.floats import numel, split_floats
 from vaecompress.coding.kmeans import Clustered
+from vaecompress.errors import UserError
 from vaecompress.io import StateDict
 from vaecompress.progress import progress as progress_bar
+
+DEFAULT_STEPS_PER_EPOCH = 100  # an "epoch" of a batch stream whose length is unknown
 
 
 @dataclass
 class Finetuner:
-    """What a retraining codec (pruning, Deep Compression) may use: a loss on the task.
+    """What a codec that trains on the task (`vae-rd`, pruning, Deep Compression) may use.
 
-    `loss(state, batch)` evaluates the model with the given tensors (via
-    `torch.func.functional_call`), `batches()` yields training batches forever.
+    `loss(state, batch)` evaluates the model with the given tensors (e.g. a `ModuleLoss`, via
+    `torch.func.functional_call`) and returns a scalar to minimize, on any task. `batches` is
+    a function returning an endless iterator of batches, or a re-iterable collection (a list,
+    a DataLoader), cycled. `steps_per_epoch` is how many batches the codecs' `epochs` settings
+    count as one epoch: by default the collection's length, else 100. `frozen` names tensors
+    that retraining with Adam (pruning, Deep Compression, k-means) leaves as they are: by
+    default a `ModuleLoss`'s floating buffers (BatchNorm's statistics, which no gradient step
+    should move, let alone below zero); `vae-rd` still codes them by their effect on the loss.
     """
 
     loss: Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
-    batches: Callable[[], Iterator[Any]]
-    steps_per_epoch: int
+    batches: Callable[[], Iterator[Any]] | Iterable[Any]
+    steps_per_epoch: int | None = None
+    frozen: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.frozen is None:
+            self.frozen = frozenset(getattr(self.loss, "buffers", ()))
+        if self.steps_per_epoch is None:
+            sized = not callable(self.batches) and isinstance(self.batches, Sized)
+            self.steps_per_epoch = len(self.batches) if sized else DEFAULT_STEPS_PER_EPOCH
+            if self.steps_per_epoch == 0:
+                raise UserError("Finetuner: the batches are empty")
+        if isinstance(self.steps_per_epoch, bool) or not isinstance(self.steps_per_epoch, int) \
+                or self.steps_per_epoch < 1:
+            raise UserError(f"Finetuner: steps_per_epoch must be a positive integer, got "
+                            f"{self.steps_per_epoch!r}")
+        if not callable(self.batches):
+            if not isinstance(self.batches, Iterable) or isinstance(self.batches, Iterator):
+                raise UserError("Finetuner: batches must be a function returning an iterator, "
+                                "or a collection that can be iterated again (a list, a "
+                                "DataLoader), not a one-shot iterator")
+            self.batches = partial(_cycle, self.batches)
+
+
+def _cycle(items: Iterable[Any]) -> Iterator[Any]:
+    while True:
+        empty = True
+        for item in items:
+            empty = False
+            yield item
+        if empty:
+            raise UserError("Finetuner: the batches are empty")
+
+
+def _bn_eval(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm in eval mode as plain arithmetic: differentiable in the running statistics,
+    which `F.batch_norm` is not."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = (x - bn.running_mean.reshape(shape)) * torch.rsqrt(bn.running_var.reshape(shape) + bn.eps)
+    if bn.weight is not None:
+        y = y * bn.weight.reshape(shape)
+    if bn.bias is not None:
+        y = y + bn.bias.reshape(shape)
+    return y
+
+
+class ModuleLoss:
+    """`loss(state, (inputs, targets)) = criterion(module(inputs) run with state, targets)`.
+
+    The module (a private copy) runs in eval mode (its recurrent layers in training mode,
+    without dropout, for cuDNN's sake); each tensor of `state` is cast to the dtype of the
+    module's own tensor of that name, as `load_state_dict` would; names lose `prefix`
+    (`module.` of a DDP checkpoint). A tuple or list of inputs is passed as positional
+    arguments. `buffers`: the names (with `prefix`) of the module's floating buffers."""
+
+    def __init__(self, module: nn.Module, criterion: Callable[[Any, Any], torch.Tensor], *,
+                 prefix: str = "") -> None:
+        net = copy.deepcopy(module).eval()
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.forward = partial(_bn_eval, m)  # type: ignore[method-assign]
+            elif isinstance(m, nn.RNNBase):  # cuDNN differentiates an RNN in training mode only
+                m.train()
+                m.dropout = 0.0
+        self.net, self.criterion, self.prefix = net, criterion, prefix
+        self.dtypes = {k: v.dtype for k, v in net.state_dict().items()}
+        self.buffers = frozenset(prefix + k for k, b in net.named_buffers()
+                                 if b.is_floating_point())
+
+    def __call__(self, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        inputs, targets = batch
+        n = len(self.prefix)
+        tensors = {}
+        for k, v in state.items():
+            name = k[n:] if n and k.startswith(self.prefix) else k
+            dtype = self.dtypes.get(name, v.dtype)
+            tensors[name] = v if v.dtype == dtype else v.to(dtype)
+        args = tuple(inputs) if isinstance(inputs, tuple | list) else (inputs,)
+        return self.criterion(functional_call(self.net, tensors, args), targets)
 
 
 class TaskContext(Protocol):
@@ -91,12 +185,13 @@ def masked_finetune(state: StateDict, masks: Mapping[str, torch.Tensor], ctx: Ta
     steps = finetune_steps(ctx, epochs)
     if steps == 0:
         return dict(state), []
-    coded, raw = split_floats(state)
+    coded, _ = split_floats(state)
     dev = ctx.device
+    frozen = ctx.finetune.frozen or frozenset()
     params = {k: v.detach().to(dev, torch.float32).clone().requires_grad_(True)
-              for k, v in coded.items()}
-    dev_masks = {k: m.to(dev) for k, m in masks.items()}
-    fixed = {k: v.to(dev) for k, v in raw.items()}
+              for k, v in coded.items() if k not in frozen}
+    dev_masks = {k: m.to(dev) for k, m in masks.items() if k in params}
+    fixed = {k: v.to(dev) for k, v in state.items() if k not in params}
     with torch.no_grad():
         for k, m in dev_masks.items():
             params[k].mul_(m)
@@ -121,15 +216,16 @@ def finetune_centroids(state: StateDict, clustered: Mapping[str, Clustered],
     the gradients of its weights. The unclustered float tensors (biases) are trained too.
     Updates `codebooks` in place; returns the other retrained tensors and the loss curve."""
     steps = finetune_steps(ctx, epochs)
-    coded, raw = split_floats(state)
+    coded, _ = split_floats(state)
     if steps == 0:
         return {k: v for k, v in coded.items() if k not in clustered}, []
     dev = ctx.device
+    frozen = ctx.finetune.frozen or frozenset()
     books = {k: torch.tensor(v, dtype=torch.float32, device=dev, requires_grad=True)
              for k, v in codebooks.items()}
     free = {k: v.detach().to(dev, torch.float32).clone().requires_grad_(True)
-            for k, v in coded.items() if k not in clustered}
-    fixed = {k: v.to(dev) for k, v in raw.items()}
+            for k, v in coded.items() if k not in clustered and k not in frozen}
+    fixed = {k: v.to(dev) for k, v in state.items() if k not in clustered and k not in free}
     gather = {k: (torch.from_numpy(cl.index).to(dev),
                   None if cl.positions is None else torch.from_numpy(cl.positions).to(dev))
               for k, cl in clustered.items()}
@@ -151,4 +247,5 @@ def finetune_centroids(state: StateDict, clustered: Mapping[str, Clustered],
                           desc=f"{desc} {ctx.label}".strip(), progress=ctx.progress)
     for k, v in books.items():
         codebooks[k] = v.detach().to("cpu").numpy().astype(np.float32)
-    return {k: v.detach().to("cpu").to(coded[k].dtype) for k, v in free.items()}, losses
+    return {k: (free[k].detach().to("cpu").to(v.dtype) if k in free else v)
+            for k, v in coded.items() if k not in clustered}, losses

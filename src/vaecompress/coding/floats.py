@@ -64,11 +64,19 @@ def tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> torc
 
 
 def floats_to_bytes(t: torch.Tensor, dtype: str) -> bytes:
-    """A tensor stored as little-endian float32 or float16 (what baselines keep unquantized)."""
+    """A tensor stored as little-endian float32 or float16 (what baselines keep unquantized);
+    a UserError for finite values beyond float16's range (a BatchNorm variance of 1e5 of a
+    float32/bfloat16/float64 model), never an Inf in the file."""
     if dtype not in FLOAT_STORE:
         raise UserError(f"float storage must be one of {sorted(FLOAT_STORE)}, got '{dtype}'")
-    return t.detach().to("cpu", torch.float32).reshape(-1).numpy().astype(FLOAT_STORE[dtype]) \
-        .tobytes()
+    x = t.detach().to("cpu", torch.float32).reshape(-1).numpy()
+    with np.errstate(over="ignore"):  # an overflow is reported below, as bad input
+        out = x.astype(FLOAT_STORE[dtype])
+    if dtype == "float16" and not np.isfinite(out[np.isfinite(x)]).all():
+        raise UserError("a tensor kept as float16 holds values beyond float16's range "
+                        f"(|x| > {float(np.finfo(np.float16).max):.0f}); store such tensors "
+                        "as float32 (the codec's bias_dtype or value_dtype setting)")
+    return out.tobytes()
 
 
 def floats_from_bytes(data: bytes, dtype: str, n: int) -> np.ndarray:

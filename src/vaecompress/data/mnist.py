@@ -309,12 +309,16 @@ def ensure_mnist(data_dir: str | Path | None = None) -> dict[str, Any]:
     return {"source": source, "path": str(path), "train": len(train), "test": len(test)}
 
 
-def to_tensors(split: MnistSplit,
-               device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (images, labels): images float32 [N,1,28,28] = (x/255 - MEAN) / STD with
-    MEAN=0.1307, STD=0.3081 (the usual MNIST normalization); labels int64 [N]."""
+def to_tensors(split: MnistSplit, device: torch.device | str | None = None, *,
+               normalize: tuple[float, float] | None = (MEAN, STD),
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (images, labels): images float32 [N,1,28,28] = (x/255 - mean) / std with
+    `normalize` = (mean, std), by default MEAN=0.1307, STD=0.3081 (the usual MNIST
+    normalization, the zoo's); `normalize=None` leaves x/255 in [0, 1]; labels int64 [N]."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(split.images)).to(device=device)
-    x = (x.to(torch.float32).div_(255.0).sub_(MEAN).div_(STD)).unsqueeze(1)
-    return x, torch.from_numpy(np.ascontiguousarray(split.labels)).to(device=device)
+    x = x.to(torch.float32).div_(255.0)
+    if normalize is not None:
+        x = x.sub_(normalize[0]).div_(normalize[1])
+    return x.unsqueeze(1), torch.from_numpy(np.ascontiguousarray(split.labels)).to(device=device)

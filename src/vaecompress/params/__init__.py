@@ -6,12 +6,14 @@ from vaecompress.params.vector import (
     ParamLayout,
     TensorSpec,
     chunk,
+    chunk_tensors,
     dtype_from_name,
     dtype_name,
     flatten,
     is_float_dtype,
     layout_of,
     unchunk,
+    unchunk_tensors,
     unflatten,
 )
 
@@ -21,11 +23,13 @@ __all__ = [
     "ParamLayout",
     "TensorSpec",
     "chunk",
+    "chunk_tensors",
     "dtype_from_name",
     "dtype_name",
     "flatten",
     "is_float_dtype",
     "layout_of",
     "unchunk",
+    "unchunk_tensors",
     "unflatten",
 ]

@@ -2,11 +2,15 @@
 and fixed-size chunks.
 
 Boundary: this module only moves numbers around, losslessly (for float32/float16/bfloat16
-sources) and deterministically. It does no compression, no I/O and no normalization;
-codecs build on it. Non-floating-point tensors (integer buffers, bool masks) are never
-flattened: `flatten` refuses them, and codecs store them raw. `layout_of(state)` describes
-every tensor (the file manifest); `layout_of(state, float_only=True)` describes the ones
-that go into the vector.
+sources; float64 is rounded to float32, and `unflatten` casts back) and deterministically. It
+does no compression, no I/O and no normalization; codecs build on it. Non-floating-point
+tensors (integer buffers, bool masks) are never flattened: `flatten` refuses them, and codecs
+store them raw. `layout_of(state)` describes every tensor (the file manifest);
+`layout_of(state, float_only=True)` describes the ones that go into the vector.
+
+Chunking: `chunk` cuts the whole vector (the paper's way: a chunk may straddle two tensors,
+and only the last one is padded); `chunk_tensors` pads each tensor to whole chunks of its own,
+so that no chunk mixes two tensors.
 
 Order: tensors are taken in the state_dict's insertion order. For an `nn.Module` that is the
 order in which parameters and buffers were registered, which is fixed by the architecture's
@@ -288,3 +292,42 @@ def unchunk(chunks: torch.Tensor, ch: Chunking) -> torch.Tensor:
 def _fmt(shape: Any) -> str:
     # "(a, b)" for every rank, including "(5,)" and "()", like Python tuples.
     return str(tuple(int(d) for d in shape))
+
+
+def tensor_chunks(sizes: list[int], chunk_size: int) -> list[int]:
+    """How many chunks each tensor of `sizes` elements takes when padded on its own."""
+    return [-(-n // chunk_size) for n in sizes]
+
+
+def chunk_tensors(vec: torch.Tensor, sizes: list[int],
+                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[torch.Tensor, Chunking]:
+    """Cut a vector made of tensors of `sizes` elements, one after the other, into chunks that
+    never mix two tensors: each is padded with zeros to whole chunks of its own. The returned
+    `Chunking` describes the padded vector (so its own `pad` is 0)."""
+    if not isinstance(vec, torch.Tensor) or vec.dim() != 1 or vec.numel() != sum(sizes):
+        raise UserError(f"chunk_tensors needs a 1-D tensor of {sum(sizes)} elements")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise UserError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    counts = tensor_chunks(sizes, chunk_size)
+    padded = torch.zeros(sum(counts) * chunk_size, dtype=vec.dtype, device=vec.device)
+    src = dst = 0
+    with torch.no_grad():
+        for n, k in zip(sizes, counts, strict=True):
+            padded[dst : dst + n].copy_(vec[src : src + n])
+            src, dst = src + n, dst + k * chunk_size
+    return chunk(padded, chunk_size)
+
+
+def unchunk_tensors(chunks: torch.Tensor, ch: Chunking, sizes: list[int]) -> torch.Tensor:
+    """The inverse of `chunk_tensors`: a new 1-D vector of `sum(sizes)` elements, each tensor's
+    padding dropped."""
+    counts = tensor_chunks(sizes, ch.chunk_size)
+    if sum(counts) * ch.chunk_size != ch.numel:
+        raise UserError(f"per-tensor chunking of {sum(counts)} chunks does not match {ch!r}")
+    flat = unchunk(chunks, ch)
+    starts = [0]
+    for k in counts[:-1]:
+        starts.append(starts[-1] + k * ch.chunk_size)
+    parts = [flat[a : a + n] for a, n in zip(starts, sizes, strict=True)]
+    return torch.cat(parts) if parts else flat[:0].clone()
+

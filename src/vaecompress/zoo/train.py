@@ -1,4 +1,5 @@
-"""Training and evaluating the zoo's classifiers on MNIST.
+"""Training the zoo's classifiers on MNIST, and the MNIST task of any classifier: its accuracy,
+and the loss codecs fine-tune it on (a zoo model or the user's own, `zoo.arch`).
 
 Presets own their defaults here: `quick` trains in about a minute on a 2-core CPU, `paper`
 trains long enough to pass the paper's original accuracies (Table 2).
@@ -11,7 +12,7 @@ uninterrupted one (`vaecompress.checkpoint`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from vaecompress.checkpoint import (
     Checkpoint,
@@ -33,8 +33,9 @@ from vaecompress.checkpoint import (
     seconds,
     state_dict_like,
 )
-from vaecompress.codecs.base import Finetuner
+from vaecompress.coding.finetune import Finetuner, ModuleLoss
 from vaecompress.data import MnistSplit, to_tensors
+from vaecompress.data.mnist import MEAN, STD
 from vaecompress.errors import UserError
 from vaecompress.progress import progress as progress_bar
 from vaecompress.runinfo import seed_everything
@@ -164,6 +165,34 @@ def _restore_model(saved: dict[str, Any], model: nn.Module, opt: torch.optim.Opt
     return losses, train_s
 
 
+# What the task gives a network: MNIST images [N, 1, 28, 28], x / 255 normalized with (mean,
+# std) (the zoo's, MNIST's own statistics) or left in [0, 1] (None); it must answer [N, 10] logits.
+ZOO_NORMALIZE: tuple[float, float] | None = (MEAN, STD)
+N_CLASSES = 10
+
+
+def check_classifier(model: nn.Module, *, device: torch.device | str = "cpu",
+                     name: str = "the model") -> None:
+    """UserError (one line) unless `model` maps a batch of MNIST-shaped images to [N, 10]
+    logits: run once on two blank images, before any long work."""
+    device = torch.device(device)
+    try:
+        with torch.no_grad():
+            out = model.to(device).eval()(torch.zeros(2, 1, 28, 28, device=device))
+    except Exception as e:  # the user's forward failing on MNIST images is bad input
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"{name} fails on MNIST images [N, 1, 28, 28]: "
+                        f"{type(e).__name__}: {first}") from None
+    _check_logits(out, 2, name)
+
+
+def _check_logits(out: Any, n: int, name: str) -> None:
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (n, N_CLASSES):
+        raise UserError(f"{name} returns {shape} for {n} MNIST images; an MNIST classifier "
+                        f"returns logits of shape [N, {N_CLASSES}]")
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -171,40 +200,44 @@ def predict(
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 1000,
+    normalize: tuple[float, float] | None = ZOO_NORMALIZE,
 ) -> torch.Tensor:
-    """Predicted labels for every image of `split` (a CPU int64 tensor)."""
+    """Predicted labels for every image of `split` (a CPU int64 tensor); the images are
+    normalized with `normalize` (mean, std), or left in [0, 1] when it is None."""
     device = torch.device(device)
     model = model.to(device).eval()
-    x, _ = to_tensors(split, device=device)
-    out = [model(x[i : i + batch_size]).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    x, _ = to_tensors(split, device=device, normalize=normalize)
+    out = []
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size])
+        _check_logits(logits, len(x[i : i + batch_size]), "the model")
+        out.append(logits.argmax(1).cpu())
     return torch.cat(out)
 
 
-def accuracy(model: nn.Module, split: MnistSplit, *, device: torch.device | str = "cpu") -> float:
+def accuracy(model: nn.Module, split: MnistSplit, *, device: torch.device | str = "cpu",
+             normalize: tuple[float, float] | None = ZOO_NORMALIZE) -> float:
     """Top-1 accuracy in percent."""
-    pred = predict(model, split, device=device)
+    pred = predict(model, split, device=device, normalize=normalize)
     return 100.0 * float((pred == torch.as_tensor(split.labels)).float().mean())
 
 
 def make_finetuner(
-    name: str,
+    model: str | nn.Module,
     train: MnistSplit,
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 128,
     seed: int = 0,
+    normalize: tuple[float, float] | None = ZOO_NORMALIZE,
+    prefix: str = "",
 ) -> Finetuner:
-    """A task loss for codecs that retrain (pruning, Deep Compression): cross-entropy on MNIST,
-    evaluated with any set of tensors through `torch.func.functional_call`."""
+    """The task loss of codecs that train on MNIST (vae-rd, pruning, Deep Compression):
+    cross-entropy of `model` (a zoo name or any classifier) run with any set of tensors
+    (`coding.finetune.ModuleLoss`; names lose `prefix`), on seeded shuffled batches."""
     device = torch.device(device)
-    net = build_model(name).to(device)
-    x, y = to_tensors(train, device=device)
-
-    def loss(
-        state: Mapping[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        xb, yb = batch
-        return F.cross_entropy(functional_call(net, dict(state), (xb,)), yb)
+    net = build_model(model) if isinstance(model, str) else model
+    x, y = to_tensors(train, device=device, normalize=normalize)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -214,4 +247,5 @@ def make_finetuner(
                 idx = order[i : i + batch_size]
                 yield x[idx], y[idx]
 
-    return Finetuner(loss=loss, batches=batches, steps_per_epoch=len(x) // batch_size)
+    return Finetuner(loss=ModuleLoss(net.to(device), F.cross_entropy, prefix=prefix),
+                     batches=batches, steps_per_epoch=len(x) // batch_size)
