@@ -11,7 +11,7 @@ Models, from 54k to 50M parameters:
                  Student-t values (5 degrees of freedom, heavy-tailed like trained weights)
                  scaled to std 0.02-0.05 per tensor, seeded
 Codecs, each at a fixed budget so that its time measures its work per parameter:
-  zstd (level 19), kmeans (bits 4), vae-rd-free (100 whole-model steps instead of 1500),
+  zstd (level 19), kmeans (bits 4), vae-rd-free (20 whole-model steps instead of 1500),
   vae-paper (1 epoch over 10 noisy variants, batch 512; its default is up to 500 epochs over
   100), nncodec (qp -32; skipped when its venv is missing).
 
@@ -48,7 +48,7 @@ MODELS = ("rnn", "fnn", "minilm", "synthetic-50m")
 CODECS: dict[str, dict[str, Any]] = {
     "zstd": {},
     "kmeans": {"bits": 4},
-    "vae-rd-free": {"steps": 100},
+    "vae-rd-free": {"steps": 20},
     "vae-paper": {"latent": 64, "n_variants": 10, "epochs": 1, "patience": 1,
                   "batch_size": 512, "lr": 1e-3},
     "nncodec": {"qp": -32},
