@@ -36,3 +36,19 @@ def test_light_commands_import_no_heavy_package(argv: list[str], tmp_path: Path)
     top = {name.split(".")[0] for name in json.loads(out.read_text())}
     assert "vaecompress" in top
     assert [h for h in HEAVY if h in top] == []
+
+
+def test_inspect_reads_the_header_without_torch(tmp_path: Path) -> None:
+    import torch
+
+    import vaecompress
+
+    path = tmp_path / "m.vaec"
+    path.write_bytes(vaecompress.compress({"w": torch.ones(4, 4)}, "zstd").data)
+    out = tmp_path / "modules.json"
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(out), "inspect", str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert out.is_file(), proc.stderr
+    assert "ratio_honest" in proc.stdout
+    top = {name.split(".")[0] for name in json.loads(out.read_text())}
+    assert [h for h in HEAVY if h in top and h != "numpy"] == []

@@ -36,6 +36,7 @@ from vaecompress.coding.floats import tensor_bytes
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import Container, dumps, loads
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
+from vaecompress.inspection import inspect  # noqa: F401  (public API)
 from vaecompress.io import StateDict, atomic_write_all, check_outputs
 
 # The checksum of the rebuilt tensors, recorded in the file's `meta` at compression (spec:
@@ -240,26 +241,6 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
     if stats is not None and getattr(codec, "last_decode_s", None) is not None:
         stats["decode_s_inside"] = float(codec.last_decode_s)  # type: ignore[attr-defined]
     return state
-
-
-def inspect(data: bytes) -> dict[str, Any]:
-    """Header summary and accounting of a file, without decoding it."""
-    c = loads(data)
-    acc = account(c, len(data))
-    return {
-        "codec": c.codec,
-        "tensors": len(c.tensors),
-        "payloads": [
-            {"name": p.name, "kind": p.kind, "role": p.role, "bytes": len(p.data)}
-            for p in c.payloads
-        ],
-        "externals": [
-            {"name": e.name, "kind": e.kind, "role": e.role, "sha256": e.sha256, "bytes": e.length}
-            for e in c.externals
-        ],
-        "meta": c.meta,
-        "accounting": acc.to_json(),
-    }
 
 
 def external_path(path: str | Path, name: str) -> Path:

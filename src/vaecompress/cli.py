@@ -418,7 +418,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vaecompress.api import inspect
+    from vaecompress.inspection import inspect  # no torch: the header alone
 
     p = Path(args.file)
     if not p.is_file():
