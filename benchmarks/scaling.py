@@ -251,12 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     if "minilm" in models and (h := minilm.missing()):
         skipped["minilm"] = h
         models.remove("minilm")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     for model in models:
         for codec in codecs:
             if codec in skipped:
                 continue
-            row = measure(model, codec, CODECS[codec])
+            try:
+                row = measure(model, codec, CODECS[codec])
+            except (RuntimeError, subprocess.TimeoutExpired) as e:  # recorded, not fatal
+                failed.append({"model": model, "codec": codec, "error": str(e)[-2000:]})
+                print(f"{model:>14} {codec:>12}: FAILED {str(e).splitlines()[0]}", flush=True)
+                continue
             rows.append(row)
             print(f"{model:>14} {codec:>12}: {row['params']:>11,} params, compress "
                   f"{row['compress']['wall_s']:7.1f} s ({row['compress_s_per_mparam']:.2f} s/M), "
@@ -270,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "codecs": {c: CODECS[c] for c in codecs},
         "skipped": skipped,
         "rows": rows,
+        "failed": failed,
         "analysis": analyse(rows),
         "run_s": time.perf_counter() - t0,
     }
