@@ -288,3 +288,28 @@ def test_api_finetunes_any_model_on_any_task() -> None:
     res = vaecompress.compress(state, "vae-rd", ctx=quiet, finetune=task, epochs=40.0, lam=0.05)
     assert mse(vaecompress.decompress(res.data)) < base + 0.02
     assert res.accounting.ratio_honest > 3
+
+
+def test_vae_rd_keeps_batchnorm_statistics_exactly() -> None:
+    """vae-rd codes what the task trains and keeps what it only reads (BatchNorm's running
+    statistics, the Finetuner's `frozen`) bit for bit: a coded running variance could reach
+    zero or below at a high lam and turn every output into NaN."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 2))
+    x = torch.randn(256, 4)
+    y = (x[:, 0] > 0).long()
+    net.train()
+    with torch.no_grad():
+        for i in range(0, 256, 32):
+            net(x[i : i + 32])  # running statistics away from their (0, 1) start
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    task = vaecompress.Finetuner(vaecompress.ModuleLoss(net, F.cross_entropy),
+                                 [(x[i : i + 64], y[i : i + 64]) for i in range(0, 256, 64)])
+    assert task.frozen == {"1.running_mean", "1.running_var"}
+    res = vaecompress.compress(state, "vae-rd", ctx=vaecompress.CodecContext(progress=False),
+                               finetune=task, epochs=2.0, lam=50.0)
+    out = vaecompress.decompress(res.data)
+    assert list(out) == list(state)
+    for k in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(out[k], state[k]), k
+    assert not torch.equal(out["0.weight"], state["0.weight"])  # the weights are coded

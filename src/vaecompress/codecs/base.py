@@ -226,14 +226,17 @@ def add_passthrough(c: Container, raw: Mapping[str, torch.Tensor]) -> None:
         c.payloads.append(Payload(PASSTHROUGH, "safetensors", ROLE_AUX, state_to_bytes(raw)))
 
 
-def join_passthrough(c: Container, decoded: StateDict) -> StateDict:
-    """Merge the passthrough tensors back and return a state_dict in the manifest's order."""
-    names = {p.name for p in c.payloads}
-    raw = (
-        state_from_bytes(c.payload(PASSTHROUGH).data, what="passthrough tensors")
-        if PASSTHROUGH in names
-        else {}
-    )
+def read_passthrough(c: Container) -> StateDict:
+    """The tensors a file keeps exactly (none when it has no passthrough payload)."""
+    if PASSTHROUGH not in {p.name for p in c.payloads}:
+        return {}
+    return state_from_bytes(c.payload(PASSTHROUGH).data, what="passthrough tensors")
+
+
+def join_passthrough(c: Container, decoded: StateDict, raw: StateDict | None = None) -> StateDict:
+    """Merge the passthrough tensors (`raw`, if already read) back and return a state_dict in
+    the manifest's order."""
+    raw = read_passthrough(c) if raw is None else raw
     merged = {**decoded, **raw}
     out: StateDict = {}
     for spec in c.tensors:

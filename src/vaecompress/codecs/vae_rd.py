@@ -27,6 +27,7 @@ from vaecompress.codecs.base import (
     Encoded,
     add_passthrough,
     join_passthrough,
+    read_passthrough,
     register,
     split_passthrough,
 )
@@ -113,6 +114,11 @@ class VAERDCodec(Codec):
                 "a zoo model or --arch); without data use vae-rd-free"
             )
         coded, raw = split_passthrough(state)
+        # Statistics the task's loss only reads (BatchNorm's running mean and variance, the
+        # Finetuner's `frozen`) are kept exactly: a coded running variance could reach zero or
+        # below and turn every output into NaN; they are a few floats per layer.
+        frozen = ctx.finetune.frozen or frozenset()
+        raw |= {k: coded.pop(k) for k in [k for k in coded if k in frozen]}
         check_finite(coded, self.name)
         live = {k: v for k, v in coded.items() if v.numel()}
         fixed = {**raw, **{k: v for k, v in coded.items() if not v.numel()}}
@@ -130,5 +136,7 @@ class VAERDCodec(Codec):
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
         data = c.payload(PAYLOAD, kinds=[KIND]).data
-        arrays = decode_model(data, float_specs(c.tensors))
-        return join_passthrough(c, {k: torch.from_numpy(v) for k, v in arrays.items()})
+        raw = read_passthrough(c)  # with any floating tensor kept exactly (`frozen`)
+        specs = [t for t in float_specs(c.tensors) if t["name"] not in raw]
+        arrays = decode_model(data, specs)
+        return join_passthrough(c, {k: torch.from_numpy(v) for k, v in arrays.items()}, raw)
