@@ -164,6 +164,44 @@ def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list
     return out
 
 
+TORCH_IMPORT = "python -c 'import torch'"
+SPEED = ("benchmarks/results/main_command.json", "benchmarks/results/cli_start.json",
+         "benchmarks/results/codec_speed.json")
+
+
+def _speed_section(main_cmd: dict[str, Any] | None, start: dict[str, Any] | None,
+                   speed: dict[str, Any] | None) -> list[str]:
+    """Issue 12's user-facing times, from the benchmarks' committed results (every number and
+    how it was measured: benchmarks/README.md)."""
+    lines = []
+    if main_cmd is not None:
+        lines.append(
+            f"- The README's main command on a fresh clone with an empty cache: "
+            f"{main_cmd['wall_s_command'] / 60:.1f} minutes, setup and MNIST download included "
+            f"(git `{main_cmd['measured_commit'][:12]}`, load average "
+            f"{main_cmd['load_average_start'][0]} at the start; [`{SPEED[0]}`]({SPEED[0]})).")
+    if start is not None:
+        med = {k: v["wall_s"]["median"] for k, v in start["commands"].items()}
+        lines.append(
+            f"- `vaecompress --help` starts in {med['vaecompress --help'] * 1000:.0f} ms and "
+            f"`inspect FILE` in {med['vaecompress inspect FILE'] * 1000:.0f} ms, without torch "
+            f"(`python -c 'import torch'` alone: {med[TORCH_IMPORT]:.2f} s; "
+            f"[`{SPEED[1]}`]({SPEED[1]})).")
+    if speed is not None:
+        for m in speed["models"].values():
+            ratios = ", ".join(f"{c} {q['decode_vs_nncodec_inside_worker']:.2f}x"
+                               for c, q in m["ratios"].items())
+            lines.append(
+                f"- Decoding the {m['model'].upper()}, against NNCodec's own decoder timed "
+                f"inside its worker: {ratios} of its time ([`{SPEED[2]}`]({SPEED[2]})).")
+    if not lines:
+        return []
+    return ["### Speed", "", *lines,
+            "", "How each is measured, and the rest (threads, VAE training against the "
+            "machine's matrix-multiply rate): [`benchmarks/README.md`](benchmarks/README.md).",
+            ""]
+
+
 def render(root: Path = ROOT) -> str:
     parts: list[str] = []
     bench = _load(root, BENCH[0])
@@ -175,6 +213,7 @@ def render(root: Path = ROOT) -> str:
     mini = _load(root, MINILM[0])
     if mini is not None:
         parts += _minilm_section(mini, _load(root, SCALING))
+    parts += _speed_section(*(_load(root, rel) for rel in SPEED))
     for rel, cmd in (REPRODUCE, QUICK):
         res = _load(root, rel)
         if res is not None:
