@@ -74,3 +74,35 @@ def test_readme_renders_the_minilm_section_only_from_committed_results(tmp_path:
     text = readme.render(tmp_path)
     assert "### A large real model: all-MiniLM-L6-v2" in text and "| int8 | 3.9x / 3.9x |" in text
     assert "Scaling from 54k" not in text
+
+
+def test_marginal_memory_cancels_the_fixed_part() -> None:
+    from vaecompress.experiments.scaling_report import marginal_table
+
+    def row(model: str, n: int, peak: int, t: float) -> dict:
+        return {"codec": "vae-rd-free", "model": model, "params": n,
+                "compress": {"wall_s": t}, "decompress": {"wall_s": t / 10},
+                "compress_peak_above_base_bytes": peak}
+
+    res = {"analysis": {"vae-rd-free": {}},
+           "rows": [row("a", 10**6, 100 * 2**20 + 40 * 10**6, 5.0),
+                    row("b", 3 * 10**6, 100 * 2**20 + 40 * 3 * 10**6, 9.0)]}
+    line = marginal_table(res).splitlines()[-1]
+    assert line.startswith("| vae-rd-free | a -> b | 40.0 | 28 | missed (1.43x) | 2.00 | 0.200 |")
+
+
+def test_benchmarks_readme_shows_the_committed_scaling_results() -> None:
+    from vaecompress.experiments.scaling_report import block
+
+    path = ROOT / "benchmarks/results/scaling-cpu.json"
+    text = (ROOT / "benchmarks/README.md").read_text()
+    start, end = "<!-- generated:scaling -->\n", "<!-- /generated:scaling -->"
+    if not path.is_file():
+        assert start not in text
+        return
+    assert start in text, "benchmarks/README.md lacks the scaling block"
+    shown = text.split(start, 1)[1].split(end, 1)[0]
+    assert shown == block(json.loads(path.read_text())), (
+        "run: python -m vaecompress.experiments.scaling_report "
+        "benchmarks/results/scaling-cpu.json and paste it into the block")
+    assert "+dirty" not in json.loads(path.read_text())["environment"]["git_revision"]

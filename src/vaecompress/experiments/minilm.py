@@ -64,8 +64,8 @@ GRID: dict[str, list[Point]] = {
     "vae-paper": [{"latent": 64, "n_variants": 10, "epochs": 4, "patience": 4,
                    "batch_size": 512, "lr": 1e-3}],
     # 64 steps (one epoch) instead of 2 epochs; lam in units of the distillation loss 1 - cos.
-    # init_bins=16: the default first step (std / 4, tuned on the MNIST zoo) alone costs
-    # MiniLM a mean cosine of about 0.87, more than such short runs can win back.
+    # init_bins=16: the default first step (std / 4, tuned on the MNIST zoo) is too coarse for
+    # MiniLM in runs this short (docs/minilm.md).
     "vae-rd": [{"lam": 0.01, "epochs": 1.0}, {"lam": 0.01, "epochs": 1.0, "init_bins": 16.0}],
     # 100 whole-model steps instead of the default 1500.
     "vae-rd-free": [*({"lam": lam, "steps": 100} for lam in (0.01, 0.1)),

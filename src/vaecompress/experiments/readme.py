@@ -125,7 +125,7 @@ def _ablation_section(abl: dict[str, Any]) -> list[str]:
 def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list[str]:
     """The large real model (`experiments.minilm`) and, when committed, the scaling benchmark."""
     from vaecompress.experiments.minilm_report import summary_table
-    from vaecompress.experiments.scaling_report import growth_table
+    from vaecompress.experiments.scaling_report import growth_table, marginal_table
     from vaecompress.experiments.scaling_report import provenance as scaling_provenance
 
     folder = str(Path(MINILM[0]).parent)
@@ -156,9 +156,13 @@ def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list
             f"From [`{SCALING}`]({SCALING}), {scaling_provenance(scaling)}. Log-log slopes of "
             "time and memory against the parameter count (1 is linear growth), and issue 12's "
             "target: peak memory while compressing under 3 times the float32 parameters plus "
-            "the VAE's own training state ([`benchmarks/README.md`](benchmarks/README.md)).",
+            "the VAE's own training state ([`benchmarks/README.md`](benchmarks/README.md)), "
+            "at every size and per added parameter between the two largest sizes, where the "
+            "libraries' fixed costs cancel.",
             "",
             growth_table(scaling),
+            "",
+            marginal_table(scaling),
             "",
         ]
     return out
