@@ -89,6 +89,18 @@ def _reproduce_section(results: dict[str, Any], rel: str, cmd: str) -> list[str]
         f"![accuracy against ratio]({folder}/figures/accuracy_vs_ratio.png)",
         "",
     ]
+    if preset == "paper":  # the paper's figures once, from the run at the paper's settings
+        out += [
+            "The paper's Figures 2 and 3 (training curves; parameters and training time), then "
+            "4 and 5 (reconstructed CNN and RNN weights against the originals):",
+            "",
+            *(f"![{alt}]({folder}/figures/{name}.png)\n" for alt, name in (
+                ("VAE training curves (Fig. 2)", "fig2_vae_training"),
+                ("parameters and training time (Fig. 3)", "fig3_params_time"),
+                ("CNN samples (Fig. 4)", "fig4_cnn_samples"),
+                ("RNN samples (Fig. 5)", "fig5_rnn_samples"),
+            )),
+        ]
     return out
 
 
