@@ -191,6 +191,14 @@ def test_bad_input_is_one_line_exit_2(
     assert fragment in _err_line(capsys)
 
 
+def test_usage_error_names_the_command_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "fnn"]) == 2
+    assert _err_line(capsys) == ("vaecompress: error: train: the following arguments are "
+                                 "required: -o/--output")
+    assert main(["zoo", "--frob"]) == 2  # reported by the top-level parser
+    assert _err_line(capsys) == "vaecompress: error: unrecognized arguments: --frob"
+
+
 def test_not_safetensors_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)

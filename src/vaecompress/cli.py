@@ -62,7 +62,8 @@ WEIGHTS_HELP = (
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2, as for any bad input
-        raise UserError(f"{self.prog}: {message}")
+        command = self.prog.partition(" ")[2]  # "decompress" of "vaecompress decompress"
+        raise UserError(f"{command}: {message}" if command else message)
 
 
 def _print_json(obj: Any) -> None:
