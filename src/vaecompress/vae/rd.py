@@ -193,14 +193,19 @@ class RDModel(nn.Module):
                     p = self.latents[i]
                     torch.rand(p.shape, dtype=p.dtype, device=p.device)
                 continue
-            z = self.latent(i)
-            zw = self._q(z, how_w)
-            zr = zw if how_r == how_w else self._q(z, how_r)
-            s = self.step(i)
-            w = zw * s.reshape(-1, *[1] * (z.dim() - 1)) if s.numel() > 1 else zw * s.reshape(())
-            out[name] = w
-            bits = bits + self.prior.bits_fast(zr, i)
+            out[name], b = self.term(i)
+            bits = bits + b
         return out, bits
+
+    def term(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tensor `i` with the training relaxations: (its decoded weights, its rate in bits)."""
+        how_w, how_r = self._modes()
+        z = self.latent(i)
+        zw = self._q(z, how_w)
+        zr = zw if how_r == how_w else self._q(z, how_r)
+        s = self.step(i)
+        w = zw * s.reshape(-1, *[1] * (z.dim() - 1)) if s.numel() > 1 else zw * s.reshape(())
+        return w, self.prior.bits_fast(zr, i)
 
     @torch.no_grad()
     def export(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -233,12 +238,34 @@ def _weight_distortion(model: RDModel, w: Mapping[str, torch.Tensor],
     for i, n in enumerate(model.names):
         if own is not None and i not in own:
             continue
-        ref = model.orig(i)
-        energy = float((ref**2).sum())
-        terms.append(((w[n] - ref) ** 2).sum() / max(energy, 1e-30))
+        terms.append(_tensor_relative_error(model, i, w[n]))
     if own is None:
         return torch.stack(terms).mean()
     return torch.stack(terms).sum() / len(model.names) if terms else torch.zeros(())
+
+
+def _tensor_relative_error(model: RDModel, i: int, w: torch.Tensor) -> torch.Tensor:
+    ref = model.orig(i)
+    energy = float((ref**2).sum())
+    return ((w - ref) ** 2).sum() / max(energy, 1e-30)
+
+
+def _backward_by_tensor(model: RDModel, lam: float, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data-free loss (`_weight_distortion` + lam * bits per parameter) and its backward
+    pass, one tensor at a time: each tensor's term is built and differentiated before the next,
+    so the memory of the graph is that of the largest tensor, not of the model. The gradients
+    are those of the whole loss bit for bit: each term reaches only its own latents, its own
+    step and its own row of the prior, with the same factors (1/T, lam/n). Returns the
+    (distortion, bits per parameter) the whole loss would report."""
+    count = len(model.names)
+    d_sum, bits_sum = 0.0, 0.0
+    for i in range(count):
+        w, b = model.term(i)
+        t = _tensor_relative_error(model, i, w)
+        (t / count + lam * (b / n)).backward()
+        d_sum += float(t.detach())
+        bits_sum += float(b.detach())
+    return torch.tensor(d_sum / count), torch.tensor(bits_sum / n)
 
 
 def _shares(sizes: list[int], processes: int) -> list[list[int]]:
@@ -333,6 +360,10 @@ def train_rd(
     if start and cfg.distortion == "task":
         for _ in range(start):  # the batches the interrupted run used
             next(batches)  # type: ignore[arg-type]
+    # The data-free loss is a sum over tensors: differentiated tensor by tensor, it needs the
+    # memory of one tensor's graph. One shared step couples them (and under torchrun each
+    # process sums its share's gradients with the others'): the whole graph then.
+    by_tensor = cfg.distortion == "weights" and own is None and cfg.decoder != "shared"
     t0 = time.perf_counter() - before_s
     bar = progress_bar(cfg.steps, desc=desc, unit="step", enabled=progress)
     bar.update(start)
@@ -341,21 +372,25 @@ def train_rd(
         frac = max(0.0, (it / max(cfg.steps, 1) - 0.5) * 2)
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        w, bits = model(own)
-        if cfg.distortion == "task":
-            d = task_loss({**fixed_d, **w}, next(batches))  # type: ignore[misc,arg-type]
-        else:
-            d = _weight_distortion(model, w, own)
-        bpp = bits / n
-        loss = d + cfg.lam * bpp
         opt.zero_grad(set_to_none=True)
-        if own is None:
-            loss.backward()
-        else:  # this process's terms; the group sums the gradients and the loss's parts
-            if loss.requires_grad:  # False when the share holds no tensor
+        if by_tensor:  # forward and backward, term by term
+            d, bpp = _backward_by_tensor(model, cfg.lam, n)
+            loss = d + cfg.lam * bpp
+        else:
+            w, bits = model(own)
+            if cfg.distortion == "task":
+                d = task_loss({**fixed_d, **w}, next(batches))  # type: ignore[misc,arg-type]
+            else:
+                d = _weight_distortion(model, w, own)
+            bpp = bits / n
+            loss = d + cfg.lam * bpp
+            if own is None:
                 loss.backward()
-            grp.sum_grads(model.parameters())
-            loss, d, bpp = grp.sum_(torch.stack([loss.detach(), d.detach(), bpp.detach()]))
+            else:  # this process's terms; the group sums the gradients and the loss's parts
+                if loss.requires_grad:  # False when the share holds no tensor
+                    loss.backward()
+                grp.sum_grads(model.parameters())
+                loss, d, bpp = grp.sum_(torch.stack([loss.detach(), d.detach(), bpp.detach()]))
         opt.step()
         acc["loss"] += float(loss.detach())
         acc["d"] += float(d.detach())
