@@ -1,5 +1,7 @@
 """The public API: state_dict -> bytes -> state_dict, with the accounting of every result.
 
+result = vaecompress.compress(state)                  # the default: near-lossless, no data
+result = vaecompress.compress(state, snr=30)          # the default codec at another fidelity
 result = vaecompress.compress(state, "vae-paper", latent=64)
 result = vaecompress.compress(state, "vae-rd", finetune=vaecompress.Finetuner(loss, batches))
 vaecompress.save(result, "model.vaec")            # atomic; writes any external file beside it
@@ -30,10 +32,12 @@ from typing import Any
 import torch
 
 from vaecompress.accounting import Accounting, account
+from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC
 from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_codec
 from vaecompress.coding.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 from vaecompress.coding.floats import tensor_bytes
 from vaecompress.errors import FormatError, UserError
+from vaecompress.fidelity import weights_fidelity
 from vaecompress.format import Container, dumps, loads
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
@@ -59,6 +63,12 @@ class CompressResult:
     compress_s: float
     report: dict[str, Any] = field(default_factory=dict)
     rebuilt: StateDict | None = None  # what decoding the file gives (decoded once to check it)
+    codec: str = ""  # the codec that wrote `data`
+    # What the rebuilt weights lost (`fidelity.weights_fidelity`), measured on every result.
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    # Why the codec asked for is not the one that wrote `data` (the default codec fell back to
+    # the lossless one), else None.
+    fallback: str | None = None
 
 
 def decoded_sha256(state: Mapping[str, torch.Tensor]) -> str:
@@ -113,7 +123,7 @@ def check_finite_input(codec: type[Codec], state: Mapping[str, torch.Tensor]) ->
 
 def compress(
     state: Mapping[str, torch.Tensor],
-    codec: str = "vae-paper",
+    codec: str | None = None,
     *,
     ctx: CodecContext | None = None,
     finetune: Finetuner | None = None,
@@ -122,30 +132,47 @@ def compress(
 ) -> CompressResult:
     """Compress a state_dict with a registered codec; `settings` override the codec's defaults.
 
+    Without `codec`, the default (`codecs.DEFAULT_CODEC`, which needs no data), and the
+    lossless `codecs.LOSSLESS_CODEC` instead whenever the default would make a file larger
+    than the model (`CompressResult.fallback` says so): what `vaecompress compress` does.
     `finetune`, the task of a codec that trains on it, replaces `ctx.finetune` (`ctx` holds the
     device, seed and progress bars; default: CPU, seed 0)."""
-    enc_codec = make_codec(codec, **settings)
+    name = DEFAULT_CODEC if codec is None else codec
+    enc_codec = make_codec(name, **settings)
     check_state(state)
     check_finite_input(type(enc_codec), state)
     ctx = ctx or CodecContext()
     if finetune is not None:
         ctx = replace(ctx, finetune=finetune)
+    res = _compress_with(enc_codec, state, ctx, meta)
+    if codec is None and res.accounting.ratio_honest < 1.0:
+        # A codec nobody asked for must never make the file larger than the model.
+        fallback = (f"{name} made a file larger than the model; kept lossless with "
+                    f"{LOSSLESS_CODEC} instead")
+        res = _compress_with(make_codec(LOSSLESS_CODEC), state, ctx, meta)
+        res.fallback = fallback
+    return res
+
+
+def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecContext,
+                   meta: Mapping[str, Any] | None) -> CompressResult:
     t0 = time.perf_counter()
-    enc = enc_codec.encode(dict(state), ctx)
+    enc = codec.encode(dict(state), ctx)
     if meta:
         enc.container.meta.update(meta)
     elapsed = time.perf_counter() - t0
     # Decode once, as a reader will (from the written bytes), and record what it rebuilt.
-    rebuilt = type(enc_codec)().decode(loads(dumps(enc.container)), enc.externals)
+    rebuilt = type(codec)().decode(loads(dumps(enc.container)), enc.externals)
     record: dict[str, Any] = {"sha256": decoded_sha256(rebuilt)}
-    if not enc_codec.exact_decode:
+    if not codec.exact_decode:
         record["l1"], record["l2"] = _norms(rebuilt)
-    if not enc_codec.lossless and not all(math.isfinite(x) for x in _norms(rebuilt)):
-        raise RuntimeError(f"{codec} rebuilt non-finite weights from finite ones")
+    if not codec.lossless and not all(math.isfinite(x) for x in _norms(rebuilt)):
+        raise RuntimeError(f"{codec.name} rebuilt non-finite weights from finite ones")
     enc.container.meta[DECODED_KEY] = record
     data = dumps(enc.container)
     return CompressResult(
-        data, enc.externals, account(enc.container, len(data)), elapsed, enc.report, rebuilt
+        data, enc.externals, account(enc.container, len(data)), elapsed, enc.report, rebuilt,
+        codec=codec.name, fidelity=weights_fidelity(state, rebuilt),
     )
 
 

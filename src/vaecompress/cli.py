@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -241,7 +242,28 @@ def _codec_settings(args: argparse.Namespace) -> dict[str, Any]:
             out[key.replace("-", "_")] = value
     if args.latent is not None:
         out["latent"] = args.latent
+    if getattr(args, "snr", None) is not None:
+        out["snr"] = args.snr
+    if getattr(args, "size", None) is not None:
+        out["size"] = parse_size(args.size)
     return out
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '200KB', '1.5MiB', '50000' (KB = 1000 B, KiB = 1024 B)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if m is None or unit not in _UNITS:
+        raise UserError(f"--size expects a number of bytes such as 200KB, 1.5MiB or 50000, "
+                        f"got '{text}'")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise UserError(f"--size must be more than 0 bytes, got '{text}'")
+    return value
 
 
 def _external_outs(args: argparse.Namespace, codec: str,
@@ -281,17 +303,17 @@ def _external_ins(args: argparse.Namespace) -> dict[str, str]:
 def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, external_path, save
     from vaecompress.checkpoint import hidden_beside
-    from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC, CodecContext, make_codec
+    from vaecompress.codecs import DEFAULT_CODEC, CodecContext, make_codec
+    from vaecompress.fidelity import describe
     from vaecompress.io import check_outputs, load_weights_file
     from vaecompress.runinfo import resolve_device
     from vaecompress.vae.distributed import is_main
 
     auto_codec = args.codec is None
-    if auto_codec:
-        args.codec = DEFAULT_CODEC
+    name = DEFAULT_CODEC if auto_codec else args.codec
     settings = _codec_settings(args)
-    outs = _external_outs(args, args.codec, settings)
-    codec = make_codec(args.codec, **settings)  # bad settings fail here, before any work
+    outs = _external_outs(args, name, settings)
+    codec = make_codec(name, **settings)  # bad settings fail here, before any work
     # Every output is checked before the work: never the input, never a non-file, a folder
     # that exists and is writable. Externals not named go beside the output.
     targets = [args.output, *outs.values()]
@@ -299,7 +321,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     check_outputs(targets, inputs=[args.input])
     if codec.uses_task and not args.finetune and not args.quiet:
         print(
-            f"vaecompress: warning: {args.codec} retrains on the task to keep accuracy; without "
+            f"vaecompress: warning: {name} retrains on the task to keep accuracy; without "
             "--finetune it runs without retraining and the rebuilt model can lose many points",
             file=sys.stderr,
         )
@@ -350,15 +372,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         label=Path(args.input).stem,
         finetune=finetune,
         checkpoint=hidden_beside(args.output),  # a killed run, restarted, resumes
+        probe=_probe(arch, state, device, args.seed),
     )
     keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
-    res = compress(state, args.codec, ctx=ctx, meta=keep, **settings)
-    if auto_codec and res.accounting.ratio_honest < 1.0:
-        # A codec nobody asked for must never make the file larger than the model.
-        print(f"vaecompress: {args.codec} made a file larger than the model; "
-              f"keeping it lossless with {LOSSLESS_CODEC} instead", file=sys.stderr)
-        args.codec = LOSSLESS_CODEC
-        res = compress(state, LOSSLESS_CODEC, ctx=ctx, meta=keep)
+    res = compress(state, None if auto_codec else name, ctx=ctx, meta=keep, **settings)
+    if res.fallback:
+        print(f"vaecompress: {res.fallback}", file=sys.stderr)
     if not is_main():  # one of several processes under torchrun: rank 0 writes and reports
         return 0
     save(res, args.output, externals=outs)
@@ -367,7 +386,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         evals = _accuracies(arch, args.input, state, res.rebuilt, test, device)
     a = res.accounting
     if args.json:
-        _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": args.codec} | evals)
+        _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": res.codec}
+                    | _fidelity_json(res) | evals)
     else:
         print(
             f"{args.output}: {a.params:,} params, {a.orig_bytes:,} B -> file {a.file_bytes:,} B"
@@ -378,6 +398,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             f"ratio_honest {_fmt_ratio(a.ratio_honest)} (all bytes needed to decode)"
             f"   [{res.compress_s:.1f} s]"
         )
+        print(f"{res.codec}{_chosen(res)}: {describe(res.fidelity)}")
         if evals:
             drop = evals["accuracy_original"] - evals["accuracy_rebuilt"]
             print(
@@ -387,6 +408,40 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 f"{arch.name}, {evals['n_test']:.0f} MNIST test images)"
             )
     return 0
+
+
+def _probe(arch: Any, state: Any, device: Any, seed: int) -> Any:
+    """The classifier run on synthetic images, for codecs that weigh tensors by what they do
+    to the outputs (the default codec); None when the architecture is not known."""
+    if arch is None:
+        return None
+    from vaecompress.tasks.probe import classifier_probe
+    from vaecompress.zoo.arch import wrapper_prefix
+
+    net = arch.build()
+    return classifier_probe(net, (1, 28, 28), normalize=arch.normalize, seed=seed,
+                            prefix=wrapper_prefix(list(state), list(net.state_dict())),
+                            device=device)
+
+
+def _chosen(res: Any) -> str:
+    """What a codec that searched for its operating point chose, e.g. ' at snr 40.0 dB'."""
+    state = res.report
+    if "snr_db" not in state:
+        return ""
+    return f" (weighting {state['weighting']}, reached {state['snr_db']:.1f} dB)"
+
+
+def _fidelity_json(res: Any) -> dict[str, Any]:
+    """The weights' fidelity for --json (an exact tensor's infinite SNR is null)."""
+    f = res.fidelity
+
+    def finite(x: Any) -> Any:
+        return None if isinstance(x, float) and math.isinf(x) else x
+
+    return {"weights_snr_db": finite(f.get("snr_db")), "worst_tensor": f.get("worst_tensor"),
+            "worst_snr_db": finite(f.get("worst_snr_db")), "exact": f.get("exact"),
+            "fallback": res.fallback}
 
 
 def _accuracies(arch: Any, source: str, original: Any, rebuilt: Any, test: Any,
@@ -562,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the compressed file to write (e.g. model.vaec)")
     sp.add_argument("--codec", default=None, help=CODECS_HELP)
     sp.add_argument("--latent", type=int, help="latent size: --set latent=N (VAE codecs)")
+    sp.add_argument("--snr", type=float, metavar="DB",
+                    help="the fidelity to keep, as the weights' signal-to-noise ratio in dB "
+                    "(default codec: 30, near-lossless; 20 smaller, 10 coarse): --set snr=DB")
+    sp.add_argument("--size", metavar="BYTES",
+                    help="a budget for the file instead, e.g. 200KB, 1.5MiB or 50000: the "
+                    "finest quantization that fits (default codec): --set size=N")
     sp.add_argument("--model", help="zoo architecture of the weights (checked first; default: "
                     "from the file's metadata)")
     arch_flags(sp)
@@ -632,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--models", default="fnn,cnn,rnn,lstm",
                     help="comma-separated zoo models (default: all four)")
     sp.add_argument("--codecs", help="comma-separated codec names (default: all)")
-    sp.add_argument("--preset", default="quick", choices=["quick", "full", "ablation"],
+    sp.add_argument("--preset", default="quick",
+                    choices=["quick", "full", "ablation", "datafree"],
                     help="operating points per codec (default: quick)")
     sp.add_argument("--out", default="runs/bench", metavar="DIR",
                     help="results folder (default: runs/bench)")

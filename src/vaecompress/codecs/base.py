@@ -42,6 +42,7 @@ from vaecompress.coding.floats import split_floats
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_AUX, Container, Payload
 from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
+from vaecompress.tasks.probe import Probe
 
 PASSTHROUGH = "passthrough"
 
@@ -62,6 +63,10 @@ class CodecContext:
     # A file where a codec that trains (a VAE, the RD optimization) keeps its resumable state
     # (`vaecompress.checkpoint`): a killed run given the same file resumes; None: no checkpoint.
     checkpoint: Path | None = None
+    # The model run on synthetic inputs (`tasks.probe.Probe`), when its architecture is known:
+    # the data-free codec weighs each tensor by the Fisher information it measures. None: the
+    # weights alone.
+    probe: Probe | None = None
 
 
 @dataclass
@@ -129,8 +134,12 @@ class Codec(ABC):
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         """Settings overrides the bench measures for `preset`: "quick" and "full" default to the
-        codec's defaults; "ablation" (the variants that show what each ingredient of a codec
-        contributes, the first being the reference) is empty unless the codec defines it."""
+        codec's defaults; "datafree" (the methods that need no training data, swept densely
+        enough to draw their curves) to the defaults of a codec that does not use the task;
+        "ablation" (the variants that show what each ingredient of a codec contributes, the
+        first being the reference) is empty unless the codec defines it."""
+        if preset == "datafree":  # the methods that need the weights alone, swept densely
+            return [] if cls.uses_task else [{}]
         return [{}] if preset in ("quick", "full") else []
 
     def settings_json(self) -> dict[str, Any]:

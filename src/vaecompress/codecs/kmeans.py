@@ -83,6 +83,8 @@ class KMeansCodec(Codec):
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "full":
             return [{"bits": b, "entropy": True} for b in (2, 3, 4, 5, 6)]
+        if preset == "datafree":
+            return [{"bits": b, "entropy": True} for b in range(2, 9)]
         return [{"bits": 4}]
 
     def validate(self) -> None:

@@ -108,7 +108,7 @@ class UniformQuantCodec(Codec):
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
-        if preset == "full":
+        if preset in ("full", "datafree"):
             return [{"granularity": g, "entropy": e}
                     for g in ("tensor", "channel") for e in (False, True)]
         return [{"granularity": "channel"}]

@@ -1,20 +1,40 @@
-"""`vae-rd-free`: the rate-distortion VAE of `vae-rd` without the task's data.
+"""`vae-rd-free`: the rate-distortion VAE of `vae-rd` without the task's data; the default codec.
 
-The same latents, decoder, prior and stored form (`coding.latents`), trained on
-`|w_hat - w|^2 / |w|^2 + lam * bits per parameter`: the distortion is the squared error of the
-decoded weights relative to the weights' energy over the whole model, so it needs nothing but the
-weights, like NNCodec. Each step sees the whole model (no batches), so training takes seconds.
+The same latents, decoder (`w = step * z`, one float32 step per tensor), entropy-coded stored
+form (`coding.latents`) and prior (the integer frequency tables of the file) as `vae-rd`, with a
+distortion that needs nothing but the weights: the weighted noise-to-signal ratio of the decoded
+weights (`vae.allocate`), each tensor weighed by its sensitivity. Its knob means the same on
+every model:
 
-This is the codec `vaecompress compress` uses when none is named: it needs no data and never
-makes a file larger than the model.
+- `snr` (dB, default `DEFAULT_SNR`): the fidelity to keep; the codec finds the coarsest
+  quantization that keeps it (the default is near-lossless);
+- `size` (bytes): a budget for the whole file instead; the finest quantization that fits.
+
+The sensitivity (`weighting`) is the mean Fisher information of each tensor when the model can
+be run (`CodecContext.probe`: the network on synthetic inputs, no data; `tasks.probe`), else
+`relative`: each tensor's squared error relative to its own energy, which no rescaling of a
+layer can fool.
+
+Solvers: `closed` (default) is the exact solution of the high-rate rate-distortion problem, one
+step per tensor in closed form (reverse water-filling) and the latents rounded, found by a
+bisection that costs one pass of rounding per try: seconds on a 22M-parameter model. `adam`
+trains latents, steps and a learned mixture prior on `relative error + lam * bits per
+parameter` for `steps` steps (`vae.rd`), the codec's first form, kept as an ablation: on the
+zoo it is no smaller at the same accuracy and a thousand times slower.
+
+It never makes a file larger than the model when it is the default (`api.compress` falls back
+to the lossless codec).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from vaecompress.codecs.base import (
@@ -27,31 +47,48 @@ from vaecompress.codecs.base import (
     split_passthrough,
 )
 from vaecompress.coding.floats import float_specs
-from vaecompress.coding.latents import decode_model, encode_model
+from vaecompress.coding.latents import decode_model, encode_model, estimate_model_bytes
 from vaecompress.errors import UserError
-from vaecompress.format import ROLE_CODE, Container, Payload
+from vaecompress.format import ROLE_CODE, Container, Payload, dumps
 from vaecompress.io import StateDict
+from vaecompress.tasks.probe import fisher
+from vaecompress.vae.allocate import Allocation, allocate, relative_sensitivities
 from vaecompress.vae.rd import RDConfig, check_finite, check_rd_settings, rd_report, train_rd
 
 PAYLOAD = "latents"
 KIND = "rd-latents"
+# The default fidelity, near-lossless: the weighted output error about 1e-3 of the signal.
+# The zoo's classifiers stay within 0.1 point from about 18 dB on; MiniLM keeps 97% of its
+# nearest neighbours from about 30 dB (its fidelity set; the held-out text and models are
+# checked in docs/default-codec.md).
+DEFAULT_SNR = 30.0
+MAX_SNR = 120.0  # float32 weights hold about 140 dB
+WEIGHTINGS = ("auto", "relative", "fisher")
+SOLVERS = ("closed", "adam")
+# The bytes of the file besides the latents that the size budget leaves room for: the
+# checksum `api.compress` records after encoding, and the varints of the payload lengths.
+SIZE_MARGIN = 256
 
 
 @dataclass(frozen=True)
 class VAERDFreeSettings:
-    lam: float = 0.03  # weight of the rate (bits per parameter) against the relative error
-    steps: int = 1500  # optimizer steps, each over the whole model
-    lr: float = 0.1  # Adam on the latents, in quantization bins
-    lr_step: float = 0.01  # Adam on the log of the decoder's steps
-    lr_prior: float = 0.01  # Adam on the prior's parameters
-    init_bins: float = 4.0  # the first step is std(w) / init_bins
-    quant: str = "mixed"  # mixed | noise | ste (see vae.rd)
-    decoder: str = "tensor"  # tensor | row | shared
-    latents: str = "direct"  # direct | encoder (z = w / step)
-    learned_prior: bool = True
-    components: int = 3
-    entropy: bool = True
-    masks: bool = True
+    snr: float = DEFAULT_SNR  # the fidelity to keep: weighted SNR of the weights, in dB
+    size: int = 0  # a budget in bytes for the whole file instead of `snr` (0: none)
+    weighting: str = "auto"  # auto (fisher with a probe, else relative) | relative | fisher
+    solver: str = "closed"  # closed (vae.allocate) | adam (vae.rd; the settings below)
+    lam: float = 0.03  # adam: weight of the rate (bits per parameter) against the error
+    steps: int = 1500  # adam: optimizer steps, each over the whole model
+    lr: float = 0.1  # adam: on the latents, in quantization bins
+    lr_step: float = 0.01  # adam: on the log of the decoder's steps
+    lr_prior: float = 0.01  # adam: on the prior's parameters
+    init_bins: float = 4.0  # adam: the first step is std(w) / init_bins
+    quant: str = "mixed"  # adam: mixed | noise | ste (see vae.rd)
+    decoder: str = "tensor"  # adam: tensor | row | shared
+    latents: str = "direct"  # adam: direct | encoder (z = w / step)
+    learned_prior: bool = True  # adam
+    components: int = 3  # adam
+    entropy: bool = True  # False: fixed-length codes instead of ANS with stored tables
+    masks: bool = True  # flag all-zero rows and columns once
 
 
 @register
@@ -61,23 +98,96 @@ class VAERDFreeCodec(Codec):
     Settings = VAERDFreeSettings
 
     def validate(self) -> None:
-        check_rd_settings(self.name, self.settings)
-        if not 1 <= self.settings.steps <= 10**7:
-            raise UserError(f"vae-rd-free: steps must be in 1..10**7, got {self.settings.steps}")
+        s = self.settings
+        check_rd_settings(self.name, s)
+        if not 1 <= s.steps <= 10**7:
+            raise UserError(f"vae-rd-free: steps must be in 1..10**7, got {s.steps}")
+        if not (math.isfinite(s.snr) and 0 < s.snr <= MAX_SNR):
+            raise UserError(f"vae-rd-free: snr is a fidelity in dB in (0, {MAX_SNR:g}], got "
+                            f"{s.snr} (30 is near-lossless, 20 coarse)")
+        if s.size < 0:
+            raise UserError(f"vae-rd-free: size is a budget in bytes >= 0, got {s.size}")
+        if s.weighting not in WEIGHTINGS:
+            raise UserError(f"vae-rd-free: weighting must be one of {', '.join(WEIGHTINGS)}, "
+                            f"got {s.weighting!r}")
+        if s.solver not in SOLVERS:
+            raise UserError(f"vae-rd-free: solver must be one of {', '.join(SOLVERS)}, "
+                            f"got {s.solver!r}")
+        if s.solver == "adam" and (s.size or s.weighting == "fisher"):
+            raise UserError("vae-rd-free: size and weighting=fisher need solver=closed")
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "quick":
-            return [{"steps": 300}]
+            return [{}]
         if preset in ("full", "ablation"):
-            return [{"lam": lam} for lam in (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)]
+            return [{"snr": snr} for snr in (40.0, 34.0, 30.0, 26.0, 22.0, 18.0, 14.0, 10.0)]
+        if preset == "datafree":  # both weightings, every 2 dB: the default is one of them
+            return [{"snr": float(snr), "weighting": w} for w in ("auto", "relative")
+                    for snr in range(8, 42, 2)]
         return []
+
+    @classmethod
+    def method(cls, settings: Mapping[str, Any]) -> tuple[str, bool]:
+        """With `weighting=relative` the codec never runs the model: a method of its own in the
+        tables (what a bare weights file gets), beside the default's Fisher weighting."""
+        if settings.get("weighting") == "relative":
+            return f"{cls.name} (weights only)", False
+        return cls.name, False
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         s = self.settings
         coded, raw = split_passthrough(state)
         check_finite(coded, self.name)
         live = {k: v for k, v in coded.items() if v.numel()}
+        c = self.new_container(state)
+        add_passthrough(c, raw)
+        if s.solver == "adam":
+            return self._encode_adam(c, live, ctx)
+        t0 = time.perf_counter()
+        weighting = s.weighting
+        if weighting == "auto":
+            weighting = "fisher" if ctx.probe is not None else "relative"
+        if weighting == "fisher" and ctx.probe is None:
+            raise UserError("vae-rd-free: weighting=fisher needs the model's architecture "
+                            "(CLI: a zoo model or --arch; Python: CodecContext(probe=...))")
+        arrays = [v.detach().to("cpu", torch.float32).numpy() for v in live.values()]
+        if weighting == "fisher":
+            sens = _fisher_sensitivities(ctx.probe, state, live, arrays, ctx.seed)
+        else:
+            sens = relative_sensitivities(arrays)
+        alloc = self._allocate(arrays, sens, c)
+        data = encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks)
+        c.payloads.insert(0, Payload(PAYLOAD, KIND, ROLE_CODE, data))
+        c.codec_state = {"weighting": weighting, "snr_db": round(alloc.snr_db, 4),
+                         "scale": alloc.scale}
+        return Encoded(c, report={"train_s": time.perf_counter() - t0, "latent_bytes": len(data),
+                                  "weighting": weighting, "snr_db": alloc.snr_db,
+                                  "search_passes": alloc.evaluations,
+                                  "nonzero_fraction": _nonzero(alloc.ints)})
+
+    def _allocate(self, arrays: list[np.ndarray], sens: list[float], c: Container) -> Allocation:
+        s = self.settings
+        if not s.size:
+            return allocate(arrays, sens, snr=s.snr)
+        budget = s.size - len(dumps(c)) - SIZE_MARGIN
+        if budget <= 0:
+            raise UserError(f"vae-rd-free: size {s.size:,} B is smaller than the file's header "
+                            f"and exact tensors alone ({len(dumps(c)):,} B)")
+
+        def fits(ints: list[np.ndarray], steps: list[np.float32]) -> bool:
+            return estimate_model_bytes(ints) + 4 * len(steps) <= budget
+
+        alloc = allocate(arrays, sens, fits=fits)
+        got = len(encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks))
+        if got > budget:
+            raise UserError(f"vae-rd-free: no quantization of this model fits in {s.size:,} B "
+                            f"(the smallest takes about {s.size - budget + got:,} B)")
+        return alloc
+
+    def _encode_adam(self, c: Container, live: dict[str, torch.Tensor],
+                     ctx: CodecContext) -> Encoded:
+        s = self.settings
         cfg = RDConfig(lam=s.lam, steps=s.steps, lr=s.lr, lr_step=s.lr_step,
                        lr_prior=s.lr_prior, init_bins=s.init_bins, quant=s.quant,
                        decoder=s.decoder, latents=s.latents, learned_prior=s.learned_prior,
@@ -86,12 +196,27 @@ class VAERDFreeCodec(Codec):
                        desc=f"vae-rd-free {ctx.label}".strip(), checkpoint=ctx.checkpoint)
         data = encode_model([z.numpy() for z in res.ints], [t.numpy() for t in res.steps],
                             entropy=s.entropy, masks=s.masks)
-        c = self.new_container(state)
-        c.payloads.append(Payload(PAYLOAD, KIND, ROLE_CODE, data))
-        add_passthrough(c, raw)
+        c.payloads.insert(0, Payload(PAYLOAD, KIND, ROLE_CODE, data))
         return Encoded(c, report=rd_report(res, data))
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
         data = c.payload(PAYLOAD, kinds=[KIND]).data
         arrays = decode_model(data, float_specs(c.tensors))
         return join_passthrough(c, {k: torch.from_numpy(v) for k, v in arrays.items()})
+
+
+def _fisher_sensitivities(probe: Any, state: StateDict, live: Mapping[str, torch.Tensor],
+                          arrays: list[np.ndarray], seed: int) -> list[float]:
+    """Each tensor's mean Fisher information (`tasks.probe`). A tensor the synthetic inputs
+    never reach (zero Fisher, e.g. the rows of unused tokens) is not thereby free: it is
+    weighed as the most sensitive tensor is, relative to its energy."""
+    sens = list(fisher(probe, state, list(live), seed=seed).values())
+    energy = [float(np.square(a, dtype=np.float64).sum()) for a in arrays]
+    top = max((f * e for f, e in zip(sens, energy, strict=True) if f > 0), default=0.0)
+    return [f if (f > 0 and math.isfinite(f)) else (top / e if e > 0 else 0.0)
+            for f, e in zip(sens, energy, strict=True)]
+
+
+def _nonzero(ints: list[np.ndarray]) -> float:
+    n = sum(z.size for z in ints)
+    return sum(int(np.count_nonzero(z)) for z in ints) / n if n else 0.0

@@ -24,6 +24,8 @@ The weights are `step * latent` in float32, exactly (`decode_affine`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from vaecompress.coding.entropy import (
@@ -201,6 +203,26 @@ def encode_model(ints: list[np.ndarray], steps: list[np.ndarray], *, entropy: bo
     """The records of every coded tensor, back to back (the order is the manifest's)."""
     return b"".join(encode_tensor(z, s, entropy=entropy, masks=masks)
                     for z, s in zip(ints, steps, strict=True))
+
+
+def estimate_model_bytes(ints: list[np.ndarray]) -> int:
+    """About the bytes `encode_model` writes for these latents, without coding them: each
+    tensor's order-0 entropy plus a table of two varints per distinct latent (no masks, so
+    never much below the real size). For searches that try many quantizations."""
+    total = 0.0
+    for z in ints:
+        flat = np.asarray(z).reshape(-1)
+        if flat.size == 0:
+            continue
+        lo, hi = int(flat.min()), int(flat.max())
+        if hi - lo <= 2 * flat.size + 1024:
+            counts = np.bincount((flat - lo).astype(np.int64))
+            counts = counts[counts > 0]
+        else:  # a few latents spread far apart: count without an array of the whole range
+            counts = np.unique(flat, return_counts=True)[1]
+        p = counts / flat.size
+        total += float(-(counts * np.log2(p)).sum()) / 8 + 2 * counts.size + 16
+    return math.ceil(total)
 
 
 def decode_model(data: bytes, specs: list[dict]) -> dict[str, np.ndarray]:

@@ -31,28 +31,34 @@ from vaecompress.experiments.common import (
 )
 from vaecompress.io import atomic_write_json
 from vaecompress.runinfo import environment, git_revision, resolve_device, seed_everything
-from vaecompress.zoo import get_spec
-from vaecompress.zoo.train import make_finetuner, preset_config
+from vaecompress.tasks.probe import classifier_probe
+from vaecompress.zoo import build_model, get_spec
+from vaecompress.zoo.train import ZOO_NORMALIZE, make_finetuner, preset_config
 
 Point = dict[str, Any]
 
 # `ablation` measures what each ingredient of a codec contributes (`Codec.operating_points`
 # gives the variants; run it with `--codecs` naming the codecs that have them).
-PRESETS = ("quick", "full", "ablation")
+# `datafree` sweeps every method that needs the weights alone densely (issue 18), on the zoo.
+PRESETS = ("quick", "full", "ablation", "datafree")
 
 
 def grid(codec: str, preset: str) -> list[Point]:
     """The operating points of a codec: its own `operating_points(preset)`. `quick` is small
     enough for CI on one model; `full` sweeps each method across its range so the curves can be
     compared at equal accuracy."""
-    return [dict(p) for p in get_codec_class(codec).operating_points(preset)]
+    cls = get_codec_class(codec)
+    points = [dict(p) for p in cls.operating_points(preset)]
+    if preset == "datafree":  # nothing that trains on the task's data
+        points = [p for p in points if not cls.uses_task and not cls.method(p)[1]]
+    return points
 
 
 def default_codecs(preset: str = "full") -> tuple[str, ...]:
     """Every registered codec that has operating points for `preset`, in registry order."""
     import vaecompress.codecs as codecs
 
-    return tuple(c for c, cls in codecs.REGISTRY.items() if cls.operating_points(preset))
+    return tuple(c for c in codecs.REGISTRY if grid(c, preset))
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,10 @@ def bench(
                 label=f"{name} {codec}",
                 finetune=make_finetuner(name, train, device=device, seed=cfg.seed),
                 checkpoint=checkpoint_path(out / "checkpoints", key),
+                # The zoo's architecture is known, as for `vaecompress compress` of a zoo
+                # model: the default codec weighs tensors by the model run on noise images.
+                probe=classifier_probe(build_model(name), (1, 28, 28),
+                                       normalize=ZOO_NORMALIZE, seed=cfg.seed, device=device),
             )
             rec = _measure(name, trained.state, trained.accuracy, codec, point, ctx, test)
             rec["codec_settings"] = resolved

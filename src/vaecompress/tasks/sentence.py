@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from vaecompress.coding.finetune import Finetuner
+from vaecompress.tasks.probe import Probe
 from vaecompress.zoo import minilm
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -169,6 +170,28 @@ class SentenceTask:
         same = nearest_neighbours(emb) == fs.nn
         return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
                 "nn_same": float(same.float().mean()), "n_sentences": len(emb)}
+
+    def probe(self, *, batches: int = 8, batch_size: int = 16, length: int = 32,
+              seed: int = 0) -> Probe:
+        """The model on synthetic inputs, for the data-free codec's sensitivities (`tasks.probe`):
+        sequences of `length` tokens drawn uniformly from the vocabulary's ordinary tokens
+        (special ones excluded), between [CLS] and [SEP]; no sentence of any set is read."""
+        gen = torch.Generator().manual_seed(seed)
+        special = set(self.tokenizer.all_special_ids)
+        vocab = torch.tensor([i for i in range(self.tokenizer.vocab_size) if i not in special])
+        draw = vocab[torch.randint(len(vocab), (batches * batch_size, length), generator=gen)]
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        ids = torch.cat([torch.full((len(draw), 1), cls), draw, torch.full((len(draw), 1), sep)],
+                        dim=1).to(self.device)
+        mask = torch.ones_like(ids)
+
+        def outputs(state: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
+            rows = slice(i * batch_size, (i + 1) * batch_size)
+            inputs = {"input_ids": ids[rows], "token_type_ids": torch.zeros_like(ids[rows]),
+                      "attention_mask": mask[rows]}
+            return self.forward(state, Batch(inputs, torch.arange(batch_size)))
+
+        return Probe(outputs, batches, "embedding")
 
     def finetuner(self, seed: int = 0, batch_size: int = TRAIN_BATCH) -> Finetuner:
         """Distillation on the training sentences: loss `mean(1 - cos(student, teacher))`,

@@ -1,0 +1,57 @@
+"""What the rebuilt weights lost, measured from the weights alone, for any codec.
+
+Without the task nothing can say what a model's outputs lost, but the weights can say how far
+they moved. Each floating tensor's relative squared error `|w_hat - w|^2 / |w|^2`, in dB as a
+signal-to-noise ratio; the model's SNR is that of their relative
+errors summed over tensors (the data-free codec's own measure with its `relative` weighting,
+`vae.allocate`: the errors of the layers add up along the network), and the worst tensor is
+named, so that one destroyed layer is never hidden by many exact ones.
+
+Boundary: tensors in, numbers out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from vaecompress.vae.allocate import snr_db
+
+
+def weights_fidelity(orig: Mapping[str, torch.Tensor],
+                     rebuilt: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """{"snr_db", "worst_tensor", "worst_snr_db", "exact"} over the floating tensors of `orig`
+    (SNRs are inf where nothing was lost; a tensor of zeros counts by its absolute error)."""
+    rel: dict[str, float] = {}
+    exact = True
+    for k, w in orig.items():
+        if not w.is_floating_point() or not w.numel():
+            exact = exact and torch.equal(w, rebuilt[k])
+            continue
+        a = w.detach().to("cpu", torch.float64)
+        b = rebuilt[k].detach().to("cpu", torch.float64)
+        noise = float((b - a).square().sum())
+        exact = exact and noise == 0.0
+        energy = float(a.square().sum())
+        rel[k] = noise / energy if energy > 0 else (0.0 if noise == 0 else math.inf)
+    if not rel:
+        return {"snr_db": math.inf, "worst_tensor": None, "worst_snr_db": math.inf,
+                "exact": exact}
+    worst = max(rel, key=lambda k: rel[k])
+    return {"snr_db": snr_db(sum(rel.values())), "worst_tensor": worst,
+            "worst_snr_db": snr_db(rel[worst]), "exact": exact}
+
+
+def describe(fid: Mapping[str, Any]) -> str:
+    """One line for a person: the model's SNR and its worst tensor's."""
+    if fid.get("exact"):
+        return "weights rebuilt exactly"
+    return (f"weights SNR {_db(fid['snr_db'])} (relative errors summed over tensors), worst "
+            f"tensor '{fid['worst_tensor']}' {_db(fid['worst_snr_db'])}")
+
+
+def _db(x: float) -> str:
+    return "inf dB" if math.isinf(x) else f"{x:.1f} dB"

@@ -1,0 +1,94 @@
+"""How much each tensor matters, measured without the task's data: the model run on synthetic
+inputs (as ZeroQ, Cai et al. 2020, and DFQ, Nagel et al. 2019, stand in for user data).
+
+The sensitivity of a weight is its diagonal Fisher information under the model's own output
+distribution: for a classifier, labels drawn from its softmax; for a model with a vector output
+(an embedding), a Gaussian around it, which makes the Fisher `diag(J^T J)`, the squared
+derivatives of the output. To second order a weight error `dw` changes the outputs by
+`sum F dw^2` (twice the KL divergence of a classifier's predictions), so weighing a codec's
+error by `F` weighs it by what it does to the outputs. Only the mean over each tensor is kept:
+the data-free codec gives each tensor one step (`vae.allocate`).
+
+The gradient of a whole batch is squared, not each sample's: the cross terms vanish in
+expectation (the score of a label drawn from the model has mean zero, and so has a projection
+on a random Gaussian direction), so the mean of the squared batch gradients over batches,
+divided by the batch size, is an unbiased estimate of the per-sample Fisher at the cost of one
+backward pass per batch.
+
+Boundary: a `Probe` is a function of tensors (the model run functionally on its own synthetic
+inputs); this module knows neither codecs nor files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaecompress.coding.finetune import ModuleLoss
+
+KINDS = ("logits", "embedding")
+Outputs = Callable[[Mapping[str, torch.Tensor], int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """`outputs(state, i)`: the outputs ([B, K]) of the network run with the tensors `state`
+    on synthetic batch `i` of `batches` (the same inputs for the same `i` in every call)."""
+
+    outputs: Outputs
+    batches: int
+    kind: str  # "logits" (a classifier) or "embedding" (any vector output)
+
+
+def fisher(probe: Probe, state: Mapping[str, torch.Tensor], names: Sequence[str], *,
+           seed: int = 0) -> dict[str, float]:
+    """The mean diagonal Fisher information of one weight of each tensor in `names`, from
+    `probe.batches` backward passes (module docstring). Other tensors of `state` are held
+    fixed. Deterministic for a seed on one machine."""
+    if probe.kind not in KINDS:
+        raise ValueError(f"probe kind must be one of {KINDS}")
+    gen = torch.Generator().manual_seed(seed)
+    wanted = set(names)
+    tensors = {k: (v.detach().to(torch.float32).clone().requires_grad_(True) if k in wanted
+                   else v) for k, v in state.items()}
+    leaves = [tensors[k] for k in names]
+    sums = [torch.zeros((), dtype=torch.float64) for _ in names]
+    samples = 0
+    for i in range(probe.batches):
+        out = probe.outputs(tensors, i).to(torch.float32)
+        out = out.reshape(out.shape[0], -1)
+        if probe.kind == "logits":
+            labels = torch.multinomial(out.detach().softmax(-1).cpu(), 1, generator=gen)
+            score = -F.cross_entropy(out, labels[:, 0].to(out.device), reduction="sum")
+        else:
+            score = (out * torch.randn(out.shape, generator=gen).to(out.device)).sum()
+        grads = torch.autograd.grad(score, leaves, allow_unused=True)
+        for j, g in enumerate(grads):
+            if g is not None:
+                sums[j] += g.detach().to("cpu", torch.float64).square().sum()
+        samples += out.shape[0]
+    return {k: float(s) / (samples * max(1, state[k].numel()))
+            for k, s in zip(names, sums, strict=True)}
+
+
+def classifier_probe(net: nn.Module, input_shape: Sequence[int], *,
+                     normalize: tuple[float, float] | None, prefix: str = "",
+                     batches: int = 8, batch_size: int = 32, seed: int = 0,
+                     device: torch.device | str = "cpu") -> Probe:
+    """An image classifier on uniform-noise images in [0, 1) of `input_shape` (one image),
+    normalized as its training data was (`normalize` = (mean, std) or None)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batches * batch_size, *input_shape, generator=gen)
+    if normalize is not None:
+        x = (x - normalize[0]) / normalize[1]
+    x = x.to(device)
+    run = ModuleLoss(net, lambda out, _target: out, prefix=prefix)
+
+    def outputs(state: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
+        return run(state, (x[i * batch_size:(i + 1) * batch_size], None))
+
+    return Probe(outputs, batches, "logits")

@@ -1,0 +1,188 @@
+"""The closed-form solution of the data-free rate-distortion VAE: one step per tensor, chosen for
+a fidelity target.
+
+The distortion the data-free codec controls is the *weighted noise-to-signal ratio* of the
+weights,
+
+    NSR = T * sum_t s_t |w_hat_t - w_t|^2 / sum_t s_t |w_t|^2,    SNR (dB) = -10 log10 NSR,
+
+where `s_t` is the sensitivity of one weight of tensor `t` (`tasks.probe`: the mean diagonal
+Fisher information of the model run on synthetic inputs; without a model, `1 / |w_t|^2`, which
+makes the NSR the sum over tensors of each tensor's relative squared error), over the T
+tensors of non-zero sensitivity. The number means the same on every model: a 30 dB SNR is an
+error whose weighted energy is 1e-3 of the weights'. A sum (the factor T), not a mean: the
+errors of the layers add up along the network, so a model of a hundred tensors at a given SNR
+has the total error of one of ten. With Fisher weights `F_t |w_t|^2` is about the energy of
+the outputs (for layers that are homogeneous in their weights), so the same T makes the
+Fisher NSR the output error relative to the output, summed over the layers' contributions.
+
+With a uniform quantizer of step `d_t` per tensor the rate of tensor `t` is about
+`n_t (h_t - log2 d_t)` bits and its distortion `s_t n_t d_t^2 / 12`; minimizing the rate for a
+given distortion (reverse water-filling: every tensor at the same slope dR/dD) gives
+
+    d_t = c / sqrt(s_t)
+
+with one scale `c` for the model. `allocate` finds the largest `c` whose rounded latents
+`round(w_t / d_t)` meet the target, by bisection on the exact NSR of the float32 weights the
+file decodes to (or the largest whose file fits a byte budget). Each evaluation is one pass of
+rounding over the weights, so the search costs seconds, not a training.
+
+Boundary: numbers in, integers and float32 steps out; this module knows neither the file nor
+the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BISECTIONS = 28  # halvings of the log-scale interval: c is found to about 1e-7 relative
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the search leaves: per tensor the integer latents and the float32 step."""
+
+    ints: list[np.ndarray]  # int64, each the shape of its tensor
+    steps: list[np.ndarray]  # float32, shape [1]
+    scale: float  # the model's `c`
+    nsr: float  # the weighted noise-to-signal ratio of the decoded weights
+    evaluations: int  # passes of rounding the search took
+
+    @property
+    def snr_db(self) -> float:
+        return snr_db(self.nsr)
+
+
+def snr_db(nsr: float) -> float:
+    """-10 log10 of a noise-to-signal ratio (inf for an exact result)."""
+    return math.inf if nsr <= 0 else -10.0 * math.log10(nsr)
+
+
+def nsr_of_db(snr: float) -> float:
+    return 10.0 ** (-snr / 10.0)
+
+
+def relative_sensitivities(tensors: Sequence[np.ndarray]) -> list[float]:
+    """The sensitivity of each weight when nothing but the weights is known: `1 / |w_t|^2`, so
+    that the weighted NSR is the sum over tensors of their relative squared errors. A tensor's
+    relative error, not the model's: scaling one layer up and the next down (a ReLU
+    network computes the same function) leaves every step in proportion, and a small tensor
+    that steers many outputs (a bias, a norm's gain) is not drowned by a large one."""
+    out = []
+    for w in tensors:
+        energy = float(np.square(w, dtype=np.float64).sum())
+        out.append(1.0 / energy if energy > 0 else 0.0)
+    return out
+
+
+class _Problem:
+    """The tensors in float64 for the search, with their weights and the float32 steps."""
+
+    def __init__(self, tensors: Sequence[np.ndarray], sens: Sequence[float]) -> None:
+        if len(tensors) != len(sens):
+            raise ValueError("one sensitivity per tensor")
+        self.w32 = [np.ascontiguousarray(w, dtype=np.float32).reshape(-1) for w in tensors]
+        self.shapes = [w.shape for w in tensors]
+        # A tensor of zeros (or of no sensitivity) has nothing to lose: it gets the finest step
+        # any other tensor has and costs next to nothing (all its latents are zero).
+        self.sens = [float(s) if (math.isfinite(s) and s > 0) else 0.0 for s in sens]
+        count = sum(1 for s in self.sens if s > 0)
+        self.signal = sum(s * float(np.square(w, dtype=np.float64).sum())
+                          for s, w in zip(self.sens, self.w32, strict=True)) / max(1, count)
+        live = [s for s in self.sens if s > 0]
+        self.s_max = max(live) if live else 1.0
+        self.evaluations = 0
+
+    def steps(self, c: float) -> list[np.float32]:
+        return [np.float32(c / math.sqrt(s if s > 0 else self.s_max)) for s in self.sens]
+
+    def quantize(self, c: float) -> tuple[list[np.ndarray], list[np.float32], float]:
+        """(latents, steps, weighted NSR of the decoded float32 weights) at scale `c`."""
+        self.evaluations += 1
+        steps = self.steps(c)
+        ints, noise = [], 0.0
+        for w, d, s in zip(self.w32, steps, self.sens, strict=True):
+            z = np.rint(w / d)
+            if s > 0:
+                # numpy's own pairwise sum, not BLAS: the same on every machine, so the
+                # search takes the same decisions and writes the same bytes everywhere.
+                err = (z.astype(np.float32) * d - w).astype(np.float64)
+                noise += s * float(np.square(err).sum())
+            ints.append(z)
+        return ints, steps, (noise / self.signal if self.signal > 0 else 0.0)
+
+    def bounds(self) -> tuple[float, float]:
+        """A scale whose steps round every weight to zero (NSR 1), and the finest scale worth
+        trying: one whose steps are at least 1e-7 of each tensor's largest weight, so that no
+        latent exceeds 1e7 (float32 holds 24 bits)."""
+        hi = lo = 0.0
+        for w, s in zip(self.w32, self.sens, strict=True):
+            if s <= 0 or not w.size:
+                continue
+            peak = float(np.abs(w).max()) * math.sqrt(s)
+            hi = max(hi, 4.0 * peak)
+            lo = max(lo, 1e-7 * peak)
+        if hi <= 0:
+            return 1.0, 1.0
+        return lo, hi
+
+    def result(self, c: float) -> Allocation:
+        ints, steps, nsr = self.quantize(c)
+        out = [z.astype(np.int64).reshape(shape) for z, shape in zip(ints, self.shapes,
+                                                                     strict=True)]
+        return Allocation(out, [np.array([d], dtype=np.float32) for d in steps], c, nsr,
+                          self.evaluations)
+
+
+def _bisect(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool) -> float:
+    """On a log scale in [lo, hi]: the largest scale `ok` accepts (`largest`, `ok(lo)`
+    assumed) or the smallest (`ok(hi)` assumed). Only scales seen to pass are returned."""
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(BISECTIONS):
+        mid = 0.5 * (a + b)
+        if ok(math.exp(mid)) == largest:
+            a = mid
+        else:
+            b = mid
+    return math.exp(a if largest else b)
+
+
+def allocate(tensors: Sequence[np.ndarray], sens: Sequence[float], *,
+             snr: float | None = None,
+             fits: Callable[[list[np.ndarray], list[np.float32]], bool] | None = None,
+             ) -> Allocation:
+    """Steps and latents of the coarsest quantization that keeps the weighted SNR at least
+    `snr` dB, or (with `fits`, a test of latents and steps against a byte budget) the finest
+    one that fits. The NSR is not exactly monotone in the scale (rounding), so the bisection
+    returns only a scale it has seen pass: the result meets the target whenever any scale
+    in the range does."""
+    if (snr is None) == (fits is None):
+        raise ValueError("give either snr or fits")
+    prob = _Problem(tensors, sens)
+    lo, hi = prob.bounds()
+    if snr is not None:
+        target = nsr_of_db(snr)
+
+        def meets(c: float) -> bool:
+            return prob.quantize(c)[2] <= target
+
+        if meets(hi):
+            return prob.result(hi)  # a target of 0 dB or less: every latent zero meets it
+        if not meets(lo):
+            return prob.result(lo)  # a target beyond float32: the finest scale there is
+        return prob.result(_bisect(lo, hi, meets, largest=True))
+    assert fits is not None
+
+    def small_enough(c: float) -> bool:
+        ints, steps, _ = prob.quantize(c)
+        return fits(ints, steps)
+
+    if small_enough(lo):
+        return prob.result(lo)
+    if not small_enough(hi):
+        return prob.result(hi)  # not even all-zero latents fit: the smallest file there is
+    return prob.result(_bisect(lo, hi, small_enough, largest=False))

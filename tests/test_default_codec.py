@@ -1,0 +1,200 @@
+"""The default codec (issue 18): a fidelity knob that reaches its target, a default that holds on
+a model it was not chosen on, the library and the command line choosing alike, bad knob values
+as one line."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vaecompress
+from vaecompress.api import compress, decompress
+from vaecompress.cli import main, parse_size
+from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC, CodecContext, make_codec
+from vaecompress.codecs.vae_rd_free import DEFAULT_SNR
+from vaecompress.errors import UserError
+from vaecompress.fidelity import weights_fidelity
+from vaecompress.format import loads
+from vaecompress.io import save_weights_file
+from vaecompress.tasks.probe import Probe, classifier_probe, fisher
+from vaecompress.vae.allocate import allocate, relative_sensitivities, snr_db
+
+CTX = CodecContext(progress=False)
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(64, 128), nn.Linear(128, 64), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.l3(torch.relu(self.l2(torch.relu(self.l1(x)))))
+
+
+def _mlp(seed: int = 0) -> MLP:
+    torch.manual_seed(seed)
+    net = MLP()
+    with torch.no_grad():  # weights of a trained-looking spread, not init's uniform box
+        for p in net.parameters():
+            p.normal_(0, 0.3 / math.sqrt(p.shape[-1]))
+    return net
+
+
+def _rescaled(net: MLP, a: float) -> MLP:
+    """The same function with the first layer scaled by `a` and the second by 1 / a (ReLU is
+    positively homogeneous): a layer of another scale than the model's others."""
+    out = MLP()
+    out.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        out.l1.weight.mul_(a)
+        out.l1.bias.mul_(a)
+        out.l2.weight.div_(a)
+    return out
+
+
+def _output_nsr(net: MLP, state: dict[str, torch.Tensor]) -> float:
+    x = torch.randn(512, 64, generator=torch.Generator().manual_seed(1))
+    other = MLP()
+    other.load_state_dict(state)
+    with torch.no_grad():
+        y, z = net(x), other(x)
+    return float((z - y).square().sum() / (y - y.mean(0)).square().sum())
+
+
+@pytest.mark.parametrize("snr", [12.0, 20.0, 30.0, 45.0])
+def test_the_knob_reaches_its_target_and_no_more_than_needed(snr: float) -> None:
+    state = _mlp().state_dict()
+    res = compress(state, snr=snr, ctx=CTX)
+    assert res.codec == DEFAULT_CODEC
+    got = weights_fidelity(state, decompress(res.data))["snr_db"]
+    assert snr <= got <= snr + 0.5  # the coarsest quantization that meets it
+    assert loads(res.data).codec_state["snr_db"] == pytest.approx(got, abs=1e-3)
+
+
+def test_a_higher_target_costs_more_bytes() -> None:
+    state = _mlp().state_dict()
+    sizes = [len(compress(state, snr=s, ctx=CTX).data) for s in (15.0, 25.0, 35.0)]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_a_size_budget_is_met_and_spent() -> None:
+    state = _mlp().state_dict()
+    for budget in (6_000, 12_000):
+        res = compress(state, size=budget, ctx=CTX)
+        assert len(res.data) <= budget
+        assert len(res.data) >= 0.8 * budget  # the budget is used, not wasted
+    with pytest.raises(UserError, match="smaller than the file's header"):
+        compress(state, size=100, ctx=CTX)
+
+
+def test_allocation_meets_the_target_exactly_on_float32_weights() -> None:
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(0, s, size=n).astype(np.float32) for s, n in ((1.0, 500), (1e-3, 50))]
+    alloc = allocate(ws, relative_sensitivities(ws), snr=24.0)
+    rel = [float(np.square(z.astype(np.float32) * d[0] - w).sum() / np.square(w).sum())
+           for z, d, w in zip(alloc.ints, alloc.steps, ws, strict=True)]
+    assert snr_db(sum(rel)) == pytest.approx(alloc.snr_db) and alloc.snr_db >= 24.0
+    # Each tensor is judged relative to itself: the tiny one is not rounded away.
+    assert np.count_nonzero(alloc.ints[1]) > 40
+
+
+def test_the_default_holds_on_a_layer_of_another_scale() -> None:
+    """The default is not chosen on this model; scaling one layer by 1e-3 and the next by 1e3
+    (the same function) changes neither its fidelity nor its size much."""
+    net = _mlp(3)
+    base = compress(net.state_dict(), ctx=CTX)
+    for a in (1e-3, 1e3):
+        scaled = _rescaled(net, a)
+        res = compress(scaled.state_dict(), ctx=CTX)
+        assert _output_nsr(scaled, decompress(res.data)) < 10 ** (-DEFAULT_SNR / 10 + 1)
+        assert abs(len(res.data) - len(base.data)) <= 0.02 * len(base.data)
+    assert _output_nsr(net, decompress(base.data)) < 10 ** (-DEFAULT_SNR / 10 + 1)
+
+
+def test_fisher_weighting_runs_the_model_and_needs_it() -> None:
+    net = _mlp()
+    probe = classifier_probe(net, (64,), normalize=None, batches=4, batch_size=16)
+    state = net.state_dict()
+    f = fisher(probe, state, list(state))
+    assert set(f) == set(state) and all(v > 0 for v in f.values())
+    # The Fisher of a layer scaled by `a` scales by 1 / a^2 (module docstring of tasks.probe).
+    g = fisher(classifier_probe(_rescaled(net, 10.0), (64,), normalize=None, batches=4,
+                                batch_size=16), _rescaled(net, 10.0).state_dict(), list(state))
+    assert g["l1.weight"] == pytest.approx(f["l1.weight"] / 100, rel=1e-3)
+    res = compress(state, ctx=CodecContext(progress=False, probe=probe))
+    assert res.report["weighting"] == "fisher"
+    with pytest.raises(UserError, match="architecture"):
+        compress(state, weighting="fisher", ctx=CTX)
+
+
+def test_a_probe_that_never_reaches_a_tensor_does_not_free_it() -> None:
+    state = _mlp().state_dict()
+    state["unused"] = torch.randn(32, 32)
+    net = _mlp()
+    inner = classifier_probe(net, (64,), normalize=None, batches=2, batch_size=8)
+    probe = Probe(lambda s, i: inner.outputs({k: v for k, v in s.items() if k != "unused"}, i),
+                  inner.batches, inner.kind)
+    res = compress(state, ctx=CodecContext(progress=False, probe=probe))
+    out = decompress(res.data)
+    rel = float((out["unused"] - state["unused"]).square().sum() / state["unused"].square().sum())
+    assert rel < 10 ** (-DEFAULT_SNR / 10)
+
+
+def test_library_and_command_line_choose_the_same_default_and_fallback(tmp_path: Path) -> None:
+    big = _mlp().state_dict()
+    tiny = {"w": torch.randn(3)}  # a file header outweighs three floats: lossless instead
+    for name, state, expect in (("big", big, DEFAULT_CODEC), ("tiny", tiny, LOSSLESS_CODEC)):
+        res = vaecompress.compress(state, ctx=CTX)
+        assert res.codec == expect and (res.fallback is not None) == (expect == LOSSLESS_CODEC)
+        src, out = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.vrd"
+        save_weights_file(src, state)
+        assert main(["compress", str(src), "-o", str(out), "--quiet", "--no-eval"]) == 0
+        written = loads(out.read_bytes())
+        assert written.codec == loads(res.data).codec  # the same codec with the same settings
+        rebuilt, ours = decompress(out.read_bytes()), decompress(res.data)
+        assert all(torch.equal(rebuilt[k], ours[k]) for k in state)  # and the same result
+
+
+def test_compress_prints_what_the_weights_lost(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    src, out = tmp_path / "m.safetensors", tmp_path / "m.vrd"
+    save_weights_file(src, _mlp().state_dict())
+    assert main(["compress", str(src), "-o", str(out), "--snr", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "weights SNR 20." in text and "worst tensor" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--snr", "-3"], "snr is a fidelity in dB"),
+    (["--snr", "500"], "snr is a fidelity in dB"),
+    (["--snr", "nan"], "snr is a fidelity in dB"),
+    (["--size", "12QB"], "--size expects a number of bytes"),
+    (["--size", "0"], "--size must be more than 0"),
+    (["--codec", "int8", "--snr", "30"], "has no setting 'snr'"),
+    (["--set", "weighting=best"], "weighting must be one of"),
+])
+def test_bad_knob_values_are_one_line_and_exit_2(tmp_path: Path, capsys, argv, message) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "m.safetensors"
+    save_weights_file(src, _mlp().state_dict())
+    code = main(["compress", str(src), "-o", str(tmp_path / "m.vrd"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and message in err
+    assert not (tmp_path / "m.vrd").exists()
+
+
+def test_sizes_parse_with_their_units() -> None:
+    assert parse_size("200KB") == 200_000 and parse_size("1.5MiB") == 1_572_864
+    assert parse_size("50000") == 50_000 and parse_size(" 2 gb ") == 2_000_000_000
+
+
+def test_adam_solver_is_kept_for_the_ablation() -> None:
+    state = _mlp().state_dict()
+    res = compress(state, "vae-rd-free", ctx=CTX, solver="adam", steps=20)
+    assert "history" in res.report and decompress(res.data).keys() == state.keys()
+    with pytest.raises(UserError, match="solver=closed"):
+        make_codec("vae-rd-free", solver="adam", size=1000)
