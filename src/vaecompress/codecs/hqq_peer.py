@@ -84,7 +84,8 @@ class HQQSettings:
     group_size: int = 64  # weights per (step, zero) pair; HQQ asks for a multiple of 8
     axis: int = 1  # 1: groups of consecutive weights (HQQ's default); 0: strided groups
     optimize: bool = True  # HQQ's half-quadratic zero-point solver; False: min-max RTN
-    # Round each zero-point to an integer (HQQ's config does this at 4 bits only); None: as HQQ.
+    # Round the min-max zero-point to an integer before the solver moves it (HQQ's config does
+    # this at 4 bits only); None: as HQQ.
     round_zero: bool | None = None
     scale_dtype: str = "float16"  # storage of step and zero: float16 (HQQ's) | float32
     keep_dtype: str = "float32"  # 1-D, 0-d and sub-group tensors: float32 | float16
