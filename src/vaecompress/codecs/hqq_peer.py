@@ -44,6 +44,7 @@ error.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ from vaecompress.codecs.base import (
     CodecContext,
     Encoded,
     add_passthrough,
+    import_failure,
     join_passthrough,
+    peer_hint,
     register,
     split_passthrough,
 )
@@ -92,20 +95,36 @@ class HQQSettings:
 
 
 _HQQ: dict[str, Any] = {}  # "quantizer" -> hqq's Quantizer class, or "why" -> why not
+MODULES = ("hqq.core.quantize", "termcolor")  # what the codec imports (termcolor: hqq does)
+
+
+def _missing() -> str | None:
+    """Why hqq cannot be used, None when it is installed. Found without importing it: its
+    import pulls in torch._dynamo (about 2 s), paid only by an encoder that uses it."""
+    if "why" not in _HQQ and "quantizer" not in _HQQ:
+        for module in MODULES:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                _HQQ["why"] = f"ModuleNotFoundError: No module named '{module}'"
+                break
+    return _HQQ.get("why")
 
 
 def _quantizer() -> Any:
     """hqq's `Quantizer`, imported once (None when it cannot be imported; `_HQQ["why"]`)."""
-    if not _HQQ:
+    if _missing() is None and "quantizer" not in _HQQ:
         try:
             _HQQ["quantizer"] = importlib.import_module("hqq.core.quantize").Quantizer
         except Exception as e:  # ImportError, or anything its import chain raises
-            _HQQ["why"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            _HQQ["why"] = import_failure(e)
     return _HQQ.get("quantizer")
 
 
 def hqq_available() -> bool:
-    return _quantizer() is not None
+    return _missing() is None
 
 
 def _layout(n: int, group_size: int, axis: int) -> tuple[int, int, tuple[int, int]]:
@@ -151,10 +170,7 @@ class HQQCodec(Codec):
 
     @classmethod
     def available(cls) -> str | None:
-        if hqq_available():
-            return None
-        why = _HQQ.get("why", "")
-        return NOT_INSTALLED if "No module named 'hqq" in why else f"{NOT_INSTALLED} [{why}]"
+        return peer_hint(NOT_INSTALLED, "hqq", _missing())
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:

@@ -40,7 +40,9 @@ from vaecompress.codecs.base import (
     CodecContext,
     Encoded,
     add_passthrough,
+    import_failure,
     join_passthrough,
+    peer_hint,
     register,
     split_passthrough,
 )
@@ -70,7 +72,7 @@ def _zipnn_class() -> Any:
         try:
             _ZIPNN["class"] = importlib.import_module("zipnn").ZipNN
         except Exception as e:  # ImportError, or a broken build of the extension
-            _ZIPNN["why"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            _ZIPNN["why"] = import_failure(e)
     return _ZIPNN.get("class")
 
 
@@ -178,10 +180,7 @@ class ZipNNCodec(Codec):
 
     @classmethod
     def available(cls) -> str | None:
-        if zipnn_available():
-            return None
-        why = _ZIPNN.get("why", "")
-        return NOT_INSTALLED if "No module named 'zipnn" in why else f"{NOT_INSTALLED} [{why}]"
+        return peer_hint(NOT_INSTALLED, "zipnn", None if zipnn_available() else _ZIPNN["why"])
 
     def validate(self) -> None:
         t = self.settings.threads
