@@ -9,6 +9,7 @@ with the package's own dequantization, and that its byte count is what the file 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -108,6 +109,9 @@ def test_zipnn_round_trip_is_exact(zipnn: None) -> None:
     assert sorted(p.name for p in code) == ["bfloat16.0", "float16.0", "float32.0", "float64.0"]
     assert res.accounting.payload_bytes == sum(len(p.data) for p in code)
     assert res.accounting.file_bytes == len(res.data)
+    stats: dict = {}
+    decompress(res.data, stats=stats)
+    assert stats["decode_s_inside"] >= 0  # ZipNN's own time, inside its worker
 
 
 def test_zipnn_segments_a_large_dtype(zipnn: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +177,26 @@ def test_zipnn_guard_refuses_damaged_streams(zipnn: None) -> None:
         zipnn_peer.check_stream(stream, "float32", raw_len - 4)  # manifest disagrees
     with pytest.raises(FormatError):
         zipnn_peer.check_stream(stream, "float16", raw_len)
+
+
+def test_zipnn_damaged_huffman_data_never_crashes_this_process(
+        zipnn: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Damage inside Huffman-coded bytes passes the guard (only decoding can tell): ZipNN's
+    decoder may then free a buffer twice and abort, which it does in its worker process."""
+    stream, raw_len = _stream()
+    chunks = -(-raw_len // zipnn_peer.CHUNK)
+    data_start = zipnn_peer.HEADER + 4 * chunks * 9
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        pos = int(rng.integers(data_start, len(stream)))
+        damaged = stream[:pos] + bytes([stream[pos] ^ 0xFF]) + stream[pos + 1:]
+        zipnn_peer.check_stream(damaged, "float32", raw_len)  # the guard cannot see it
+        # Garbage of the right length or a FormatError; a crash would end the test run.
+        with contextlib.suppress(FormatError):
+            assert len(zipnn_peer.decompress_words(damaged, "float32", raw_len)) == raw_len
+    monkeypatch.setattr(zipnn_peer, "WORKER_SOURCE", "import os; os.abort()")
+    with pytest.raises(FormatError, match="corrupt"):
+        zipnn_peer.decompress_words(stream, "float32", raw_len)
 
 
 def test_zipnn_file_with_wrong_payloads_is_a_format_error(zipnn: None) -> None:

@@ -16,19 +16,25 @@ in the usual `passthrough` payload. Decoding reads only the payloads and the man
 back every bit (NaN and Inf included).
 
 ZipNN's decoder (C) trusts its stream: a damaged chunk table makes it read or write out of
-bounds. So before ZipNN sees a stream, `check_stream` verifies all of it that the C code relies
+bounds, and a damaged Huffman chunk makes it free a buffer twice (glibc aborts the process). So
+decoding is guarded twice. First `check_stream` verifies all of a stream that the C code relies
 on: the header is the one this ZipNN writes for that dtype (version, byte/bit reordering,
 chunk size), the lengths match the manifest, every chunk's type is raw or Huffman, the
 cumulative sizes grow and add up to the stream's length, and a raw chunk is exactly as long as
-its output. Huffman-coded chunks are bounds-checked by ZipNN's Huffman decoder itself (FSE's
-HUF_decompress, given the exact source and output sizes). Segments keep the C decoder's stack
-arrays (one entry per chunk) small whatever the model's size. ZipNN's compressor rewrites its
-input buffer in place, so it is given a private copy.
+its output. Then the C decoder (`zipnn_core.combine_dtype`, what `ZipNN.decompress` calls for
+a byte stream, with the parameters of the checked header) runs in a worker process of this
+interpreter (`python -I`, importing only that extension: about 50 ms to start): a crash there
+is a `FormatError` here. The worker's own time is `last_decode_s` (as for `nncodec`). Segments
+keep the C decoder's stack arrays (one entry per chunk) small whatever the model's size.
+ZipNN's compressor rewrites its input buffer in place, so it is given a private copy.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -151,15 +157,72 @@ def _chunk_lengths(raw_len: int, groups: int, chunks: int) -> list[list[int]]:
     return [full] * (chunks - 1) + [tail]
 
 
-def decompress_words(stream: bytes, word: str, raw_len: int, threads: int = 1) -> bytes:
-    check_stream(stream, word, raw_len)
-    try:
-        raw = bytes(_zipnn(word, threads).decompress(stream))
-    except (ValueError, RuntimeError, MemoryError) as e:
-        raise FormatError(f"zipnn stream is corrupt: {e}") from None
+# Decodes checked streams with ZipNN's C decoder alone. stdin: one JSON line (the jobs), then
+# the streams back to back; stdout: the decoded bytes back to back; stderr: {"elapsed_s": ...}.
+WORKER_SOURCE = r"""
+import json, sys, time
+import zipnn_core
+request = json.loads(sys.stdin.buffer.readline())
+data = memoryview(sys.stdin.buffer.read())
+parts, pos = [], 0
+t0 = time.perf_counter()
+for size, header, groups, bit_mode, byte_mode, chunk, raw_len in request["jobs"]:
+    stream = data[pos + header : pos + size]
+    pos += size
+    raw = zipnn_core.combine_dtype(stream, groups, bit_mode, byte_mode, chunk, raw_len,
+                                   request["threads"])
     if len(raw) != raw_len:
-        raise FormatError(f"zipnn stream decodes to {len(raw)} bytes, expected {raw_len}")
-    return raw
+        sys.exit(3)
+    parts.append(raw)
+elapsed = time.perf_counter() - t0
+for raw in parts:
+    sys.stdout.buffer.write(raw)
+sys.stderr.write(json.dumps({"elapsed_s": elapsed}))
+"""
+DECODE_TIMEOUT_S = 600.0
+
+
+def decompress_streams(streams: list[tuple[bytes, str, int]], threads: int = 1
+                       ) -> tuple[list[bytes], float | None]:
+    """The bytes of (stream, word, raw length) triples, each stream checked first, all decoded
+    in one worker process; and the worker's own decoding time."""
+    jobs = []
+    for stream, word, raw_len in streams:
+        check_stream(stream, word, raw_len)
+        ref = _reference_header(word)  # == the stream's: the decoder's parameters
+        jobs.append([len(stream), HEADER, GROUPS[word], ref[6], ref[5], 2 ** ref[14], raw_len])
+    if not jobs:
+        return [], None
+    request = json.dumps({"jobs": jobs, "threads": max(threads, 1)}).encode() + b"\n"
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", WORKER_SOURCE],
+                              input=request + b"".join(s for s, _, _ in streams),
+                              capture_output=True, timeout=DECODE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise FormatError(f"zipnn did not finish decoding in {DECODE_TIMEOUT_S:.0f} s") from None
+    total = sum(raw_len for _, _, raw_len in streams)
+    if proc.returncode != 0 or len(proc.stdout) != total:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise FormatError(f"zipnn stream is corrupt: its decoder exited with status "
+                          f"{proc.returncode}" + (f" ({tail[-1][:200]})" if tail else ""))
+    out, pos = [], 0
+    for _, _, raw_len in streams:
+        out.append(proc.stdout[pos : pos + raw_len])
+        pos += raw_len
+    return out, _elapsed(proc.stderr)
+
+
+def _elapsed(stderr: bytes) -> float | None:
+    try:
+        t = json.loads(stderr.decode(errors="replace").strip().splitlines()[-1])["elapsed_s"]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
+    return float(t) if isinstance(t, int | float) and not isinstance(t, bool) and t >= 0 else None
+
+
+def decompress_words(stream: bytes, word: str, raw_len: int, threads: int = 1) -> bytes:
+    """One checked stream's bytes (`decompress_streams` of one)."""
+    return decompress_streams([(stream, word, raw_len)], threads)[0][0]
 
 
 @dataclass(frozen=True)
@@ -177,6 +240,12 @@ class ZipNNCodec(Codec):
     version = 1
     Settings = ZipNNSettings
     lossless = True  # every bit comes back, NaN and Inf included
+
+    def __init__(self, settings: Any = None, **overrides: Any) -> None:
+        super().__init__(settings, **overrides)
+        # ZipNN's own time of the last `decode`, inside its worker (no process start); None
+        # before one. `vaecompress.decompress(stats=...)` reports it as `decode_s_inside`.
+        self.last_decode_s: float | None = None
 
     @classmethod
     def available(cls) -> str | None:
@@ -218,13 +287,13 @@ class ZipNNCodec(Codec):
         if coded != expected:
             raise FormatError(f"zipnn file has payloads {sorted(coded)}, its manifest needs "
                               f"{sorted(expected)}")
-        blobs: dict[str, bytes] = {}
-        for dtype, total in sizes.items():
-            word = WORDS[dtype]
-            blobs[dtype] = b"".join(
-                decompress_words(c.payload(f"{dtype}.{k}", kinds=[KIND]).data, word, size,
-                                 self.settings.threads)
-                for k, (_, size) in enumerate(_segments(total)))
+        jobs = [(dtype, c.payload(f"{dtype}.{k}", kinds=[KIND]).data, size)
+                for dtype, total in sizes.items() for k, (_, size) in enumerate(_segments(total))]
+        raws, self.last_decode_s = decompress_streams(
+            [(stream, WORDS[dtype], size) for dtype, stream, size in jobs], self.settings.threads)
+        blobs = dict.fromkeys(sizes, b"")
+        for (dtype, _, _), raw in zip(jobs, raws, strict=True):
+            blobs[dtype] += raw
         out: StateDict = {}
         pos = dict.fromkeys(blobs, 0)
         for spec in specs:
