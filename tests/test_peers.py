@@ -78,7 +78,7 @@ def test_missing_peer_is_a_one_line_install_hint(monkeypatch: pytest.MonkeyPatch
 
 def test_settings_are_checked_when_the_codec_is_made(hqq: None) -> None:
     for bad in ({"bits": 7}, {"bits": 1.58}, {"group_size": 1}, {"axis": 2},
-                {"scale_dtype": "bfloat16"}, {"keep_dtype": "float64"}):
+                {"scale_dtype": "bfloat16"}, {"keep_dtype": "float64"}, {"round_zero": "yes"}):
         with pytest.raises(UserError):
             make_codec("hqq", **bad)
 

@@ -187,6 +187,8 @@ class HQQCodec(Codec):
             raise UserError(f"hqq: group_size must be in 2..{2**20}, got {s.group_size!r}")
         if s.axis not in AXES:
             raise UserError(f"hqq: axis must be 0 or 1, got {s.axis!r}")
+        if s.round_zero is not None and not isinstance(s.round_zero, bool):
+            raise UserError(f"hqq: round_zero must be true, false or None, got {s.round_zero!r}")
         for what, value in (("scale_dtype", s.scale_dtype), ("keep_dtype", s.keep_dtype)):
             if value not in FLOAT_STORE:
                 raise UserError(f"hqq: {what} must be one of {tuple(FLOAT_STORE)}, got {value!r}")
