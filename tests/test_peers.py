@@ -387,3 +387,8 @@ def test_hqq_float16_meta_out_of_range_is_a_user_error(hqq: None) -> None:
         compress({"w": w}, "hqq", round_zero=False)
     out = decompress(compress({"w": w}, "hqq", scale_dtype="float32").data)
     assert torch.isfinite(out["w"]).all()
+
+
+def test_hqq_installation_check_passes(hqq: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hqq_peer.main() == 0
+    assert "round trip ok" in capsys.readouterr().out
