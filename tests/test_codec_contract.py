@@ -37,13 +37,15 @@ TINY_SETTINGS: dict[str, dict] = {
 NEEDS_TASK = {"vae-rd"}
 # Codecs whose payload bytes come out of gradient training: bitwise equal within one process
 # (tested), but float results of training differ between CPUs, so the golden test pins their
-# payload names, kinds, roles and lengths, not the bytes.
-TRAINED_PAYLOADS = {"vae-paper", "vae-rd"}
+# payload names, kinds, roles and lengths, not the bytes. hqq likewise: its zero-point solver is
+# float iteration (torch reductions), whose last bits may differ between CPUs.
+TRAINED_PAYLOADS = {"hqq", "vae-paper", "vae-rd"}
 
 # sha256 of `_golden_digest_input` (what the codec wrote, and what decoding gives back);
 # regenerate only with a codec version bump.
 GOLDEN: dict[str, str] = {
     "deep-compression": "204fbab3c51a5f47c0ad173b68f8aee25c8b6f1770f43bea0810b6dfafa88c9b",
+    "hqq": "020f389e0b5e516e40e0af454d4a535d66c46265b266c9cb893af0f65d032ec6",
     "int4": "71d4c9c56c2ea5492dc91d8b557007d019c4ae080f4d30d5889421a26f170324",
     "int8": "06faf09abc85f672a852e16647c354b56e4d10d3538f8741d4e28c9da8c332a4",
     "kmeans": "63c53c01c4df167d132b6d75d5585342314be86e968927c36fd50ba5d7f8644e",
@@ -53,6 +55,7 @@ GOLDEN: dict[str, str] = {
     # The closed-form solver (issue 18) writes other latents in the same stored form (version
     # 1 reads both); no training, so its bytes are pinned exactly.
     "vae-rd-free": "2e4bd657081a3ac7f05311843eadad0ba20863120e9008dacac9921db38531cf",
+    "zipnn": "ba8dfafb86b6a5f8cf1a97bb01a4697b8f40dd5363dc4289d8447460989a7d08",
     "zstd": "a17f0155bdec024c7ccb7e1cf809a86d663fbe160ef6073060795dfed09b0d9c",
 }
 
@@ -117,6 +120,8 @@ def golden_digest(codec: str) -> str:
 
 @pytest.mark.parametrize("codec", sorted(GOLDEN))
 def test_golden_bytes(codec: str) -> None:
+    if (hint := REGISTRY[codec].available()) is not None:  # an optional peer not installed
+        pytest.skip(hint)
     assert golden_digest(codec) == GOLDEN[codec], (
         f"{codec} writes different bytes: bump its version (keeping the old reader) and "
         "regenerate GOLDEN with `python tests/test_codec_contract.py`")

@@ -221,6 +221,20 @@ def get_codec_class(name: str) -> type[Codec]:
         ) from None
 
 
+def peer_hint(not_installed: str, module: str, why: str | None) -> str | None:
+    """`available()` of an optional peer package: None when it can be used (`why` is None),
+    the one-line install hint when `module` is absent, else the hint and why in brackets."""
+    if why is None:
+        return None
+    return not_installed if f"No module named '{module}" in why else f"{not_installed} [{why}]"
+
+
+def import_failure(e: BaseException) -> str:
+    """One line saying why an import failed (the `why` of `peer_hint`)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
 def make_codec(name: str, **settings: Any) -> Codec:
     return get_codec_class(name)(**settings)
 
