@@ -69,15 +69,17 @@ def test_missing_extra_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -
         minilm.model_dir()
 
 
-def test_grid_points_are_valid_settings_of_registered_codecs() -> None:
-    assert set(minilm_bench.GRID) <= set(REGISTRY)
-    for codec, points in minilm_bench.GRID.items():
+@pytest.mark.parametrize("preset", sorted(minilm_bench.PRESETS))
+def test_grid_points_are_valid_settings_of_registered_codecs(preset: str) -> None:
+    grid = minilm_bench.PRESETS[preset]
+    assert set(grid) <= set(REGISTRY)
+    for codec, points in grid.items():
         assert points, codec
         for p in points:
             REGISTRY[codec].Settings(**p)  # every key is a setting of the codec
             if REGISTRY[codec].available() is None:
                 make_codec(codec, **p)  # and its value passes the codec's checks
-    assert minilm_bench.default_codecs()[0] == next(c for c in REGISTRY if c in minilm_bench.GRID)
+    assert minilm_bench.default_codecs(grid)[0] == next(c for c in REGISTRY if c in grid)
 
 
 def _record(codec: str, ratio: float, cos: float, nn: float, **settings: object) -> dict:

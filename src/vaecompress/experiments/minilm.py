@@ -67,16 +67,36 @@ GRID: dict[str, list[Point]] = {
     # init_bins=16: the default first step (std / 4, tuned on the MNIST zoo) is too coarse for
     # MiniLM in runs this short (docs/minilm.md).
     "vae-rd": [{"lam": 0.01, "epochs": 1.0}, {"lam": 0.01, "epochs": 1.0, "init_bins": 16.0}],
-    # 100 whole-model steps instead of the default 1500.
-    "vae-rd-free": [*({"lam": lam, "steps": 100} for lam in (0.01, 0.1)),
-                    {"lam": 0.01, "steps": 100, "init_bins": 16.0}],
+    # The trained form (solver=adam): 100 whole-model steps instead of the default 1500.
+    "vae-rd-free": [*({"solver": "adam", "lam": lam, "steps": 100} for lam in (0.01, 0.1)),
+                    {"solver": "adam", "lam": 0.01, "steps": 100, "init_bins": 16.0}],
 }
+# `--preset datafree` (issue 18): every method that needs the weights alone, swept far enough
+# to pass every fidelity level. NNCodec every second qp step (its step grows by 2^(1/2) per
+# two), for time: each point costs about a minute here.
+DATAFREE: dict[str, list[Point]] = {
+    "zstd": [{}],
+    "zipnn": [{}],
+    "int8": [{"granularity": g, "entropy": True} for g in ("tensor", "channel")],
+    "int4": [{"granularity": "channel", "entropy": True}],
+    "kmeans": [{"bits": b, "entropy": True} for b in (4, 5, 6, 8)],
+    "hqq": [*({"bits": b, "group_size": 64} for b in (3, 4, 5, 6, 8)),
+            *({"bits": 4, "group_size": g} for g in (32, 128))],
+    "nncodec": [{"qp": q} for q in range(-40, -19, 2)],
+    # The default's weighting (the model run on random tokens, SentenceTask.probe) and the
+    # weights alone, as for a bare file given to `vaecompress compress`.
+    "vae-rd-free": [*({"snr": float(s), "weighting": "auto"} for s in (20, 23, 26, 28, 30, 32,
+                                                                        35, 38)),
+                    *({"snr": float(s), "weighting": "relative"} for s in (25, 30, 35, 40,
+                                                                            45))],
+}
+PRESETS = {"minilm": GRID, "datafree": DATAFREE}
 MODEL = minilm.NAME
 
 
-def default_codecs() -> tuple[str, ...]:
-    """Every registered codec with points in GRID, in registry order."""
-    return tuple(c for c in REGISTRY if c in GRID)
+def default_codecs(grid: dict[str, list[Point]]) -> tuple[str, ...]:
+    """Every registered codec with points in `grid`, in registry order."""
+    return tuple(c for c in REGISTRY if c in grid)
 
 
 def _measure(task: Any, state: dict[str, torch.Tensor], codec: str, point: Point,
@@ -94,16 +114,21 @@ def _measure(task: Any, state: dict[str, torch.Tensor], codec: str, point: Point
     decompress_s = time.perf_counter() - t0
     peak_decompress = _peak_rss_bytes() if rss_ok else None
     fid = task.fidelity(rebuilt)
+    # The same on text of another kind than any codec or default was tuned on (Austen).
+    held = {f"heldout_{k}": v for k, v in task.fidelity(rebuilt, eval_set="heldout").items()}
     acc = res.accounting
     mparams = params / 1e6
     report = {k: res.report[k] for k in ("vae_epochs", "vae_train_s", "train_s",
-                                         "nonzero_fraction") if k in res.report}
+                                         "nonzero_fraction", "weighting", "snr_db")
+              if k in res.report}
     return {
         "model": MODEL,
         "codec": codec,
         "settings": point,
         **acc.to_json(),
         **fid,
+        **held,
+        "weights_snr_db": res.fidelity.get("snr_db"),
         "compress_s": res.compress_s,
         "decompress_s": decompress_s,
         "compress_s_inside_worker": res.report.get("encode_s_inside_worker"),
@@ -121,8 +146,11 @@ def _measure(task: Any, state: dict[str, torch.Tensor], codec: str, point: Point
 
 
 def bench(codecs: tuple[str, ...], out: Path, *, seed: int = 0,
-          device: torch.device | None = None, progress: bool = True) -> dict[str, Any]:
-    """Measure every (codec, point) of GRID not yet in `out/records`, write `out/bench.json`."""
+          device: torch.device | None = None, progress: bool = True,
+          preset: str = "minilm") -> dict[str, Any]:
+    """Measure every (codec, point) of the preset's grid not yet in `out/records`, write
+    `out/bench.json`."""
+    grid = PRESETS[preset]
     from vaecompress.tasks.sentence import SentenceTask
 
     t_start = time.perf_counter()
@@ -137,8 +165,8 @@ def bench(codecs: tuple[str, ...], out: Path, *, seed: int = 0,
     skipped = {c: h for c in codecs if (h := _available(c))}
     for codec, h in skipped.items():
         print(f"minilm bench: skipping {codec}: {h}")
-    jobs = [(c, p) for c in codecs if c not in skipped for p in GRID[c]]
-    task = finetuner = None
+    jobs = [(c, p) for c in codecs if c not in skipped for p in grid[c]]
+    task = finetuner = probe = None
     records = []
     bar = tqdm(jobs, desc="minilm bench", unit="point", disable=not progress)
     for codec, point in bar:
@@ -152,8 +180,9 @@ def bench(codecs: tuple[str, ...], out: Path, *, seed: int = 0,
             task = task or SentenceTask(device)
             if get_codec_class(codec).uses_task and finetuner is None:
                 finetuner = task.finetuner(seed)
+            probe = probe or task.probe(seed=seed)
             ctx = CodecContext(device=device, seed=seed, progress=progress,
-                               label=f"{MODEL} {codec}", finetune=finetuner)
+                               label=f"{MODEL} {codec}", finetune=finetuner, probe=probe)
             rec = _measure(task, state, codec, point, ctx)
             rec["codec_settings"] = resolved
             rec["git_revision"] = git_revision()
@@ -162,9 +191,10 @@ def bench(codecs: tuple[str, ...], out: Path, *, seed: int = 0,
     bar.close()
     results = {
         "environment": environment(device, seed),
-        "config": {"preset": "minilm", "models": [MODEL], "codecs": list(codecs),
-                   "grid": {c: GRID[c] for c in codecs}, "seed": seed,
+        "config": {"preset": preset, "models": [MODEL], "codecs": list(codecs),
+                   "grid": {c: grid[c] for c in codecs}, "seed": seed,
                    "params": minilm.PARAMS, "eval_sentences": "tasks/data/eval.txt",
+                   "heldout_sentences": "tasks/data/heldout.txt",
                    "train_sentences": "tasks/data/train.txt"},
         "skipped": skipped,
         "records": records,
@@ -179,23 +209,28 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/minilm", help="results folder (default: runs/minilm)")
-    p.add_argument("--codecs", help="comma-separated codecs (default: every codec in GRID)")
+    p.add_argument("--codecs", help="comma-separated codecs (default: every codec of the "
+                   "preset)")
+    p.add_argument("--preset", default="minilm", choices=sorted(PRESETS),
+                   help="minilm: every codec at a budget (GRID); datafree: the methods that "
+                   "need the weights alone, swept densely (DATAFREE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     auto_threads()
+    grid = PRESETS[args.preset]
     codecs = (tuple(c.strip() for c in args.codecs.split(",") if c.strip()) if args.codecs
-              else default_codecs())
+              else default_codecs(grid))
     for c in codecs:
         get_codec_class(c)  # an unknown codec is a one-line error
-        if c not in GRID:
-            raise UserError(f"codec '{c}' has no MiniLM operating points; "
-                            f"choose from {', '.join(GRID)}")
+        if c not in grid:
+            raise UserError(f"codec '{c}' has no MiniLM operating points in preset "
+                            f"'{args.preset}'; choose from {', '.join(grid)}")
     out = Path(args.out)
     t0 = time.perf_counter()
     results = bench(codecs, out, seed=args.seed, device=resolve_device(args.device),
-                    progress=not args.quiet)
+                    progress=not args.quiet, preset=args.preset)
     summary = write_report(results, out)
     print(f"minilm bench done in {time.perf_counter() - t0:.0f} s: {out / 'bench.json'}")
     print(summary)

@@ -22,32 +22,47 @@ from vaecompress.io import atomic_write, atomic_write_text
 # Fidelity levels of the summary: a mean cosine of 0.999 keeps about 98% of the nearest
 # neighbours of the fidelity set (1% Gaussian noise on every weight gives 0.9995 and 97.6%).
 COS_LEVELS = (0.999, 0.99)
+# The default's promise (issue 18): mean cosine >= 0.999 with >= 97% of neighbours kept.
+NEAR_LOSSLESS = (0.999, 0.97)
 
 
-def best_at(records: list[dict[str, Any]], level: float) -> dict[str, dict[str, Any] | None]:
-    """method -> the record with the highest ratio_honest whose cos_mean is >= level."""
+def best_at(records: list[dict[str, Any]], level: float, *, prefix: str = "",
+            nn: float = 0.0) -> dict[str, dict[str, Any] | None]:
+    """method -> the record with the highest ratio_honest whose cos_mean is >= level (and
+    nn_same >= nn), on the fidelity set whose fields carry `prefix` ("" or "heldout_")."""
     best: dict[str, dict[str, Any] | None] = {}
     for r in records:
         m = method_of(r)[0]
         best.setdefault(m, None)
         cur = best[m]
-        if r["cos_mean"] >= level and (cur is None or r["ratio_honest"] > cur["ratio_honest"]):
+        ok = (r.get(prefix + "cos_mean", -1.0) >= level
+              and r.get(prefix + "nn_same", -1.0) >= nn)
+        if ok and (cur is None or r["ratio_honest"] > cur["ratio_honest"]):
             best[m] = r
     return best
 
 
-def summary_table(results: dict[str, Any]) -> str:
+def summary_table(results: dict[str, Any], prefix: str = "") -> str:
+    """Per method, the best ratio at each fidelity level of one fidelity set; with the
+    near-lossless level first when the records have the held-out set (the data-free bench)."""
     recs = results["records"]
     methods = dict(method_of(r) for r in recs)
-    best = {lv: best_at(recs, lv) for lv in COS_LEVELS}
+    best = {lv: best_at(recs, lv, prefix=prefix) for lv in COS_LEVELS}
     levels = " / ".join(f"{lv:g}" for lv in COS_LEVELS)
-    lines = [f"| method | best ratio_honest at mean cosine >= {levels} | nearest neighbours "
-             "kept there |", "|---|---|---|"]
+    strict = any("heldout_cos_mean" in r for r in recs)
+    near = best_at(recs, NEAR_LOSSLESS[0], prefix=prefix, nn=NEAR_LOSSLESS[1])
+    head = (f"| method | cosine >= {NEAR_LOSSLESS[0]:g} and >= {100 * NEAR_LOSSLESS[1]:g}% "
+            "neighbours " if strict else "| method ")
+    lines = [head + f"| best ratio_honest at mean cosine >= {levels} | nearest neighbours "
+             "kept there |", "|---|---|---|" + ("---|" if strict else "")]
     for m, data in methods.items():
         picks = [best[lv][m] for lv in COS_LEVELS]
         ratios = " / ".join(_ratio(r["ratio_honest"]) if r else "-" for r in picks)
-        kept = " / ".join(f"{100 * r['nn_same']:.1f}%" if r else "-" for r in picks)
-        lines.append(f"| {m}{' (data)' if data else ''} | {ratios} | {kept} |")
+        kept = " / ".join(f"{100 * r[prefix + 'nn_same']:.1f}%" if r else "-" for r in picks)
+        first = f"| {m}{' (data)' if data else ''} "
+        if strict:
+            first += f"| {_ratio(near[m]['ratio_honest']) if near[m] else '-'} "
+        lines.append(first + f"| {ratios} | {kept} |")
     return "\n".join(lines)
 
 
@@ -57,11 +72,15 @@ def _mib(x: float | None) -> str:
 
 def points_table(results: dict[str, Any]) -> str:
     """Every operating point: fidelity, sizes, time and memory (per million parameters too)."""
+    held = any("heldout_cos_mean" in r for r in results["records"])
     lines = [
-        "| codec | settings | cos_mean | cos_min | nn kept | ratio_honest | ratio_paper | "
+        "| codec | settings | cos_mean | cos_min | nn kept | "
+        + ("held-out cos_mean | held-out nn kept | " if held else "")
+        + "ratio_honest | ratio_paper | "
         "file_bytes | external_bytes | bits/param | compress_s | s/Mparam | decompress_s | "
         "peak RSS MiB (added) | added bytes/param |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if held
+                                                                         else ""),
     ]
     order = list(dict.fromkeys(r["codec"] for r in results["records"]))
     for r in sorted(results["records"],
@@ -71,7 +90,10 @@ def points_table(results: dict[str, Any]) -> str:
         per = r.get("peak_added_bytes_per_param")
         lines.append(
             f"| {r['codec']} | {_settings(r['settings'])} | {r['cos_mean']:.5f} | "
-            f"{r['cos_min']:.4f} | {100 * r['nn_same']:.1f}% | {_ratio(r['ratio_honest'])} | "
+            f"{r['cos_min']:.4f} | {100 * r['nn_same']:.1f}% | "
+            + (f"{r['heldout_cos_mean']:.5f} | {100 * r['heldout_nn_same']:.1f}% | " if held
+               else "")
+            + f"{_ratio(r['ratio_honest'])} | "
             f"{_ratio(r['ratio_paper'])} | {r['file_bytes']:,} | {r['external_bytes']:,} | "
             f"{r['bits_per_param']:.3f} | {_seconds(r, 'compress_s')} | "
             f"{r['compress_s_per_mparam']:.2f} | {_seconds(r, 'decompress_s')} | "
@@ -124,6 +146,10 @@ def plot_rate_fidelity(results: dict[str, Any], path: Path) -> None:
 def write_report(results: dict[str, Any], out: Path) -> str:
     """Write bench.md and rate_fidelity.png; returns the summary table."""
     summary = summary_table(results)
+    if any("heldout_cos_mean" in r for r in results["records"]):
+        summary = ("On the fidelity set (Python documentation):\n\n" + summary
+                   + "\n\nOn the held-out set (Jane Austen's novels, text no codec or default "
+                   "was tuned on):\n\n" + summary_table(results, "heldout_"))
     lines = ["# vaecompress bench: all-MiniLM-L6-v2", "", provenance(results), "",
              "Every ratio counts the bytes actually written; fidelity is measured on the model "
              "rebuilt from those bytes alone. Methods marked (data) distil the original "
