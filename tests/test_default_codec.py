@@ -198,3 +198,20 @@ def test_adam_solver_is_kept_for_the_ablation() -> None:
     assert "history" in res.report and decompress(res.data).keys() == state.keys()
     with pytest.raises(UserError, match="solver=closed"):
         make_codec("vae-rd-free", solver="adam", size=1000)
+
+
+def test_the_datafree_bench_sweeps_every_data_free_method_and_the_default() -> None:
+    from vaecompress.codecs import REGISTRY
+    from vaecompress.experiments.bench import default_codecs, grid
+
+    codecs = default_codecs("datafree")
+    for c in codecs:
+        assert all(not REGISTRY[c].method(p)[1] for p in grid(c, "datafree")), c
+    assert {"vae-rd", "prune", "deep-compression"}.isdisjoint(codecs)
+    assert {"zstd", "int8", "kmeans", "vae-rd-free"} <= set(codecs)
+    default = make_codec(DEFAULT_CODEC).settings_json()
+    assert any(make_codec(DEFAULT_CODEC, **p).settings_json() == default
+               for p in grid(DEFAULT_CODEC, "datafree"))  # the default's own point is swept
+    if "nncodec" in REGISTRY:  # every qp step, not a sample of them
+        qps = [p["qp"] for p in REGISTRY["nncodec"].operating_points("datafree")]
+        assert qps == list(range(min(qps), max(qps) + 1))

@@ -18,6 +18,7 @@ TINY = rep.ReproduceConfig(
     sweep_latents=(32, 8),
     vae=VAEPaperSettings(epochs=6, patience=6, n_variants=10, hidden=(64,)),
     train_overrides={"epochs": 1, "limit": 2000},
+    ours=(("vae-rd-free", {}), ("vae-rd", {"epochs": 0.05})),
 )
 FIELDS = (
     "params",
@@ -92,6 +93,21 @@ def test_results_json_has_every_field(run: Path) -> None:
         assert len(hist["val_mse"]) == r["vae_epochs"]
     table1 = {t["model"]: t["params"] for t in res["table1"]}
     assert table1 == {"rnn": 54_538, "fnn": 185_300}
+
+
+def test_the_project_codecs_stand_beside_the_paper(run: Path) -> None:
+    """The main command's report ends with the default codec and vae-rd on the same models."""
+    res = json.loads((run / "results.json").read_text())
+    got = {(r["model"], r["codec"]): r for r in res["ours"]}
+    assert set(got) == {(m, c) for m in ("rnn", "fnn") for c in ("vae-rd-free", "vae-rd")}
+    for r in got.values():
+        assert r["ratio_honest"] > 1.0 and r["file_bytes"] > 0
+        assert abs(r["acc_drop"] - (r["acc_orig"] - r["acc_recon"])) < 1e-9
+    report = (run / "report.md").read_text()
+    section = report.split("## The project's own codecs on the same models")[1]
+    assert f"{got[('fnn', 'vae-rd')]['ratio_honest']:.1f}x" in section
+    assert f"{got[('rnn', 'vae-rd-free')]['ratio_honest']:.1f}x" in section
+    assert "OURS" in rep.__doc__ and rep.OURS["quick"][0] == ("vae-rd-free", {})
 
 
 def test_report_and_figures_written(run: Path) -> None:

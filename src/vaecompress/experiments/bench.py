@@ -50,7 +50,7 @@ def grid(codec: str, preset: str) -> list[Point]:
     cls = get_codec_class(codec)
     points = [dict(p) for p in cls.operating_points(preset)]
     if preset == "datafree":  # nothing that trains on the task's data
-        points = [p for p in points if not cls.uses_task and not cls.method(p)[1]]
+        points = [p for p in points if not cls.method(p)[1]]
     return points
 
 

@@ -132,7 +132,31 @@ def render(results: Mapping[str, Any], out: Path, *, data_dir: str | Path | None
                    ""]
             continue
         md += [samples_section(out, model, sel.latent, fig_name, fig_no, test, test_error), ""]
+    if results.get("ours"):
+        md += ["## The project's own codecs on the same models", "", ours_table(results), ""]
     return "\n".join(md).rstrip() + "\n"
+
+
+def ours_table(results: Mapping[str, Any]) -> str:
+    """The paper's VAE at its latent beside the project's codecs, per model: both ratios of
+    the paper's, the honest ratio and the accuracy drop of each."""
+    sel = select(results)
+    codecs = list(dict.fromkeys(r["codec"] for r in results["ours"]))
+    by = {(r["model"], r["codec"]): r for r in results["ours"]}
+    head = ["model", "acc_orig", f"vae-paper latent {sel.latent}: ratio_paper / ratio_honest "
+            "(drop)"] + [f"{c}: ratio_honest (drop)" for c in codecs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in dict.fromkeys(r["model"] for r in results["ours"]):
+        paper = sel.main.get(m)
+        cells = [m, f"{by[(m, codecs[0])]['acc_orig']:.2f}",
+                 f"{paper['ratio_paper']:.1f}x / {paper['ratio_honest']:.3f}x "
+                 f"({paper['acc_drop']:+.2f})" if paper else "-"]
+        cells += [f"{by[(m, c)]['ratio_honest']:.1f}x ({by[(m, c)]['acc_drop']:+.2f})"
+                  if (m, c) in by else "-" for c in codecs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + "\n\nvae-rd-free is the default of `vaecompress compress` (no "
+            "data, no settings; near-lossless); vae-rd trains on the task's data. Drops are "
+            "test-accuracy points lost (negative: gained).")
 
 
 def write_report(results: dict[str, Any], out: Path, *, data_dir: str | Path | None = None,
