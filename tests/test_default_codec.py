@@ -215,3 +215,28 @@ def test_the_datafree_bench_sweeps_every_data_free_method_and_the_default() -> N
     if "nncodec" in REGISTRY:  # every qp step, not a sample of them
         qps = [p["qp"] for p in REGISTRY["nncodec"].operating_points("datafree")]
         assert qps == list(range(min(qps), max(qps) + 1))
+
+
+def test_an_interrupted_training_says_where_its_checkpoint_is(tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The trained form keeps a checkpoint worth resuming, and says where; the default (the
+    closed form, seconds) keeps none."""
+    import vaecompress.checkpoint as ckmod
+
+    src, out = tmp_path / "m.safetensors", tmp_path / "m.vrd"
+    save_weights_file(src, _mlp().state_dict())
+    monkeypatch.setenv(ckmod.EVERY_S_ENV, "0")
+    real = ckmod.Checkpoint.save
+
+    def save_then_stop(self, state):  # type: ignore[no-untyped-def]
+        real(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckmod.Checkpoint, "save", save_then_stop)
+    argv = ["compress", str(src), "-o", str(out), "--quiet", "--no-eval"]
+    assert main([*argv, "--set", "solver=adam", "--set", "steps=30"]) == 130
+    err = capsys.readouterr().err
+    ck = ckmod.hidden_beside(out)
+    assert ck.is_file() and str(ck) in err and "resumes" in err and not out.exists()
+    ck.unlink()
+    assert main(argv) == 0 and not ck.exists()

@@ -746,7 +746,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _kept_checkpoint(args: argparse.Namespace | None) -> str:
+    """Where an interrupted train or compress left the checkpoint it resumes from, if it did
+    (only trainings that run long keep one: the default codec has nothing to resume)."""
+    if args is None or args.func not in (cmd_train, cmd_compress):
+        return ""
+    from vaecompress.checkpoint import hidden_beside
+
+    ck = hidden_beside(args.output)
+    if not ck.is_file():
+        return ""
+    return (f"; its checkpoint is kept at {ck} ({ck.stat().st_size:,} B): the same command "
+            "resumes from it, deleting it starts over")
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         if args.func not in (cmd_zoo, cmd_inspect):  # commands that compute
@@ -767,7 +782,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print("vaecompress: error: out of memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("vaecompress: interrupted", file=sys.stderr)
+        print(f"vaecompress: interrupted{_kept_checkpoint(args)}", file=sys.stderr)
         return 130
     except Exception as e:  # anything else is our bug, not the user's
         if os.environ.get("VAECOMPRESS_DEBUG"):
