@@ -36,13 +36,8 @@ from vaecompress.coding.latents import decode_model, encode_model
 from vaecompress.errors import UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
-from vaecompress.vae.rd import (
-    RDConfig,
-    check_finite,
-    check_rd_settings,
-    rd_report,
-    train_rd,
-)
+from vaecompress.vae.rd import check_finite, rd_report, train_rd
+from vaecompress.vae.rd_settings import RDSettings
 
 # One ingredient changed at a time against the defaults (`bench --preset ablation`).
 ABLATION: tuple[dict[str, Any], ...] = (
@@ -60,20 +55,9 @@ KIND = "rd-latents"
 
 
 @dataclass(frozen=True)
-class VAERDSettings:
+class VAERDSettings(RDSettings):
     lam: float = 7.0  # weight of the rate (bits per parameter) against the task loss (nats)
     epochs: float = 2.0  # passes over the training data
-    lr: float = 0.1  # Adam on the latents, in quantization bins
-    lr_step: float = 0.01  # Adam on the log of the decoder's steps
-    lr_prior: float = 0.01  # Adam on the prior's parameters
-    init_bins: float = 4.0  # the first step is std(w) / init_bins
-    quant: str = "mixed"  # mixed | noise | ste (see vae.rd)
-    decoder: str = "tensor"  # tensor | row | shared: where one step applies
-    latents: str = "direct"  # direct (optimized per model) | encoder (z = w / step)
-    learned_prior: bool = True  # False: the prior stays the fixed initial mixture
-    components: int = 3  # logistic components of each tensor's prior
-    entropy: bool = True  # False: fixed-length codes (the ablation)
-    masks: bool = True  # flag all-zero rows and columns once
 
 
 @register
@@ -85,7 +69,7 @@ class VAERDCodec(Codec):
 
     def validate(self) -> None:
         s = self.settings
-        check_rd_settings(self.name, s)
+        s.check(self.name)
         if not (math.isfinite(s.epochs) and s.epochs > 0):
             raise UserError(f"vae-rd: epochs must be > 0, got {s.epochs}")
 
@@ -99,13 +83,6 @@ class VAERDCodec(Codec):
             base = {"lam": 10.0}
             return [base, *({**base, **v} for v in ABLATION)]
         return []
-
-    def rd_config(self, steps: int, seed: int) -> RDConfig:
-        s = self.settings
-        return RDConfig(lam=s.lam, steps=steps, lr=s.lr, lr_step=s.lr_step, lr_prior=s.lr_prior,
-                        init_bins=s.init_bins, quant=s.quant, decoder=s.decoder,
-                        latents=s.latents, learned_prior=s.learned_prior,
-                        components=s.components, distortion="task", seed=seed)
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         if ctx.finetune is None:
@@ -123,7 +100,8 @@ class VAERDCodec(Codec):
         live = {k: v for k, v in coded.items() if v.numel()}
         fixed = {**raw, **{k: v for k, v in coded.items() if not v.numel()}}
         steps = max(1, round(self.settings.epochs * ctx.finetune.steps_per_epoch))
-        res = train_rd(live, self.rd_config(steps, ctx.seed), fixed=fixed,
+        cfg = self.settings.rd_config(steps=steps, distortion="task", seed=ctx.seed)
+        res = train_rd(live, cfg, fixed=fixed,
                        task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
                        device=ctx.device, progress=ctx.progress,
                        desc=f"vae-rd {ctx.label}".strip(), checkpoint=ctx.checkpoint)

@@ -53,7 +53,8 @@ from vaecompress.format import ROLE_CODE, Container, Payload, dumps
 from vaecompress.io import StateDict
 from vaecompress.tasks.probe import fisher
 from vaecompress.vae.allocate import Allocation, allocate, relative_sensitivities
-from vaecompress.vae.rd import RDConfig, check_finite, check_rd_settings, rd_report, train_rd
+from vaecompress.vae.rd import check_finite, rd_report, train_rd
+from vaecompress.vae.rd_settings import RDSettings
 
 PAYLOAD = "latents"
 KIND = "rd-latents"
@@ -71,24 +72,13 @@ SIZE_MARGIN = 256
 
 
 @dataclass(frozen=True)
-class VAERDFreeSettings:
+class VAERDFreeSettings(RDSettings):
     snr: float = DEFAULT_SNR  # the fidelity to keep: weighted SNR of the weights, in dB
     size: int = 0  # a budget in bytes for the whole file instead of `snr` (0: none)
     weighting: str = "auto"  # auto (fisher with a probe, else relative) | relative | fisher
-    solver: str = "closed"  # closed (vae.allocate) | adam (vae.rd; the settings below)
+    solver: str = "closed"  # closed (vae.allocate) | adam (vae.rd; lam and RDSettings')
     lam: float = 0.03  # adam: weight of the rate (bits per parameter) against the error
     steps: int = 1500  # adam: optimizer steps, each over the whole model
-    lr: float = 0.1  # adam: on the latents, in quantization bins
-    lr_step: float = 0.01  # adam: on the log of the decoder's steps
-    lr_prior: float = 0.01  # adam: on the prior's parameters
-    init_bins: float = 4.0  # adam: the first step is std(w) / init_bins
-    quant: str = "mixed"  # adam: mixed | noise | ste (see vae.rd)
-    decoder: str = "tensor"  # adam: tensor | row | shared
-    latents: str = "direct"  # adam: direct | encoder (z = w / step)
-    learned_prior: bool = True  # adam
-    components: int = 3  # adam
-    entropy: bool = True  # False: fixed-length codes instead of ANS with stored tables
-    masks: bool = True  # flag all-zero rows and columns once
 
 
 @register
@@ -99,7 +89,7 @@ class VAERDFreeCodec(Codec):
 
     def validate(self) -> None:
         s = self.settings
-        check_rd_settings(self.name, s)
+        s.check(self.name)
         if not 1 <= s.steps <= 10**7:
             raise UserError(f"vae-rd-free: steps must be in 1..10**7, got {s.steps}")
         if not (math.isfinite(s.snr) and 0 < s.snr <= MAX_SNR):
@@ -188,10 +178,7 @@ class VAERDFreeCodec(Codec):
     def _encode_adam(self, c: Container, live: dict[str, torch.Tensor],
                      ctx: CodecContext) -> Encoded:
         s = self.settings
-        cfg = RDConfig(lam=s.lam, steps=s.steps, lr=s.lr, lr_step=s.lr_step,
-                       lr_prior=s.lr_prior, init_bins=s.init_bins, quant=s.quant,
-                       decoder=s.decoder, latents=s.latents, learned_prior=s.learned_prior,
-                       components=s.components, distortion="weights", seed=ctx.seed)
+        cfg = s.rd_config(steps=s.steps, distortion="weights", seed=ctx.seed)
         res = train_rd(live, cfg, device=ctx.device, progress=ctx.progress,
                        desc=f"vae-rd-free {ctx.label}".strip(), checkpoint=ctx.checkpoint)
         data = encode_model([z.numpy() for z in res.ints], [t.numpy() for t in res.steps],

@@ -106,15 +106,6 @@ def rows_of(shape: torch.Size | list[int]) -> int:
     return int(shape[0]) if len(shape) >= 2 else 1
 
 
-def decode_tensor(z: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """The decoder: float32 step times integer latents (per row when `step` has one per row).
-    This exact arithmetic is what a file decodes to, on every machine."""
-    zf = z.to(torch.float32)
-    if step.numel() == 1:
-        return zf * step.reshape(())
-    return (zf.reshape(step.numel(), -1) * step.reshape(-1, 1)).reshape(z.shape)
-
-
 class RDModel(nn.Module):
     def __init__(self, tensors: Mapping[str, torch.Tensor], cfg: RDConfig) -> None:
         super().__init__()
@@ -213,11 +204,6 @@ class RDModel(nn.Module):
         steps = [self.step(i).detach().to("cpu", torch.float32).clone()
                  for i in range(len(self.names))]
         return ints, steps
-
-    @torch.no_grad()
-    def decoded(self) -> dict[str, torch.Tensor]:
-        ints, steps = self.export()
-        return {n: decode_tensor(z, s) for n, z, s in zip(self.names, ints, steps, strict=True)}
 
     @torch.no_grad()
     def prior_bits(self) -> float:
@@ -466,24 +452,6 @@ def _check_rd(
         set_rng()
 
     return start, hist, acc, train_s, load
-
-
-def check_rd_settings(codec: str, s: Any) -> None:
-    """Shared by both RD codecs' `validate`: one line per bad value."""
-    if not (math.isfinite(s.lam) and s.lam >= 0):
-        raise UserError(f"{codec}: lam must be a finite number >= 0, got {s.lam}")
-    for name in ("lr", "lr_step", "lr_prior", "init_bins"):
-        v = getattr(s, name)
-        if not (math.isfinite(v) and v > 0):
-            raise UserError(f"{codec}: {name} must be a finite number > 0, got {v}")
-    if s.quant not in QUANT_MODES:
-        raise UserError(f"{codec}: quant must be one of {', '.join(QUANT_MODES)}, got {s.quant!r}")
-    if s.decoder not in DECODERS:
-        raise UserError(f"{codec}: decoder must be one of {', '.join(DECODERS)}")
-    if s.latents not in LATENTS:
-        raise UserError(f"{codec}: latents must be one of {', '.join(LATENTS)}")
-    if not 1 <= s.components <= 16:
-        raise UserError(f"{codec}: components must be in 1..16, got {s.components}")
 
 
 def check_finite(state: Mapping[str, torch.Tensor], codec: str) -> None:
