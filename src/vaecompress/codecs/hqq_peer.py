@@ -174,9 +174,11 @@ class HQQCodec(Codec):
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
-        if preset in ("full", "datafree"):
+        if preset == "full":
             return [{"bits": b, "group_size": g} for b in (2, 3, 4, 5, 6, 8)
                     for g in (16, 32, 64, 128, 256)]
+        if preset == "datafree":
+            return [{"bits": b, "group_size": g} for b in (2, 3, 4, 8) for g in (32, 64, 128)]
         return [{"bits": 4, "group_size": 64}]
 
     def validate(self) -> None:

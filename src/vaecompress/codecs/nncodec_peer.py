@@ -315,8 +315,8 @@ class NNCodecCodec(Codec):
             spars = [{"qp": q, "sparsity": sp} for sp in (0.7, 0.9) for q in (-26, -20, -14)]
             pruned = [{"qp": q, "prune": p} for p in (0.9, 0.95) for q in (-26, -20, -14, -10)]
             return plain + spars + pruned
-        if preset == "datafree":  # every qp step, from lossless-looking to past 1 point
-            return [{"qp": q} for q in range(-36, -7)]
+        if preset == "datafree":  # every qp step, from no loss on the zoo to past 1 point
+            return [{"qp": q} for q in range(-26, -9)]
         return [{"qp": -32}]
 
     def validate(self) -> None:
