@@ -419,12 +419,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from vaecompress.format import read_file
     from vaecompress.inspection import inspect  # no torch: the header alone
 
-    p = Path(args.file)
-    if not p.is_file():
-        raise UserError(f"no such file: {p}")
-    info = inspect(p.read_bytes())
+    info = inspect(read_file(args.file))
     if args.json:
         _print_json(info)
         return 0
