@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from vaecompress.api import DECODED_KEY, compress, decompress
+from vaecompress.cli import main
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import Payload, dumps, loads
 from vaecompress.io import load_weights_file, save_weights_file
@@ -54,8 +55,16 @@ def _edit(data: bytes, fn) -> bytes:  # type: ignore[no-untyped-def]
 
 
 def _cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The command line in a process of its own (for inputs that could hang it)."""
     return subprocess.run([sys.executable, "-m", "vaecompress.cli", *argv], capture_output=True,
                           text=True, timeout=timeout)
+
+
+def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """The command line in this process: (exit code, stderr)."""
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- 1: memory bounded by the work
@@ -220,14 +229,17 @@ def _id(name: str) -> str:
 
 @pytest.mark.parametrize("name", NAMES, ids=_id)
 @pytest.mark.parametrize("kind", ["float", "int"])
-def test_names_round_trip_through_the_cli(name: str, kind: str, tmp_path: Path) -> None:
+def test_names_round_trip_through_the_cli(name: str, kind: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     t = torch.randn(3, 4) if kind == "float" else torch.arange(12).reshape(3, 4)
     src = tmp_path / "m.safetensors"
     save_weights_file(src, {name: t, "other": torch.ones(2)})
-    p = _cli("compress", str(src), "-o", str(tmp_path / "m.vaec"), "--codec", "zstd", "--quiet")
-    assert p.returncode == 0, p.stderr
-    p = _cli("decompress", str(tmp_path / "m.vaec"), "-o", str(tmp_path / "r.safetensors"))
-    assert p.returncode == 0, p.stderr
+    code, err = _main(capsys, "compress", str(src), "-o", str(tmp_path / "m.vaec"), "--codec",
+                      "zstd", "--quiet")
+    assert code == 0, err
+    code, err = _main(capsys, "decompress", str(tmp_path / "m.vaec"), "-o",
+                      str(tmp_path / "r.safetensors"))
+    assert code == 0, err
     back, _ = load_weights_file(tmp_path / "r.safetensors")
     given, _ = load_weights_file(src)
     assert list(back) == list(given) and torch.equal(back[name], t)
@@ -241,23 +253,24 @@ def test_unstorable_names_are_refused_at_compress(name: str, kind: str) -> None:
         compress({name: t}, "zstd")
 
 
-def test_a_metadata_named_tensor_in_a_file_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_a_metadata_named_tensor_in_a_file_is_refused_in_one_line(tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "h.vaec"
     f.write_bytes(hostile.passthrough_named("__metadata__"))
-    p = _cli("decompress", str(f), "-o", str(tmp_path / "o.safetensors"))
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    code, err = _main(capsys, "decompress", str(f), "-o", str(tmp_path / "o.safetensors"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
 # ---------------------------------------------------------------- 5: external names
 
 
 @pytest.mark.parametrize("name", ["a/b", "../up", "x" * 1000, "nul\x00x", "new\nline"], ids=_id)
-def test_hostile_external_names_are_one_line_exit_2(name: str, tmp_path: Path) -> None:
+def test_hostile_external_names_are_one_line_exit_2(name: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "e.vaec"
     f.write_bytes(hostile.external_named(name))
-    p = _cli("decompress", str(f), "-o", str(tmp_path / "o.safetensors"))
-    assert p.returncode == 2, p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    code, err = _main(capsys, "decompress", str(f), "-o", str(tmp_path / "o.safetensors"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
 # ---------------------------------------------------------------- 6: one line, non-files, folders
@@ -266,9 +279,8 @@ def test_hostile_external_names_are_one_line_exit_2(name: str, tmp_path: Path) -
 def test_numpy_warnings_do_not_lengthen_an_error(tmp_path: Path) -> None:
     f = tmp_path / "w.vaec"
     f.write_bytes(hostile.vae_rd_overflow())
-    p = _cli("decompress", str(f), "-o", str(tmp_path / "o.safetensors"))
-    assert p.returncode == 2
-    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = _cli("decompress", str(f), "-o", str(tmp_path / "o.safetensors"))  # real stderr
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
 @pytest.mark.parametrize("command", ["decompress", "compress", "inspect"])
@@ -285,15 +297,16 @@ def test_a_fifo_input_is_refused_not_read(command: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("exists", [True, False])
-def test_output_with_a_trailing_slash_is_refused(exists: bool, tmp_path: Path) -> None:
+def test_output_with_a_trailing_slash_is_refused(exists: bool, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "m.safetensors"
     save_weights_file(src, {"w": torch.randn(4, 4)})
     out = tmp_path / "newdir"
     if exists:
         out.mkdir()
-    p = _cli("compress", str(src), "-o", f"{out}/", "--codec", "zstd", "--quiet")
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert "folder" in p.stderr
+    code, err = _main(capsys, "compress", str(src), "-o", f"{out}/", "--codec", "zstd", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "folder" in err
     assert out.is_dir() == exists and not out.is_file()
 
 
