@@ -7,6 +7,7 @@ are not files. The crafted files are made by `scripts/hostile.py` (no committed 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -333,3 +334,14 @@ def test_kill_9_during_a_write_leaves_no_temp_file(tmp_path: Path) -> None:
         p.kill()
         p.wait()
     assert os.listdir(out) == []
+
+
+def test_docs_show_the_committed_results() -> None:
+    """docs/format.md's "Hostile files" table is the committed results file's, and that file
+    has every case of the script, all clean."""
+    summary = json.loads(hostile.RESULTS.read_text())
+    assert [r["case"] for r in summary["rows"]] == list(hostile.CASES)
+    assert summary["not_clean"] == 0
+    doc = (hostile.ROOT / "docs" / "format.md").read_text(encoding="utf-8")
+    shown = doc.split("<!-- hostile:begin -->\n")[1].split("<!-- hostile:end -->")[0]
+    assert shown == hostile.markdown(summary)
