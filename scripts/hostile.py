@@ -5,7 +5,7 @@ measured; `tests/test_hostile.py` asserts the outcomes, and the long run writes 
 that docs/format.md ("Hostile files") shows:
 
     python scripts/hostile.py [--out results/hostile/hostile.json] [--only NAME,...]
-    python scripts/hostile.py --markdown --docs    # the table into docs/format.md
+    python scripts/hostile.py --markdown --docs    # its table, and the fuzzer's, into the docs
 
 Outcomes: `rejected` (FormatError/UserError: one line, exit 2 on the command line), `decoded`
 (a file whose payload really holds what its manifest declares), `memory-error`, `crash`
@@ -35,7 +35,7 @@ RESULTS = ROOT / "results" / "hostile" / "hostile.json"
 MB = 2**20
 ZSTD_MAGIC = 0xFD2FB528
 ZSTD_BLOCK = 2**17  # the largest block a zstd frame may hold
-BEGIN, END = "<!-- hostile:begin -->", "<!-- hostile:end -->"  # the table's place in the docs
+FUZZ_RESULTS = ROOT / "results" / "hostile" / "fuzz-codecs.json"  # scripts/fuzz.py --codecs --out
 
 
 # ------------------------------------------------------------------------------ building
@@ -286,6 +286,16 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def doc_tables(results: Path = RESULTS) -> dict[str, str]:
+    """The tables docs/format.md shows between `<!-- NAME:begin -->` and `<!-- NAME:end -->`:
+    "hostile" from this script's results, "fuzz" from the codec fuzzer's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fuzz_codecs
+
+    return {"hostile": markdown(json.loads(results.read_text())),
+            "fuzz": fuzz_codecs.markdown(json.loads(FUZZ_RESULTS.read_text()))}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -296,13 +306,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --markdown: write the table into docs/format.md")
     args = ap.parse_args(argv)
     if args.markdown:
-        table = markdown(json.loads(args.out.read_text()))
+        tables = doc_tables(args.out)
         if args.docs:
             doc = ROOT / "docs" / "format.md"
-            head, rest = doc.read_text(encoding="utf-8").split(f"{BEGIN}\n")
-            doc.write_text(f"{head}{BEGIN}\n{table}{END}{rest.split(END, 1)[1]}",
-                           encoding="utf-8")
-        print(table, end="")
+            text = doc.read_text(encoding="utf-8")
+            for name, table in tables.items():
+                begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+                head, rest = text.split(f"{begin}\n")
+                text = f"{head}{begin}\n{table}{end}{rest.split(end, 1)[1]}"
+            doc.write_text(text, encoding="utf-8")
+        print("\n".join(tables.values()), end="")
         return 0
     only = [s for s in args.only.split(",") if s]
     rows = []
