@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.mem_mb > 0:
             _limit_memory(args.mem_mb)
         only = args.only.split(",") if args.only else files_first
-        return fuzz_codecs.run(args.cases, args.seed, only, out=args.out,
-                               mem_mb=args.mem_mb)
+        command = " ".join(["python scripts/fuzz.py", *(sys.argv[1:] if argv is None else argv)])
+        return fuzz_codecs.run(args.cases, args.seed, only, out=args.out, command=command)
     files = base_files()
     if args.mem_mb > 0:
         _limit_memory(args.mem_mb)

@@ -195,7 +195,7 @@ def markdown(summary: dict) -> str:
 
 
 def run(cases_per_codec: int, seed: int, only: list[str] | None = None, *,
-        out: Path | None = None, mem_mb: int = 0) -> int:
+        out: Path | None = None, command: str = "") -> int:
     """Fuzz each codec; with `out`, write the counts, seconds and the run's peak memory (the
     largest resident size any case reached, ru_maxrss) to that JSON file."""
     files = base_files(only)
@@ -227,9 +227,7 @@ def run(cases_per_codec: int, seed: int, only: list[str] | None = None, *,
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
-            "command": f"python scripts/fuzz.py --codecs {cases_per_codec} --seed {seed} "
-                       f"--mem-mb {mem_mb} --out {out}",
-            "cases_per_codec": cases_per_codec, "seed": seed, "mem_mb": mem_mb,
+            "command": command, "cases_per_codec": cases_per_codec, "seed": seed,
             "max_declared_bytes": MAX_BYTES, "torch": torch.__version__,
             "peak_rss_mb": round(peak, 1), "base_rss_mb": round(base_mb, 1),
             "crashes": len(crashes), "codecs": rows}, indent=2) + "\n")
