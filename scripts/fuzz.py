@@ -32,6 +32,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from vaecompress.errors import FormatError
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codecs", action="store_true",
                     help="fuzz every codec's decoder instead (scripts/fuzz_codecs.py)")
     ap.add_argument("--only", help="with --codecs: comma-separated codec names")
+    ap.add_argument("--out", type=Path, help="with --codecs: write the counts to this JSON file")
     args = ap.parse_args(argv)
     if args.codecs:
         import fuzz_codecs
@@ -328,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.mem_mb > 0:
             _limit_memory(args.mem_mb)
         only = args.only.split(",") if args.only else files_first
-        return fuzz_codecs.run(args.cases, args.seed, only)
+        command = " ".join(["python scripts/fuzz.py", *(sys.argv[1:] if argv is None else argv)])
+        return fuzz_codecs.run(args.cases, args.seed, only, out=args.out, command=command)
     files = base_files()
     if args.mem_mb > 0:
         _limit_memory(args.mem_mb)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import random
+import resource
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -180,10 +181,28 @@ def outcome(f: CodecFile, mutated: bytes, mutator: str) -> str:
     return "different"
 
 
-def run(cases_per_codec: int, seed: int, only: list[str] | None = None) -> int:
+def markdown(summary: dict) -> str:
+    """The table docs/format.md shows ("Codec fuzzing"), drawn from a results file of `run`."""
+    lines = ["| codec | cases | same | rejected | different | crash | seconds |",
+             "|-------|------:|-----:|---------:|----------:|------:|--------:|"]
+    for r in summary["codecs"]:
+        lines.append(f"| {r['codec']} | {r['cases']:,} | {r['same']:,} | {r['rejected']:,} "
+                     f"| {r['different']:,} | {r['crash']:,} | {r['seconds']:.0f} |")
+    lines.append(f"\n`{summary['command']}` (torch {summary['torch']}): {summary['crashes']} "
+                 f"crashes; the run's peak resident memory {summary['peak_rss_mb']:,.0f} MB, "
+                 f"{summary['base_rss_mb']:,.0f} MB of it before the first case.")
+    return "\n".join(lines) + "\n"
+
+
+def run(cases_per_codec: int, seed: int, only: list[str] | None = None, *,
+        out: Path | None = None, command: str = "") -> int:
+    """Fuzz each codec; with `out`, write the counts, seconds and the run's peak memory (the
+    largest resident size any case reached, ru_maxrss) to that JSON file."""
     files = base_files(only)
     rng = random.Random(seed)
     crashes: list[str] = []
+    rows = []
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{cases_per_codec} cases per codec, seed {seed}")
     for f in files:
         counts: collections.Counter[str] = collections.Counter()
@@ -197,8 +216,19 @@ def run(cases_per_codec: int, seed: int, only: list[str] | None = None) -> int:
             counts[kind] += 1
             if kind == "crash":
                 crashes.append(f"{f.codec} {name}: {result}")
+        seconds = time.perf_counter() - t0
         summary = "  ".join(f"{k} {counts[k]}" for k in ("same", "rejected", "different", "crash"))
-        print(f"  {f.codec:17s} {summary}   [{time.perf_counter() - t0:.0f} s]", flush=True)
+        print(f"  {f.codec:17s} {summary}   [{seconds:.0f} s]", flush=True)
+        rows.append({"codec": f.codec, "cases": cases_per_codec, "seconds": round(seconds, 1),
+                     **{k: counts[k] for k in ("same", "rejected", "different", "crash")}})
     for c in crashes[:20]:
         print("CRASH", c)
+    if out is not None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "command": command, "cases_per_codec": cases_per_codec, "seed": seed,
+            "max_declared_bytes": MAX_BYTES, "torch": torch.__version__,
+            "peak_rss_mb": round(peak, 1), "base_rss_mb": round(base_mb, 1),
+            "crashes": len(crashes), "codecs": rows}, indent=2) + "\n")
     return 1 if crashes else 0

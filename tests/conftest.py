@@ -68,3 +68,23 @@ def toy_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _write_idx(d / img_name, images)
         _write_idx(d / lbl_name, labels)
     return d
+
+
+def mnist_accuracy(weights: Path, model: str, data_dir: Path) -> float:
+    """Top-1 accuracy in percent of a zoo model's weights file on the (toy) MNIST test split,
+    computed here from the logits, apart from the command line's own code path."""
+    from safetensors.torch import load_file
+
+    from vaecompress.data import load_mnist
+    from vaecompress.data.mnist import to_tensors
+    from vaecompress.zoo.arch import zoo_arch
+
+    arch = zoo_arch(model)
+    net = arch.build()
+    net.load_state_dict(load_file(str(weights)))
+    net.eval()
+    _, test = load_mnist(data_dir)
+    x, y = to_tensors(test, normalize=arch.normalize)
+    with torch.no_grad():
+        pred = torch.cat([net(x[i : i + 500]).argmax(1) for i in range(0, len(y), 500)])
+    return 100.0 * float((pred == y).float().mean())

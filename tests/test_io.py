@@ -180,3 +180,52 @@ def test_keep_order_gives_the_tensors_back_in_their_order(tmp_path: Path) -> Non
     # A damaged order record is ignored: the stored order, never an error.
     bad = data.replace(meta[ORDER_KEY].encode(), b"9" * len(meta[ORDER_KEY]))
     assert list(state_from_bytes(bad)) == list(load_state_dict(tmp_path / "plain.safetensors"))
+
+
+def _lightning_checkpoint(state: dict[str, torch.Tensor]) -> dict:
+    """What Lightning 2.x saves: the module's state_dict beside loop, optimizer and
+    hyper-parameter entries (plain containers and tensors only, as weights_only reads)."""
+    return {
+        "epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
+        "state_dict": state,
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": None}},
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(120.0),
+                                            "exp_avg": torch.zeros(4, 8)}},
+                              "param_groups": [{"lr": 1e-3, "params": [0, 1]}]}],
+        "lr_schedulers": [], "hparams_name": "kwargs", "hyper_parameters": {"lr": 1e-3},
+    }
+
+
+@pytest.mark.parametrize("kind", ["pytorch_model.bin", "lightning.ckpt", "safetensors-0x80"])
+def test_checkpoints_people_have_round_trip(kind: str, tmp_path: Path) -> None:
+    """pytorch_model.bin (a torch.save of the state_dict) and a Lightning .ckpt are read with
+    weights_only=True, and a safetensors file whose 8-byte header length begins with 0x80 is
+    not taken for a legacy pickle (issue 21; that one failed before: 'Weights only load
+    failed')."""
+    from vaecompress.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    state = {"encoder.weight": torch.randn(4, 8, generator=g),
+             "encoder.bias": torch.randn(4, generator=g)}
+    src = tmp_path / kind
+    if kind == "pytorch_model.bin":
+        torch.save(state, src)
+    elif kind == "lightning.ckpt":
+        torch.save(_lightning_checkpoint(state), src)
+    else:
+        src = tmp_path / "m.safetensors"
+        for pad in range(200):  # a name length that makes the header 128 + 256k bytes long
+            named = {"x" * pad + k: v for k, v in state.items()}
+            save_weights_file(src, named)
+            if src.read_bytes()[0] == 0x80:
+                state = named
+                break
+        assert src.read_bytes()[0] == 0x80
+    assert main(["compress", str(src), "-o", str(tmp_path / "m.vaec"), "--codec", "zstd",
+                 "--quiet"]) == 0
+    assert main(["decompress", str(tmp_path / "m.vaec"), "-o",
+                 str(tmp_path / "r.safetensors")]) == 0
+    back, _ = load_weights_file(tmp_path / "r.safetensors")
+    assert sorted(back) == sorted(state)
+    assert all(torch.equal(back[k], v) for k, v in state.items())

@@ -116,17 +116,20 @@ def test_missing_output_folder_is_found_before_the_work(
     assert "output folder does not exist" in _err(capsys)
 
 
-def test_unwritable_folder_is_refused(tmp_path: Path) -> None:
+def test_unwritable_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the system answers for the folder decides, whoever runs the test (root may write
+    anywhere, so the answer is given here rather than made with chmod)."""
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user who can write anywhere")
-        with pytest.raises(UserError, match="not writable"):
-            check_outputs([locked / "x"])
-    finally:
-        locked.chmod(0o700)
+    real = os.access
+
+    def access(path: object, mode: int, **kw: object) -> bool:
+        return False if Path(str(path)) == locked else real(path, mode, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    with pytest.raises(UserError, match="not writable"):
+        check_outputs([locked / "x"])
+    check_outputs([tmp_path / "x"])  # its parent answers yes
 
 
 def test_no_orphan_external_when_the_main_file_fails(tmp_path: Path,
@@ -168,7 +171,6 @@ def test_no_orphan_external_when_the_main_file_fails(tmp_path: Path,
 def test_sigterm_during_compress_leaves_no_temp_file(weights: Path, tmp_path: Path) -> None:
     """A terminated run unwinds like Ctrl-C: exit 130 and no hidden temp file beside the
     output (SIGKILL cannot be caught: its temp files start with '.' and end in '.tmp')."""
-    import signal
     import subprocess
     import sys
 
@@ -188,5 +190,6 @@ def test_sigterm_during_compress_leaves_no_temp_file(weights: Path, tmp_path: Pa
                            *ZSTD], capture_output=True, text=True,
                           env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 130, proc.stderr
-    assert signal.SIGTERM  # the handler turned it into an orderly exit
+    # the handler turned the signal into an orderly exit: one line, no traceback
+    assert proc.stderr.strip().splitlines() == ["vaecompress: interrupted"], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import vaecompress.checkpoint as ckmod
 import vaecompress.experiments.reproduce as rep
@@ -54,23 +55,61 @@ def stop_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     return arm
 
 
+class Steps:
+    """Counts optimizer steps (every optimizer, through torch's global post-step hook), so
+    that a resumed run is seen to skip the work its checkpoint holds: the steps of the killed
+    run and of the resumed one add up to the steps of an uninterrupted run."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._handle = register_optimizer_step_post_hook(self._hook)
+
+    def _hook(self, *args: object) -> None:
+        self.n += 1
+
+    def take(self) -> int:
+        n, self.n = self.n, 0
+        return n
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@pytest.fixture
+def steps() -> Iterator[Steps]:
+    counter = Steps()
+    yield counter
+    counter.close()
+
+
+def _skipped(steps: Steps, ref: int, killed: int) -> None:
+    """The resumed run did exactly the steps the killed run had not done."""
+    resumed = steps.take()
+    assert 0 < killed < ref, (killed, ref)
+    assert resumed == ref - killed, f"resumed run took {resumed} steps, {ref - killed} were left"
+
+
 # ------------------------------------------------------------------ the three loops
 
 
 def test_train_model_resumes_bit_identical(tmp_path: Path, toy_mnist_dir: Path,
-                                           stop_after: Callable[[int], None]) -> None:
+                                           stop_after: Callable[[int], None],
+                                           steps: Steps) -> None:
     train, _ = load_mnist(toy_mnist_dir)
     cfg = TrainConfig(epochs=3, batch_size=64, limit=300, seed=1)
     ref = train_model("fnn", train, cfg, progress=False)
+    n_ref = steps.take()
     ck = tmp_path / "fnn.ckpt"
     stop_after(1)
     with pytest.raises(Stop):
         train_model("fnn", train, cfg, progress=False, checkpoint=ck, checkpoint_every_s=0)
     assert ck.is_file()
+    n_killed = steps.take()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a valid checkpoint is resumed without a word
         res = train_model("fnn", train, cfg, progress=False, checkpoint=ck, checkpoint_every_s=0)
     assert not ck.exists()
+    _skipped(steps, n_ref, n_killed)
     assert res.epoch_loss == ref.epoch_loss and len(res.epoch_loss) == 3
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, res.model.state_dict()[k]), k
@@ -94,20 +133,23 @@ def _vae_equal(a: tuple, b: tuple) -> None:
 
 @pytest.mark.parametrize("patience", [6, 2])  # to the end; stopped early, best epoch restored
 def test_train_vae_resumes_bit_identical(tmp_path: Path, stop_after: Callable[[int], None],
-                                         patience: int) -> None:
+                                         patience: int, steps: Steps) -> None:
     stream, arch = _vae_inputs()
     cfg = VAETrainConfig(epochs=6, patience=patience, batch_size=8, lr=3e-2, seed=2)
     ref = train_vae(stream.train, stream.val, arch, cfg, progress=False)
+    n_ref = steps.take()
     ck = tmp_path / "vae.ckpt"
     stop_after(2)
     with pytest.raises(Stop):
         train_vae(stream.train, stream.val, arch, cfg, progress=False, checkpoint=ck,
                   checkpoint_every_s=0)
+    n_killed = steps.take()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res = train_vae(stream.train, stream.val, arch, cfg, progress=False, checkpoint=ck,
                         checkpoint_every_s=0)
     assert not ck.exists()
+    _skipped(steps, n_ref, n_killed)
     assert res[1].epochs == ref[1].epochs >= 3
     _vae_equal(ref, res)
 
@@ -125,18 +167,22 @@ def _rd_tensors() -> dict[str, torch.Tensor]:
 
 
 def test_train_rd_free_resumes_bit_identical(tmp_path: Path,
-                                             stop_after: Callable[[int], None]) -> None:
+                                             stop_after: Callable[[int], None],
+                                             steps: Steps) -> None:
     cfg = RDConfig(steps=30, distortion="weights", seed=5)
     tensors = _rd_tensors()
     ref = train_rd(tensors, cfg)
+    n_ref = steps.take()
     ck = tmp_path / "rd.ckpt"
     stop_after(11)
     with pytest.raises(Stop):
         train_rd(tensors, cfg, checkpoint=ck, checkpoint_every_s=0)
+    n_killed = steps.take()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res = train_rd(tensors, cfg, checkpoint=ck, checkpoint_every_s=0)
     assert not ck.exists()
+    _skipped(steps, n_ref, n_killed)
     _rd_equal(ref, res)
 
 
@@ -155,19 +201,23 @@ def _task() -> tuple[Callable, Callable[[], Iterator]]:
 
 
 def test_train_rd_task_resumes_bit_identical(tmp_path: Path,
-                                             stop_after: Callable[[int], None]) -> None:
+                                             stop_after: Callable[[int], None],
+                                             steps: Steps) -> None:
     """With a task loss the batch stream is replayed to where the killed run stopped."""
     cfg = RDConfig(steps=100, seed=5)  # a history point every 2 steps: stopped mid-window
     tensors = _rd_tensors()
     loss, batches = _task()
     ref = train_rd(tensors, cfg, task_loss=loss, batches=batches())
+    n_ref = steps.take()
     ck = tmp_path / "rd.ckpt"
     stop_after(37)
     with pytest.raises(Stop):
         train_rd(tensors, cfg, task_loss=loss, batches=batches(), checkpoint=ck,
                  checkpoint_every_s=0)
+    n_killed = steps.take()
     res = train_rd(tensors, cfg, task_loss=loss, batches=batches(), checkpoint=ck,
                    checkpoint_every_s=0)
+    _skipped(steps, n_ref, n_killed)
     _rd_equal(ref, res)
 
 
@@ -284,7 +334,8 @@ def test_bad_interval_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_reproduce_resumes_a_killed_vae_training(tmp_path: Path, toy_mnist_dir: Path,
                                                  monkeypatch: pytest.MonkeyPatch,
-                                                 stop_after: Callable[[int], None]) -> None:
+                                                 stop_after: Callable[[int], None],
+                                                 steps: Steps) -> None:
     """reproduce keeps the VAE's checkpoint under OUT/checkpoints/, keyed by the record; the
     same command run again resumes it and writes the same file as an uninterrupted run."""
     from vaecompress.experiments import common
@@ -299,12 +350,15 @@ def test_reproduce_resumes_a_killed_vae_training(tmp_path: Path, toy_mnist_dir: 
     monkeypatch.setenv(ckmod.EVERY_S_ENV, "0")
     kw = {"device": torch.device("cpu"), "data_dir": str(toy_mnist_dir), "progress": False}
     rep.reproduce(cfg, tmp_path / "ref", **kw)
+    n_ref = steps.take()
     out = tmp_path / "run"
     stop_after(2)
     with pytest.raises(Stop):
         rep.reproduce(cfg, out, **kw)
     assert len(list((out / "checkpoints").glob("*.pt"))) == 1
+    n_killed = steps.take()
     rep.reproduce(cfg, out, **kw)
+    _skipped(steps, n_ref, n_killed)
     assert not (out / "checkpoints").exists()
     name = "files/rnn-latent64.vaec"
     assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
@@ -350,6 +404,18 @@ def test_killed_compress_resumes_to_the_same_file(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
     assert ck.is_file() and not out.exists()
     assert 3 <= _saved_step(ck) < 60
+    # The checkpoint is honoured: moved on to the last step, it leaves one step to do, and
+    # the file differs from an uninterrupted run's (a run that ignored it would not differ).
+    saved = ck.read_bytes()
+    obj = torch.load(ck, weights_only=True)
+    obj["state"]["step"] = 59
+    torch.save(obj, ck)
+    moved = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0, moved.stderr
+    assert "ignoring checkpoint" not in moved.stderr
+    assert out.read_bytes() != (tmp_path / "ref.vrd").read_bytes()
+    out.unlink()
+    ck.write_bytes(saved)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "ignoring checkpoint" not in done.stderr

@@ -28,7 +28,7 @@ def test_round_trip_shapes_dtypes_and_passthrough(tiny_state, fast_vae) -> None:
     for k, v in tiny_state.items():
         assert out[k].shape == v.shape and out[k].dtype == v.dtype
     assert torch.equal(out["steps"], tiny_state["steps"])  # integer buffer kept exactly
-    assert _relerr(out, tiny_state) < 0.25
+    assert _relerr(out, tiny_state) < 0.025  # measured 0.0123 (torch 2.13, CPU): twice that
 
 
 def test_accounting_fields(tiny_state, fast_vae) -> None:
@@ -116,7 +116,7 @@ def test_raw_weights_with_unit_likelihood_collapse() -> None:
 
 def test_default_settings_do_not_collapse() -> None:
     out, w = _round_trip_raw()
-    assert _relerr({"w": out}, w) < 0.25
+    assert _relerr({"w": out}, w) < 0.03  # measured 0.0142: twice that
 
 
 def test_unknown_setting_is_a_user_error(tiny_state) -> None:
@@ -180,7 +180,7 @@ def test_per_tensor_chunking_is_recorded_and_round_trips(tiny_state, fast_vae) -
     out = decompress(res.data)
     assert [(k, v.shape, v.dtype) for k, v in out.items()] == \
         [(k, v.shape, v.dtype) for k, v in tiny_state.items()]
-    assert _relerr(out, tiny_state) < 0.25
+    assert _relerr(out, tiny_state) < 0.13  # measured 0.0651 (more, shorter chunks): twice
     default = loads(compress(tiny_state, "vae-paper", ctx=CTX, **fast_vae).data)
     assert "chunking" not in default.codec["settings"] and "chunk_per" not in default.codec_state
     with pytest.raises(UserError, match="chunking must be one of"):

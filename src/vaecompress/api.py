@@ -21,35 +21,32 @@ Externals are the separate files a codec declares (`Codec.externals`, e.g. vae-p
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from vaecompress import checksum
 from vaecompress.accounting import Accounting, account
 from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC
 from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_codec
 from vaecompress.coding.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
-from vaecompress.coding.floats import tensor_bytes
 from vaecompress.errors import FormatError, UserError
 from vaecompress.fidelity import weights_fidelity
-from vaecompress.format import Container, dumps, loads
+from vaecompress.format import Container, dumps, loads, read_file
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
 from vaecompress.io import StateDict, atomic_write_all, check_outputs
 
-# The checksum of the rebuilt tensors, recorded in the file's `meta` at compression (spec:
-# docs/format.md, "Checksum of the rebuilt tensors"): {"sha256": hex} of the decoded tensors'
-# own little-endian bytes in manifest order; codecs whose decoder is float arithmetic that may
-# differ by an ulp between CPUs (`Codec.exact_decode` False) add "l1" and "l2", the float64
-# sums of |w| and w**2 over the floating tensors, compared with a relative tolerance instead.
-DECODED_KEY = "vaecompress.decoded"
-NORM_RTOL = 1e-4
+# The checksum of the rebuilt tensors, recorded in the file's `meta` at compression
+# (`vaecompress.checksum`; spec: docs/format.md, "Checksum of the rebuilt tensors").
+DECODED_KEY = checksum.DECODED_KEY
 # The largest model `decompress` rebuilds unless told otherwise (the manifest's declared size,
 # checked before any decoding); VAECOMPRESS_MAX_DECODED_BYTES overrides it.
 DEFAULT_MAX_DECODED_BYTES = 2**34
@@ -71,22 +68,9 @@ class CompressResult:
     fallback: str | None = None
 
 
-def decoded_sha256(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of the tensors' own little-endian bytes, concatenated in the given order."""
-    h = hashlib.sha256()
-    for t in state.values():
-        h.update(tensor_bytes(t))
-    return h.hexdigest()
-
-
-def _norms(state: Mapping[str, torch.Tensor]) -> tuple[float, float]:
-    l1 = l2 = 0.0
-    for t in state.values():
-        if t.is_floating_point() and t.numel():
-            x = t.detach().to("cpu", torch.float64)
-            l1 += float(x.abs().sum())
-            l2 += float((x * x).sum())
-    return l1, l2
+def decoded_record(state: Mapping[str, torch.Tensor], *, exact: bool) -> dict[str, Any]:
+    """The checksum record of rebuilt tensors, as `compress` stores it under DECODED_KEY."""
+    return checksum.record(state, exact=exact)
 
 
 def check_state(state: Mapping[str, torch.Tensor]) -> None:
@@ -100,6 +84,11 @@ def check_state(state: Mapping[str, torch.Tensor]) -> None:
         if not isinstance(k, str) or not 1 <= len(k) <= MAX_NAME_CHARS:
             raise UserError(f"tensor name {str(k)[:40]!r} must be a string of 1 to "
                             f"{MAX_NAME_CHARS} characters")
+        if k in RESERVED_NAMES:
+            raise UserError(f"tensor name {k!r} is reserved by safetensors (the file could "
+                            "not be read back); rename the tensor")
+        if not _encodes(k):
+            raise UserError(f"tensor name {k[:40]!r} is not valid Unicode; rename the tensor")
         if not isinstance(v, torch.Tensor):
             raise UserError(f"state entry '{k}' is a {type(v).__name__}, not a tensor")
         dtype = str(v.dtype).removeprefix("torch.")
@@ -108,6 +97,19 @@ def check_state(state: Mapping[str, torch.Tensor]) -> None:
                             f"(it stores {', '.join(DTYPE_ITEMSIZE)}): convert it first")
         if v.dim() > MAX_RANK:
             raise UserError(f"tensor '{k}' has {v.dim()} dimensions, more than {MAX_RANK}")
+
+
+# Names no file can hold: safetensors keeps its own metadata under this key (the passthrough
+# blob and the decompressed file are safetensors).
+RESERVED_NAMES = frozenset({"__metadata__"})
+
+
+def _encodes(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def check_finite_input(codec: type[Codec], state: Mapping[str, torch.Tensor]) -> None:
@@ -163,12 +165,9 @@ def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecCo
     elapsed = time.perf_counter() - t0
     # Decode once, as a reader will (from the written bytes), and record what it rebuilt.
     rebuilt = type(codec)().decode(loads(dumps(enc.container)), enc.externals)
-    record: dict[str, Any] = {"sha256": decoded_sha256(rebuilt)}
-    if not codec.exact_decode:
-        record["l1"], record["l2"] = _norms(rebuilt)
-    if not codec.lossless and not all(math.isfinite(x) for x in _norms(rebuilt)):
+    if not codec.lossless and not checksum.finite_norms(rebuilt):
         raise RuntimeError(f"{codec.name} rebuilt non-finite weights from finite ones")
-    enc.container.meta[DECODED_KEY] = record
+    enc.container.meta[DECODED_KEY] = decoded_record(rebuilt, exact=codec.exact_decode)
     data = dumps(enc.container)
     return CompressResult(
         data, enc.externals, account(enc.container, len(data)), elapsed, enc.report, rebuilt,
@@ -177,38 +176,15 @@ def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecCo
 
 
 def _check_decoded(c: Container, codec: type[Codec], state: StateDict) -> None:
-    """The rebuilt tensors against the checksum recorded at compression (files written before
-    it existed have none), and never a non-finite weight from a lossy codec."""
-    record = c.meta.get(DECODED_KEY)
-    if record is not None:
-        sha = record.get("sha256") if isinstance(record, dict) else None
-        if not isinstance(sha, str):
-            raise FormatError(f"meta '{DECODED_KEY}' is malformed")
-        if decoded_sha256(state) != sha:
-            if codec.exact_decode:
-                raise FormatError(
-                    "the rebuilt tensors do not match the checksum recorded at compression "
-                    "(a damaged payload, or a decoder other than the one that wrote the file)")
-            _check_norms(record, state)
+    """The rebuilt tensors against the checksum recorded at compression (required from format
+    3 on), and never a non-finite weight from a lossy codec."""
+    checksum.check(c.meta.get(DECODED_KEY), state, exact=codec.exact_decode,
+                   format_version=c.format_version)
     if not codec.lossless:
         for k, t in state.items():
             if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
                 raise FormatError(f"tensor '{k}' decodes to NaN or Inf values: the file is "
                                   "damaged or was made by another decoder")
-
-
-def _check_norms(record: dict[str, Any], state: StateDict) -> None:
-    """A float decoder may differ by an ulp on another CPU: compare the sums instead."""
-    try:
-        want = (float(record["l1"]), float(record["l2"]))
-    except (KeyError, TypeError, ValueError):
-        raise FormatError(f"meta '{DECODED_KEY}' is malformed") from None
-    for name, got, ref in zip(("l1", "l2"), _norms(state), want, strict=True):
-        if not (math.isfinite(got) and abs(got - ref) <= NORM_RTOL * max(abs(ref), 1e-30)):
-            raise FormatError(
-                f"the rebuilt tensors do not match the file's checksum ({name} {got:.6g}, "
-                f"recorded {ref:.6g}): a damaged payload or a decoder other than the one "
-                "that wrote the file")
 
 
 def _check_externals(c: Container, externals: Mapping[str, bytes]) -> None:
@@ -263,17 +239,33 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
             f"the file declares a model of {c.decoded_bytes:,} bytes, more than the limit of "
             f"{limit:,} (set VAECOMPRESS_MAX_DECODED_BYTES to allow it)")
     codec = codec_cls()
-    state = codec.decode(c, externals)
-    _check_decoded(c, codec_cls, state)
+    try:
+        # A hostile file's numbers may overflow on the way to the checks that refuse them:
+        # the error says what is wrong, in one line, without numpy's warnings before it.
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            state = codec.decode(c, externals)
+            _check_decoded(c, codec_cls, state)
+    except MemoryError:
+        raise UserError(f"not enough memory to rebuild the model this file declares "
+                        f"({c.decoded_bytes:,} bytes)") from None
     if stats is not None and getattr(codec, "last_decode_s", None) is not None:
         stats["decode_s_inside"] = float(codec.last_decode_s)  # type: ignore[attr-defined]
     return state
 
 
 def external_path(path: str | Path, name: str) -> Path:
-    """Where an external called `name` of the file `path` lies by default."""
+    """Where an external called `name` of the file `path` lies by default. A name that cannot
+    be part of a file name there (a path separator, a NUL, a line break, too long) is a
+    UserError: such a file's externals are given with --external NAME=FILE."""
     path = Path(path)
-    return path.with_name(f"{path.name}.{name}.safetensors")
+    target = f"{path.name}.{name}.safetensors"
+    bad = next((c for c in ("/", "\\", "\0", "\n", "\r") if c in name), None)
+    if bad is not None or name in (".", "..") or len(os.fsencode(target)) > 255:
+        why = f"holds {bad!r}" if bad is not None else "is too long for a file name"
+        raise UserError(f"the file's external {name[:40]!r} {why}: it cannot lie beside "
+                        f"{path.name}; give it with --external NAME=FILE")
+    return path.with_name(target)
 
 
 def save(
@@ -304,9 +296,7 @@ def decompress_file(
     """Rebuild the state_dict from a compressed file. Each external the file references is read
     from the path given for its name, else from beside the file when it lies there."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such file: {path}")
-    data = path.read_bytes()
+    data = read_file(path)
     given = dict(externals or {})
     referenced = [e.name for e in loads(data).externals]
     unknown = sorted(set(given) - set(referenced))
@@ -315,11 +305,12 @@ def decompress_file(
         raise UserError(f"{path} references no external '{unknown[0]}' (it references: {names})")
     blobs = {}
     for name in referenced:
-        p = Path(given[name]) if name in given else external_path(path, name)
-        if name in given and not p.is_file():
-            raise UserError(f"no such file: {p}")
-        if p.is_file():
-            blobs[name] = p.read_bytes()
+        if name in given:
+            blobs[name] = read_file(given[name])
+            continue
+        p = external_path(path, name)
+        if p.exists():
+            blobs[name] = read_file(p)
     return decompress(data, blobs)
 
 

@@ -300,12 +300,28 @@ def _external_ins(args: argparse.Namespace) -> dict[str, str]:
     return ins
 
 
+def _read_input(args: argparse.Namespace) -> tuple[Any, dict[str, str], dict | None]:
+    """(state_dict, metadata, folder layout as JSON or None): a weights file, or a Hugging Face
+    model folder (docs/own-model.md)."""
+    from vaecompress.folders import is_model_folder, read_folder
+    from vaecompress.io import load_weights_file
+
+    if is_model_folder(args.input):
+        if args.key is not None:
+            raise UserError("--key selects inside a weights file; give the folder without it")
+        state, layout = read_folder(args.input)
+        return state, {}, layout.to_json()
+    state, meta = load_weights_file(args.input, key=args.key)
+    return state, meta, None
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, external_path, save
     from vaecompress.checkpoint import hidden_beside
     from vaecompress.codecs import DEFAULT_CODEC, CodecContext, make_codec
     from vaecompress.fidelity import describe
-    from vaecompress.io import check_outputs, load_weights_file
+    from vaecompress.folders import FOLDER_KEY
+    from vaecompress.io import check_outputs
     from vaecompress.runinfo import resolve_device
     from vaecompress.vae.distributed import is_main
 
@@ -325,7 +341,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "--finetune it runs without retraining and the rebuilt model can lose many points",
             file=sys.stderr,
         )
-    state, meta = load_weights_file(args.input, key=args.key)
+    state, meta, folder = _read_input(args)
     device = resolve_device(args.device)
     try:
         arch = _arch(args, meta)
@@ -374,7 +390,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         checkpoint=hidden_beside(args.output),  # a killed run, restarted, resumes
         probe=_probe(arch, state, device, args.seed),
     )
-    keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
+    keep: dict[str, Any] = {k: v for k, v in meta.items()
+                            if k in ("vaecompress.model", "test_accuracy")}
+    if folder is not None:
+        keep[FOLDER_KEY] = folder  # decompress -o FOLDER writes the same layout back
     res = compress(state, None if auto_codec else name, ctx=ctx, meta=keep, **settings)
     if res.fallback:
         print(f"vaecompress: {res.fallback}", file=sys.stderr)
@@ -458,6 +477,7 @@ def _accuracies(arch: Any, source: str, original: Any, rebuilt: Any, test: Any,
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     from vaecompress.api import decompress_file, external_path
+    from vaecompress.folders import FOLDER_KEY, FolderLayout, check_folder_output, write_folder
     from vaecompress.format import load as load_container
     from vaecompress.io import check_outputs, save_weights_file
 
@@ -465,6 +485,15 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     ins = _external_ins(args)
     c = load_container(args.input)
     beside = [str(external_path(args.input, e.name)) for e in c.externals if e.name not in ins]
+    folder = c.meta.get(FOLDER_KEY)
+    if folder is not None:  # made from a model folder: written back as one, to a new path
+        layout = FolderLayout.from_json(folder)
+        check_folder_output(args.output)
+        state = decompress_file(args.input, externals=ins)
+        write_folder(args.output, state, layout)
+        print(f"{args.output}: {len(state)} tensors in {len(layout.shards)} shards and "
+              f"{len(layout.files)} files rebuilt in {time.perf_counter() - t0:.2f} s")
+        return 0
     check_outputs([args.output], inputs=[args.input, *ins.values(), *beside])
     state = decompress_file(args.input, externals=ins)
     meta = {k: str(v) for k, v in c.meta.items() if k == "vaecompress.model"}
@@ -474,12 +503,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from vaecompress.format import read_file
     from vaecompress.inspection import inspect  # no torch: the header alone
 
-    p = Path(args.file)
-    if not p.is_file():
-        raise UserError(f"no such file: {p}")
-    info = inspect(p.read_bytes())
+    info = inspect(read_file(args.file))
     if args.json:
         _print_json(info)
         return 0

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import stat
 import tempfile
 import warnings
@@ -39,6 +41,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vaecompress.errors import UserError
+from vaecompress.format.container import read_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -57,6 +60,9 @@ def check_output_path(path: str | Path, *, inputs: Sequence[str | Path] = ()) ->
     written: one of `inputs` (the same file by inode or by resolved path), anything that is not
     a regular file (a symlink, a device node, a FIFO, a folder: never replaced), or a path whose
     folder is missing or not writable."""
+    if str(path).endswith(("/", os.sep)):
+        raise UserError(f"output {path} names a folder; give a file path, e.g. "
+                        f"{Path(path) / 'model.vaec'}")
     path = Path(path)
     for src in inputs:
         if _same_file(path, Path(src)):
@@ -97,22 +103,63 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def _unnamed_beside(path: Path) -> int | None:
+    """A file without a name in `path`'s folder (Linux O_TMPFILE: a kill -9 while it is being
+    written leaves nothing behind), or None where the system or file system has none."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None:
+        return None
+    try:
+        return os.open(path.parent, flag | os.O_RDWR, 0o666)  # the umask applies, as for mkstemp
+    except OSError:
+        return None
+
+
+def _name_unnamed(f: IO[bytes], path: Path) -> str:
+    """Give the complete unnamed file `f` a temporary name beside `path` (to be renamed over
+    it); where linking it is refused, copy it to a named temporary file instead."""
+    try:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        os.link(f"/proc/self/fd/{f.fileno()}", tmp)
+        return tmp
+    except OSError:
+        fd, tmp = _temp_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as g:
+                f.seek(0)
+                shutil.copyfileobj(f, g)
+                g.flush()
+                os.fsync(g.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return tmp
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> int:
     """Call `write(f)` on a temp file beside `path`, fsync, rename it to `path`; returns the
-    bytes written. On any error the temp file is removed and `path` is untouched. The only
-    write-then-rename routine of the package (the container format keeps its own). A `path`
-    that exists and is not a regular file (symlink, device, FIFO) is refused, never replaced."""
+    bytes written. On any error the temp file is removed and `path` is untouched; on Linux the
+    temp file has no name until it is complete, so not even a kill -9 leaves one behind. The
+    only write-then-rename routine of the package (the container format keeps its own). A
+    `path` that exists and is not a regular file (symlink, device, FIFO) is refused, never
+    replaced."""
     path = check_output_path(path)
-    fd, tmp = _temp_beside(path)
+    fd = _unnamed_beside(path)
+    tmp: str | None = None
+    if fd is None:
+        fd, tmp = _temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
+            if tmp is None:
+                tmp = _name_unnamed(f, path)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return size
 
@@ -223,9 +270,7 @@ def save_weights_file(
 
 
 def _read(path: Path) -> bytes:
-    if not path.is_file():
-        raise UserError(f"no such file: {path}")
-    return path.read_bytes()
+    return read_file(path)
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -259,6 +304,8 @@ def _is_safetensors(data: bytes) -> bool:
 def _is_torch(data: bytes, path: Path) -> bool:
     """A torch.save file: a zip archive, or the legacy format (a pickle stream); by the
     suffix when the first bytes say neither."""
+    if _is_safetensors(data):  # its 8-byte header length may begin with 0x80, like a pickle
+        return False
     if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
         return True
     return not _is_safetensors(data) and path.suffix.lower() in TORCH_SUFFIXES

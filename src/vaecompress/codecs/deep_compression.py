@@ -258,11 +258,24 @@ class DeepCompressionCodec(Codec):
             book_b, gap_b, idx_b = split_segments(data[pos:end], [4 * k, gap_len, idx_len])
             pos = end
             book = np.frombuffer(book_b, dtype="<f4").astype(np.float32)
-            positions = np.cumsum(decode_symbols(gap_b, nnz) + 1) - 1
+            gaps = decode_symbols(gap_b, nnz)
             idx = decode_symbols(idx_b, nnz)
-            if nnz and (positions[-1] >= n or int(idx.max()) >= k):
+            # The last position, summed exactly before the positions are: no overflow, and
+            # positions in the narrowest type that holds the tensor's indices.
+            if nnz and (_last_position(gaps, n) >= n or int(idx.max()) >= k):
                 raise FormatError(f"deep-compression: stream of '{spec['name']}' is out of range")
+            positions = np.cumsum(gaps, dtype=np.uint32 if n <= 2**32 else np.int64)
+            positions += np.arange(nnz, dtype=positions.dtype)
             out[spec["name"]] = reconstruct(Clustered(shape, idx, "b", positions), {"b": book})
         if next(rows, None) is not None or pos != len(data):
             raise FormatError("deep-compression payload holds more than the manifest needs")
         return join_passthrough(c, out)
+
+
+def _last_position(gaps: np.ndarray, n: int) -> int:
+    """sum(gaps) + len(gaps) - 1 in exact integers, or n when a gap alone reaches n (slices
+    of 2**20 gaps below n <= 2**40 sum within uint64)."""
+    if int(gaps.max()) >= n:
+        return n
+    total = sum(int(gaps[i : i + 2**20].sum(dtype=np.uint64)) for i in range(0, gaps.size, 2**20))
+    return total + gaps.size - 1

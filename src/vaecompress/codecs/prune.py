@@ -51,6 +51,7 @@ from vaecompress.coding.sparse import (
     magnitude_masks,
     position_bytes,
 )
+from vaecompress.coding.zstd_bounded import decompress_exactly
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
@@ -161,10 +162,7 @@ class PruneCodec(Codec):
             raise FormatError(f"prune: codec state says {raw_bytes} bytes, its table {expected}")
         data = c.payload(PAYLOAD, kinds=["zstd", "bytes"]).data
         if use_zstd:
-            try:
-                data = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_bytes)
-            except zstandard.ZstdError as e:
-                raise FormatError(f"prune payload is corrupt: {e}") from None
+            data = decompress_exactly(data, raw_bytes, "prune payload")
         out: StateDict = {}
         pos = 0
         for spec, (mode, nnz) in zip(specs, table, strict=True):
@@ -180,7 +178,8 @@ class PruneCodec(Codec):
             vals = floats_from_bytes(data[pos : pos + nnz * itemsize], vdtype, nnz)
             pos += nnz * itemsize
             full = np.zeros(n, dtype=np.float32)
-            full[mask] = vals
+            if nnz:
+                full[mask] = vals
             out[spec["name"]] = torch.from_numpy(full).reshape(shape)
         if pos != len(data):
             raise FormatError(f"prune payload has {len(data) - pos} bytes beyond its tensors")

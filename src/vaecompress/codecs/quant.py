@@ -205,7 +205,7 @@ class UniformQuantCodec(Codec):
             params = np.frombuffer(raw_params, dtype=FLOAT_STORE[scale_dtype])
             params = params.reshape(groups, n_params)
             rec = _dequantize(q.reshape(groups, -1), params.astype(np.float64), scheme, bits)
-            out[spec["name"]] = torch.from_numpy(rec.copy()).reshape(shape)
+            out[spec["name"]] = torch.from_numpy(rec).reshape(shape)
         if next(q_segs, None) is not None or scale_pos != len(blobs["scales"]) \
                 or float_pos != len(blobs["floats"]):
             raise FormatError(f"{self.name}: payloads hold more data than the manifest needs")
@@ -216,10 +216,17 @@ def _dequantize(q: np.ndarray, params: np.ndarray, scheme: str, bits: int) -> np
     """The float32 weights the decoder gives back; the encoder calls the same code, so what it
     reports is exactly what decoding yields."""
     scale = params[:, -1].astype(np.float32)[:, None]
+    # In place on one float32 array (q may be any integer type, narrow or a broadcast view):
+    # the same float32 operations as `lo + q * scale` and `(q - qmax) * scale`, which are
+    # exact on these small integers, so the bytes are those of earlier versions.
+    rec = q.astype(np.float32)
     if scheme == "affine":
-        return params[:, 0].astype(np.float32)[:, None] + q.astype(np.float32) * scale
-    qmax = 2 ** (bits - 1) - 1
-    return (q - qmax).astype(np.float32) * scale
+        rec *= scale
+        rec += params[:, 0].astype(np.float32)[:, None]
+        return rec
+    rec -= np.float32(2 ** (bits - 1) - 1)
+    rec *= scale
+    return rec
 
 
 def _groups(shape: list[int], granularity: str) -> int:

@@ -295,13 +295,14 @@ class VAEPaperCodec(Codec):
         mean, std = _affine(layout, stats)
         # Built on the meta device and then given the file's tensors: a random initialization
         # that the file's weights replace would be a third of the decoding time.
+        weights = state_from_bytes(blob, what="decoder weights")
+        odd = [k for k, v in weights.items() if v.dtype != torch.float32]
+        if odd:
+            raise FormatError(f"decoder weight {odd[0]!r} is not float32")
+        _check_decoder(arch, weights)  # before building: a header may declare any depth
         with torch.device("meta"):
             decoder = build_decoder(arch)
         try:
-            weights = state_from_bytes(blob, what="decoder weights")
-            odd = [k for k, v in weights.items() if v.dtype != torch.float32]
-            if odd:
-                raise FormatError(f"decoder weight {odd[0]!r} is not float32")
             decoder.load_state_dict(weights, assign=True)
         except RuntimeError as e:
             raise FormatError(
@@ -329,6 +330,21 @@ class VAEPaperCodec(Codec):
 
 
 DECODE_BATCH_FLOATS = 2**24  # activations of one decoding batch, in floats
+
+
+def _check_decoder(arch: VAEArch, weights: Mapping[str, torch.Tensor]) -> None:
+    """The decoder's tensors are exactly those of the architecture the header declares
+    (`build_decoder`'s names and shapes), checked by arithmetic before a module is built."""
+    sizes = [arch.latent, *reversed(arch.hidden), arch.in_dim]
+    if 2 * (len(sizes) - 1) != len(weights):
+        raise FormatError(f"vae-paper header declares {len(sizes) - 1} decoder layers, the "
+                          f"decoder's weights hold {len(weights) // 2}")
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        for name, shape in ((f"{2 * i}.weight", [b, a]), (f"{2 * i}.bias", [b])):
+            t = weights.get(name)
+            if t is None or list(t.shape) != shape:
+                got = "none" if t is None else list(t.shape)
+                raise FormatError(f"decoder weight {name!r} should have shape {shape}, has {got}")
 
 
 def _check_sizes(c: Container, layout: ParamLayout, ch: Chunking, arch: VAEArch,

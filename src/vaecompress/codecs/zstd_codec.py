@@ -23,6 +23,7 @@ from vaecompress.codecs.base import (
     split_passthrough,
 )
 from vaecompress.coding.floats import float_specs, numel, tensor_bytes, tensor_from_bytes
+from vaecompress.coding.zstd_bounded import decompress_exactly
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import DTYPE_ITEMSIZE, ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
@@ -69,11 +70,8 @@ class ZstdCodec(Codec):
             # Checked before decompressing: the output is bounded by the manifest's size.
             raise FormatError(f"zstd codec state says {raw_bytes} bytes, the manifest's "
                               f"floating tensors hold {sum(sizes)}")
-        try:
-            blob = zstandard.ZstdDecompressor().decompress(
-                c.payload(PAYLOAD, kinds=["zstd"]).data, max_output_size=raw_bytes)
-        except zstandard.ZstdError as e:
-            raise FormatError(f"zstd payload is corrupt: {e}") from None
+        blob = decompress_exactly(c.payload(PAYLOAD, kinds=["zstd"]).data, raw_bytes,
+                                  "zstd payload")
         out: StateDict = {}
         pos = 0
         for spec, size in zip(specs, sizes, strict=True):

@@ -34,6 +34,12 @@ MAX_SYMBOL = 2**32 - 1
 # constriction's categorical model has 24-bit precision: every symbol needs at least 2**-24 of
 # the mass, so tables far below that are safe. Larger sets of distinct symbols are packed.
 MAX_ANS_DISTINCT = 2**20
+_UNPACK_SLICE = 2**17  # values unpacked at a time, in units of 8
+# A categorical model of 24-bit precision gives no symbol more than 1 - 2**-24 of the mass, so
+# an ANS stream spends at least -log2(1 - 2**-24) bits a symbol (about 8.6e-8); a stream of N
+# bytes may declare at most that many symbols (plus the coder's 64 bits of state), checked
+# against the stored table's own largest probability before decoding.
+_ANS_PRECISION = 24
 # Count totals tried when quantizing the frequency table: a coarse table is cheaper to store and
 # costs little coding efficiency on short streams; the best total is chosen per stream.
 _COUNT_TOTALS = (2**6, 2**8, 2**10, 2**12, 2**16)
@@ -89,19 +95,37 @@ def pack_uint(values: np.ndarray, bits: int) -> bytes:
     return np.packbits(bitarr.reshape(-1)).tobytes()
 
 
+def uint_dtype(bits: int) -> np.dtype:
+    """The narrowest unsigned integer type that holds `bits`-bit values."""
+    return np.dtype(np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32)
+
+
 def unpack_uint(data: bytes | memoryview, bits: int, n: int) -> np.ndarray:
-    """Inverse of `pack_uint`: `n` values as int64."""
+    """Inverse of `pack_uint`: `n` values in the narrowest unsigned type of `bits` bits.
+    `data` must be exactly `packed_size(n, bits)` bytes: a count that its bytes cannot hold is
+    refused before anything is allocated."""
     need = packed_size(n, bits)
-    if len(data) < need:
+    if len(data) != need:
         raise FormatError(f"packed data holds {len(data)} bytes, {need} needed")
     if bits in (8, 16, 32):
-        return np.frombuffer(bytes(data[:need]), dtype=f"<u{bits // 8}").astype(np.int64)
-    bitarr = np.unpackbits(np.frombuffer(bytes(data[:need]), dtype=np.uint8))[: n * bits]
-    # One bit plane at a time: n*bits bytes of bits and the int64 result, nothing larger.
-    planes = bitarr.reshape(n, bits)
-    out = np.zeros(n, dtype=np.int64)
-    for b in range(bits):
-        out = (out << 1) | planes[:, b]
+        return np.frombuffer(bytes(data), dtype=f"<u{bits // 8}").astype(uint_dtype(bits))
+    dtype = uint_dtype(bits)
+    raw = np.frombuffer(bytes(data), dtype=np.uint8)
+    if bits == 4:  # two to a byte, high nibble first
+        out = np.empty(2 * raw.size, dtype=np.uint8)
+        out[0::2], out[1::2] = raw >> 4, raw & 0x0F
+        return out[:n]
+    out = np.zeros(n, dtype=dtype)
+    # In slices, one bit plane at a time: n*bits bits of working space at most a slice's.
+    step = 8 * _UNPACK_SLICE  # a multiple of 8 values starts on a byte boundary for any width
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        chunk = raw[lo * bits // 8 : (hi * bits + 7) // 8]
+        planes = np.unpackbits(chunk, count=(hi - lo) * bits).reshape(hi - lo, bits)
+        acc = np.zeros(hi - lo, dtype=dtype)
+        for b in range(bits):
+            acc = (acc << dtype.type(1)) | planes[:, b]
+        out[lo:hi] = acc
     return out
 
 
@@ -197,8 +221,11 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> byt
 
 
 def decode_symbols(data: bytes | memoryview, n: int | None = None) -> np.ndarray:
-    """Decode a stream of `encode_symbols` into int64; `n`, when given, must match the count
-    stored in the stream (a cheap consistency check against a mixed-up segment table)."""
+    """Decode a stream of `encode_symbols` into the narrowest unsigned type that holds its
+    symbols (a constant stream: a read-only broadcast view, no memory per symbol); `n`, when
+    given, must match the count stored in the stream (a cheap consistency check against a
+    mixed-up segment table). The stream must end exactly where its mode says it does, and its
+    count must be one its bytes can hold, checked before anything is allocated."""
     if not data:
         raise FormatError("symbol stream is empty")
     mode = data[0]
@@ -208,10 +235,15 @@ def decode_symbols(data: bytes | memoryview, n: int | None = None) -> np.ndarray
     if mode == MODE_EMPTY:
         if count:
             raise FormatError(f"empty symbol stream claims {count} symbols")
-        return np.zeros(0, dtype=np.int64)
+        _expect_end(data, pos)
+        return np.zeros(0, dtype=np.uint8)
     if mode == MODE_CONST:
         sym, pos = read_varint(data, pos)
-        return np.full(count, sym, dtype=np.int64)
+        _expect_end(data, pos)
+        if sym > MAX_SYMBOL:
+            raise FormatError(f"symbol stream holds symbol {sym}, beyond {MAX_SYMBOL}")
+        one = np.array(sym, dtype=uint_dtype(max(1, sym.bit_length())))
+        return np.broadcast_to(one, (count,))
     if mode == MODE_PACKED:
         width, pos = read_varint(data, pos)
         if not 1 <= width <= 32:
@@ -227,6 +259,8 @@ def decode_symbols(data: bytes | memoryview, n: int | None = None) -> np.ndarray
     for i in range(k):
         d, pos = read_varint(data, pos)
         prev = prev + d + 1
+        if prev > MAX_SYMBOL:
+            raise FormatError(f"symbol stream holds a symbol beyond {MAX_SYMBOL}")
         present[i] = prev
     q = np.empty(k, dtype=np.int64)
     for i in range(k):
@@ -236,12 +270,32 @@ def decode_symbols(data: bytes | memoryview, n: int | None = None) -> np.ndarray
     words = bytes(memoryview(data)[pos:])
     if len(words) % 4:
         raise FormatError("ANS data is not a whole number of 32-bit words")
+    if count > _ans_capacity(q, len(words)):
+        raise FormatError(f"ANS stream of {len(words)} bytes cannot hold {count} symbols "
+                          "under its own table")
     compressed = np.frombuffer(words, dtype="<u4").astype(np.uint32)
     try:
         ranks = constriction.stream.stack.AnsCoder(compressed).decode(_categorical(q), count)
     except (ValueError, RuntimeError) as e:  # constriction reports corrupt data this way
         raise FormatError(f"ANS data cannot be decoded: {e}") from None
-    return present[np.asarray(ranks, dtype=np.int64)]
+    return present.astype(uint_dtype(int(present[-1]).bit_length()))[np.asarray(ranks)]
+
+
+def _ans_capacity(q: np.ndarray, nbytes: int) -> int:
+    """The most symbols an ANS stream of `nbytes` can hold under table `q`: each symbol
+    costs at least -log2(p_max) bits, p_max the largest probability the 24-bit model can give
+    (the table's, raised by the rounding of each of the others to 2**-24), plus 64 bits of
+    coder state and a margin of one symbol in a million for the float arithmetic."""
+    total = float(q.sum())
+    p_max = min(float(q.max()) / total + len(q) * 2.0**-_ANS_PRECISION,
+                1 - (len(q) - 1) * 2.0**-_ANS_PRECISION)
+    bits = -math.log2(p_max)
+    return int((8 * nbytes + 64) / bits * (1 + 1e-6)) + 1
+
+
+def _expect_end(data: bytes | memoryview, pos: int) -> None:
+    if pos != len(data):
+        raise FormatError(f"symbol stream has {len(data) - pos} bytes after its end")
 
 
 # ------------------------------------------------------------------------ segments

@@ -67,7 +67,7 @@ def reconstruct(cl: Clustered, codebooks: Mapping[str, np.ndarray]) -> torch.Ten
     """The float32 tensor a decoder rebuilds; the encoder reports exactly this."""
     values = codebooks[cl.book].astype(np.float32)[cl.index]
     if cl.positions is None:
-        return torch.from_numpy(values.copy()).reshape(cl.shape)
+        return torch.from_numpy(values).reshape(cl.shape)  # a new array: no copy needed
     full = np.zeros(numel(cl.shape), dtype=np.float32)
     full[cl.positions] = values
     return torch.from_numpy(full).reshape(cl.shape)

@@ -41,6 +41,7 @@ from vaecompress.errors import FormatError
 
 COL_MASK, ROW_MASK, ROW_STEPS, FIXED = 1, 2, 4, 8
 MAX_LATENT = 2**31 - 1  # |latent| bound a reader accepts
+_SLICE = 2**20  # latents converted at a time when decoding
 
 
 def zigzag(v: int) -> int:
@@ -61,9 +62,7 @@ def grid(shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
 
 def decode_affine(z: np.ndarray, steps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """float32 weights of integer latents: one step, or one per row."""
-    zf = z.astype(np.float32).reshape(grid(shape))
-    s = steps.astype(np.float32).reshape(-1, 1) if steps.size > 1 else np.float32(steps[0])
-    return (zf * s).astype(np.float32).reshape(shape)
+    return _scale(z.astype(np.float32).reshape(grid(shape)), steps).reshape(shape)
 
 
 def _stream(out: bytearray, blob: bytes) -> None:
@@ -176,26 +175,39 @@ def decode_tensor(data: memoryview, pos: int, shape: tuple[int, ...]) -> tuple[n
         width, p = read_varint(body, 0)
         if not 1 <= width <= 32 or p + packed_size(n, width) != len(body):
             raise FormatError("fixed-length latents have the wrong size")
-        sym = unpack_uint(body[p:], width, n) if n else np.zeros(0, np.int64)
+        sym = unpack_uint(body[p:], width, n) if n else np.zeros(0, np.uint8)
     else:
         sym = decode_symbols(body, n)
-    vals = sym + offset
-    if vals.size and int(np.abs(vals).max()) > MAX_LATENT:
+    if sym.size and max(abs(offset), abs(offset + int(sym.max()))) > MAX_LATENT:
         raise FormatError("latent out of range")
-    sub = vals.reshape(kept_r, kept_c)
-    m = np.zeros((r, c), dtype=np.int64)
+    # float32 latents, made a slice at a time from the narrow symbols: the working set is the
+    # rebuilt tensor itself (4 bytes a weight) and one slice, whatever the symbols' width.
+    lat = np.empty(n, dtype=np.float32)
+    for lo in range(0, n, _SLICE):
+        part = sym[lo : lo + _SLICE].astype(np.int64)
+        part += offset
+        lat[lo : lo + _SLICE] = part
+    sub = lat.reshape(kept_r, kept_c)
     if cols is not None:
-        full_rows = np.zeros((kept_r, c), dtype=np.int64)
+        full_rows = np.zeros((kept_r, c), dtype=np.float32)
         full_rows[:, cols] = sub
         sub = full_rows
     if rows is not None:
+        m = np.zeros((r, c), dtype=np.float32)
         m[rows] = sub
     else:
         m = sub
-    w = decode_affine(m.reshape(shape), steps, shape)
+    w = _scale(m, steps).reshape(shape)
     if not np.isfinite(w).all():
         raise FormatError("latent record decodes to non-finite weights")
     return w, pos
+
+
+def _scale(zf: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """`decode_affine` in place on float32 latents of the (rows, cols) grid."""
+    s = steps.astype(np.float32).reshape(-1, 1) if steps.size > 1 else np.float32(steps[0])
+    zf *= s
+    return zf
 
 
 def encode_model(ints: list[np.ndarray], steps: list[np.ndarray], *, entropy: bool = True,

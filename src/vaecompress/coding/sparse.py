@@ -72,7 +72,11 @@ def decode_positions(mode: str, data: bytes, n: int, nnz: int) -> np.ndarray:
     if mode == "m":
         if len(data) != (n + 7) // 8:
             raise FormatError("bitmask has the wrong size")
-        mask = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n].astype(bool)
+        if nnz == 0:  # all pruned: no bit may be set, and none needs unpacking
+            if np.frombuffer(data, dtype=np.uint8).any():
+                raise FormatError("bitmask does not match its count of surviving weights")
+            return np.zeros(n, dtype=bool)
+        mask = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n).view(bool)
         if int(mask.sum()) != nnz:
             raise FormatError("bitmask does not match its count of surviving weights")
         return mask

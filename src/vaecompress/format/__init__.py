@@ -18,6 +18,7 @@ from vaecompress.format.container import (
     file_sha256,
     load,
     loads,
+    read_file,
     save,
 )
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_DECODED_BYTES
@@ -41,5 +42,6 @@ __all__ = [
     "file_sha256",
     "load",
     "loads",
+    "read_file",
     "save",
 ]

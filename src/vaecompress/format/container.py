@@ -1,7 +1,7 @@
 """The vaecompress file container (spec: docs/format.md).
 
 Boundary: this module turns a `Container` (codec description, tensor manifest, codec state,
-named byte payloads, external references, meta) into bytes and back (format versions 1 and 2;
+named byte payloads, external references, meta) into bytes and back (format versions 1-3;
 the header's field checks live in `header.py`), and writes/reads files atomically. It never
 interprets payload bytes, knows no codec, and does not import torch; compression ratios
 (accounting) are computed elsewhere from what it returns.
@@ -19,6 +19,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import struct
 import zlib
 from collections.abc import Iterable
@@ -36,9 +37,11 @@ from vaecompress.format.header import ROLES as ROLES
 from vaecompress.format.header import check_header, decoded_bytes, short
 
 MAGIC = b"VAECOMP\x00"
-FORMAT_VERSION = 2  # what dumps writes by default
-READ_VERSIONS = (1, 2)
-KNOWN_FLAGS = 0  # versions 1 and 2 define no flag bits
+# Version 3 has version 2's layout; a version 3 file must carry the checksum that binds each
+# rebuilt tensor's name, dtype, shape and order to its bytes (`vaecompress.checksum`).
+FORMAT_VERSION = 3  # what dumps writes by default
+READ_VERSIONS = (1, 2, 3)
+KNOWN_FLAGS = 0  # versions 1-3 define no flag bits
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # the header JSON, and in version 2 also its stored form
 
 # magic, u16 version, u16 flags, u32 header_len, u32 header crc32; little-endian, no padding
@@ -90,6 +93,9 @@ class Container:
     payloads: list[Payload] = field(default_factory=list)
     externals: list[External] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # The version of the file it was read from (what a new one is written as); not part of
+    # what the container holds, so two containers read from versions 2 and 3 compare equal.
+    format_version: int = field(default=FORMAT_VERSION, compare=False)
 
     @property
     def decoded_bytes(self) -> int:
@@ -134,8 +140,8 @@ def file_sha256(data: bytes) -> str:
 def dumps(c: Container, *, version: int = FORMAT_VERSION) -> bytes:
     """Serialize `c`; the same container always gives byte-identical output.
 
-    `version` 2 (the default) stores the header compressed; 1 writes the old, plain layout
-    for readers that predate version 2."""
+    `version` 3 (the default) and 2 store the header compressed; 1 writes the old, plain
+    layout for readers that predate version 2."""
     if version not in READ_VERSIONS:
         raise ValueError(f"cannot write format version {version} (writes 1 and 2)")
     payload_entries: list[dict[str, Any]] = []
@@ -245,16 +251,27 @@ def _fsync_dir(directory: Path) -> None:
 # ---------------------------------------------------------------------------- reading
 
 
-def load(path: str | os.PathLike[str]) -> Container:
-    """Read and fully verify the file at `path`."""
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an input file, refusing (UserError, before opening it) anything that is
+    not a regular file: a FIFO or a device would block or never end."""
     try:
-        data = Path(path).read_bytes()
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise UserError(f"{path} is {what}; give a regular file")
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"not a file: {path}") from None
     except PermissionError:
         raise UserError(f"permission denied: {path}") from None
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte in it
+        raise UserError(f"cannot read {short(str(path))}: "
+                        f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def load(path: str | os.PathLike[str]) -> Container:
+    """Read and fully verify the file at `path`."""
+    data = read_file(path)
     try:
         return loads(data)
     except FormatError as e:
@@ -328,6 +345,7 @@ def loads(data: bytes) -> Container:
             for e in header["externals"]
         ],
         meta=header["meta"],
+        format_version=version,
     )
 
 
@@ -360,7 +378,7 @@ def _inflate_header(stored: bytes) -> bytes:
 def _version_message(version: int) -> str:
     return (
         f"format version {version} is not supported by this vaecompress "
-        f"(reads {' and '.join(map(str, READ_VERSIONS))}); upgrade vaecompress"
+        f"(reads {', '.join(map(str, READ_VERSIONS))}); upgrade vaecompress"
     )
 
 

@@ -1,0 +1,171 @@
+"""Hugging Face model folders: read one as a state_dict and the layout that writes it back.
+
+A folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`
+(`model-00001-of-00003.safetensors`, ...), or `pytorch_model.bin` (read with weights_only),
+beside files that are not weights (config.json, tokenizer files). `read_folder` gives the
+tensors of every shard in shard order and a `FolderLayout`: each shard's file name, tensor names
+and safetensors metadata, and the bytes of every other regular file of the folder (the index
+included, copied through untouched). `compress` stores the layout in the file's meta
+(`FOLDER_KEY`); `decompress -o FOLDER` writes the same shards, index and files back
+(`write_folder`): safetensors shards written with their own metadata by the same library are
+byte for byte those of the input when the codec is lossless. The folder is written beside its
+target under a temporary name and renamed into place, so a failed run leaves no half folder.
+
+Boundary: files and layout only; which codec compresses the tensors is the caller's business.
+All of a folder's tensors are read before compressing (the codecs take one state_dict).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaecompress.errors import FormatError, UserError
+from vaecompress.format import read_file
+from vaecompress.io import (
+    StateDict,
+    load_weights_file,
+    safetensors_metadata,
+    state_from_bytes,
+    state_to_bytes,
+)
+
+FOLDER_KEY = "vaecompress.folder"
+INDEX = "model.safetensors.index.json"
+SINGLE = ("model.safetensors", "pytorch_model.bin")
+MAX_OTHER_BYTES = 16 * 2**20  # config and tokenizer files stored in the header, in total
+
+
+@dataclass
+class Shard:
+    file: str
+    tensors: list[str]
+    metadata: dict[str, str]
+
+
+@dataclass
+class FolderLayout:
+    shards: list[Shard]
+    files: dict[str, bytes]  # every other regular file, by name, the index included
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shards": [{"file": s.file, "tensors": s.tensors, "metadata": s.metadata}
+                           for s in self.shards],
+                "files": {k: base64.b64encode(v).decode("ascii")
+                          for k, v in sorted(self.files.items())}}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> FolderLayout:
+        """The layout a file's meta holds, every field checked (FormatError)."""
+        try:
+            shards = [Shard(_name(s["file"]), [str(t) for t in s["tensors"]],
+                            {str(k): str(v) for k, v in s["metadata"].items()})
+                      for s in obj["shards"]]
+            files = {_name(k): base64.b64decode(v, validate=True)
+                     for k, v in obj["files"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError, UserError) as e:
+            raise FormatError(f"meta '{FOLDER_KEY}' is malformed: {e}") from None
+        names = [s.file for s in shards] + list(files)
+        if not shards or len(set(names)) != len(names):
+            raise FormatError(f"meta '{FOLDER_KEY}' lists no shard or a file twice")
+        return cls(shards, files)
+
+
+def _name(name: Any) -> str:
+    """A plain file name inside the folder: no separator, not '.' or '..'."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or "\0" in name \
+            or name in (".", "..") or len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise UserError(f"{str(name)[:40]!r} is not a file name inside the model folder")
+    return name
+
+
+def is_model_folder(path: str | Path) -> bool:
+    return Path(path).is_dir()
+
+
+def _shard_files(folder: Path) -> list[str]:
+    index = folder / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(read_file(index))["weight_map"]
+            files = [_name(f) for f in weight_map.values()]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{index} is not a safetensors index: {e}") from None
+        return list(dict.fromkeys(files))  # in order of first appearance
+    for single in SINGLE:
+        if (folder / single).is_file():
+            return [single]
+    raise UserError(f"{folder} holds no {INDEX}, {SINGLE[0]} or {SINGLE[1]}: not a model folder")
+
+
+def read_folder(folder: str | Path) -> tuple[StateDict, FolderLayout]:
+    """Every tensor of the folder's shards (in shard order) and the layout to write it back."""
+    folder = Path(folder)
+    shards: list[Shard] = []
+    state: StateDict = {}
+    for file in _shard_files(folder):
+        path = folder / file
+        if file.endswith(".safetensors"):
+            data = read_file(path)
+            part = state_from_bytes(data, what=f"weights in {path}")
+            meta = safetensors_metadata(data)
+        else:
+            part, meta = load_weights_file(path)
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise UserError(f"tensor {twice[0]!r} is in two shards of {folder}")
+        state.update(part)
+        shards.append(Shard(file, list(part), meta))
+    weights = {s.file for s in shards}
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.name not in weights and p.is_file() and not p.is_symlink():
+            files[_name(p.name)] = read_file(p)
+    if sum(len(v) for v in files.values()) > MAX_OTHER_BYTES:
+        raise UserError(f"the files of {folder} beside its weights hold more than "
+                        f"{MAX_OTHER_BYTES // 2**20} MiB; compress the weights file instead")
+    return state, FolderLayout(shards, files)
+
+
+def check_folder_output(path: str | Path) -> Path:
+    """A folder to create: it must not exist yet, and its parent must."""
+    target = Path(str(path).rstrip("/") or "/")
+    if target.exists() or target.is_symlink():
+        raise UserError(f"output {target} exists; decompress writes a model folder to a new path")
+    if not target.parent.is_dir():
+        raise UserError(f"output folder does not exist: {target.parent}")
+    return target
+
+
+def write_folder(path: str | Path, state: Mapping[str, torch.Tensor],
+                 layout: FolderLayout) -> None:
+    """Write the shards and files of `layout` with the tensors of `state` into a new folder,
+    all or nothing."""
+    target = check_folder_output(path)
+    listed = [t for s in layout.shards for t in s.tensors]
+    if sorted(listed) != sorted(state):
+        raise FormatError(f"meta '{FOLDER_KEY}' does not list the file's tensors")
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()
+    try:
+        for shard in layout.shards:
+            part = {t: state[t] for t in shard.tensors}
+            if shard.file.endswith(".safetensors"):
+                (tmp / shard.file).write_bytes(state_to_bytes(part, shard.metadata or None))
+            else:
+                torch.save(part, tmp / shard.file)
+        for name, data in layout.files.items():
+            (tmp / name).write_bytes(data)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
