@@ -34,6 +34,7 @@ from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_c
 from vaecompress.coding.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 from vaecompress.coding.floats import tensor_bytes
 from vaecompress.errors import FormatError, UserError
+from vaecompress.family import delta
 from vaecompress.format import Container, dumps, loads
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
@@ -118,12 +119,15 @@ def compress(
     ctx: CodecContext | None = None,
     finetune: Finetuner | None = None,
     meta: Mapping[str, Any] | None = None,
+    base: Mapping[str, torch.Tensor] | None = None,
     **settings: Any,
 ) -> CompressResult:
     """Compress a state_dict with a registered codec; `settings` override the codec's defaults.
 
     `finetune`, the task of a codec that trains on it, replaces `ctx.finetune` (`ctx` holds the
-    device, seed and progress bars; default: CPU, seed 0)."""
+    device, seed and progress bars; default: CPU, seed 0). With `base`, a model the receiver
+    already has, the codec codes the difference from it (`family.delta`); the file records the
+    base's sha256, and decoding needs the same base."""
     enc_codec = make_codec(codec, **settings)
     check_state(state)
     check_finite_input(type(enc_codec), state)
@@ -131,12 +135,22 @@ def compress(
     if finetune is not None:
         ctx = replace(ctx, finetune=finetune)
     t0 = time.perf_counter()
+    plan = None
+    if base is not None:
+        check_state(base)
+        plan = delta.plan(type(enc_codec), state, base, settings, ctx.finetune)
+        enc_codec = make_codec(codec, **plan.settings)
+        state, ctx = plan.coded, replace(ctx, finetune=plan.finetune)
     enc = enc_codec.encode(dict(state), ctx)
     if meta:
         enc.container.meta.update(meta)
     elapsed = time.perf_counter() - t0
     # Decode once, as a reader will (from the written bytes), and record what it rebuilt.
     rebuilt = type(enc_codec)().decode(loads(dumps(enc.container)), enc.externals)
+    if plan is not None:  # the checksum below is of the model, base added back
+        enc.container.meta[delta.BASE_KEY] = plan.delta.record()
+        enc.report.update(plan.report)
+        rebuilt = delta.rebuild(rebuilt, base, plan.delta.op)
     record: dict[str, Any] = {"sha256": decoded_sha256(rebuilt)}
     if not enc_codec.exact_decode:
         record["l1"], record["l2"] = _norms(rebuilt)
@@ -211,8 +225,12 @@ def max_decoded_bytes() -> int:
 
 
 def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
-               stats: dict[str, Any] | None = None, max_bytes: int | None = None) -> StateDict:
+               stats: dict[str, Any] | None = None, max_bytes: int | None = None,
+               base: Mapping[str, torch.Tensor] | None = None) -> StateDict:
     """Rebuild the state_dict from a file's bytes (and the bytes of what it references).
+
+    A file coded against a base needs that base (`base`, checked by its sha256 before any
+    decoding); a file coded alone refuses one.
 
     A file whose manifest declares more than `max_bytes` (default `max_decoded_bytes()`) is
     refused before decoding; the rebuilt tensors are checked against the checksum recorded at
@@ -222,6 +240,9 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
     decodes in a worker process (nncodec) sets `last_decode_s` to the time inside the worker,
     recorded here as `decode_s_inside`, so that a bench compares decoders, not process starts."""
     c = loads(data)
+    if base is not None:
+        check_state(base)
+    against = delta.check_base(c.meta, base)
     externals = dict(externals or {})
     _check_externals(c, externals)
     codec_cls = get_codec_class(c.codec.get("name", "?"))
@@ -237,6 +258,8 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
             f"{limit:,} (set VAECOMPRESS_MAX_DECODED_BYTES to allow it)")
     codec = codec_cls()
     state = codec.decode(c, externals)
+    if against is not None:
+        state = delta.rebuild(state, base or {}, against.op)
     _check_decoded(c, codec_cls, state)
     if stats is not None and getattr(codec, "last_decode_s", None) is not None:
         stats["decode_s_inside"] = float(codec.last_decode_s)  # type: ignore[attr-defined]
@@ -272,10 +295,12 @@ def save(
 
 
 def decompress_file(
-    path: str | Path, *, externals: Mapping[str, str | Path] | None = None
+    path: str | Path, *, externals: Mapping[str, str | Path] | None = None,
+    base: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """Rebuild the state_dict from a compressed file. Each external the file references is read
-    from the path given for its name, else from beside the file when it lies there."""
+    from the path given for its name, else from beside the file when it lies there; `base` is
+    the model a file coded against one needs."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
@@ -293,7 +318,7 @@ def decompress_file(
             raise UserError(f"no such file: {p}")
         if p.is_file():
             blobs[name] = p.read_bytes()
-    return decompress(data, blobs)
+    return decompress(data, blobs, base=base)
 
 
 load = decompress_file  # the public name of the README's first version

@@ -278,6 +278,13 @@ def _external_ins(args: argparse.Namespace) -> dict[str, str]:
     return ins
 
 
+def _base(args: argparse.Namespace) -> Any:
+    """The state_dict of `--base FILE` (the model the receiver already has), or None."""
+    from vaecompress.io import load_weights_file
+
+    return load_weights_file(args.base)[0] if args.base else None
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, external_path, save
     from vaecompress.checkpoint import hidden_beside
@@ -296,7 +303,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     # that exists and is writable. Externals not named go beside the output.
     targets = [args.output, *outs.values()]
     targets += [str(external_path(args.output, n)) for n in type(codec).externals if n not in outs]
-    check_outputs(targets, inputs=[args.input])
+    check_outputs(targets, inputs=[args.input, *([args.base] if args.base else [])])
     if codec.uses_task and not args.finetune and not args.quiet:
         print(
             f"vaecompress: warning: {args.codec} retrains on the task to keep accuracy; without "
@@ -304,6 +311,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     state, meta = load_weights_file(args.input, key=args.key)
+    base = _base(args)
     device = resolve_device(args.device)
     try:
         arch = _arch(args, meta)
@@ -352,13 +360,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         checkpoint=hidden_beside(args.output),  # a killed run, restarted, resumes
     )
     keep = {k: v for k, v in meta.items() if k in ("vaecompress.model", "test_accuracy")}
-    res = compress(state, args.codec, ctx=ctx, meta=keep, **settings)
+    res = compress(state, args.codec, ctx=ctx, meta=keep, base=base, **settings)
     if auto_codec and res.accounting.ratio_honest < 1.0:
         # A codec nobody asked for must never make the file larger than the model.
         print(f"vaecompress: {args.codec} made a file larger than the model; "
               f"keeping it lossless with {LOSSLESS_CODEC} instead", file=sys.stderr)
         args.codec = LOSSLESS_CODEC
-        res = compress(state, LOSSLESS_CODEC, ctx=ctx, meta=keep)
+        res = compress(state, LOSSLESS_CODEC, ctx=ctx, meta=keep, base=base)
     if not is_main():  # one of several processes under torchrun: rank 0 writes and reports
         return 0
     save(res, args.output, externals=outs)
@@ -410,8 +418,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     ins = _external_ins(args)
     c = load_container(args.input)
     beside = [str(external_path(args.input, e.name)) for e in c.externals if e.name not in ins]
-    check_outputs([args.output], inputs=[args.input, *ins.values(), *beside])
-    state = decompress_file(args.input, externals=ins)
+    check_outputs([args.output], inputs=[args.input, *ins.values(), *beside,
+                                         *([args.base] if args.base else [])])
+    state = decompress_file(args.input, externals=ins, base=_base(args))
     meta = {k: str(v) for k, v in c.meta.items() if k == "vaecompress.model"}
     save_weights_file(args.output, state, meta, keep_order=True)  # the input's order
     print(f"{args.output}: {len(state)} tensors rebuilt in {time.perf_counter() - t0:.2f} s")
@@ -584,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--no-eval", action="store_true",
                     help="do not measure the rebuilt model's test accuracy")
+    sp.add_argument("--base", metavar="FILE", help="code the model as its difference from "
+                    "this model (e.g. the one it was fine-tuned from), which the receiver must "
+                    "already have: the file records its sha256, not its bytes")
     sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0); the same "
                     "input, settings and seed give the same file")
     json_flag(sp)
@@ -604,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file the compressed file references (default: INPUT.NAME.safetensors beside it)",
     )
     sp.add_argument("--decoder", metavar="FILE", help="--external decoder=FILE")
+    sp.add_argument("--base", metavar="FILE", help="the model the file was coded against "
+                    "(compress --base); a different one is refused")
     sp.set_defaults(func=cmd_decompress)
 
     sp = sub.add_parser("inspect", help="show a compressed file's header, sizes and ratios",

@@ -1,0 +1,4 @@
+"""Families of models: a model coded as its difference from a base the receiver already has
+(`delta`), and a training run's checkpoints in one file, each coded against the previous
+rebuilt one (`series`). Spec: docs/families.md; the file fields: docs/format.md.
+"""
