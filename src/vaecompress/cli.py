@@ -289,10 +289,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, external_path, save
     from vaecompress.checkpoint import hidden_beside
     from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC, CodecContext, make_codec
+    from vaecompress.family.commands import compress_series_command, series_inputs
     from vaecompress.io import check_outputs, load_weights_file
     from vaecompress.runinfo import resolve_device
     from vaecompress.vae.distributed import is_main
 
+    files = series_inputs(args.input)
+    if files is not None:  # a run's checkpoints: one series file
+        return compress_series_command(args, files, _base(args), args.codec or DEFAULT_CODEC,
+                                       _codec_settings(args))
+    args.input = args.input[0]
     auto_codec = args.codec is None
     if auto_codec:
         args.codec = DEFAULT_CODEC
@@ -411,9 +417,14 @@ def _accuracies(arch: Any, source: str, original: Any, rebuilt: Any, test: Any,
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     from vaecompress.api import decompress_file, external_path
+    from vaecompress.family.commands import decompress_member_command
+    from vaecompress.family.series import is_series
     from vaecompress.format import load as load_container
+    from vaecompress.format import load_payloads
     from vaecompress.io import check_outputs, save_weights_file
 
+    if args.member is not None or is_series(load_payloads(args.input, [])):
+        return decompress_member_command(args, _base(args))
     t0 = time.perf_counter()
     ins = _external_ins(args)
     c = load_container(args.input)
@@ -566,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bfloat16 and float64 tensors are coded, integer and bool tensors kept exactly; the "
         "rebuilt file has the same names, shapes and dtypes in the same order. The output is "
         "written only when everything succeeded; it may never be the input.")
-    sp.add_argument("input", help=WEIGHTS_HELP)
+    sp.add_argument("input", nargs="+", help=WEIGHTS_HELP + "; several files, or a folder of "
+                    "them, make one checkpoint series (each coded against the previous one)")
     sp.add_argument("-o", "--output", required=True, metavar="FILE",
                     help="the compressed file to write (e.g. model.vaec)")
     sp.add_argument("--codec", default=None, help=CODECS_HELP)
@@ -596,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--base", metavar="FILE", help="code the model as its difference from "
                     "this model (e.g. the one it was fine-tuned from), which the receiver must "
                     "already have: the file records its sha256, not its bytes")
+    sp.add_argument("--keyframe-every", type=int, default=0, metavar="K",
+                    help="checkpoint series: code every K-th checkpoint alone again, so that "
+                    "rebuilding one decodes at most K files (default 0: only the first)")
     sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0); the same "
                     "input, settings and seed give the same file")
     json_flag(sp)
@@ -618,6 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--decoder", metavar="FILE", help="--external decoder=FILE")
     sp.add_argument("--base", metavar="FILE", help="the model the file was coded against "
                     "(compress --base); a different one is refused")
+    sp.add_argument("--member", metavar="K", help="checkpoint series: the member to rebuild, "
+                    "by position (0 is the first, -1 the last) or by label (its file's name)")
     sp.set_defaults(func=cmd_decompress)
 
     sp = sub.add_parser("inspect", help="show a compressed file's header, sizes and ratios",

@@ -17,6 +17,7 @@ from vaecompress.format.container import (
     dumps,
     file_sha256,
     load,
+    load_payloads,
     loads,
     save,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "dumps",
     "file_sha256",
     "load",
+    "load_payloads",
     "loads",
     "save",
 ]
