@@ -44,6 +44,7 @@ TRAINED_PAYLOADS = {"vae-paper", "vae-rd", "vae-rd-free"}
 # sha256 of `_golden_digest_input` (what the codec wrote, and what decoding gives back);
 # regenerate only with a codec version bump.
 GOLDEN: dict[str, str] = {
+    "bitdelta": "fb513af39e55b7162194f792568d0174c0749990df585531750c10714ec25efc",
     "deep-compression": "204fbab3c51a5f47c0ad173b68f8aee25c8b6f1770f43bea0810b6dfafa88c9b",
     "int4": "71d4c9c56c2ea5492dc91d8b557007d019c4ae080f4d30d5889421a26f170324",
     "int8": "06faf09abc85f672a852e16647c354b56e4d10d3538f8741d4e28c9da8c332a4",
