@@ -47,6 +47,7 @@ from vaecompress.experiments.common import (
     evaluate_state,
     trained_model,
 )
+from vaecompress.family.delta import base_sha256
 from vaecompress.family.series import compress_series
 from vaecompress.io import StateDict, atomic_write_json, atomic_write_text
 from vaecompress.runinfo import environment, git_revision, resolve_device
@@ -193,7 +194,8 @@ def measure_family(cfg: FamiliesConfig, family: str, members: list[dict[str, Any
                                  for m in members]
     made_by = {k: v for k, v in asdict(cfg).items()
                if k not in ("steps", "tolerance") and not k.startswith(("lams_", "task_"))}
-    ident = config_hash({"family": family, "members": made_by, "torch": torch.__version__})
+    ident = config_hash({"family": family, "members": made_by, "torch": torch.__version__,
+                         "weights": [base_sha256(s) for s in states]})
     for how, codec, settings in methods(cfg, family):
         key = config_hash({"family": ident, "how": how, "codec": codec, "settings": settings})
         rec = store.get(key)
