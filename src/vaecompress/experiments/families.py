@@ -69,6 +69,7 @@ class FamiliesConfig:
     steps: int = 600  # vae-rd-free's optimizer steps
     lams_alone: tuple[float, ...] = (0.01, 0.03)
     lams_delta: tuple[float, ...] = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03)
+    lams_series: tuple[float, ...] = (0.0003, 0.001, 0.003)  # fewer: a series is 6 codings
     task_epochs: float = 1.0  # vae-rd (the task-aware codec) on the fine-tunes: its epochs
     task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0)
     task_lams_delta: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -149,7 +150,8 @@ def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, 
     fixed: list[tuple[str, dict[str, Any]]] = [("zstd", {}), ("int8", {})]
     delta = rd("vae-rd-free", cfg.lams_delta, steps=cfg.steps)
     if family == "checkpoints":
-        return alone + [("series", c, s) for c, s in [*fixed, *delta]]
+        series = rd("vae-rd-free", cfg.lams_series, steps=cfg.steps)
+        return alone + [("series", c, s) for c, s in [*fixed, *series]]
     task = [("alone", c, s) for c, s in rd("vae-rd", cfg.task_lams_alone,
                                              epochs=cfg.task_epochs)]
     return alone + task + [("base", c, s) for c, s in [
