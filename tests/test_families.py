@@ -13,7 +13,8 @@ from vaecompress.data import MnistSplit
 from vaecompress.experiments import families as fam
 
 TINY = fam.FamiliesConfig(tasks=("rotated", "digits-0-4"), finetune_epochs=1, run_epochs=1,
-                          steps=20, lams_alone=(0.03,), lams_delta=(0.01,), task_epochs=0.05,
+                          steps=20, lams_alone=(0.03,), lams_delta=(0.01,), lams_series=(0.01,),
+                          task_epochs=0.05,
                           task_lams_alone=(7.0,), task_lams_delta=(2.0,))
 
 

@@ -69,7 +69,7 @@ class FamiliesConfig:
     steps: int = 600  # vae-rd-free's optimizer steps
     lams_alone: tuple[float, ...] = (0.01, 0.03)
     lams_delta: tuple[float, ...] = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03)
-    lams_series: tuple[float, ...] = (0.0003, 0.001, 0.003)  # fewer: a series is 6 codings
+    lams_series: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
     task_epochs: float = 1.0  # vae-rd (the task-aware codec) on the fine-tunes: its epochs
     task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0)
     task_lams_delta: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
