@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,14 @@ def test_cli_series_from_a_folder_and_a_list(tmp_path: Path,
     assert torch.equal(series.decompress_member(out, 3)["step"], run[3]["step"])
     assert main(["decompress", str(out), "-o", str(rebuilt), "--member", "9"]) == 2
     assert "4 members" in _err_line(capsys)
+    assert main(["inspect", str(out)]) == 0
+    assert "checkpoint series of 4 members" in capsys.readouterr().out
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["series"]["members"] == 4
+    assert info["series"]["orig_bytes"] == 4 * info["accounting"]["orig_bytes"]
+    assert info["series"]["ratio"] == pytest.approx(4 * info["accounting"]["orig_bytes"]
+                                                    / out.stat().st_size)
     files = [str(folder / f"epoch-{k * 5}.safetensors") for k in (0, 1)]
     assert main(["compress", *files, str(folder / "epoch-99.safetensors"), "-o",
                  str(tmp_path / "x.vaec"), "--codec", "int8", "--quiet"]) == 2

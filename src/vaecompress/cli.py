@@ -465,6 +465,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if info["externals"]:
         total += f" + externals {ext:,} B = {a['file_bytes'] + ext:,} B to decode"
     print(f"file {total}")
+    if "series" in info:
+        se = info["series"]
+        print(f"checkpoint series of {se['members']} members: {se['orig_bytes']:,} B -> "
+              f"{a['file_bytes']:,} B, ratio {_fmt_ratio(se['ratio'])} over all of them "
+              "(the ratios below are of one member's size)")
     print(
         f"ratio_paper {_fmt_ratio(a['ratio_paper'])}   ratio_honest {_fmt_ratio(a['ratio_honest'])}"
     )

@@ -28,10 +28,10 @@ import torch
 from vaecompress.api import CompressResult, compress, decompress
 from vaecompress.codecs.base import CodecContext, get_codec_class
 from vaecompress.errors import FormatError, UserError
+from vaecompress.family import SERIES_CODEC
 from vaecompress.format import ROLE_CODE, Container, Payload, dumps, load_payloads
 from vaecompress.io import StateDict
 
-SERIES_CODEC = "series"
 SERIES_VERSION = 1
 MEMBER_KIND = "vaecompress"
 MAX_MEMBERS = 100_000
