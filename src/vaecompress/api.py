@@ -38,6 +38,7 @@ from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC
 from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_codec
 from vaecompress.coding.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 from vaecompress.errors import FormatError, UserError
+from vaecompress.family import delta
 from vaecompress.fidelity import weights_fidelity
 from vaecompress.format import Container, dumps, loads, read_file
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
@@ -130,6 +131,7 @@ def compress(
     ctx: CodecContext | None = None,
     finetune: Finetuner | None = None,
     meta: Mapping[str, Any] | None = None,
+    base: Mapping[str, torch.Tensor] | None = None,
     **settings: Any,
 ) -> CompressResult:
     """Compress a state_dict with a registered codec; `settings` override the codec's defaults.
@@ -138,7 +140,9 @@ def compress(
     lossless `codecs.LOSSLESS_CODEC` instead whenever the default would make a file larger
     than the model (`CompressResult.fallback` says so): what `vaecompress compress` does.
     `finetune`, the task of a codec that trains on it, replaces `ctx.finetune` (`ctx` holds the
-    device, seed and progress bars; default: CPU, seed 0)."""
+    device, seed and progress bars; default: CPU, seed 0). With `base`, a model the receiver
+    already has, the codec codes the difference from it (`family.delta`); the file records the
+    base's sha256, and decoding needs the same base."""
     name = DEFAULT_CODEC if codec is None else codec
     enc_codec = make_codec(name, **settings)
     check_state(state)
@@ -146,25 +150,39 @@ def compress(
     ctx = ctx or CodecContext()
     if finetune is not None:
         ctx = replace(ctx, finetune=finetune)
-    res = _compress_with(enc_codec, state, ctx, meta)
+    res = _compress_with(enc_codec, state, ctx, meta, base, settings)
     if codec is None and res.accounting.ratio_honest < 1.0:
         # A codec nobody asked for must never make the file larger than the model.
         fallback = (f"{name} made a file larger than the model; kept lossless with "
                     f"{LOSSLESS_CODEC} instead")
-        res = _compress_with(make_codec(LOSSLESS_CODEC), state, ctx, meta)
+        res = _compress_with(make_codec(LOSSLESS_CODEC), state, ctx, meta, base, {})
         res.fallback = fallback
     return res
 
 
 def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecContext,
-                   meta: Mapping[str, Any] | None) -> CompressResult:
+                   meta: Mapping[str, Any] | None, base: Mapping[str, torch.Tensor] | None,
+                   settings: Mapping[str, Any]) -> CompressResult:
+    """One codec's file of `state` (against `base` when given), decoded once to record the
+    checksum and fidelity of what a reader rebuilds."""
     t0 = time.perf_counter()
-    enc = codec.encode(dict(state), ctx)
+    plan = None
+    coded = state
+    if base is not None:
+        check_state(base)
+        plan = delta.plan(type(codec), state, base, settings, ctx.finetune)
+        codec = make_codec(codec.name, **plan.settings)
+        coded, ctx = plan.coded, replace(ctx, finetune=plan.finetune)
+    enc = codec.encode(dict(coded), ctx)
     if meta:
         enc.container.meta.update(meta)
     elapsed = time.perf_counter() - t0
     # Decode once, as a reader will (from the written bytes), and record what it rebuilt.
     rebuilt = type(codec)().decode(loads(dumps(enc.container)), enc.externals)
+    if plan is not None:  # the checksum below is of the model, base added back
+        enc.container.meta[delta.BASE_KEY] = plan.delta.record()
+        enc.report.update(plan.report)
+        rebuilt = delta.rebuild(rebuilt, base or {}, plan.delta.op)
     if not codec.lossless and not checksum.finite_norms(rebuilt):
         raise RuntimeError(f"{codec.name} rebuilt non-finite weights from finite ones")
     enc.container.meta[DECODED_KEY] = decoded_record(rebuilt, exact=codec.exact_decode)
@@ -214,8 +232,12 @@ def max_decoded_bytes() -> int:
 
 
 def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
-               stats: dict[str, Any] | None = None, max_bytes: int | None = None) -> StateDict:
+               stats: dict[str, Any] | None = None, max_bytes: int | None = None,
+               base: Mapping[str, torch.Tensor] | None = None) -> StateDict:
     """Rebuild the state_dict from a file's bytes (and the bytes of what it references).
+
+    A file coded against a base needs that base (`base`, checked by its sha256 before any
+    decoding); a file coded alone refuses one.
 
     A file whose manifest declares more than `max_bytes` (default `max_decoded_bytes()`) is
     refused before decoding; the rebuilt tensors are checked against the checksum recorded at
@@ -225,6 +247,9 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
     decodes in a worker process (nncodec) sets `last_decode_s` to the time inside the worker,
     recorded here as `decode_s_inside`, so that a bench compares decoders, not process starts."""
     c = loads(data)
+    if base is not None:
+        check_state(base)
+    against = delta.check_base(c.meta, base)
     externals = dict(externals or {})
     _check_externals(c, externals)
     codec_cls = get_codec_class(c.codec.get("name", "?"))
@@ -245,6 +270,8 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             state = codec.decode(c, externals)
+            if against is not None:
+                state = delta.rebuild(state, base or {}, against.op)
             _check_decoded(c, codec_cls, state)
     except MemoryError:
         raise UserError(f"not enough memory to rebuild the model this file declares "
@@ -291,10 +318,12 @@ def save(
 
 
 def decompress_file(
-    path: str | Path, *, externals: Mapping[str, str | Path] | None = None
+    path: str | Path, *, externals: Mapping[str, str | Path] | None = None,
+    base: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """Rebuild the state_dict from a compressed file. Each external the file references is read
-    from the path given for its name, else from beside the file when it lies there."""
+    from the path given for its name, else from beside the file when it lies there; `base` is
+    the model a file coded against one needs."""
     path = Path(path)
     data = read_file(path)
     given = dict(externals or {})
@@ -311,7 +340,7 @@ def decompress_file(
         p = external_path(path, name)
         if p.exists():
             blobs[name] = read_file(p)
-    return decompress(data, blobs)
+    return decompress(data, blobs, base=base)
 
 
 load = decompress_file  # the public name of the README's first version

@@ -315,16 +315,30 @@ def _read_input(args: argparse.Namespace) -> tuple[Any, dict[str, str], dict | N
     return state, meta, None
 
 
+def _base(args: argparse.Namespace) -> Any:
+    """The state_dict of `--base FILE` (the model the receiver already has), or None."""
+    from vaecompress.io import load_weights_file
+
+    return load_weights_file(args.base)[0] if args.base else None
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, external_path, save
     from vaecompress.checkpoint import hidden_beside
     from vaecompress.codecs import DEFAULT_CODEC, CodecContext, make_codec
+    from vaecompress.family.commands import compress_series_command, series_inputs
     from vaecompress.fidelity import describe
-    from vaecompress.folders import FOLDER_KEY
+    from vaecompress.folders import FOLDER_KEY, is_model_folder
     from vaecompress.io import check_outputs
     from vaecompress.runinfo import resolve_device
     from vaecompress.vae.distributed import is_main
 
+    one_model = len(args.input) == 1 and is_model_folder(args.input[0])  # a Hugging Face folder
+    files = None if one_model else series_inputs(args.input)
+    if files is not None:  # a run's checkpoints: one series file
+        return compress_series_command(args, files, _base(args), args.codec or DEFAULT_CODEC,
+                                       _codec_settings(args))
+    args.input = args.input[0]
     auto_codec = args.codec is None
     name = DEFAULT_CODEC if auto_codec else args.codec
     settings = _codec_settings(args)
@@ -334,7 +348,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     # that exists and is writable. Externals not named go beside the output.
     targets = [args.output, *outs.values()]
     targets += [str(external_path(args.output, n)) for n in type(codec).externals if n not in outs]
-    check_outputs(targets, inputs=[args.input])
+    check_outputs(targets, inputs=[args.input, *([args.base] if args.base else [])])
     if codec.uses_task and not args.finetune and not args.quiet:
         print(
             f"vaecompress: warning: {name} retrains on the task to keep accuracy; without "
@@ -342,6 +356,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     state, meta, folder = _read_input(args)
+    base = _base(args)
     device = resolve_device(args.device)
     try:
         arch = _arch(args, meta)
@@ -394,7 +409,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
                             if k in ("vaecompress.model", "test_accuracy")}
     if folder is not None:
         keep[FOLDER_KEY] = folder  # decompress -o FOLDER writes the same layout back
-    res = compress(state, None if auto_codec else name, ctx=ctx, meta=keep, **settings)
+    res = compress(state, None if auto_codec else name, ctx=ctx, meta=keep, base=base,
+                   **settings)
     if res.fallback:
         print(f"vaecompress: {res.fallback}", file=sys.stderr)
     if not is_main():  # one of several processes under torchrun: rank 0 writes and reports
@@ -477,10 +493,15 @@ def _accuracies(arch: Any, source: str, original: Any, rebuilt: Any, test: Any,
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     from vaecompress.api import decompress_file, external_path
+    from vaecompress.family.commands import decompress_member_command
+    from vaecompress.family.series import is_series
     from vaecompress.folders import FOLDER_KEY, FolderLayout, check_folder_output, write_folder
     from vaecompress.format import load as load_container
+    from vaecompress.format import load_payloads
     from vaecompress.io import check_outputs, save_weights_file
 
+    if args.member is not None or is_series(load_payloads(args.input, [])):
+        return decompress_member_command(args, _base(args))
     t0 = time.perf_counter()
     ins = _external_ins(args)
     c = load_container(args.input)
@@ -489,13 +510,14 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     if folder is not None:  # made from a model folder: written back as one, to a new path
         layout = FolderLayout.from_json(folder)
         check_folder_output(args.output)
-        state = decompress_file(args.input, externals=ins)
+        state = decompress_file(args.input, externals=ins, base=_base(args))
         write_folder(args.output, state, layout)
         print(f"{args.output}: {len(state)} tensors in {len(layout.shards)} shards and "
               f"{len(layout.files)} files rebuilt in {time.perf_counter() - t0:.2f} s")
         return 0
-    check_outputs([args.output], inputs=[args.input, *ins.values(), *beside])
-    state = decompress_file(args.input, externals=ins)
+    check_outputs([args.output], inputs=[args.input, *ins.values(), *beside,
+                                         *([args.base] if args.base else [])])
+    state = decompress_file(args.input, externals=ins, base=_base(args))
     meta = {k: str(v) for k, v in c.meta.items() if k == "vaecompress.model"}
     save_weights_file(args.output, state, meta, keep_order=True)  # the input's order
     print(f"{args.output}: {len(state)} tensors rebuilt in {time.perf_counter() - t0:.2f} s")
@@ -527,6 +549,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if info["externals"]:
         total += f" + externals {ext:,} B = {a['file_bytes'] + ext:,} B to decode"
     print(f"file {total}")
+    if "series" in info:
+        se = info["series"]
+        print(f"checkpoint series of {se['members']} members: {se['orig_bytes']:,} B -> "
+              f"{a['file_bytes']:,} B, ratio {_fmt_ratio(se['ratio'])} over all of them "
+              "(the ratios below are of one member's size)")
     print(
         f"ratio_paper {_fmt_ratio(a['ratio_paper'])}   ratio_honest {_fmt_ratio(a['ratio_honest'])}"
     )
@@ -639,7 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bfloat16 and float64 tensors are coded, integer and bool tensors kept exactly; the "
         "rebuilt file has the same names, shapes and dtypes in the same order. The output is "
         "written only when everything succeeded; it may never be the input.")
-    sp.add_argument("input", help=WEIGHTS_HELP)
+    sp.add_argument("input", nargs="+", help=WEIGHTS_HELP + "; several files, or a folder of "
+                    "them, make one checkpoint series (each coded against the previous one)")
     sp.add_argument("-o", "--output", required=True, metavar="FILE",
                     help="the compressed file to write (e.g. model.vaec)")
     sp.add_argument("--codec", default=None, help=CODECS_HELP)
@@ -672,6 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--no-eval", action="store_true",
                     help="do not measure the rebuilt model's test accuracy")
+    sp.add_argument("--base", metavar="FILE", help="code the model as its difference from "
+                    "this model (e.g. the one it was fine-tuned from), which the receiver must "
+                    "already have: the file records its sha256, not its bytes")
+    sp.add_argument("--keyframe-every", type=int, default=0, metavar="K",
+                    help="checkpoint series: code every K-th checkpoint alone again, so that "
+                    "rebuilding one decodes at most K files (default 0: only the first)")
     sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0); the same "
                     "input, settings and seed give the same file")
     json_flag(sp)
@@ -692,6 +726,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file the compressed file references (default: INPUT.NAME.safetensors beside it)",
     )
     sp.add_argument("--decoder", metavar="FILE", help="--external decoder=FILE")
+    sp.add_argument("--base", metavar="FILE", help="the model the file was coded against "
+                    "(compress --base); a different one is refused")
+    sp.add_argument("--member", metavar="K", help="checkpoint series: the member to rebuild, "
+                    "by position (0 is the first, -1 the last) or by label (its file's name)")
     sp.set_defaults(func=cmd_decompress)
 
     sp = sub.add_parser("inspect", help="show a compressed file's header, sizes and ratios",

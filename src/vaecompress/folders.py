@@ -89,7 +89,11 @@ def _name(name: Any) -> str:
 
 
 def is_model_folder(path: str | Path) -> bool:
-    return Path(path).is_dir()
+    """A Hugging Face model folder: one with a shard index, `model.safetensors` or
+    `pytorch_model.bin`. Another folder of weights files is a run's checkpoints
+    (`family.commands.series_inputs`)."""
+    folder = Path(path)
+    return folder.is_dir() and any((folder / n).is_file() for n in (INDEX, *SINGLE))
 
 
 def _shard_files(folder: Path) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vaecompress.accounting import account
+from vaecompress.family import SERIES_CODEC
 from vaecompress.format import loads
 
 
@@ -17,7 +18,7 @@ def inspect(data: bytes) -> dict[str, Any]:
     """Header summary and accounting of a file, without decoding it."""
     c = loads(data)
     acc = account(c, len(data))
-    return {
+    info = {
         "codec": c.codec,
         "tensors": len(c.tensors),
         "payloads": [
@@ -31,3 +32,9 @@ def inspect(data: bytes) -> dict[str, Any]:
         "meta": c.meta,
         "accounting": acc.to_json(),
     }
+    members = c.codec_state.get("members")
+    if c.codec.get("name") == SERIES_CODEC and isinstance(members, int) and members > 0:
+        # The accounting above is of one member's manifest; a series rebuilds `members` models.
+        info["series"] = {"members": members, "orig_bytes": members * acc.orig_bytes,
+                          "ratio": members * acc.orig_bytes / len(data)}
+    return info

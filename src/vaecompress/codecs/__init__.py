@@ -17,6 +17,7 @@ from vaecompress.codecs import zipnn_peer  # noqa: F401  (registers)
 from vaecompress.codecs import vae_paper  # noqa: F401  (registers)
 from vaecompress.codecs import vae_rd  # noqa: F401  (registers)
 from vaecompress.codecs import vae_rd_free  # noqa: F401  (registers)
+from vaecompress.codecs import bitdelta  # noqa: F401  (registers; a peer for deltas)
 # isort: on
 from vaecompress.codecs.base import (
     REGISTRY,

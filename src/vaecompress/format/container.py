@@ -281,6 +281,58 @@ def load(path: str | os.PathLike[str]) -> Container:
 def loads(data: bytes) -> Container:
     """Parse and fully verify a file's bytes (magic, version, CRC, header, hashes)."""
     data = bytes(data)
+    header, header_end = _head(data)
+    section = memoryview(data)[header_end:]
+    entries = header["payloads"]
+    _check_section_length(entries, len(section))
+    payloads = []
+    offset = 0  # version 1's stored offsets were checked to equal these
+    for p in entries:
+        blob = bytes(section[offset : offset + p["length"]])
+        offset += p["length"]
+        payloads.append(_payload(p, blob))
+    return _container(header, payloads)
+
+
+def load_payloads(path: str | os.PathLike[str], names: Iterable[str]) -> Container:
+    """Read the header of the file at `path` and only the payloads called `names` (each
+    verified against its sha256), seeking past the others: a reader that needs a few payloads
+    of a large file. The file's length is checked as `loads` checks it; the returned container
+    holds only the payloads asked for, in file order."""
+    wanted = set(names)
+    try:
+        f = open(path, "rb")  # noqa: SIM115  (closed below)
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"not a file: {path}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(PREAMBLE_SIZE)
+        if len(prefix) == PREAMBLE_SIZE:
+            (header_len,) = _U32.unpack_from(prefix, 12)
+            prefix += f.read(min(header_len, MAX_HEADER_BYTES + 1))
+        try:
+            header, header_end = _head(prefix)
+            entries = header["payloads"]
+            _check_section_length(entries, size - header_end)
+            missing = wanted - {p["name"] for p in entries}
+            if missing:
+                raise FormatError(f"file has no payload {short(sorted(missing)[0])}")
+            payloads, offset = [], header_end
+            for p in entries:
+                if p["name"] in wanted:
+                    f.seek(offset)
+                    payloads.append(_payload(p, f.read(p["length"])))
+                offset += p["length"]
+        except FormatError as e:
+            raise FormatError(f"{path}: {e}") from e
+    return _container(header, payloads)
+
+
+def _head(data: bytes) -> tuple[dict[str, Any], int]:
+    """The checked header of a file whose first bytes are `data` (at least the preamble and
+    the stored header, when the file has them), and where its payload section starts."""
     if len(data) < len(MAGIC):
         if MAGIC.startswith(data) and data:
             raise FormatError("truncated file: it ends inside the preamble")
@@ -313,22 +365,24 @@ def loads(data: bytes) -> Container:
     header_bytes = stored if version == 1 else _inflate_header(stored)
     header = _parse_json(header_bytes)
     check_header(header, version)
+    return header, header_end
 
-    section = memoryview(data)[header_end:]
-    entries = header["payloads"]
+
+def _check_section_length(entries: list[dict[str, Any]], present: int) -> None:
     needed = sum(p["length"] for p in entries)
-    if len(section) < needed:
-        raise FormatError(f"truncated file: payloads need {needed} bytes, {len(section)} present")
-    if len(section) > needed:
-        raise FormatError(f"trailing bytes: {len(section) - needed} bytes after the last payload")
-    payloads = []
-    offset = 0  # version 1's stored offsets were checked to equal these
-    for p in entries:
-        blob = bytes(section[offset : offset + p["length"]])
-        offset += p["length"]
-        if file_sha256(blob) != p["sha256"]:
-            raise FormatError(f"payload {short(p['name'])} is corrupt (sha256 mismatch)")
-        payloads.append(Payload(name=p["name"], kind=p["kind"], role=p["role"], data=blob))
+    if present < needed:
+        raise FormatError(f"truncated file: payloads need {needed} bytes, {present} present")
+    if present > needed:
+        raise FormatError(f"trailing bytes: {present - needed} bytes after the last payload")
+
+
+def _payload(entry: dict[str, Any], blob: bytes) -> Payload:
+    if file_sha256(blob) != entry["sha256"]:
+        raise FormatError(f"payload {short(entry['name'])} is corrupt (sha256 mismatch)")
+    return Payload(name=entry["name"], kind=entry["kind"], role=entry["role"], data=blob)
+
+
+def _container(header: dict[str, Any], payloads: list[Payload]) -> Container:
     return Container(
         codec=header["codec"],
         tensors=header["tensors"],
@@ -345,7 +399,7 @@ def loads(data: bytes) -> Container:
             for e in header["externals"]
         ],
         meta=header["meta"],
-        format_version=version,
+        format_version=int(header["format_version"]),
     )
 
 

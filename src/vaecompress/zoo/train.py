@@ -12,7 +12,7 @@ uninterrupted one (`vaecompress.checkpoint`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,15 +88,23 @@ def train_model(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     checkpoint_every_s: float | None = None,
+    init: Mapping[str, torch.Tensor] | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train a fresh `name` model with Adam; the run is a pure function of `cfg.seed`.
 
     `checkpoint`: a file to save the training's state in after an epoch (at most every
     `checkpoint_every_s` seconds; default `checkpoint.checkpoint_every_s()`), resumed from when
-    it holds a state of this same run, removed at the end."""
+    it holds a state of this same run, removed at the end. `init`: weights to start from
+    instead of a fresh initialization (a fine-tune); `on_step(steps_done, model)` is called
+    after every optimizer step (e.g. to keep the run's checkpoints)."""
+    if init is not None and checkpoint is not None:
+        raise ValueError("a fine-tune (init) is not resumable from a checkpoint")
     device = torch.device(device)
     seed_everything(cfg.seed)
     model = build_model(name).to(device)
+    if init is not None:
+        model.load_state_dict(init)
     x, y = to_tensors(train, device=device)
     if cfg.limit is not None:
         x, y = x[: cfg.limit], y[: cfg.limit]
@@ -136,6 +144,8 @@ def train_model(
             opt.step()
             total += float(loss.detach()) * len(idx)
             bar.update()
+            if on_step is not None:
+                on_step(len(losses) * steps + i + 1, model)
         losses.append(total / len(x))
         bar.set_status(f"epoch {len(losses)}/{cfg.epochs}, loss {losses[-1]:.4f}")
         if ck.due() and len(losses) < cfg.epochs:

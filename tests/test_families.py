@@ -1,0 +1,77 @@
+"""`experiments.families`: the family bench on toy MNIST, end to end, and its shifted tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaecompress.data import MnistSplit
+from vaecompress.experiments import families as fam
+
+TINY = fam.FamiliesConfig(tasks=("rotated", "digits-0-4"), finetune_epochs=1, run_epochs=1,
+                          steps=20, lams_alone=(0.03,), lams_delta=(0.01,), lams_series=(0.01,),
+                          task_epochs=0.05,
+                          task_lams_alone=(7.0,), task_lams_delta=(2.0,))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, toy_mnist_dir: Path) -> tuple[Path, dict]:
+    from vaecompress.experiments import common
+    from vaecompress.zoo.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("families")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fam, "trained_model",
+               lambda *a, **kw: common.trained_model(*a, root=out / "models", **kw))
+    mp.setattr(fam, "preset_config", lambda *a, **kw: TrainConfig(epochs=1))
+    try:
+        results = fam.run(TINY, out, device=torch.device("cpu"), data_dir=str(toy_mnist_dir),
+                          progress=False, families=("fine-tunes", "checkpoints"))
+    finally:
+        mp.undo()
+    return out, results
+
+
+def test_every_family_is_coded_every_way_and_reported(run: tuple[Path, dict]) -> None:
+    out, results = run
+    saved = json.loads((out / "families.json").read_text())
+    assert saved["environment"]["git_revision"] == results["environment"]["git_revision"]
+    assert saved["config"]["tasks"] == ["rotated", "digits-0-4"]
+    ft, ck = saved["families"]["fine-tunes"], saved["families"]["checkpoints"]
+    assert [m["label"] for m in ft["members"]] == ["rotated", "digits-0-4"]
+    assert [m["label"] for m in ck["members"]] == ["step-2", "step-4"]  # toy: 5 steps an epoch
+    assert {(r["how"], r["codec"]) for r in ft["runs"]} >= {
+        ("alone", "vae-rd-free"), ("alone", "vae-rd"), ("base", "bitdelta"), ("base", "zstd"),
+        ("base", "vae-rd-free"), ("base", "vae-rd")}
+    assert {r["how"] for r in ck["runs"]} == {"alone", "series"}
+    for info in (ft, ck):
+        for r in info["runs"]:
+            assert len(r["bytes"]) == len(r["accuracy"]) == len(info["members"])
+            assert r["ok"] == (r["max_drop"] <= TINY.tolerance)
+            if r["codec"] == "zstd":  # lossless, alone, against the base or in a series
+                assert r["max_drop"] == 0
+        assert len(info["summary"]["comparisons"]) == 2
+    md = (out / "families.md").read_text()
+    assert md == fam.render(saved)
+    assert "## fine-tunes" in md and "## checkpoints" in md
+    assert md.count("\n| ") == 2 + sum(len(i["runs"]) + 1 for i in (ft, ck)) - 2
+
+
+def test_the_shifted_tasks() -> None:
+    rng = np.random.default_rng(0)
+    split = MnistSplit(rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+                       np.arange(20, dtype=np.int64) % 10)
+    rotated = fam.shift(split, "rotated", 0)
+    assert rotated.images.shape == split.images.shape and (rotated.labels == split.labels).all()
+    assert not (rotated.images == split.images).all()
+    noisy = fam.shift(split, "noisy", 3)
+    assert (noisy.images == fam.shift(split, "noisy", 3).images).all()
+    assert not (noisy.images == fam.shift(split, "noisy", 4).images).all()
+    subset = fam.shift(split, "digits-0-4", 0)
+    assert len(subset) == 10 and subset.labels.max() == 4
+    with pytest.raises(fam.UserError, match="unknown task"):
+        fam.shift(split, "upside-down", 0)

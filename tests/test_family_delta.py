@@ -1,0 +1,193 @@
+"""`family.delta`: a model coded against a base, through every codec, the API and the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from test_cli import _err_line
+from test_codec_contract import TINY_SETTINGS, TinyTask, _all_codecs
+from vaecompress.api import compress, decompress, decompress_file, save
+from vaecompress.cli import main
+from vaecompress.codecs import REGISTRY, Finetuner
+from vaecompress.errors import FormatError, UserError
+from vaecompress.family import delta
+from vaecompress.format import dumps, loads
+
+
+def _fine_tune(base: dict[str, torch.Tensor], scale: float = 0.02,
+               seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=g) if v.is_floating_point() else v + 1
+            for k, v in base.items()}
+
+
+def test_base_sha256_covers_names_dtypes_shapes_and_bytes() -> None:
+    a = {"x": torch.arange(6, dtype=torch.float32).reshape(2, 3), "y": torch.tensor([1, 2])}
+    ref = delta.base_sha256(a)
+    assert delta.base_sha256(dict(reversed(list(a.items())))) == ref  # the order of names
+    variants = [
+        {"z": a["x"], "y": a["y"]},  # a name
+        {"x": a["x"].double(), "y": a["y"]},  # a dtype
+        {"x": a["x"].reshape(3, 2), "y": a["y"]},  # a shape
+        {"x": a["x"] + torch.tensor(1e-6), "y": a["y"]},  # a value
+        {"x": a["x"]},  # a tensor fewer
+    ]
+    assert len({ref, *(delta.base_sha256(v) for v in variants)}) == len(variants) + 1
+
+
+@pytest.mark.parametrize("codec", _all_codecs())
+def test_every_codec_codes_against_a_base(codec: str) -> None:
+    task = TinyTask()
+    base = task.state
+    model = _fine_tune(base)
+    ctx = task.ctx() if REGISTRY[codec].uses_task else None
+    res = compress(model, codec, base=base, ctx=ctx, **TINY_SETTINGS.get(codec, {}))
+    c = loads(res.data)
+    assert c.meta[delta.BASE_KEY] == {"sha256": delta.base_sha256(base),
+                                      "op": "xor" if REGISTRY[codec].lossless else "sub"}
+    assert c.tensors == [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype)[6:]}
+                         for k, v in model.items()]
+    out = decompress(res.data, base=base)
+    assert res.rebuilt is not None and list(out) == list(model)
+    for k, v in model.items():
+        assert out[k].dtype == v.dtype and torch.equal(out[k], res.rebuilt[k])
+    assert torch.equal(out["steps"], model["steps"])  # integers as they are
+    if REGISTRY[codec].lossless:
+        assert all(torch.equal(out[k], v) for k, v in model.items())
+
+
+def test_lossless_delta_is_bit_exact_with_nan_inf_and_half_dtypes() -> None:
+    base = {"a": torch.randn(5, 7), "h": torch.randn(9).half(), "b": torch.randn(4).bfloat16(),
+            "d": torch.randn(3, 3, dtype=torch.float64), "new": torch.randn(3)}
+    model = {k: v * 1.001 for k, v in base.items()}
+    model["a"][0, 0], model["a"][1, 1] = float("nan"), float("inf")
+    model["extra"] = torch.randn(2)  # not in the base: coded as it is
+    del base["new"]  # not in the base either
+    res = compress(model, "zstd", base=base)
+    out = decompress(res.data, base=base)
+    for k, v in model.items():
+        assert out[k].dtype == v.dtype
+        assert torch.equal(out[k].view(torch.uint8), v.contiguous().view(torch.uint8))
+
+
+def test_a_small_delta_costs_less_than_the_model_alone_at_no_more_error() -> None:
+    torch.manual_seed(0)
+    base = {"w": torch.randn(128, 64), "b": torch.randn(128)}
+    model = _fine_tune(base, scale=0.01)
+    def rms(rebuilt: dict[str, torch.Tensor] | None) -> float:
+        assert rebuilt is not None
+        return float(sum((rebuilt[k] - v).pow(2).sum() for k, v in model.items()).sqrt())
+
+    for settings in ({}, {"solver": "adam", "steps": 200}):  # the closed form and the trained
+        alone = compress(model, "vae-rd-free", **settings)
+        against = compress(model, "vae-rd-free", base=base, **settings)
+        assert len(against.data) < len(alone.data) / 2
+        assert rms(against.rebuilt) <= 1.05 * rms(alone.rebuilt)
+        # The rate-distortion codec keeps its error relative to the model, not to the delta.
+        ratio = 1 / against.report["delta_energy_ratio"]
+        assert against.report["lam_scale"] == pytest.approx(ratio, rel=1e-6)
+        assert against.report["snr_shift_db"] == pytest.approx(10 * math.log10(ratio))
+
+
+def test_wrong_missing_and_unwanted_base_are_refused() -> None:
+    torch.manual_seed(0)
+    base = {"w": torch.randn(8, 4)}
+    model = _fine_tune(base)
+    res = compress(model, "int8", base=base)
+    with pytest.raises(UserError, match=r"coded against a base model .* give that model"):
+        decompress(res.data)
+    other = {"w": base["w"].clone()}
+    other["w"][0, 0] += 1
+    with pytest.raises(UserError, match="is not the model this file was coded against"):
+        decompress(res.data, base=other)
+    alone = compress(model, "int8")
+    with pytest.raises(UserError, match="coded alone"):
+        decompress(alone.data, base=base)
+
+
+def test_a_base_of_another_shape_or_dtype_or_no_common_tensor_is_refused() -> None:
+    model = {"w": torch.randn(8, 4), "b": torch.randn(8)}
+    with pytest.raises(UserError, match=r"base's tensor 'w' is float32 \[4, 8\].*\[8, 4\]"):
+        compress(model, "int8", base={"w": torch.randn(4, 8)})
+    with pytest.raises(UserError, match="base's tensor 'b' is float64"):
+        compress(model, "int8", base={"b": torch.randn(8, dtype=torch.float64)})
+    with pytest.raises(UserError, match="shares no floating tensor"):
+        compress(model, "int8", base={"v": torch.randn(8)})
+    with pytest.raises(UserError, match="base's tensor 'w' holds NaN"):
+        compress(model, "int8", base={"w": torch.full((8, 4), float("nan"))})
+
+
+def test_a_reader_that_ignores_the_base_fails_the_checksum() -> None:
+    """The recorded checksum is of the model, base added: a reader that decodes the delta and
+    forgets the base (an older vaecompress) gets a FormatError, never the delta as weights."""
+    torch.manual_seed(0)
+    base = {"w": torch.randn(16, 8)}
+    res = compress(_fine_tune(base), "int8", base=base)
+    c = loads(res.data)
+    del c.meta[delta.BASE_KEY]
+    with pytest.raises(FormatError, match="do not match the checksum"):
+        decompress(dumps(c))
+    c.meta[delta.BASE_KEY] = {"sha256": "x", "op": "sub"}
+    with pytest.raises(FormatError, match="malformed"):
+        decompress(dumps(c), base=base)
+
+
+def test_task_aware_codec_trains_the_delta_on_the_models_task() -> None:
+    base = {"w": torch.zeros(3)}
+    seen: list[torch.Tensor] = []
+
+    def loss(state: dict[str, torch.Tensor], batch: object) -> torch.Tensor:
+        seen.append(state["w"].detach().clone())
+        return (state["w"] - 1).pow(2).sum()
+
+    base = {"w": torch.full((3,), 5.0)}
+    shifted = delta.shifted_finetuner(Finetuner(loss, [0]), base, ["w"])
+    shifted.loss({"w": torch.ones(3)}, 0)
+    assert torch.equal(seen[-1], torch.full((3,), 6.0))  # the model, base + delta
+
+
+def test_cli_compress_and_decompress_with_base(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    base = {"w": torch.randn(32, 16), "b": torch.randn(32)}
+    model = _fine_tune(base)
+    other = {"w": torch.randn(16, 32), "b": torch.randn(32)}
+    paths = {}
+    for name, state in (("base", base), ("model", model), ("other", other)):
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_file(state, str(paths[name]))
+    out, rebuilt = tmp_path / "m.vaec", tmp_path / "r.safetensors"
+    assert main(["compress", str(paths["model"]), "-o", str(out), "--codec", "zstd",
+                 "--base", str(paths["base"]), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["decompress", str(out), "-o", str(rebuilt)]) == 2
+    assert "coded against a base model" in _err_line(capsys)
+    assert main(["decompress", str(out), "-o", str(rebuilt), "--base", str(paths["other"])]) == 2
+    assert "is not the model this file was coded against" in _err_line(capsys)
+    assert not rebuilt.exists()
+    assert main(["decompress", str(out), "-o", str(rebuilt), "--base", str(paths["base"])]) == 0
+    assert torch.equal(decompress_file(out, base=base)["w"], model["w"])
+    assert main(["compress", str(paths["model"]), "-o", str(tmp_path / "x.vaec"), "--codec",
+                 "int8", "--base", str(paths["other"]), "--quiet"]) == 2
+    assert "base's tensor 'w' is float32 [16, 32]" in _err_line(capsys)
+    assert main(["compress", str(paths["model"]), "-o", str(paths["base"]), "--codec", "int8",
+                 "--base", str(paths["base"]), "--quiet"]) == 2  # never overwrites the base
+    _err_line(capsys)
+    assert main(["compress", str(paths["model"]), "-o", str(tmp_path / "y.vaec"), "--base",
+                 str(tmp_path / "missing.safetensors"), "--quiet"]) == 2
+    assert "missing.safetensors" in _err_line(capsys)
+
+
+def test_save_writes_a_file_that_decodes_with_its_base(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = {"w": torch.randn(8, 8)}
+    model = _fine_tune(base)
+    res = compress(model, "int8", base=base)
+    save(res, tmp_path / "m.vaec")
+    assert res.rebuilt is not None
+    assert torch.equal(decompress_file(tmp_path / "m.vaec", base=base)["w"], res.rebuilt["w"])
