@@ -349,8 +349,8 @@ def test_reproduce_resumes_a_killed_vae_training(tmp_path: Path, toy_mnist_dir: 
                         lambda *a, **kw: common.trained_model(*a, root=tmp_path / "cache", **kw))
     monkeypatch.setenv(ckmod.EVERY_S_ENV, "0")
     kw = {"device": torch.device("cpu"), "data_dir": str(toy_mnist_dir), "progress": False}
-    rep.reproduce(cfg, tmp_path / "ref", **kw)
-    n_ref = steps.take()
+    rep.reproduce(cfg, tmp_path / "ref", **kw)  # trains the zoo model too, then cached
+    steps.take()
     out = tmp_path / "run"
     stop_after(2)
     with pytest.raises(Stop):
@@ -358,7 +358,11 @@ def test_reproduce_resumes_a_killed_vae_training(tmp_path: Path, toy_mnist_dir: 
     assert len(list((out / "checkpoints").glob("*.pt"))) == 1
     n_killed = steps.take()
     rep.reproduce(cfg, out, **kw)
-    _skipped(steps, n_ref, n_killed)
+    n_resumed = steps.take()
+    rep.reproduce(cfg, tmp_path / "again", **kw)  # uninterrupted, the model cached as above
+    n_fresh = steps.take()
+    assert 0 < n_killed < n_fresh and n_resumed == n_fresh - n_killed, \
+        (n_killed, n_resumed, n_fresh)
     assert not (out / "checkpoints").exists()
     name = "files/rnn-latent64.vaec"
     assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
