@@ -74,14 +74,15 @@ GRID: dict[str, list[Point]] = {
 # `--preset datafree` (issue 18): every method that needs the weights alone, swept far enough
 # to pass every fidelity level, in the order they run (the default first). Sized for a shared
 # 2-core CPU, where each point costs one to two minutes: NNCodec every third qp step (its step
-# grows by 2^(3/4) per three), HQQ at 3, 4 and 8 bits.
+# grows by 2^(3/4) per three) from where it passes the strictest level on both sentence sets,
+# HQQ at 3, 4 and 8 bits.
 DATAFREE: dict[str, list[Point]] = {
     # The default's weighting (the model run on random tokens, SentenceTask.probe) and the
     # weights alone, as for a bare file given to `vaecompress compress`.
-    "vae-rd-free": [*({"snr": float(s), "weighting": "auto"} for s in (22, 25, 28, 30, 33,
-                                                                        36)),
+    "vae-rd-free": [*({"snr": float(s), "weighting": "auto"} for s in (14, 18, 22, 25, 28, 30,
+                                                                        33, 36)),
                     *({"snr": float(s), "weighting": "relative"} for s in (30, 35, 40, 45))],
-    "nncodec": [{"qp": q} for q in range(-38, -19, 3)],
+    "nncodec": [{"qp": q} for q in range(-44, -19, 3)],
     "zstd": [{}],
     "zipnn": [{}],
     "int8": [{"granularity": g, "entropy": True} for g in ("tensor", "channel")],
