@@ -255,10 +255,7 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of an input file, refusing (UserError, before opening it) anything that is
     not a regular file: a FIFO or a device would block or never end."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise UserError(f"{path} is {what}; give a regular file")
+        _check_regular(path)
         return Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"no such file: {path}") from None
@@ -267,6 +264,13 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
     except (OSError, ValueError) as e:  # a name too long, a NUL byte in it
         raise UserError(f"cannot read {short(str(path))}: "
                         f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def _check_regular(path: str | os.PathLike[str]) -> None:
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise UserError(f"{path} is {what}; give a regular file")
 
 
 def load(path: str | os.PathLike[str]) -> Container:
@@ -301,6 +305,7 @@ def load_payloads(path: str | os.PathLike[str], names: Iterable[str]) -> Contain
     holds only the payloads asked for, in file order."""
     wanted = set(names)
     try:
+        _check_regular(path)  # a FIFO would block the open below
         f = open(path, "rb")  # noqa: SIM115  (closed below)
     except FileNotFoundError:
         raise UserError(f"no such file: {path}") from None
