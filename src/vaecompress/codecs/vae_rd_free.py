@@ -112,9 +112,11 @@ class VAERDFreeCodec(Codec):
             return [{}]
         if preset in ("full", "ablation"):
             return [{"snr": snr} for snr in (40.0, 34.0, 30.0, 26.0, 22.0, 18.0, 14.0, 10.0)]
-        if preset == "datafree":  # both weightings, every 2 dB: the default is one of them
+        if preset == "datafree":  # both weightings, every 2 dB (every dB where the zoo's
+            # classifiers start to lose accuracy); the default is one of them
+            snrs = [*range(2, 8), *range(8, 42, 2)]
             return [{"snr": float(snr), "weighting": w} for w in ("auto", "relative")
-                    for snr in range(8, 42, 2)]
+                    for snr in snrs]
         return []
 
     @classmethod
