@@ -79,8 +79,8 @@ GRID: dict[str, list[Point]] = {
 DATAFREE: dict[str, list[Point]] = {
     # The default's weighting (the model run on random tokens, SentenceTask.probe) and the
     # weights alone, as for a bare file given to `vaecompress compress`.
-    "vae-rd-free": [*({"snr": float(s), "weighting": "auto"} for s in (14, 18, 22, 25, 28, 30,
-                                                                        33, 36)),
+    "vae-rd-free": [*({"snr": float(s), "weighting": "auto"} for s in (10, 12, 14, 18, 22, 25,
+                                                                        28, 30, 33, 36)),
                     *({"snr": float(s), "weighting": "relative"} for s in (30, 35, 40, 45))],
     "nncodec": [{"qp": q} for q in range(-44, -19, 3)],
     "zstd": [{}],
