@@ -22,6 +22,7 @@ from vaecompress.experiments.bench_report import (
     write_summary_table,
 )
 from vaecompress.experiments.prose import honest_finding
+from vaecompress.experiments.report import ours_table
 from vaecompress.experiments.selection import select
 from vaecompress.experiments.tables import accounting_table, sweep_table, table2
 from vaecompress.io import atomic_write_text
@@ -95,6 +96,10 @@ def _reproduce_section(results: dict[str, Any], rel: str, cmd: str) -> list[str]
         "",
         accounting_table(sel),
         "",
+    ]
+    if results.get("ours"):  # the main command's last word: the project's codecs
+        out += ["The project's own codecs on the same models:", "", ours_table(results), ""]
+    out += [
         f"Full report: [`{folder}/report.md`]({folder}/report.md).",
         "",
         f"![accuracy against ratio]({folder}/figures/accuracy_vs_ratio.png)",
