@@ -34,3 +34,16 @@ def test_bad_settings_and_a_damaged_sign_stream_are_refused() -> None:
                   for p in c.payloads]
     with pytest.raises(FormatError, match="signs hold 3 bytes, 2 expected"):
         decompress(dumps(c))
+
+
+@pytest.mark.parametrize("bad", [[0], {"a": 1}, None, "int8"])
+def test_a_malformed_codec_state_is_a_format_error(bad: object) -> None:
+    """Found by the fuzz test: a list in the codec state raised TypeError (unhashable)."""
+    from vaecompress.errors import FormatError
+    from vaecompress.format import dumps, loads
+
+    res = compress({"w": torch.randn(4, 4), "b": torch.randn(4)}, "bitdelta")
+    c = loads(res.data)
+    c.codec_state["scale"] = bad
+    with pytest.raises(FormatError, match="codec state"):
+        decompress(dumps(c))

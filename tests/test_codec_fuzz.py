@@ -54,8 +54,8 @@ def test_mutated_codec_files(codec: str) -> None:
 # fuzzer stops making a file of, fails here. The optional peer is fuzzed where it is installed
 # and skipped with its reason where it is not, never dropped silently.
 BUILT_IN = {"zstd", "int8", "int4", "prune", "kmeans", "deep-compression", "vae-paper", "vae-rd",
-            "vae-rd-free"}
-PEERS = {"nncodec"}
+            "vae-rd-free", "bitdelta"}
+PEERS = {"nncodec", "hqq", "zipnn"}
 
 
 def test_every_built_in_codec_is_fuzzed() -> None:

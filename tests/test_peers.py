@@ -374,7 +374,8 @@ def test_hqq_malformed_payload_is_a_format_error(hqq: None) -> None:
         with pytest.raises(FormatError):
             decompress(_with_arrays(res.data, change))
     c = loads(res.data)
-    for bad in ({"bits": 7}, {"group_size": 0}, {"axis": "1"}, {"scale": "int8"}, {}):
+    for bad in ({"bits": 7}, {"group_size": 0}, {"axis": "1"}, {"scale": "int8"}, {},
+                {"scale": [0]}, {"keep": {"a": 1}}):  # unhashable: found by the fuzz test
         c2 = Container(codec=c.codec, tensors=c.tensors, payloads=c.payloads,
                        codec_state={**c.codec_state, **bad} if bad else {})
         with pytest.raises(FormatError):

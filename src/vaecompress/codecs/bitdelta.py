@@ -93,7 +93,8 @@ class BitDeltaCodec(Codec):
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
         scale_dtype, bias_dtype = c.codec_state.get("scale"), c.codec_state.get("bias")
-        if scale_dtype not in FLOAT_STORE or bias_dtype not in FLOAT_STORE:
+        if not (isinstance(scale_dtype, str) and isinstance(bias_dtype, str)
+                and scale_dtype in FLOAT_STORE and bias_dtype in FLOAT_STORE):
             raise FormatError("bitdelta codec state is malformed (scale, bias)")
         specs = float_specs(c.tensors)
         weights = [t for t in specs if is_weight(list(t["shape"]))]

@@ -324,8 +324,9 @@ def _read_state(st: Mapping[str, Any]) -> tuple[int, int, int, str, str]:
     except (KeyError, TypeError) as e:
         raise FormatError(f"hqq codec state is malformed: {e}") from None
     ints_ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (bits, group_size, axis))
-    if not ints_ok or bits not in BITS or not 2 <= group_size <= 2**20 or axis not in AXES \
-            or scale_dtype not in TORCH_DTYPE or keep_dtype not in TORCH_DTYPE:
+    strs_ok = isinstance(scale_dtype, str) and isinstance(keep_dtype, str)  # hashable, then known
+    if not ints_ok or not strs_ok or bits not in BITS or not 2 <= group_size <= 2**20 \
+            or axis not in AXES or scale_dtype not in TORCH_DTYPE or keep_dtype not in TORCH_DTYPE:
         raise FormatError("hqq codec state has unknown values")
     return bits, group_size, axis, scale_dtype, keep_dtype
 
