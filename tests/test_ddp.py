@@ -117,3 +117,73 @@ def test_other_commands_refuse_several_processes(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RANK", "0")
     assert main(["inspect", "nothing.vaec"]) == 2
     assert "does not run under torchrun" in capsys.readouterr().err
+
+
+WARM_WORKER = '''
+import json, sys
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from vaecompress.api import compress
+from vaecompress.codecs import CodecContext, Finetuner
+from vaecompress.vae.distributed import session
+
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2048, 16, generator=g)
+seen = []
+
+def loss(s, batch):
+    i, xb = batch
+    seen.append(i)
+    with torch.no_grad():
+        t = functional_call(net, state, (xb,)).log_softmax(1)
+    out = functional_call(net, dict(s), (xb,)).log_softmax(1)
+    return F.kl_div(out, t, log_target=True, reduction="batchmean")
+
+def batches():
+    for i in range(10**6):
+        yield i, x[(64 * i) % 2048:(64 * i) % 2048 + 64]
+
+out = Path(sys.argv[1])
+with session("cpu") as grp:
+    ft = Finetuner(loss, batches, 16, validation=[(-1, x[:256])])
+    res = compress(state, "vae-rd", ctx=CodecContext(progress=False, finetune=ft),
+                   snr=14.0, epochs=2.0)
+    (out / f"rank{grp.rank}.bin").write_bytes(res.data)
+    (out / f"rank{grp.rank}.json").write_text(json.dumps(
+        {"seen": sorted(set(i for i in seen if i >= 0)), "size": grp.size}))
+'''
+
+
+def test_task_aware_codec_shards_its_batches_under_torchrun(tmp_path: Path) -> None:
+    """Two processes distil the warm-started vae-rd (`vae.warm`) on different batches of the
+    same stream (each its own of every pair), average the task's gradients and end with the
+    same file; one process alone sees the first batches."""
+    (tmp_path / "worker.py").write_text(WARM_WORKER)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", "worker.py", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("torchrun did not finish in time")
+    assert proc.returncode == 0, err[-3000:]
+    import json
+
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["size"] == r1["size"] == 2
+    steps = 32  # epochs 2 x 16 steps
+    assert r0["seen"] == list(range(0, 2 * steps, 2))  # rank 0 the even batches ...
+    assert r1["seen"] == list(range(1, 2 * steps, 2))  # ... rank 1 the odd ones
+    assert (tmp_path / "rank0.bin").read_bytes() == (tmp_path / "rank1.bin").read_bytes()
+    rebuilt = decompress_file(tmp_path / "rank0.bin")
+    assert set(rebuilt) == {"0.weight", "0.bias", "2.weight", "2.bias"}

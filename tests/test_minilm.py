@@ -161,7 +161,12 @@ def test_fidelity_is_one_for_the_original_and_drops_with_noise(task) -> None:  #
 @needs_minilm
 def test_distillation_loss_is_zero_at_the_original_and_has_gradients(task) -> None:  # type: ignore[no-untyped-def]
     ft = task.finetuner(seed=0, batch_size=16)
-    assert ft.steps_per_epoch == 4
+    # a quarter of the 64 training sentences kept apart for early stopping, 48 in 3 batches
+    assert ft.steps_per_epoch == 3 and ft.validation is not None
+    assert sum(len(b.index) for b in ft.validation) == 16
+    held = {int(i) for b in ft.validation for i in b.index}
+    seen = {int(i) for _, b in zip(range(12), ft.batches(), strict=False) for i in b.index}
+    assert len(seen) == 48 and not held & seen
     batch = next(ft.batches())
     assert abs(float(ft.loss(task.reference, batch))) < 1e-5
     w = task.reference["encoder.layer.0.output.dense.weight"]

@@ -15,8 +15,9 @@ Needs the task's training data at compression time, like Deep Compression (`ctx.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -36,8 +37,11 @@ from vaecompress.coding.latents import decode_model, encode_model
 from vaecompress.errors import UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
-from vaecompress.vae.rd import check_finite, rd_report, train_rd
+from vaecompress.tasks.probe import tensor_sensitivities
+from vaecompress.vae.allocate import MAX_SNR, allocate, relative_sensitivities
+from vaecompress.vae.rd import RDConfig, RDResult, check_finite, rd_report, train_rd
 from vaecompress.vae.rd_settings import RDSettings
+from vaecompress.vae.warm import train_warm
 
 # One ingredient changed at a time against the defaults (`bench --preset ablation`).
 ABLATION: tuple[dict[str, Any], ...] = (
@@ -52,12 +56,19 @@ ABLATION: tuple[dict[str, Any], ...] = (
 )
 PAYLOAD = "latents"
 KIND = "rd-latents"
+CHECKS = 8  # warm start: early-stopping checks over a run
 
 
 @dataclass(frozen=True)
 class VAERDSettings(RDSettings):
     lam: float = 7.0  # weight of the rate (bits per parameter) against the task loss (nats)
     epochs: float = 2.0  # passes over the training data
+    # > 0: start from the data-free closed form at this SNR (dB) and distil (`vae.warm`), the
+    # form for large models; 0: train every latent from std / init_bins (`vae.rd`).
+    snr: float = 0.0
+    slope: float = 1.0  # warm start: lam = slope * 2 ln 2 * the warm start's task loss
+    rate_sample: float = 0.05  # warm start: share of a large tensor's latents in the rate
+    patience: int = 3  # warm start: early-stopping checks without improvement (0: none)
 
 
 @register
@@ -72,6 +83,18 @@ class VAERDCodec(Codec):
         s.check(self.name)
         if not (math.isfinite(s.epochs) and s.epochs > 0):
             raise UserError(f"vae-rd: epochs must be > 0, got {s.epochs}")
+        if not (math.isfinite(s.snr) and 0 <= s.snr <= MAX_SNR):
+            raise UserError(f"vae-rd: snr is the warm start's fidelity in dB in (0, {MAX_SNR:g}]"
+                            f", or 0 for no warm start; got {s.snr}")
+        if not (math.isfinite(s.slope) and s.slope >= 0):
+            raise UserError(f"vae-rd: slope must be a finite number >= 0, got {s.slope}")
+        if not (math.isfinite(s.rate_sample) and 0 < s.rate_sample <= 1):
+            raise UserError(f"vae-rd: rate_sample must be in (0, 1], got {s.rate_sample}")
+        if not 0 <= s.patience <= 1000:
+            raise UserError(f"vae-rd: patience must be in 0..1000, got {s.patience}")
+        if s.snr and (s.decoder != "tensor" or s.latents != "direct"):
+            raise UserError("vae-rd: a warm start (snr > 0) needs decoder=tensor and "
+                            "latents=direct")
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
@@ -101,16 +124,47 @@ class VAERDCodec(Codec):
         fixed = {**raw, **{k: v for k, v in coded.items() if not v.numel()}}
         steps = max(1, round(self.settings.epochs * ctx.finetune.steps_per_epoch))
         cfg = self.settings.rd_config(steps=steps, distortion="task", seed=ctx.seed)
-        res = train_rd(live, cfg, fixed=fixed,
-                       task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
-                       device=ctx.device, progress=ctx.progress,
-                       desc=f"vae-rd {ctx.label}".strip(), checkpoint=ctx.checkpoint)
+        desc = f"vae-rd {ctx.label}".strip()
+        extra: dict[str, Any] = {}
+        if self.settings.snr:
+            res, extra = self._warm(state, live, fixed, cfg, ctx, desc)
+        else:
+            res = train_rd(live, cfg, fixed=fixed,
+                           task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
+                           device=ctx.device, progress=ctx.progress, desc=desc,
+                           checkpoint=ctx.checkpoint)
         data = encode_model([z.numpy() for z in res.ints], [s.numpy() for s in res.steps],
                             entropy=self.settings.entropy, masks=self.settings.masks)
         c = self.new_container(state)
         c.payloads.append(Payload(PAYLOAD, KIND, ROLE_CODE, data))
         add_passthrough(c, raw)
-        return Encoded(c, report=rd_report(res, data))
+        return Encoded(c, report={**rd_report(res, data), **extra})
+
+    def _warm(self, state: StateDict, live: dict[str, torch.Tensor],
+              fixed: dict[str, torch.Tensor], cfg: RDConfig, ctx: CodecContext,
+              desc: str) -> tuple[RDResult, dict[str, Any]]:
+        """The closed form at `snr` (Fisher of the probe when there is one), then distillation
+        from it (`vae.warm`)."""
+        s = self.settings
+        assert ctx.finetune is not None
+        t0 = time.perf_counter()
+        arrays = [v.detach().to("cpu", torch.float32).numpy() for v in live.values()]
+        weighting = "fisher" if ctx.probe is not None else "relative"
+        sens = (tensor_sensitivities(ctx.probe, state, list(live), arrays, ctx.seed)
+                if ctx.probe is not None else relative_sensitivities(arrays))
+        alloc = allocate(arrays, sens, snr=s.snr)
+        warm_s = time.perf_counter() - t0
+        cfg = replace(cfg, rate_sample=s.rate_sample, slope=s.slope, patience=s.patience,
+                      validate_every=max(1, cfg.steps // CHECKS))
+        res = train_warm(live, cfg, [float(d[0]) for d in alloc.steps],
+                         task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
+                         validation=ctx.finetune.validation, fixed=fixed, device=ctx.device,
+                         progress=ctx.progress, desc=desc)
+        times = {k: res.history[k][0] for k in ("task_s", "rate_s", "validation_s")}
+        return res, {"warm_start_s": warm_s, "weighting": weighting,
+                     "warm_snr_db": alloc.snr_db, **times,
+                     "best_step": res.history["best_step"][0],
+                     "steps_run": res.history["steps_run"][0]}
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
         data = c.payload(PAYLOAD, kinds=[KIND]).data

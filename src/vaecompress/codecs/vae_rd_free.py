@@ -51,8 +51,8 @@ from vaecompress.coding.latents import decode_model, encode_model, estimate_mode
 from vaecompress.errors import UserError
 from vaecompress.format import ROLE_CODE, Container, Payload, dumps
 from vaecompress.io import StateDict
-from vaecompress.tasks.probe import fisher
-from vaecompress.vae.allocate import Allocation, allocate, relative_sensitivities
+from vaecompress.tasks.probe import tensor_sensitivities
+from vaecompress.vae.allocate import MAX_SNR, Allocation, allocate, relative_sensitivities
 from vaecompress.vae.rd import check_finite, rd_report, train_rd
 from vaecompress.vae.rd_settings import RDSettings
 
@@ -63,7 +63,6 @@ KIND = "rd-latents"
 # nearest neighbours from about 30 dB (its fidelity set; the held-out text and models are
 # checked in docs/default-codec.md).
 DEFAULT_SNR = 30.0
-MAX_SNR = 120.0  # float32 weights hold about 140 dB
 WEIGHTINGS = ("auto", "relative", "fisher")
 SOLVERS = ("closed", "adam")
 # The bytes of the file besides the latents that the size budget leaves room for: the
@@ -145,7 +144,7 @@ class VAERDFreeCodec(Codec):
                             "(CLI: a zoo model or --arch; Python: CodecContext(probe=...))")
         arrays = [v.detach().to("cpu", torch.float32).numpy() for v in live.values()]
         if weighting == "fisher":
-            sens = _fisher_sensitivities(ctx.probe, state, live, arrays, ctx.seed)
+            sens = tensor_sensitivities(ctx.probe, state, list(live), arrays, ctx.seed)
         else:
             sens = relative_sensitivities(arrays)
         alloc = self._allocate(arrays, sens, c)
@@ -192,18 +191,6 @@ class VAERDFreeCodec(Codec):
         data = c.payload(PAYLOAD, kinds=[KIND]).data
         arrays = decode_model(data, float_specs(c.tensors))
         return join_passthrough(c, {k: torch.from_numpy(v) for k, v in arrays.items()})
-
-
-def _fisher_sensitivities(probe: Any, state: StateDict, live: Mapping[str, torch.Tensor],
-                          arrays: list[np.ndarray], seed: int) -> list[float]:
-    """Each tensor's mean Fisher information (`tasks.probe`). A tensor the synthetic inputs
-    never reach (zero Fisher, e.g. the rows of unused tokens) is not thereby free: it is
-    weighed as the most sensitive tensor is, relative to its energy."""
-    sens = list(fisher(probe, state, list(live), seed=seed).values())
-    energy = [float(np.square(a, dtype=np.float64).sum()) for a in arrays]
-    top = max((f * e for f, e in zip(sens, energy, strict=True) if f > 0), default=0.0)
-    return [f if (f > 0 and math.isfinite(f)) else (top / e if e > 0 else 0.0)
-            for f, e in zip(sens, energy, strict=True)]
 
 
 def _nonzero(ints: list[np.ndarray]) -> float:

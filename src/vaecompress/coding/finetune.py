@@ -47,13 +47,16 @@ class Finetuner:
     count as one epoch: by default the collection's length, else 100. `frozen` names tensors
     that retraining with Adam (pruning, Deep Compression, k-means) leaves as they are: by
     default a `ModuleLoss`'s floating buffers (BatchNorm's statistics, which no gradient step
-    should move, let alone below zero); `vae-rd` still codes them by their effect on the loss.
+    should move, let alone below zero); `vae-rd` keeps them exactly. `validation`: batches
+    kept apart from the training stream, on which a codec that trains may stop early (the
+    warm-started `vae-rd` keeps the best state it saw on them); None: no early stopping.
     """
 
     loss: Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
     batches: Callable[[], Iterator[Any]] | Iterable[Any]
     steps_per_epoch: int | None = None
     frozen: frozenset[str] | None = None
+    validation: list[Any] | None = None
 
     def __post_init__(self) -> None:
         if self.frozen is None:

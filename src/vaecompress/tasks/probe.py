@@ -21,9 +21,11 @@ inputs); this module knows neither codecs nor files.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,3 +94,16 @@ def classifier_probe(net: nn.Module, input_shape: Sequence[int], *,
         return run(state, (x[i * batch_size:(i + 1) * batch_size], None))
 
     return Probe(outputs, batches, "logits")
+
+
+def tensor_sensitivities(probe: Probe, state: Mapping[str, torch.Tensor], names: Sequence[str],
+                         arrays: Sequence[np.ndarray], seed: int = 0) -> list[float]:
+    """Each tensor's mean Fisher information (`fisher`): the sensitivities of the closed form
+    of the rate-distortion codecs (`vae.allocate`); `arrays` are the tensors `names` in numpy.
+    A tensor the synthetic inputs never reach (zero Fisher, e.g. the rows of unused tokens) is
+    not thereby free: it is weighed as the most sensitive tensor is, relative to its energy."""
+    sens = list(fisher(probe, state, names, seed=seed).values())
+    energy = [float(np.square(a, dtype=np.float64).sum()) for a in arrays]
+    top = max((f * e for f, e in zip(sens, energy, strict=True) if f > 0), default=0.0)
+    return [f if (f > 0 and math.isfinite(f)) else (top / e if e > 0 else 0.0)
+            for f, e in zip(sens, energy, strict=True)]

@@ -13,8 +13,9 @@ by `SentenceTask(eval_set="heldout")` or `fidelity(state, eval_set="heldout")`.
 
 **Distillation** (the task loss of `vae-rd` and the retraining of `prune`, `deep-compression`):
 the mean of `1 - cos(e_rebuilt, e_original)` on batches of `data/train.txt` (2,048 sentences of
-the standard library's docstrings, disjoint from the fidelity set). The original model is the
-teacher, so no labels are needed, and the loss is zero exactly at the original weights.
+the standard library's docstrings, disjoint from the fidelity set; 128 of them are kept apart
+for early stopping). The original model is the teacher, so no labels are needed, and the loss
+is zero exactly at the original weights.
 
 Embeddings are sentence-transformers' own (checked against `SentenceTransformer.encode` in the
 tests): BERT's last hidden states, mean-pooled over the attention mask, L2-normalized. The model
@@ -42,6 +43,7 @@ from vaecompress.zoo import minilm
 DATA = Path(__file__).resolve().parent / "data"
 EVAL_BATCH = 64
 TRAIN_BATCH = 32
+VALIDATION = 128  # training sentences kept apart for early stopping
 SETS = ("eval", "train", "heldout")
 EVAL_SETS = ("eval", "heldout")  # the sets fidelity is measured on
 
@@ -193,12 +195,21 @@ class SentenceTask:
 
         return Probe(outputs, batches, "embedding")
 
-    def finetuner(self, seed: int = 0, batch_size: int = TRAIN_BATCH) -> Finetuner:
+    def finetuner(self, seed: int = 0, batch_size: int = TRAIN_BATCH,
+                  validation: int = VALIDATION) -> Finetuner:
         """Distillation on the training sentences: loss `mean(1 - cos(student, teacher))`,
-        batches drawn in a seeded order, `steps_per_epoch` full batches per pass."""
+        batches drawn in a seeded order, `steps_per_epoch` full batches per pass. `validation`
+        sentences of the training set (a seeded draw) are kept out of the batches, for early
+        stopping (`Finetuner.validation`)."""
         sents = self.train_sentences
         whole = self._batches(sents, EVAL_BATCH)
         teacher = self.embed(self.reference, whole).to(self.device)
+        order = list(range(len(sents)))
+        random.Random(f"validation-{seed}").shuffle(order)
+        n_val = min(validation, len(sents) // 4)
+        held, train = sorted(order[:n_val]), order[n_val:]
+        val = [self._tokenize([sents[i] for i in held[j : j + EVAL_BATCH]],
+                              held[j : j + EVAL_BATCH]) for j in range(0, n_val, EVAL_BATCH)]
 
         def loss(state: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
             student = self.forward(state, batch)
@@ -208,10 +219,11 @@ class SentenceTask:
         def batches() -> Iterator[Batch]:
             rng = random.Random(seed)
             while True:
-                order = list(range(len(sents)))
+                order = list(train)
                 rng.shuffle(order)
                 for j in range(0, len(order) - batch_size + 1, batch_size):
                     idx = order[j : j + batch_size]
                     yield self._tokenize([sents[i] for i in idx], idx)
 
-        return Finetuner(loss=loss, batches=batches, steps_per_epoch=len(sents) // batch_size)
+        return Finetuner(loss=loss, batches=batches, steps_per_epoch=len(train) // batch_size,
+                         validation=val or None)

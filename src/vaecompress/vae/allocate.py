@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MAX_SNR = 120.0  # the finest fidelity a codec accepts, in dB: float32 weights hold about 140
 BISECTIONS = 28  # halvings of the log-scale interval: c is found to about 1e-7 relative
 
 

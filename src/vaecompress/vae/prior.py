@@ -39,6 +39,15 @@ class MixturePrior(nn.Module):
         self.means = nn.Parameter(torch.zeros(groups, k), requires_grad=learned)
         self.log_scales = nn.Parameter(log_scales.repeat(groups, 1), requires_grad=learned)
 
+    @torch.no_grad()
+    def fit_scale(self, group: int, std: float) -> None:
+        """Centre group `group`'s components on a logistic of standard deviation `std` (bins),
+        their scales spread as at the start: for latents whose spread is known (a warm start)."""
+        k = self.log_scales.shape[1]
+        spread = torch.linspace(-1.0, 1.0, k) if k > 1 else torch.zeros(1)
+        base = math.log(max(std, 0.5) * math.sqrt(3.0) / math.pi)
+        self.log_scales[group] = base + spread
+
     def mass(self, z: torch.Tensor, group: int) -> torch.Tensor:
         """Probability mass of the unit bin centred on each element of `z`."""
         x = z.reshape(-1, 1)

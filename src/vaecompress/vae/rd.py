@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ LATENTS = ("direct", "encoder")
 DISTORTIONS = ("task", "weights")
 
 TaskLoss = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
+SAMPLE_MIN = 65536  # a tensor up to this size has its rate computed on every latent
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class RDConfig:
     components: int = 3  # logistic components of each tensor's prior
     distortion: str = "task"
     seed: int = 0
+    # The warm start (`train_rd(init_steps=...)`, the task-aware codec at scale):
+    rate_sample: float = 1.0  # share of a large tensor's latents the rate is estimated on
+    slope: float = 0.0  # > 0: lam = slope * 2 ln 2 * the task loss at the start (`_warm_lam`)
+    validate_every: int = 0  # steps between early-stopping checks on the validation batches
+    patience: int = 0  # checks without improvement before stopping (0: never stop early)
 
 
 @dataclass
@@ -107,15 +113,18 @@ def rows_of(shape: torch.Size | list[int]) -> int:
 
 
 class RDModel(nn.Module):
-    def __init__(self, tensors: Mapping[str, torch.Tensor], cfg: RDConfig) -> None:
+    def __init__(self, tensors: Mapping[str, torch.Tensor], cfg: RDConfig,
+                 init_steps: Sequence[float] | None = None) -> None:
         super().__init__()
+        self.warm = init_steps is not None
         self.cfg = cfg
         self.names = list(tensors)
         self.shapes = [tensors[k].shape for k in self.names]
         ref = [tensors[k].detach().to(torch.float32) for k in self.names]
         self.register_buffer("_n", torch.tensor(sum(t.numel() for t in ref)))
-        for i, t in enumerate(ref):
-            self.register_buffer(f"orig{i}", t.clone())
+        if not self.warm:  # the warm start's task loss never reads the original weights
+            for i, t in enumerate(ref):
+                self.register_buffer(f"orig{i}", t.clone())
         log_steps = []
         for t in ref:
             scale = float(t.std()) if t.numel() > 1 else 0.0
@@ -124,6 +133,10 @@ class RDModel(nn.Module):
             scale = scale if scale > 0 else 1e-3
             n_steps = rows_of(t.shape) if cfg.decoder == "row" else 1
             log_steps.append(torch.full((n_steps,), math.log(scale / cfg.init_bins)))
+        if init_steps is not None:  # the closed form's steps (`vae.allocate`)
+            if cfg.decoder != "tensor" or cfg.latents != "direct" or len(init_steps) != len(ref):
+                raise ValueError("a warm start needs one step per tensor and direct latents")
+            log_steps = [torch.full((1,), math.log(float(d))) for d in init_steps]
         if cfg.decoder == "shared":
             shared = torch.stack([s[0] for s in log_steps]).mean().reshape(1)
             self.log_shared = nn.Parameter(shared)
@@ -139,6 +152,11 @@ class RDModel(nn.Module):
             for p in self.latents:
                 p.requires_grad_(False)
         self.prior = MixturePrior(len(ref), cfg.components, learned=cfg.learned_prior)
+        if self.warm:  # the prior's scales from the latents' spread, in bins
+            with torch.no_grad():
+                for i, z in enumerate(self.latents):
+                    spread = float(z.std()) if z.numel() > 1 else 1.0
+                    self.prior.fit_scale(i, spread if math.isfinite(spread) else 1.0)
 
     def n_params(self) -> int:
         return int(self._n)
@@ -198,6 +216,23 @@ class RDModel(nn.Module):
         w = zw * s.reshape(-1, *[1] * (z.dim() - 1)) if s.numel() > 1 else zw * s.reshape(())
         return w, self.prior.bits_fast(zr, i)
 
+    def term_task(self, i: int) -> torch.Tensor:
+        """Tensor `i` as the task sees it in a warm start (`vae.warm`): `step * round(z)` with
+        the straight-through gradient, in one op that keeps no copy of the latents."""
+        return _RoundScale.apply(self.latent(i), self.step(i))
+
+    def rate(self, i: int) -> torch.Tensor:
+        """Tensor `i`'s rate in bits on its noisy latents (warm start): on a uniform sample of
+        `rate_sample` of them for a large tensor, scaled up, an unbiased estimate of the
+        whole (`SAMPLE_MIN`)."""
+        z = self.latent(i).reshape(-1)
+        n = z.numel()
+        if self.cfg.rate_sample < 1.0 and n > SAMPLE_MIN:
+            k = max(SAMPLE_MIN, round(self.cfg.rate_sample * n))
+            z = z[torch.randint(n, (k,), device=z.device)]
+            return self.prior.bits_fast(self._q(z, "noise"), i) * (n / k)
+        return self.prior.bits_fast(self._q(z, "noise"), i)
+
     @torch.no_grad()
     def export(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         ints = [torch.round(self.latent(i)).to(torch.int64).cpu() for i in range(len(self.names))]
@@ -209,6 +244,21 @@ class RDModel(nn.Module):
     def prior_bits(self) -> float:
         ints, _ = self.export()
         return float(sum(self.prior.bits(z.to(torch.float32), i) for i, z in enumerate(ints)))
+
+
+class _RoundScale(torch.autograd.Function):
+    """`step * round(z)` with the straight-through gradient (`d/dz = step`), saving nothing but
+    its inputs: the warm start's decoder for the task, at the memory of the latents alone."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z, step)
+        return torch.round(z) * step.reshape(())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, step = ctx.saved_tensors
+        return grad * step.reshape(()), (grad * torch.round(z)).sum().reshape(step.shape)
 
 
 def _weight_distortion(model: RDModel, w: Mapping[str, torch.Tensor],
