@@ -16,21 +16,24 @@ if TYPE_CHECKING:
     from vaecompress.api import (
         CodecContext,
         CompressResult,
+        DistillLoss,
         Finetuner,
         ModuleLoss,
         compress,
         decompress,
+        distiller,
         inspect,
         load,
         save,
     )
 
-_API = ("CodecContext", "CompressResult", "Finetuner", "ModuleLoss", "compress", "decompress",
-        "inspect", "load", "save")
+_API = ("CodecContext", "CompressResult", "DistillLoss", "Finetuner", "ModuleLoss", "compress",
+        "decompress", "distiller", "inspect", "load", "save")
 
 __all__ = [
     "CodecContext",
     "CompressResult",
+    "DistillLoss",
     "Finetuner",
     "FormatError",
     "ModuleLoss",
@@ -39,6 +42,7 @@ __all__ = [
     "__version__",
     "compress",
     "decompress",
+    "distiller",
     "inspect",
     "load",
     "save",

@@ -4,6 +4,7 @@ result = vaecompress.compress(state)                  # the default: near-lossle
 result = vaecompress.compress(state, snr=30)          # the default codec at another fidelity
 result = vaecompress.compress(state, "vae-paper", latent=64)
 result = vaecompress.compress(state, "vae-rd", finetune=vaecompress.Finetuner(loss, batches))
+result = vaecompress.compress(state, "vae-rd", finetune=vaecompress.distiller(net, inputs))
 vaecompress.save(result, "model.vaec")            # atomic; writes any external file beside it
 state = vaecompress.decompress(Path("model.vaec").read_bytes())
 state = vaecompress.decompress_file("model.vaec")  # the same, reading the externals beside it
@@ -12,7 +13,9 @@ Any state_dict is accepted (any names, float32/float16/bfloat16/float64, integer
 tensors, empty and 0-d ones; docs/own-model.md says what each codec does with each dtype), and a
 codec that trains on the task (`vae-rd`, `prune`, `deep-compression`, `kmeans` with
 `finetune_epochs`) takes any task through a `Finetuner`: a loss of the model run with given
-tensors (`coding.finetune.ModuleLoss` makes one from an nn.Module and a criterion) and batches.
+tensors (`coding.finetune.ModuleLoss` makes one from an nn.Module and a criterion) and batches;
+without labels, `tasks.distill.distiller` distils the original model (the teacher) into the
+rebuilt one on batches of inputs.
 
 Externals are the separate files a codec declares (`Codec.externals`, e.g. vae-paper's
 "decoder"); by default each lies beside the file as `<file>.<name>.safetensors`.
@@ -44,6 +47,7 @@ from vaecompress.format import Container, dumps, loads, read_file
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
 from vaecompress.io import StateDict, atomic_write_all, check_outputs
+from vaecompress.tasks.distill import DistillLoss, distiller  # noqa: F401  (public API)
 
 # The checksum of the rebuilt tensors, recorded in the file's `meta` at compression
 # (`vaecompress.checksum`; spec: docs/format.md, "Checksum of the rebuilt tensors").

@@ -20,7 +20,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -44,14 +44,19 @@ Your own MNIST classifier (a class in my_mlp.py, in the working directory):
   vaecompress evaluate my_mlp.pt --arch my_mlp:MyMLP
   vaecompress compress my_mlp.pt -o my_mlp.vrd --codec vae-rd --finetune --arch my_mlp:MyMLP
 
+Without labels, distilling the input model into the rebuilt one (MiniLM: the optional extra):
+  vaecompress compress cnn.safetensors -o cnn.vrd --codec vae-rd --distill
+  vaecompress compress model.safetensors -o m.vrd --model minilm --codec vae-rd --sentences s.txt
+
 Run `vaecompress COMMAND --help` for each command's options. Exit status: 0 success, 2 bad
 input (one line on stderr), 1 internal error (set VAECOMPRESS_DEBUG=1 for the traceback)."""
 
 CODECS_HELP = (
     "compression method: vae-rd-free (default; needs no training data), vae-rd (smallest "
-    "files; needs --finetune), deep-compression, prune, kmeans (retrain with --finetune to keep "
-    "accuracy), int8, int4, nncodec (optional peer), zstd (lossless), vae-paper (the paper's "
-    "method). Without --codec, a result larger than the model falls back to lossless zstd"
+    "files; needs --finetune or --distill), deep-compression, prune, kmeans (retrain with "
+    "--finetune or --distill to keep accuracy), int8, int4, nncodec (optional peer), zstd "
+    "(lossless), vae-paper (the paper's method). Without --codec, a result larger than the "
+    "model falls back to lossless zstd"
 )
 
 
@@ -349,61 +354,32 @@ def cmd_compress(args: argparse.Namespace) -> int:
     targets = [args.output, *outs.values()]
     targets += [str(external_path(args.output, n)) for n in type(codec).externals if n not in outs]
     check_outputs(targets, inputs=[args.input, *([args.base] if args.base else [])])
-    if codec.uses_task and not args.finetune and not args.quiet:
+    distill = args.distill or args.sentences is not None
+    sentences = _sentences(args)  # checked before any work
+    if codec.uses_task and not (args.finetune or distill) and not args.quiet:
         print(
             f"vaecompress: warning: {name} retrains on the task to keep accuracy; without "
-            "--finetune it runs without retraining and the rebuilt model can lose many points",
+            "--finetune (or --distill) it runs without retraining and the rebuilt model can "
+            "lose many points",
             file=sys.stderr,
         )
     state, meta, folder = _read_input(args)
     base = _base(args)
     device = resolve_device(args.device)
-    try:
-        arch = _arch(args, meta)
-        if arch is not None:
-            _network(arch, state, args.input, device)  # the weights fit, before any work
-    except UserError:
-        if args.arch or args.model or args.finetune or args.arch_kwargs is not None \
-                or args.normalize is not None:
-            raise
-        arch = None  # only the metadata names a model, which the weights do not fit: no accuracy
-    finetune = None
-    test = None
-    if arch is not None and (args.finetune or not args.no_eval):
-        # The task is known: its data is loaded before the work, to measure the rebuilt model.
-        from vaecompress.data import load_mnist
-
-        try:
-            train, test = load_mnist(args.data_dir)
-        except UserError as e:
-            if args.finetune:
-                raise
-            # Measuring is a courtesy, not the job: offline without MNIST, compress anyway.
-            print(f"vaecompress: warning: the rebuilt model's accuracy will not be measured "
-                  f"({e}); --no-eval silences this", file=sys.stderr)
-            test = None
-    if args.finetune:
-        # Retraining codecs (prune, deep-compression) need the task: MNIST and the architecture.
-        from vaecompress.zoo.arch import wrapper_prefix
-        from vaecompress.zoo.train import make_finetuner
-
-        if arch is None:
-            raise UserError("--finetune needs the model's architecture: --model (a zoo model) "
-                            "or --arch module:Class (yours); the file does not name one")
-        net = arch.build()
-        finetune = make_finetuner(net, train, device=device, seed=args.seed,
-                                  normalize=arch.normalize,
-                                  prefix=wrapper_prefix(list(state), list(net.state_dict())))
-    if args.no_eval:
-        test = None
+    if _sentence_model(args):
+        task = _sentence_task(args, state, sentences, device, retrain=args.finetune or distill)
+    else:
+        task = _mnist_task(args, state, meta, device, distill=distill)
+    if task.finetune_desc and not args.quiet:
+        print(f"vaecompress: {task.finetune_desc}", file=sys.stderr)
     ctx = CodecContext(
         device=device,
         seed=args.seed,
         progress=not args.quiet,
         label=Path(args.input).stem,
-        finetune=finetune,
+        finetune=task.finetune,
         checkpoint=hidden_beside(args.output),  # a killed run, restarted, resumes
-        probe=_probe(arch, state, device, args.seed),
+        probe=task.probe,
     )
     keep: dict[str, Any] = {k: v for k, v in meta.items()
                             if k in ("vaecompress.model", "test_accuracy")}
@@ -416,13 +392,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if not is_main():  # one of several processes under torchrun: rank 0 writes and reports
         return 0
     save(res, args.output, externals=outs)
-    evals: dict[str, float] = {}
-    if test is not None and arch is not None and res.rebuilt is not None:
-        evals = _accuracies(arch, args.input, state, res.rebuilt, test, device)
+    evals: dict[str, Any] = {}
+    line = ""
+    if task.measure is not None and res.rebuilt is not None:
+        evals, line = task.measure(res.rebuilt)
     a = res.accounting
     if args.json:
+        extra = {"finetune": task.finetune_desc} if task.finetune_desc else {}
         _print_json(a.to_json() | {"compress_s": res.compress_s, "codec": res.codec}
-                    | _fidelity_json(res) | evals)
+                    | _fidelity_json(res) | evals | extra)
     else:
         print(
             f"{args.output}: {a.params:,} params, {a.orig_bytes:,} B -> file {a.file_bytes:,} B"
@@ -434,15 +412,151 @@ def cmd_compress(args: argparse.Namespace) -> int:
             f"   [{res.compress_s:.1f} s]"
         )
         print(f"{res.codec}{_chosen(res)}: {describe(res.fidelity)}")
-        if evals:
+        if line:
+            print(line)
+    return 0
+
+
+@dataclass
+class _Task:
+    """What compress knows of the model's task: what the codecs retrain on (and the line
+    that says so), the probe of the data-free codec, and how the rebuilt model is measured
+    (its JSON fields and its line), each None where it does not apply."""
+
+    finetune: Any = None
+    finetune_desc: str | None = None
+    probe: Any = None
+    measure: Callable[[Any], tuple[dict[str, Any], str]] | None = None
+
+
+def _steps(n: int) -> str:
+    return f"{n:,} step" if n == 1 else f"{n:,} steps"
+
+
+def _sentence_model(args: argparse.Namespace) -> bool:
+    from vaecompress.zoo import minilm
+
+    return bool(args.model) and args.model.lower() == minilm.NAME
+
+
+def _sentences(args: argparse.Namespace) -> list[str] | None:
+    """The sentences of --sentences (None without it), and the checks of --model minilm that
+    need no model: the flags that go with it, the optional extra."""
+    from vaecompress.zoo import minilm
+
+    if not _sentence_model(args):
+        if args.sentences is not None:
+            raise UserError("--sentences goes with --model minilm, the sentence-embedding "
+                            "model vaecompress runs (a zoo model or --arch classifier distils "
+                            "on the MNIST training images: --distill)")
+        return None
+    if args.arch or args.arch_kwargs is not None or args.normalize is not None:
+        raise UserError("--arch, --arch-kwargs and --normalize are for MNIST classifiers; "
+                        "--model minilm knows its own network")
+    sentences = None
+    if args.sentences is not None:
+        from vaecompress.tasks.sentence import read_sentence_file
+
+        sentences = read_sentence_file(args.sentences)
+    hint = minilm.missing()
+    if hint is not None:
+        raise UserError(hint)
+    return sentences
+
+
+def _sentence_task(args: argparse.Namespace, state: Any, sentences: list[str] | None,
+                   device: Any, *, retrain: bool) -> _Task:
+    """MiniLM, the input its teacher: distillation on the sentences (--sentences, else the
+    bundled training set), the probe on synthetic token sequences, and the fidelity of the
+    rebuilt embeddings on the bundled fidelity set."""
+    from vaecompress.tasks.sentence import SentenceTask
+
+    task = SentenceTask(device, n_eval=0 if args.no_eval else None, reference=state,
+                        source=args.input)
+    out = _Task(probe=task.probe(seed=args.seed))
+    if retrain:
+        out.finetune = task.distiller(sentences, seed=args.seed)
+        where = (f"{len(sentences):,} sentences of {args.sentences}" if sentences is not None
+                 else f"the {len(task.train_sentences):,} bundled training sentences")
+        out.finetune_desc = (f"distilling minilm from the input model (the teacher): 1 - cosine "
+                             f"of the embeddings, on {where} "
+                             f"({_steps(out.finetune.steps_per_epoch)} an epoch)")
+    if not args.no_eval:
+        def measure(rebuilt: Any) -> tuple[dict[str, Any], str]:
+            fid = task.fidelity(rebuilt)
+            return fid, (f"sentence embeddings rebuilt from the file: mean cosine "
+                         f"{fid['cos_mean']:.5f} to the input model's (worst {fid['cos_min']:.4f})"
+                         f", nearest neighbour kept for {100 * fid['nn_same']:.1f}% "
+                         f"(minilm, {fid['n_sentences']:,} sentences of its fidelity set "
+                         "tasks/data/eval.txt)")
+
+        out.measure = measure
+    return out
+
+
+def _mnist_task(args: argparse.Namespace, state: Any, meta: dict[str, str], device: Any, *,
+                distill: bool) -> _Task:
+    """A zoo model or --arch classifier: fine-tuning on MNIST (cross-entropy with --finetune,
+    distillation from the input model with --distill), the probe on noise images, and the
+    test accuracy of the rebuilt model."""
+    retrain = args.finetune or distill
+    try:
+        arch = _arch(args, meta)
+        if arch is not None:
+            _network(arch, state, args.input, device)  # the weights fit, before any work
+    except UserError:
+        if args.arch or args.model or retrain or args.arch_kwargs is not None \
+                or args.normalize is not None:
+            raise
+        arch = None  # only the metadata names a model, which the weights do not fit: no accuracy
+    out = _Task(probe=_probe(arch, state, device, args.seed))
+    test = None
+    if arch is not None and (retrain or not args.no_eval):
+        # The task is known: its data is loaded before the work, to measure the rebuilt model.
+        from vaecompress.data import load_mnist
+
+        try:
+            train, test = load_mnist(args.data_dir)
+        except UserError as e:
+            if retrain:
+                raise
+            # Measuring is a courtesy, not the job: offline without MNIST, compress anyway.
+            print(f"vaecompress: warning: the rebuilt model's accuracy will not be measured "
+                  f"({e}); --no-eval silences this", file=sys.stderr)
+            test = None
+    if retrain:
+        # Retraining codecs (prune, deep-compression) need the task: MNIST and the architecture.
+        from vaecompress.zoo.arch import wrapper_prefix
+        from vaecompress.zoo.train import make_finetuner, mnist_distiller
+
+        if arch is None:
+            flag = "--distill" if distill else "--finetune"
+            raise UserError(f"{flag} needs the model's architecture: --model (a zoo model) "
+                            "or --arch module:Class (yours); the file does not name one")
+        net = arch.build()
+        prefix = wrapper_prefix(list(state), list(net.state_dict()))
+        if distill:
+            out.finetune = mnist_distiller(net, state, train, device=device, seed=args.seed,
+                                           normalize=arch.normalize, prefix=prefix)
+            out.finetune_desc = (f"distilling {arch.name} from the input model (the teacher):"
+                                 f" KL divergence of the predictions, on {len(train):,} MNIST "
+                                 f"training images, labels unused "
+                                 f"({_steps(out.finetune.steps_per_epoch)} an epoch)")
+        else:
+            out.finetune = make_finetuner(net, train, device=device, seed=args.seed,
+                                          normalize=arch.normalize, prefix=prefix)
+    if test is not None and not args.no_eval:
+        def measure(rebuilt: Any) -> tuple[dict[str, Any], str]:
+            evals = _accuracies(arch, args.input, state, rebuilt, test, device)
             drop = evals["accuracy_original"] - evals["accuracy_rebuilt"]
-            print(
+            return evals, (
                 f"test accuracy {evals['accuracy_rebuilt']:.2f}% rebuilt from the file, "
                 f"{evals['accuracy_original']:.2f}% before ("
                 f"{f'{drop:.2f} points lost' if drop >= 0 else f'{-drop:.2f} points gained'}; "
-                f"{arch.name}, {evals['n_test']:.0f} MNIST test images)"
-            )
-    return 0
+                f"{arch.name}, {evals['n_test']:.0f} MNIST test images)")
+
+        out.measure = measure
+    return out
 
 
 def _probe(arch: Any, state: Any, device: Any, seed: int) -> Any:
@@ -662,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the code only, ratio_honest every byte needed to decode. When the model is a zoo model "
         "(--model, or named in the file's metadata) or your own MNIST classifier (--arch), it "
         "also prints the test accuracy of the model rebuilt from the file, beside the "
-        "original's (--no-eval skips it). Any state_dict can be compressed: float32, float16, "
+        "original's (--no-eval skips it); for --model minilm, how close its sentence "
+        "embeddings are to the input model's. Any state_dict can be compressed: float32, float16, "
         "bfloat16 and float64 tensors are coded, integer and bool tensors kept exactly; the "
         "rebuilt file has the same names, shapes and dtypes in the same order. The output is "
         "written only when everything succeeded; it may never be the input.")
@@ -679,7 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a budget for the file instead, e.g. 200KB, 1.5MiB or 50000: the "
                     "finest quantization that fits (default codec): --set size=N")
     sp.add_argument("--model", help="zoo architecture of the weights (checked first; default: "
-                    "from the file's metadata)")
+                    "from the file's metadata), or minilm: the weights are all-MiniLM-L6-v2's "
+                    "(the optional extra minilm), its task sentence embeddings")
     arch_flags(sp)
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="a codec setting, repeatable (e.g. --set bits=4); a bad key lists the "
@@ -696,10 +812,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune", action="store_true",
         help="let the codecs that train on the task (vae-rd, prune, deep-compression, kmeans "
         "with finetune_epochs) fine-tune on MNIST: cross-entropy on the training set; needs a "
-        "zoo model or --arch"
+        "zoo model or --arch (--model minilm has no labels: it distils, as --distill)"
+    )
+    sp.add_argument(
+        "--distill", action="store_true",
+        help="as --finetune, without labels: the input model is the teacher and the codecs "
+        "train the rebuilt one to match its outputs, KL divergence of the predictions on the "
+        "MNIST training images (a zoo model or --arch), 1 - cosine of the embeddings on "
+        "sentences (--model minilm: --sentences, else the bundled training sentences)"
+    )
+    sp.add_argument(
+        "--sentences", metavar="FILE",
+        help="with --model minilm: distil on these sentences, one a line (UTF-8; blank lines "
+        "and lines starting with # skipped); implies --distill"
     )
     sp.add_argument("--no-eval", action="store_true",
-                    help="do not measure the rebuilt model's test accuracy")
+                    help="do not measure the rebuilt model's test accuracy (minilm: the "
+                    "fidelity of its embeddings)")
     sp.add_argument("--base", metavar="FILE", help="code the model as its difference from "
                     "this model (e.g. the one it was fine-tuned from), which the receiver must "
                     "already have: the file records its sha256, not its bytes")

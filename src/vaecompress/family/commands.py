@@ -53,7 +53,7 @@ def compress_series_command(args: argparse.Namespace, files: list[Path],
     from vaecompress.io import atomic_write_bytes, check_outputs, load_weights_file
     from vaecompress.runinfo import resolve_device
 
-    for flag in ("finetune", "external_out", "decoder_out"):
+    for flag in ("finetune", "distill", "sentences", "external_out", "decoder_out"):
         if getattr(args, flag):
             raise UserError(f"--{flag.replace('_', '-')} does not apply to a checkpoint series")
     make_codec(codec, **settings)  # bad settings fail here, before any work

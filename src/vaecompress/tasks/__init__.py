@@ -1,1 +1,3 @@
-"""Tasks of models outside the MNIST zoo: how a rebuilt model is judged, what codecs retrain on."""
+"""Tasks: how a rebuilt model is judged and what codecs retrain on, beyond the MNIST zoo's own
+(`zoo.train`): distillation from the original model for any model (`distill`), MiniLM's
+sentence task (`sentence`), synthetic inputs for the data-free codec (`probe`)."""

@@ -15,7 +15,12 @@ by `SentenceTask(eval_set="heldout")` or `fidelity(state, eval_set="heldout")`.
 the mean of `1 - cos(e_rebuilt, e_original)` on batches of `data/train.txt` (2,048 sentences of
 the standard library's docstrings, disjoint from the fidelity set; 128 of them are kept apart
 for early stopping). The original model is the teacher, so no labels are needed, and the loss
-is zero exactly at the original weights.
+is zero at the original weights up to float32 rounding (the teacher's embeddings are made once,
+in other batches; `finetuner`, the bench's). `SentenceTask.distiller` is the same distillation
+on any sentences (`read_sentence_file`: a user's text file) through `tasks.distill`: fixed
+batches of sentences of similar length, the teacher's embeddings kept per batch, and a loss
+exactly zero at the teacher's weights. `SentenceTask(reference=state)` makes a user's MiniLM
+(of the same names and shapes) the teacher and the model fidelity compares to.
 
 Embeddings are sentence-transformers' own (checked against `SentenceTransformer.encode` in the
 tests): BERT's last hidden states, mean-pooled over the attention mask, L2-normalized. The model
@@ -27,7 +32,7 @@ evaluated without being copied into the network. `data/` and how it was made:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +42,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from vaecompress.coding.finetune import Finetuner
+from vaecompress.errors import UserError
+from vaecompress.tasks.distill import distiller
 from vaecompress.tasks.probe import Probe
 from vaecompress.zoo import minilm
+from vaecompress.zoo.arch import fit_state, wrapper_prefix
 
 DATA = Path(__file__).resolve().parent / "data"
 EVAL_BATCH = 64
@@ -54,6 +62,29 @@ def read_sentences(name: str) -> list[str]:
         raise ValueError(f"no sentence set {name!r}; the sets are {', '.join(SETS)}")
     lines = (DATA / f"{name}.txt").read_text(encoding="utf-8").splitlines()
     return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def read_sentence_file(path: str | Path) -> list[str]:
+    """The sentences of a user's text file: one a line (UTF-8), surrounding whitespace
+    stripped, blank lines and lines starting with '#' skipped. UserError if the file cannot be
+    read or holds no sentence."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"sentence file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"sentence file {path} is a folder, not a text file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"sentence file {path} is not UTF-8 text (byte {e.start} is not); "
+                        "give one sentence a line") from None
+    except OSError as e:
+        raise UserError(f"cannot read the sentence file {path}: {e.strerror or e}") from None
+    sentences = [ln.strip() for ln in text.splitlines()]
+    sentences = [ln for ln in sentences if ln and not ln.startswith("#")]
+    if not sentences:
+        raise UserError(f"sentence file {path} holds no sentences (one a line; blank lines and "
+                        "lines starting with # are skipped)")
+    return sentences
 
 
 @dataclass
@@ -97,10 +128,15 @@ class SentenceTask:
 
     `eval_set` ("eval", the default, or "heldout") is the set `fidelity` measures by default;
     `n_eval` keeps the first sentences of every fidelity set, `n_train` of the training set.
+    `reference`: the original's tensors, by default the packaged model's; another state of
+    MiniLM's names and shapes (a user's fine-tuned MiniLM) is checked first (`check_state`,
+    its errors naming `source`) and is then the teacher and the model fidelity compares to.
     """
 
     def __init__(self, device: torch.device | str = "cpu", *, n_eval: int | None = None,
-                 n_train: int | None = None, eval_set: str = "eval") -> None:
+                 n_train: int | None = None, eval_set: str = "eval",
+                 reference: Mapping[str, torch.Tensor] | None = None,
+                 source: str = "the reference state") -> None:
         if eval_set not in EVAL_SETS:
             raise ValueError(f"eval_set must be one of {', '.join(EVAL_SETS)}, not {eval_set!r}")
         self.device = torch.device(device)
@@ -110,7 +146,13 @@ class SentenceTask:
         self.bert = st[0].auto_model
         self.tokenizer = st.tokenizer
         self.max_len = int(st.max_seq_length)
-        self.reference = {k: v.to(self.device) for k, v in minilm.load_state().items()}
+        self.dtypes = {k: v.dtype for k, v in
+                       [*self.bert.named_parameters(), *self.bert.named_buffers()]}
+        if reference is None:
+            reference = minilm.load_state()
+        else:
+            self.check_state(reference, source)
+        self.reference = {k: v.to(self.device) for k, v in reference.items()}
         self.train_sentences = read_sentences("train")[:n_train]
         self._eval_sets: dict[str, EvalSet] = {}
         default = self.fidelity_set(eval_set)
@@ -145,8 +187,11 @@ class SentenceTask:
                 for j in range(0, len(order), size)]
 
     def forward(self, state: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        """Unit-norm embeddings [B, 384] of a batch by the model with the tensors `state`."""
-        out = functional_call(self.bert, dict(state), args=(), kwargs=batch.inputs)
+        """Unit-norm embeddings [B, 384] of a batch by the model with the tensors `state`
+        (each cast to the network's dtype of its name, as `load_state_dict` would)."""
+        tensors = {k: v if v.dtype == self.dtypes.get(k, v.dtype) else v.to(self.dtypes[k])
+                   for k, v in state.items()}
+        out = functional_call(self.bert, tensors, args=(), kwargs=batch.inputs)
         return mean_pool(out.last_hidden_state, batch.inputs["attention_mask"])
 
     @torch.no_grad()
@@ -227,3 +272,54 @@ class SentenceTask:
 
         return Finetuner(loss=loss, batches=batches, steps_per_epoch=len(train) // batch_size,
                          validation=val or None)
+
+    def check_state(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        """UserError unless `state` holds exactly MiniLM's tensors under its own names and
+        shapes (the buffers the network does not save, `embeddings.position_ids` of the
+        packaged file, may be there or not): `functional_call` would silently run the
+        packaged weights for a tensor that is missing."""
+        persistent = self.bert.state_dict()
+        prefix = wrapper_prefix(list(state), list(persistent))
+        if prefix:
+            raise UserError(f"{source}: MiniLM's tensors are read under their own names, these "
+                            f"carry the prefix '{prefix}'; save the model without its wrapper")
+        optional = {k: v for k, v in self.bert.named_buffers() if k not in persistent}
+        fit_state(self.bert, {k: v for k, v in state.items() if k not in optional},
+                  name=minilm.NAME, source=source)
+        for k, v in optional.items():
+            if k in state and state[k].shape != v.shape:
+                raise UserError(f"{source} does not hold {minilm.NAME} weights: shape of '{k}' "
+                                f"{tuple(state[k].shape)} where the model has {tuple(v.shape)}")
+
+    def distiller(self, sentences: Sequence[str] | None = None, *, seed: int = 0,
+                  batch_size: int = TRAIN_BATCH, embedding: str = "cosine") -> Finetuner:
+        """Distillation of the task's reference model (the teacher) into the one a codec
+        trains, on `sentences` (default: the training set): `tasks.distill` on the embeddings,
+        `embedding` "cosine" (mean `1 - cos`) or "mse", exactly zero at the reference. The
+        batches are fixed groups of `batch_size` sentences of similar length (little
+        padding), tokenized at each use, in a seeded order every pass; each one's teacher
+        embeddings are kept after its first use (1.5 KB a sentence). `steps_per_epoch` is the
+        number of batches."""
+        sents = list(self.train_sentences if sentences is None else sentences)
+        if not sents:
+            raise UserError("no sentences to distil on")
+        order = sorted(range(len(sents)), key=lambda i: (len(sents[i]), i))
+        groups = [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
+        return distiller(self.forward, SentenceBatches(self, sents, groups),
+                         state=self.reference, output="embedding", embedding=embedding,
+                         cache=True, seed=seed)
+
+
+class SentenceBatches(Sequence[Batch]):
+    """Fixed groups of sentences, tokenized when one is asked for (the tokens of a large file
+    are never all held at once)."""
+
+    def __init__(self, task: SentenceTask, sentences: list[str], groups: list[list[int]]) -> None:
+        self.task, self.sentences, self.groups = task, sentences, groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, j: int) -> Batch:  # type: ignore[override]
+        idx = self.groups[j]
+        return self.task._tokenize([self.sentences[i] for i in idx], idx)

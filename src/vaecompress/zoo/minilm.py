@@ -68,13 +68,20 @@ def load_state() -> dict[str, torch.Tensor]:
 def network(device: torch.device | str = "cpu") -> Any:
     """The `SentenceTransformer` of the packaged model, in eval mode. The Hugging Face hub is
     set offline first (unless the caller chose otherwise): the model is a local folder and no
-    run of this project may reach the network."""
+    run of this project may reach the network. transformers' loading bar is hidden."""
     hint = missing()
     if hint is not None:
         raise UserError(hint)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
-    model = SentenceTransformer(str(model_dir()), device=str(device))
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar for reading a local file: noise before any output
+    try:
+        model = SentenceTransformer(str(model_dir()), device=str(device))
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.eval()

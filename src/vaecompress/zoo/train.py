@@ -1,5 +1,7 @@
 """Training the zoo's classifiers on MNIST, and the MNIST task of any classifier: its accuracy,
-and the loss codecs fine-tune it on (a zoo model or the user's own, `zoo.arch`).
+and the loss codecs fine-tune it on (a zoo model or the user's own, `zoo.arch`): cross-entropy
+with the labels (`make_finetuner`), or without them, distillation from the original model
+(`mnist_distiller`).
 
 Presets own their defaults here: `quick` trains in about a minute on a 2-core CPU, `paper`
 trains long enough to pass the paper's original accuracies (Table 2).
@@ -39,6 +41,7 @@ from vaecompress.data.mnist import MEAN, STD
 from vaecompress.errors import UserError
 from vaecompress.progress import progress as progress_bar
 from vaecompress.runinfo import seed_everything
+from vaecompress.tasks.distill import distiller
 from vaecompress.zoo.models import build_model
 
 
@@ -232,6 +235,17 @@ def accuracy(model: nn.Module, split: MnistSplit, *, device: torch.device | str 
     return 100.0 * float((pred == torch.as_tensor(split.labels)).float().mean())
 
 
+def _shuffled_batches(x: torch.Tensor, y: torch.Tensor | None, batch_size: int,
+                      seed: int) -> Iterator[Any]:
+    """Seeded shuffled full batches of `x` (with `y`, pairs), a new order every pass, forever."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    while True:
+        order = torch.randperm(len(x), generator=gen).to(x.device)
+        for i in range(0, len(x) - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            yield x[idx] if y is None else (x[idx], y[idx])
+
+
 def make_finetuner(
     model: str | nn.Module,
     train: MnistSplit,
@@ -248,14 +262,31 @@ def make_finetuner(
     device = torch.device(device)
     net = build_model(model) if isinstance(model, str) else model
     x, y = to_tensors(train, device=device, normalize=normalize)
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        while True:
-            order = torch.randperm(len(x), generator=gen).to(device)
-            for i in range(0, len(x) - batch_size + 1, batch_size):
-                idx = order[i : i + batch_size]
-                yield x[idx], y[idx]
-
     return Finetuner(loss=ModuleLoss(net.to(device), F.cross_entropy, prefix=prefix),
-                     batches=batches, steps_per_epoch=len(x) // batch_size)
+                     batches=lambda: _shuffled_batches(x, y, batch_size, seed),
+                     steps_per_epoch=len(x) // batch_size)
+
+
+def mnist_distiller(
+    model: str | nn.Module,
+    state: Mapping[str, torch.Tensor],
+    train: MnistSplit,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+    seed: int = 0,
+    normalize: tuple[float, float] | None = ZOO_NORMALIZE,
+    prefix: str = "",
+    temperature: float = 1.0,
+) -> Finetuner:
+    """The same task without labels: the KL divergence of `model`'s predictions run with any
+    set of tensors from its predictions with `state` (the original, the teacher;
+    `tasks.distill`), on the training images of the same seeded batches as `make_finetuner`
+    (the labels are never read)."""
+    device = torch.device(device)
+    net = build_model(model) if isinstance(model, str) else model
+    x, _ = to_tensors(train, device=device, normalize=normalize)
+    return distiller(net.to(device), lambda: _shuffled_batches(x, None, batch_size, seed),
+                     state={k: v.to(device) for k, v in state.items()}, output="logits",
+                     temperature=temperature, prefix=prefix,
+                     steps_per_epoch=len(x) // batch_size)
