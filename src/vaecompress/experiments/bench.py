@@ -164,6 +164,15 @@ def _available(codec: str) -> str | None:
     return get_codec_class(codec).available()
 
 
+def plan(cfg: BenchConfig, task: BenchTask) -> tuple[list[tuple[str, str, Point]],
+                                                     dict[str, str]]:
+    """(jobs: (model, codec, settings) in run order, skipped codecs with their install hint)."""
+    skipped = {c: hint for c in cfg.codecs if (hint := _available(c))}
+    jobs = [(m, c, p) for m in cfg.models for c in cfg.codecs if c not in skipped
+            for p in task.grid(c)]
+    return jobs, skipped
+
+
 def measure(task: BenchTask, subject: Subject, codec: str, point: Point,
             ctx: CodecContext) -> dict[str, Any]:
     """Compress `subject` at `point`, rebuild it from the bytes alone, ask the task how
@@ -222,11 +231,9 @@ def bench(cfg: BenchConfig, task: BenchTask, out: Path, *, device: torch.device,
     seed_everything(cfg.seed)
     store = RecordStore(out / "records")
     checkpoints = out / "checkpoints"
-    skipped = {c: hint for c in cfg.codecs if (hint := _available(c))}
+    jobs, skipped = plan(cfg, task)
     for codec, hint in skipped.items():
         print(f"bench: skipping {codec}: {hint}")
-    jobs = [(m, c, p) for m in cfg.models for c in cfg.codecs if c not in skipped
-            for p in task.grid(c)]
     subjects: dict[str, Subject] = {}
     records = []
     bar = tqdm(jobs, desc=f"bench {task.name}", unit="point", disable=not progress)

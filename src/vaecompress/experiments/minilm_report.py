@@ -68,8 +68,8 @@ def summary_table(results: dict[str, Any], prefix: str = "") -> str:
         ratios = " / ".join(_ratio(r["ratio_honest"]) if r else "-" for r in picks)
         kept = " / ".join(f"{100 * r[prefix + 'nn_same']:.1f}%" if r else "-" for r in picks)
         costs = [p[m] for p in picked]
-        seconds = " / ".join(f"{r['compress_s']:.1f}" if r else "-" for r in costs)
-        added = " / ".join(_per_param(r) for r in costs)
+        seconds = " / ".join(_cost(r, "compress_s") for r in costs)
+        added = " / ".join(_cost(r, "peak_added_bytes_per_param") for r in costs)
         first = f"| {m}{' (data)' if data else ''} "
         if strict:
             first += f"| {_ratio(near[m]['ratio_honest']) if near[m] else '-'} "
@@ -77,10 +77,11 @@ def summary_table(results: dict[str, Any], prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def _per_param(r: dict[str, Any] | None) -> str:
-    """The memory compressing added above what was held before it, per parameter."""
-    per = None if r is None else r.get("peak_added_bytes_per_param")
-    return "-" if per is None else f"{per:.1f}"
+def _cost(r: dict[str, Any] | None, field: str) -> str:
+    """A point's compress_s or peak_added_bytes_per_param (the memory compressing added above
+    what was held before it, per parameter); "-" without a point or a measurement."""
+    value = None if r is None else r.get(field)
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _mib(x: float | None) -> str:
@@ -114,7 +115,7 @@ def points_table(results: dict[str, Any]) -> str:
             f"{r['bits_per_param']:.3f} | {_seconds(r, 'compress_s')} | "
             f"{r['compress_s_per_mparam']:.2f} | {_seconds(r, 'decompress_s')} | "
             f"{_mib(r.get('peak_rss_bytes'))} ({_mib(added)}) | "
-            f"{_per_param(r)} |")
+            f"{_cost(r, 'peak_added_bytes_per_param')} |")
     return "\n".join(lines)
 
 
