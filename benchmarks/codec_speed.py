@@ -63,7 +63,7 @@ def compress_worker(req: dict[str, Any]) -> None:
 
     from vaecompress.api import compress, save
     from vaecompress.codecs import CodecContext, get_codec_class
-    from vaecompress.experiments.bench import _peak_rss_bytes, _peak_rss_reset
+    from vaecompress.experiments.bench import peak_rss_bytes, peak_rss_reset
     from vaecompress.io import load_weights_file, save_weights_file
 
     state, _ = load_weights_file(req["model_file"])
@@ -76,12 +76,12 @@ def compress_worker(req: dict[str, Any]) -> None:
         finetune = make_finetuner(req["model"], train, device="cpu", seed=req["seed"])
     ctx = CodecContext(device=torch.device("cpu"), seed=req["seed"], progress=False,
                        label=req["model"], finetune=finetune)
-    rss_before = _peak_rss_bytes()
-    reset = _peak_rss_reset()
+    rss_before = peak_rss_bytes()
+    reset = peak_rss_reset()
     t0 = time.perf_counter()
     res = compress(state, req["codec"], ctx=ctx, **req["settings"])
     wall = time.perf_counter() - t0
-    peak = _peak_rss_bytes() if reset else None
+    peak = peak_rss_bytes() if reset else None
     save(res, req["file"])
     assert res.rebuilt is not None
     save_weights_file(req["rebuilt"], res.rebuilt)

@@ -202,7 +202,7 @@ def test_adam_solver_is_kept_for_the_ablation() -> None:
 
 def test_the_datafree_bench_sweeps_every_data_free_method_and_the_default() -> None:
     from vaecompress.codecs import REGISTRY
-    from vaecompress.experiments.bench import default_codecs, grid
+    from vaecompress.experiments.bench_zoo import default_codecs, grid
 
     codecs = default_codecs("datafree")
     for c in codecs:

@@ -121,10 +121,12 @@ def test_toy_codec_in_the_cli(toy: None, tiny_state: dict, tmp_path: Path,
 
 def test_toy_codec_in_the_bench_jobs(toy: None) -> None:
     from vaecompress.experiments import bench
+    from vaecompress.experiments.bench_zoo import ZooBench
 
-    assert TOY in bench.default_codecs()
-    cfg = bench.BenchConfig("full", ("fnn",), bench.default_codecs())
-    jobs, skipped = bench.plan(cfg)
+    task = ZooBench("full")
+    assert TOY in task.default_codecs()
+    cfg = bench.BenchConfig("full", ("fnn",), task.default_codecs())
+    jobs, skipped = bench.plan(cfg, task)
     assert [p for m, c, p in jobs if c == TOY] == [{"scale": 1.0}, {"scale": 2.0}]
     assert TOY not in skipped
 

@@ -881,15 +881,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_reproduce)
 
-    sp = sub.add_parser("bench", help="every codec on the same models: rate against accuracy",
-                        description="Run every codec (or --codecs) on the same zoo models and "
-                        "record file sizes, accuracy and timings as JSON under --out.")
-    sp.add_argument("--models", default="fnn,cnn,rnn,lstm",
-                    help="comma-separated zoo models (default: all four)")
+    from vaecompress.experiments.bench_presets import PRESETS as BENCH_PRESETS
+
+    by_task = {t: ", ".join(p for p, (k, _) in BENCH_PRESETS.items() if k == t)
+               for t in ("zoo", "minilm")}
+    sp = sub.add_parser("bench", help="every codec on the same models: rate against fidelity",
+                        description="Run every codec (or --codecs) at its operating points on "
+                        f"the zoo models (presets {by_task['zoo']}) or on all-MiniLM-L6-v2 "
+                        f"({by_task['minilm']}), and record file sizes, fidelity, time and "
+                        "memory as JSON under --out.")
+    sp.add_argument("--models", default=None,
+                    help="comma-separated zoo models (default: all four; zoo presets only)")
     sp.add_argument("--codecs", help="comma-separated codec names (default: all)")
-    sp.add_argument("--preset", default="quick",
-                    choices=["quick", "full", "ablation", "datafree"],
-                    help="operating points per codec (default: quick)")
+    sp.add_argument("--preset", default="quick", choices=list(BENCH_PRESETS),
+                    help="the models and operating points per codec (default: quick)")
     sp.add_argument("--out", default="runs/bench", metavar="DIR",
                     help="results folder (default: runs/bench)")
     sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -173,6 +173,14 @@ class HQQCodec(Codec):
         return peer_hint(NOT_INSTALLED, "hqq", _missing())
 
     @classmethod
+    def method(cls, settings: Mapping[str, Any]) -> tuple[str, bool]:
+        """Without its solver HQQ is plain min-max rounding per group, the usual int4/int8
+        per-group baseline: a method of its own in the tables, beside HQQ proper."""
+        if settings.get("optimize", True) is False:
+            return f"{cls.name} (min-max, no solver)", False
+        return cls.name, False
+
+    @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "full":
             return [{"bits": b, "group_size": g} for b in (2, 3, 4, 5, 6, 8)

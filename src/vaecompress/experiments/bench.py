@@ -1,9 +1,21 @@
-"""`vaecompress bench`: every codec on the same trained models, rate against accuracy, one run.
+"""`vaecompress bench`: every codec's operating points on a task's models, measured one way.
 
-Each operating point compresses the model to real bytes, rebuilds it from those bytes alone and
-measures its test accuracy. Records carry both ratios, timings and peak memory; `bench.json` is
-written first, `bench.md` and `rate_accuracy.png` are drawn from it (`experiments.bench_report`).
-A peer codec that is not installed is skipped with a line saying how to install it.
+A *bench task* (`BenchTask`) supplies what differs between models: the models and their
+weights, each codec's operating points, how faithful a rebuilt model is, and the finetuner and
+probe a codec may use. Two exist, chosen by the preset (`bench_presets`): the MNIST zoo
+(`experiments.bench_zoo`: test accuracy of fnn/cnn/rnn/lstm) and all-MiniLM-L6-v2
+(`experiments.bench_minilm`: embedding fidelity on two sentence sets). The runner knows neither.
+For each (model, codec, point) it compresses the model to real bytes, rebuilds it from those
+bytes alone, asks the task how faithful the rebuilt model is, and records both ratios, the
+times and the peak memory of compressing and of decompressing.
+
+Each finished point is one record under `records/`, keyed by a hash of everything that decides
+it (`record_key`), and reused by every later run into the same folder: an interrupted run
+resumes, and a record missing a field the task measures is measured again. A codec's training
+keeps its resumable state under `checkpoints/` by the same key. A method that uses the task's
+data is given the task's finetuner; the others are not. A peer codec that is not installed is
+skipped with its install hint. `bench.json` (the environment, the resolved config, every
+record) is written first; the task's report draws `bench.md` and a plot from it alone.
 """
 
 from __future__ import annotations
@@ -12,53 +24,31 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, get_codec_class, make_codec
-from vaecompress.data import load_mnist
+from vaecompress.coding.finetune import Finetuner
 from vaecompress.errors import UserError
+from vaecompress.experiments.bench_presets import PRESETS
 from vaecompress.experiments.common import (
     RecordStore,
     checkpoint_path,
     config_hash,
-    evaluate_state,
     remove_if_empty,
-    trained_model,
 )
-from vaecompress.io import atomic_write_json
+from vaecompress.io import StateDict, atomic_write_json
 from vaecompress.runinfo import environment, git_revision, resolve_device, seed_everything
-from vaecompress.tasks.probe import classifier_probe
-from vaecompress.zoo import build_model, get_spec
-from vaecompress.zoo.train import ZOO_NORMALIZE, make_finetuner, preset_config
+from vaecompress.tasks.probe import Probe
 
 Point = dict[str, Any]
 
-# `ablation` measures what each ingredient of a codec contributes (`Codec.operating_points`
-# gives the variants; run it with `--codecs` naming the codecs that have them).
-# `datafree` sweeps every method that needs the weights alone densely (issue 18), on the zoo.
-PRESETS = ("quick", "full", "ablation", "datafree")
-
-
-def grid(codec: str, preset: str) -> list[Point]:
-    """The operating points of a codec: its own `operating_points(preset)`. `quick` is small
-    enough for CI on one model; `full` sweeps each method across its range so the curves can be
-    compared at equal accuracy."""
-    cls = get_codec_class(codec)
-    points = [dict(p) for p in cls.operating_points(preset)]
-    if preset == "datafree":  # nothing that trains on the task's data
-        points = [p for p in points if not cls.method(p)[1]]
-    return points
-
-
-def default_codecs(preset: str = "full") -> tuple[str, ...]:
-    """Every registered codec that has operating points for `preset`, in registry order."""
-    import vaecompress.codecs as codecs
-
-    return tuple(c for c in codecs.REGISTRY if grid(c, preset))
+# Per-record report fields a codec may give (`CompressResult.report`), kept in the record.
+REPORT_FIELDS = ("vae_epochs", "vae_train_s", "train_s", "nonzero_fraction", "weighting",
+                 "snr_db")
 
 
 @dataclass(frozen=True)
@@ -68,11 +58,89 @@ class BenchConfig:
     codecs: tuple[str, ...]
     seed: int = 0
 
-    def model_preset(self) -> str:
-        return "quick" if self.preset == "quick" else "paper"
+
+@dataclass(frozen=True)
+class Subject:
+    """A model the bench compresses: its name in records, what decides its weights (part of
+    every record's key) and its tensors."""
+
+    name: str
+    key: str
+    state: StateDict
 
 
-def _peak_rss_reset() -> bool:
+class BenchTask(Protocol):
+    """What the runner asks of a task. `fidelity_fields` are the record fields `fidelity`
+    writes: a stored record without one of them is measured again."""
+
+    name: str
+    fidelity_fields: tuple[str, ...]
+
+    def select_models(self, names: list[str] | None) -> tuple[str, ...]:
+        """The models to bench: `names` checked (None: the task's default)."""
+        ...
+
+    def default_codecs(self) -> tuple[str, ...]:
+        """The codecs with operating points, in run order."""
+        ...
+
+    def grid(self, codec: str) -> list[Point]:
+        """The operating points of `codec` (settings overrides; empty: none)."""
+        ...
+
+    def subject(self, name: str, checkpoints: Path) -> Subject:
+        """The model `name`, trained (resumably, under `checkpoints`) or loaded."""
+        ...
+
+    def finetuner(self, name: str) -> Finetuner:
+        """The task's loss and data, for a method that uses them."""
+        ...
+
+    def probe(self, name: str) -> Probe:
+        """The model run on synthetic inputs, for the data-free codecs' weighting."""
+        ...
+
+    def fidelity(self, name: str, rebuilt: StateDict) -> dict[str, Any]:
+        """How faithful the rebuilt model is: the fields `fidelity_fields`."""
+        ...
+
+    def config(self) -> dict[str, Any]:
+        """What the task adds to `bench.json`'s config."""
+        ...
+
+    def report(self, results: dict[str, Any], out: Path) -> str:
+        """Write `bench.md` (and a plot) from `results` alone; return the summary table."""
+        ...
+
+
+def make_task(preset: str, *, seed: int, device: torch.device, progress: bool,
+              data_dir: str | None) -> BenchTask:
+    """The bench task of `preset` (`PRESETS`); building it reads no data yet."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown bench preset '{preset}'; choose from {', '.join(PRESETS)}")
+    kind, own = PRESETS[preset]
+    if kind == "minilm":
+        if data_dir is not None:
+            raise UserError(f"--data-dir is the MNIST folder of the zoo presets; preset "
+                            f"'{preset}' reads none: leave it out")
+        from vaecompress.experiments.bench_minilm import MiniLMBench
+
+        return MiniLMBench(own, seed=seed, device=device, progress=progress)
+    from vaecompress.experiments.bench_zoo import ZooBench
+
+    return ZooBench(own, seed=seed, device=device, progress=progress, data_dir=data_dir)
+
+
+def record_key(model_key: str, codec: str, resolved: Point, seed: int,
+               device: torch.device) -> str:
+    """The key of a record: every resolved setting (a changed codec default is measured
+    anew), the codec's format version, the model, the seed and the kind of device."""
+    return config_hash({"model": model_key, "codec": codec,
+                        "version": get_codec_class(codec).version, "settings": resolved,
+                        "seed": seed, "device": device.type})
+
+
+def peak_rss_reset() -> bool:
     """Reset the kernel's peak-RSS mark of this process (Linux); False where not possible."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -81,7 +149,7 @@ def _peak_rss_reset() -> bool:
         return False
 
 
-def _peak_rss_bytes() -> int | None:
+def peak_rss_bytes() -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -96,127 +164,119 @@ def _available(codec: str) -> str | None:
     return get_codec_class(codec).available()
 
 
-def plan(cfg: BenchConfig) -> tuple[list[tuple[str, str, Point]], dict[str, str]]:
+def plan(cfg: BenchConfig, task: BenchTask) -> tuple[list[tuple[str, str, Point]],
+                                                     dict[str, str]]:
     """(jobs: (model, codec, settings) in run order, skipped codecs with their install hint)."""
     skipped = {c: hint for c in cfg.codecs if (hint := _available(c))}
     jobs = [(m, c, p) for m in cfg.models for c in cfg.codecs if c not in skipped
-            for p in grid(c, cfg.preset)]
+            for p in task.grid(c)]
     return jobs, skipped
 
 
-def _measure(
-    name: str,
-    state: dict[str, torch.Tensor],
-    acc_orig: float,
-    codec: str,
-    point: Point,
-    ctx: CodecContext,
-    test: Any,
-) -> dict[str, Any]:
+def measure(task: BenchTask, subject: Subject, codec: str, point: Point,
+            ctx: CodecContext) -> dict[str, Any]:
+    """Compress `subject` at `point`, rebuild it from the bytes alone, ask the task how
+    faithful it is. Peak memory is measured for compressing and for decompressing apart;
+    `peak_added_bytes_per_param` is what compressing added above the memory held before it,
+    per float parameter."""
+    params = sum(v.numel() for v in subject.state.values() if v.is_floating_point())
     cuda = ctx.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    rss_ok = _peak_rss_reset()
-    res = compress(state, codec, ctx=ctx, **point)
+    rss_ok = peak_rss_reset()
+    rss_before = peak_rss_bytes() if rss_ok else None
+    res = compress(subject.state, codec, ctx=ctx, **point)
+    peak_compress = peak_rss_bytes() if rss_ok else None
+    peak_cuda = torch.cuda.max_memory_allocated(ctx.device) if cuda else None
+    res.rebuilt = None  # compress's own check decode: decompress below rebuilds from the bytes
+    rss_ok = peak_rss_reset()
     t0 = time.perf_counter()
     stats: dict[str, Any] = {}
     rebuilt = decompress(res.data, res.externals, stats=stats)
     decompress_s = time.perf_counter() - t0
-    # A peer that runs in a worker process reports the time inside it: that is its decoder.
-    encode_inside = res.report.get("encode_s_inside_worker")
-    acc, _ = evaluate_state(name, rebuilt, test, device=ctx.device)
+    peak_decompress = peak_rss_bytes() if rss_ok else None
+    acc = res.accounting
+    mparams = params / 1e6
     return {
-        "model": name,
+        "model": subject.name,
         "codec": codec,
         "settings": point,
-        **res.accounting.to_json(),
-        "acc_orig": acc_orig,
-        "acc_recon": acc,
-        "acc_drop": acc_orig - acc,
+        **acc.to_json(),
+        **task.fidelity(subject.name, rebuilt),
+        "weights_snr_db": res.fidelity.get("snr_db"),
         "compress_s": res.compress_s,
         "decompress_s": decompress_s,
-        "compress_s_inside_worker": encode_inside,
+        # A peer that runs in a worker process reports the time inside it: that is its coder.
+        "compress_s_inside_worker": res.report.get("encode_s_inside_worker"),
         "decompress_s_inside_worker": stats.get("decode_s_inside"),
-        "peak_rss_bytes": _peak_rss_bytes() if rss_ok else None,
-        "peak_cuda_bytes": torch.cuda.max_memory_allocated(ctx.device) if cuda else None,
-        "bits_per_param": 8
-        * (res.accounting.file_bytes + res.accounting.external_bytes)
-        / res.accounting.params,
+        "rss_before_bytes": rss_before,
+        "peak_rss_bytes": peak_compress,
+        "peak_rss_decompress_bytes": peak_decompress,
+        "peak_cuda_bytes": peak_cuda,
+        "compress_s_per_mparam": res.compress_s / mparams,
+        "decompress_s_per_mparam": decompress_s / mparams,
+        "peak_added_bytes_per_param": (None if peak_compress is None or rss_before is None
+                                       else (peak_compress - rss_before) / params),
+        "bits_per_param": 8 * (acc.file_bytes + acc.external_bytes) / acc.params,
+        "report": {k: res.report[k] for k in REPORT_FIELDS if k in res.report},
     }
 
 
-def bench(
-    cfg: BenchConfig,
-    out: Path,
-    *,
-    device: torch.device,
-    data_dir: str | None,
-    progress: bool = True,
-) -> dict[str, Any]:
+def bench(cfg: BenchConfig, task: BenchTask, out: Path, *, device: torch.device,
+          progress: bool = True) -> dict[str, Any]:
+    """Measure every (model, codec, point) of `cfg` not yet in `out/records`; write and return
+    `out/bench.json`'s content."""
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    train, test = load_mnist(data_dir)
     store = RecordStore(out / "records")
-    jobs, skipped = plan(cfg)
+    checkpoints = out / "checkpoints"
+    jobs, skipped = plan(cfg, task)
     for codec, hint in skipped.items():
         print(f"bench: skipping {codec}: {hint}")
+    subjects: dict[str, Subject] = {}
     records = []
-    bar = tqdm(jobs, desc="bench", unit="point", disable=not progress)
+    bar = tqdm(jobs, desc=f"bench {task.name}", unit="point", disable=not progress)
     for name, codec, point in bar:
         bar.set_postfix(model=name, codec=codec)
-        trained = trained_model(
-            name,
-            preset_config(cfg.model_preset(), name, cfg.seed),
-            train,
-            test,
-            device=device,
-            progress=progress,
-            checkpoints=out / "checkpoints",
-        )
-        # Keyed on every resolved setting, so a changed codec default is measured anew.
+        if name not in subjects:
+            subjects[name] = task.subject(name, checkpoints)
+        subject = subjects[name]
         resolved = make_codec(codec, **point).settings_json()
-        key = config_hash(
-            {
-                "model": trained.key,
-                "codec": codec,
-                "version": get_codec_class(codec).version,
-                "settings": resolved,
-                "seed": cfg.seed,
-                "device": device.type,
-            }
-        )
+        key = record_key(subject.key, codec, resolved, cfg.seed, device)
         rec = store.get(key)
-        if rec is None:
+        lacking = [f for f in task.fidelity_fields if rec is not None and f not in rec]
+        if lacking:
+            print(f"bench: measuring {name} {codec} {point} again: its record {key} lacks "
+                  f"{', '.join(lacking)}")
+        if rec is None or lacking:
+            uses_data = get_codec_class(codec).method(resolved)[1]
             ctx = CodecContext(
-                device=device,
-                seed=cfg.seed,
-                progress=progress,
-                label=f"{name} {codec}",
-                finetune=make_finetuner(name, train, device=device, seed=cfg.seed),
-                checkpoint=checkpoint_path(out / "checkpoints", key),
-                # The zoo's architecture is known, as for `vaecompress compress` of a zoo
-                # model: the default codec weighs tensors by the model run on noise images.
-                probe=classifier_probe(build_model(name), (1, 28, 28),
-                                       normalize=ZOO_NORMALIZE, seed=cfg.seed, device=device),
+                device=device, seed=cfg.seed, progress=progress, label=f"{name} {codec}",
+                finetune=task.finetuner(name) if uses_data else None,
+                checkpoint=checkpoint_path(checkpoints, key),
+                # The architecture is known, as for `vaecompress compress` of a zoo model or
+                # with --arch: the default codec weighs tensors by the model on noise inputs.
+                probe=task.probe(name),
             )
-            rec = _measure(name, trained.state, trained.accuracy, codec, point, ctx, test)
+            rec = measure(task, subject, codec, point, ctx)
             rec["codec_settings"] = resolved
             # Records are reused across invocations: each keeps the revision that measured it.
             rec["git_revision"] = git_revision()
             store.put(key, rec)
         records.append(rec)
     bar.close()
-    remove_if_empty(out / "checkpoints")
+    remove_if_empty(checkpoints)
     results = {
         "environment": environment(device, cfg.seed),
         "config": {
             "preset": cfg.preset,
+            "task": task.name,
             "models": list(cfg.models),
             "codecs": list(cfg.codecs),
-            "grid": {c: grid(c, cfg.preset) for c in cfg.codecs},
+            "grid": {c: task.grid(c) for c in cfg.codecs},
             "seed": cfg.seed,
-            "model_preset": cfg.model_preset(),
+            **task.config(),
         },
         "skipped": skipped,
         "records": records,
@@ -226,29 +286,28 @@ def bench(
     return results
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from vaecompress.experiments.bench_report import write_bench_report
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
 
-    models = tuple(get_spec(m.strip()).name for m in args.models.split(",") if m.strip())
-    codecs = (tuple(c.strip() for c in args.codecs.split(",") if c.strip()) if args.codecs
-              else default_codecs(args.preset))
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The `bench` command: the preset's task, its models and codecs checked before any work."""
+    device = resolve_device(args.device)
+    task = make_task(args.preset, seed=args.seed, device=device, progress=not args.quiet,
+                     data_dir=args.data_dir)
+    models = task.select_models(_names(args.models))
+    codecs = tuple(_names(args.codecs) or task.default_codecs())
     for c in codecs:
-        if not grid(c, args.preset):  # also: an unknown codec is a one-line error here
-            raise UserError(f"codec '{c}' has no operating points for preset '{args.preset}'")
-    cfg = BenchConfig(args.preset, models, codecs, args.seed)
+        get_codec_class(c)  # an unknown codec is a one-line error
+        if not task.grid(c):
+            raise UserError(f"codec '{c}' has no operating points for preset '{args.preset}'; "
+                            f"choose from {', '.join(task.default_codecs())}")
     out = Path(args.out)
     t0 = time.perf_counter()
-    results = bench(
-        cfg,
-        out,
-        device=resolve_device(args.device),
-        data_dir=args.data_dir,
-        progress=not args.quiet,
-    )
-    summary = write_bench_report(results, out)
-    print(
-        f"bench ({args.preset}) done in {time.perf_counter() - t0:.0f} s: {out / 'bench.json'}, "
-        f"{out / 'bench.md'}, {out / 'rate_accuracy.png'}"
-    )
+    results = bench(BenchConfig(args.preset, models, codecs, args.seed), task, out,
+                    device=device, progress=not args.quiet)
+    summary = task.report(results, out)
+    print(f"bench ({args.preset}) done in {time.perf_counter() - t0:.0f} s: "
+          f"{out / 'bench.json'}, {out / 'bench.md'}")
     print(summary)
     return 0

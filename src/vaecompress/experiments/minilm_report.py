@@ -1,8 +1,10 @@
 """`bench.md` and `rate_fidelity.png` of the MiniLM bench, drawn from its `bench.json` alone.
 
-Per method: the best honest ratio whose rebuilt model keeps a mean embedding cosine of at least
-0.999 and 0.99 (`COS_LEVELS`); every operating point with its fidelity, sizes, times per million
-parameters and peak memory. The same tables are the README's MiniLM section
+Per method and fidelity set (the fidelity set, and the held-out set when the records have it):
+the best honest ratio whose rebuilt model keeps a mean embedding cosine of at least 0.999 and
+0.99 (`COS_LEVELS`), with the neighbours kept, the compression time and the memory compressing
+added per parameter at the chosen point; every operating point with its fidelity, sizes, times
+per million parameters and peak memory. The same tables are the README's MiniLM section
 (`experiments.readme`).
 """
 
@@ -43,27 +45,43 @@ def best_at(records: list[dict[str, Any]], level: float, *, prefix: str = "",
 
 
 def summary_table(results: dict[str, Any], prefix: str = "") -> str:
-    """Per method, the best ratio at each fidelity level of one fidelity set; with the
-    near-lossless level first when the records have the held-out set (the data-free bench)."""
+    """Per method, the best ratio at each fidelity level of one fidelity set, with the
+    nearest neighbours kept, the compression time and the memory compressing added per
+    parameter at each chosen point; with the near-lossless level first when the records have
+    the held-out set (from the data-free bench on)."""
     recs = results["records"]
     methods = dict(method_of(r) for r in recs)
-    best = {lv: best_at(recs, lv, prefix=prefix) for lv in COS_LEVELS}
-    levels = " / ".join(f"{lv:g}" for lv in COS_LEVELS)
     strict = any("heldout_cos_mean" in r for r in recs)
     near = best_at(recs, NEAR_LOSSLESS[0], prefix=prefix, nn=NEAR_LOSSLESS[1])
+    best = {lv: best_at(recs, lv, prefix=prefix) for lv in COS_LEVELS}
+    levels = " / ".join(f"{lv:g}" for lv in COS_LEVELS)
+    # The points whose cost the last two columns give, in the order of the ratio columns.
+    picked = ([near] if strict else []) + [best[lv] for lv in COS_LEVELS]
+    order = ("near-lossless / " if strict else "") + levels
     head = (f"| method | cosine >= {NEAR_LOSSLESS[0]:g} and >= {100 * NEAR_LOSSLESS[1]:g}% "
             "neighbours " if strict else "| method ")
     lines = [head + f"| best ratio_honest at mean cosine >= {levels} | nearest neighbours "
-             "kept there |", "|---|---|---|" + ("---|" if strict else "")]
+             f"kept there | compress_s there ({order}) | added bytes/param there ({order}) |",
+             "|---|---|---|---|---|" + ("---|" if strict else "")]
     for m, data in methods.items():
         picks = [best[lv][m] for lv in COS_LEVELS]
         ratios = " / ".join(_ratio(r["ratio_honest"]) if r else "-" for r in picks)
         kept = " / ".join(f"{100 * r[prefix + 'nn_same']:.1f}%" if r else "-" for r in picks)
+        costs = [p[m] for p in picked]
+        seconds = " / ".join(_cost(r, "compress_s") for r in costs)
+        added = " / ".join(_cost(r, "peak_added_bytes_per_param") for r in costs)
         first = f"| {m}{' (data)' if data else ''} "
         if strict:
             first += f"| {_ratio(near[m]['ratio_honest']) if near[m] else '-'} "
-        lines.append(first + f"| {ratios} | {kept} |")
+        lines.append(first + f"| {ratios} | {kept} | {seconds} | {added} |")
     return "\n".join(lines)
+
+
+def _cost(r: dict[str, Any] | None, field: str) -> str:
+    """A point's compress_s or peak_added_bytes_per_param (the memory compressing added above
+    what was held before it, per parameter); "-" without a point or a measurement."""
+    value = None if r is None else r.get(field)
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _mib(x: float | None) -> str:
@@ -87,7 +105,6 @@ def points_table(results: dict[str, Any]) -> str:
                     key=lambda r: (order.index(r["codec"]), r["ratio_honest"])):
         added = (r["peak_rss_bytes"] - r["rss_before_bytes"]
                  if r.get("peak_rss_bytes") and r.get("rss_before_bytes") else None)
-        per = r.get("peak_added_bytes_per_param")
         lines.append(
             f"| {r['codec']} | {_settings(r['settings'])} | {r['cos_mean']:.5f} | "
             f"{r['cos_min']:.4f} | {100 * r['nn_same']:.1f}% | "
@@ -98,7 +115,7 @@ def points_table(results: dict[str, Any]) -> str:
             f"{r['bits_per_param']:.3f} | {_seconds(r, 'compress_s')} | "
             f"{r['compress_s_per_mparam']:.2f} | {_seconds(r, 'decompress_s')} | "
             f"{_mib(r.get('peak_rss_bytes'))} ({_mib(added)}) | "
-            f"{'-' if per is None else f'{per:.1f}'} |")
+            f"{_cost(r, 'peak_added_bytes_per_param')} |")
     return "\n".join(lines)
 
 

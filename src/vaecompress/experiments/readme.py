@@ -44,7 +44,7 @@ ABLATION = (
 )
 MINILM = (
     "results/minilm/bench.json",
-    "python -m vaecompress.experiments.minilm --out results/minilm",
+    "vaecompress bench --preset minilm --out results/minilm",
 )
 SCALING = "benchmarks/results/scaling-cpu.json"
 DATAFREE = (
@@ -53,7 +53,7 @@ DATAFREE = (
 )
 MINILM_DATAFREE = (
     "results/minilm-datafree/bench.json",
-    "python -m vaecompress.experiments.minilm --preset datafree --out results/minilm-datafree",
+    "vaecompress bench --preset minilm-datafree --out results/minilm-datafree",
 )
 DEFAULT = ("results/default/default.md",
            "python benchmarks/default_codec.py --out results/default")
@@ -193,7 +193,8 @@ def _ablation_section(abl: dict[str, Any]) -> list[str]:
 
 
 def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list[str]:
-    """The large real model (`experiments.minilm`) and, when committed, the scaling benchmark."""
+    """The large real model (`experiments.bench_minilm`) and, when committed, the scaling
+    benchmark."""
     from vaecompress.experiments.minilm_report import summary_table
     from vaecompress.experiments.scaling_report import growth_table, marginal_table
     from vaecompress.experiments.scaling_report import provenance as scaling_provenance
