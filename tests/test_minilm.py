@@ -19,7 +19,13 @@ from vaecompress.codecs import REGISTRY, make_codec
 from vaecompress.experiments import bench_minilm as minilm_bench
 from vaecompress.experiments.bench import BenchConfig, bench, record_key
 from vaecompress.experiments.minilm_report import best_at, summary_table, write_report
-from vaecompress.tasks.sentence import TRAIN_BATCH, mean_pool, nearest_neighbours, read_sentences
+from vaecompress.tasks.sentence import (
+    TRAIN_BATCH,
+    VALIDATION,
+    mean_pool,
+    nearest_neighbours,
+    read_sentences,
+)
 from vaecompress.zoo import minilm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +83,6 @@ def test_grid_points_are_valid_settings_of_registered_codecs(preset: str) -> Non
     assert set(grid) <= set(REGISTRY)
     for codec, points in grid.items():
         assert points, codec
-        if codec == "vae-rd":  # VAE_RD_POINTS follow vae-rd's settings as they are redesigned
-            continue
         for p in points:
             REGISTRY[codec].Settings(**p)  # every key is a setting of the codec
             if REGISTRY[codec].available() is None:
@@ -90,7 +94,7 @@ def test_every_method_that_distils_spends_the_same_budget() -> None:
     """prune, Deep Compression and vae-rd distil DISTILL_STEPS steps of the sentence
     finetuner (2,048 training sentences in batches of 32)."""
     spe = minilm_bench.STEPS_PER_EPOCH
-    assert spe == len(read_sentences("train")) // TRAIN_BATCH
+    assert spe == (len(read_sentences("train")) - VALIDATION) // TRAIN_BATCH
     budget = minilm_bench.DISTILL_STEPS
     grid = minilm_bench.GRID
     assert [p["finetune_epochs"] * spe for p in grid["prune"]] == [budget]
@@ -300,8 +304,7 @@ def test_integer_buffer_survives_a_lossy_codec() -> None:
 
 @pytest.mark.slow
 @needs_minilm
-# vae-rd's points follow its settings as they are redesigned (VAE_RD_POINTS): not run here.
-@pytest.mark.parametrize("codec", sorted(set(minilm_bench.GRID) - {"vae-rd"}))
+@pytest.mark.parametrize("codec", sorted(minilm_bench.GRID))
 def test_every_codec_rebuilds_minilm(codec: str, task) -> None:  # type: ignore[no-untyped-def]
     """Each codec at its first MiniLM point (minutes each: run by the benchmarks, not CI)."""
     from vaecompress.api import compress, decompress

@@ -3,7 +3,8 @@
 The zoo's `ablation` measures what each ingredient of a codec contributes (run it with
 `--codecs` naming codecs that have variants); the `datafree` presets sweep densely every method
 that needs the weights alone (issue 18); `minilm` is every method on all-MiniLM-L6-v2 with the
-data-using ones at one distillation budget (issue 19). Imports nothing, so the command line
+data-using ones at one distillation budget (issue 19), `minilm-ablation` what each ingredient
+of vae-rd's warm start buys there. Imports nothing, so the command line
 lists them without loading torch.
 """
 
@@ -17,4 +18,5 @@ PRESETS: dict[str, tuple[str, str]] = {
     "datafree": ("zoo", "datafree"),
     "minilm": ("minilm", "minilm"),
     "minilm-datafree": ("minilm", "datafree"),
+    "minilm-ablation": ("minilm", "ablation"),
 }
