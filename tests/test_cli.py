@@ -289,4 +289,4 @@ def test_task_codec_without_data_warns_before_the_work(
     assert main(["compress", str(src), "-o", str(tmp_path / "o"), "--codec", "prune"]) == 0
     assert "without --finetune" in capsys.readouterr().err
     assert main(["compress", str(src), "-o", str(tmp_path / "o2"), "--codec", "vae-rd"]) == 2
-    assert "training data" in capsys.readouterr().err
+    assert "needs its data" in capsys.readouterr().err

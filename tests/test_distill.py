@@ -348,3 +348,20 @@ def test_vae_rd_trains_on_a_distiller(net: Net, inputs: list[torch.Tensor]) -> N
     assert fine.data == again.data
     assert fine.rebuilt is not None and coarse.rebuilt is not None
     assert len(coarse.data) < len(fine.data) and gap(fine.rebuilt) < gap(coarse.rebuilt)
+
+
+@needs_minilm
+def test_minilm_distiller_keeps_one_batch_in_16_apart(sentence_task) -> None:  # type: ignore[no-untyped-def]
+    """Early stopping's batches (`Finetuner.validation`) are sentences never trained on."""
+    from vaecompress.tasks.sentence import read_sentences
+
+    sentences = read_sentences("heldout")[:64]
+    task = sentence_task.distiller(sentences, batch_size=2, seed=0)  # 32 groups: 2 kept
+    assert task.validation is not None and len(task.validation) == 2
+    assert task.steps_per_epoch == 30
+    held = {int(i) for b in task.validation for i in b.index}
+    stream = task.batches()
+    trained = {int(i) for _ in range(30) for i in next(stream).batch.index}
+    assert len(held) == 4 and len(trained) == 60 and not held & trained
+    few = sentence_task.distiller(sentences[:8], batch_size=2)  # fewer than 16 groups
+    assert few.validation is None and few.steps_per_epoch == 4

@@ -237,7 +237,7 @@ def test_task_aware_codec_compresses_and_keeps_accuracy(task: _Task) -> None:
 
 
 def test_task_aware_codec_without_data_is_bad_input(task: _Task) -> None:
-    with pytest.raises(UserError, match="training data"):
+    with pytest.raises(UserError, match="needs its data"):
         compress(task.state, "vae-rd", ctx=CodecContext(progress=False))
 
 

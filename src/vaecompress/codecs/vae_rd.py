@@ -110,8 +110,9 @@ class VAERDCodec(Codec):
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         if ctx.finetune is None:
             raise UserError(
-                "vae-rd trains on the task and needs its training data (CLI: --finetune with "
-                "a zoo model or --arch); without data use vae-rd-free"
+                "vae-rd trains on the task and needs its data (CLI: --finetune or --distill "
+                "with a zoo model or --arch, --model minilm with --sentences FILE); without "
+                "data use vae-rd-free"
             )
         coded, raw = split_passthrough(state)
         # Statistics the task's loss only reads (BatchNorm's running mean and variance, the

@@ -233,7 +233,8 @@ def distiller(teacher: nn.Module | Outputs,
               temperature: float = 1.0, embedding: str = "cosine",
               hidden: Sequence[str] = (), hidden_weight: float = 1.0, prefix: str = "",
               cache: bool = False, seed: int | None = 0,
-              steps_per_epoch: int | None = None) -> Finetuner:
+              steps_per_epoch: int | None = None,
+              validation: Sequence[Any] | None = None) -> Finetuner:
     """A `Finetuner` that distils `teacher` into the model the codec trains, on `batches` of
     inputs (no labels).
 
@@ -247,6 +248,8 @@ def distiller(teacher: nn.Module | Outputs,
     teacher then runs on every step). `hidden`: submodules of a module teacher whose outputs
     are matched too. The loss is zero exactly at `state` (module docstring); `frozen`
     (the tensors retraining leaves alone) is a module's floating buffers, as for `ModuleLoss`.
+    `validation`: batches kept apart from `batches`, on which a codec may stop early
+    (`Finetuner.validation`).
     """
     if isinstance(teacher, nn.Module):
         outputs: Outputs = ModuleOutputs(teacher, hidden=hidden, prefix=prefix)
@@ -269,10 +272,13 @@ def distiller(teacher: nn.Module | Outputs,
                         "batches as a sequence (a list), not a stream")
     loss = DistillLoss(outputs, state, output=output, temperature=temperature,
                        embedding=embedding, hidden_weight=hidden_weight, cache=cache)
+    held = list(validation) if validation else None
     if not indexed:
-        return Finetuner(loss=loss, batches=batches, steps_per_epoch=steps_per_epoch)
+        return Finetuner(loss=loss, batches=batches, steps_per_epoch=steps_per_epoch,
+                         validation=held)
     seq: Sequence[Any] = batches  # type: ignore[assignment]
     if len(seq) == 0:
         raise UserError("distiller: the batches are empty")
     return Finetuner(loss=loss, batches=lambda: _shuffled(seq, seed),
-                     steps_per_epoch=len(seq) if steps_per_epoch is None else steps_per_epoch)
+                     steps_per_epoch=len(seq) if steps_per_epoch is None else steps_per_epoch,
+                     validation=held)

@@ -52,6 +52,7 @@ DATA = Path(__file__).resolve().parent / "data"
 EVAL_BATCH = 64
 TRAIN_BATCH = 32
 VALIDATION = 128  # training sentences kept apart for early stopping
+HELD_EVERY = 16  # `distiller`: one batch in this many kept apart for early stopping
 SETS = ("eval", "train", "heldout")
 EVAL_SETS = ("eval", "heldout")  # the sets fidelity is measured on
 
@@ -298,16 +299,22 @@ class SentenceTask:
         `embedding` "cosine" (mean `1 - cos`) or "mse", exactly zero at the reference. The
         batches are fixed groups of `batch_size` sentences of similar length (little
         padding), tokenized at each use, in a seeded order every pass; each one's teacher
-        embeddings are kept after its first use (1.5 KB a sentence). `steps_per_epoch` is the
-        number of batches."""
+        embeddings are kept after its first use (1.5 KB a sentence). One batch in 16 (given
+        16 or more) is kept apart as `validation`, for early stopping. `steps_per_epoch` is
+        the number of training batches."""
         sents = list(self.train_sentences if sentences is None else sentences)
         if not sents:
             raise UserError("no sentences to distil on")
         order = sorted(range(len(sents)), key=lambda i: (len(sents[i]), i))
         groups = [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
-        return distiller(self.forward, SentenceBatches(self, sents, groups),
+        # Every 16th group (of every length) kept apart for early stopping, given 16 or more.
+        held = groups[HELD_EVERY // 2 :: HELD_EVERY] if len(groups) >= HELD_EVERY else []
+        train = [g for i, g in enumerate(groups)
+                 if len(groups) < HELD_EVERY or i % HELD_EVERY != HELD_EVERY // 2]
+        val = SentenceBatches(self, sents, held)
+        return distiller(self.forward, SentenceBatches(self, sents, train),
                          state=self.reference, output="embedding", embedding=embedding,
-                         cache=True, seed=seed)
+                         cache=True, seed=seed, validation=[val[i] for i in range(len(val))])
 
 
 class SentenceBatches(Sequence[Batch]):
