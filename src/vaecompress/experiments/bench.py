@@ -48,7 +48,10 @@ Point = dict[str, Any]
 
 # Per-record report fields a codec may give (`CompressResult.report`), kept in the record.
 REPORT_FIELDS = ("vae_epochs", "vae_train_s", "train_s", "nonzero_fraction", "weighting",
-                 "snr_db")
+                 "snr_db",
+                 # the warm-started vae-rd: where its time goes, and where it stopped
+                 "warm_start_s", "task_s", "rate_s", "validation_s", "warm_snr_db",
+                 "best_step", "steps_run")
 
 
 @dataclass(frozen=True)
