@@ -154,16 +154,18 @@ class VAERDCodec(Codec):
         sens = (tensor_sensitivities(ctx.probe, state, list(live), arrays, ctx.seed)
                 if ctx.probe is not None else relative_sensitivities(arrays))
         alloc = allocate(arrays, sens, snr=s.snr)
+        init, snr_db = [float(d[0]) for d in alloc.steps], alloc.snr_db
+        del alloc  # its latents (8 bytes a weight) are not the training's
         warm_s = time.perf_counter() - t0
         cfg = replace(cfg, rate_sample=s.rate_sample, slope=s.slope, patience=s.patience,
                       validate_every=max(1, cfg.steps // CHECKS))
-        res = train_warm(live, cfg, [float(d[0]) for d in alloc.steps],
+        res = train_warm(live, cfg, init,
                          task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
                          validation=ctx.finetune.validation, fixed=fixed, device=ctx.device,
                          progress=ctx.progress, desc=desc)
         times = {k: res.history[k][0] for k in ("task_s", "rate_s", "validation_s")}
         return res, {"warm_start_s": warm_s, "weighting": weighting,
-                     "warm_snr_db": alloc.snr_db, **times,
+                     "warm_snr_db": snr_db, **times,
                      "best_step": res.history["best_step"][0],
                      "steps_run": res.history["steps_run"][0]}
 

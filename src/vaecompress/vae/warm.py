@@ -76,7 +76,7 @@ def _entropy_bits(z: torch.Tensor) -> float:
     if not flat.numel():
         return 0.0
     lo, hi = int(torch.round(flat.min())), int(torch.round(flat.max()))
-    counts = torch.zeros(hi - lo + 1, dtype=torch.float64)
+    counts = torch.zeros(hi - lo + 1, dtype=torch.float64, device=flat.device)
     for a in range(0, flat.numel(), SLICE):
         part = torch.round(flat[a : a + SLICE]).to(torch.int64) - lo
         counts += torch.bincount(part, minlength=len(counts)).to(torch.float64)
@@ -162,6 +162,8 @@ def train_warm(
         w = {name: model.term_task(i) for i, name in enumerate(model.names)}
         d = task_loss({**fixed_d, **w}, mine)
         d.backward()
+        task = float(d.detach())
+        del w, d  # the decoded weights and the graph: not held through the checks
         if grp.size > 1:  # the mean of the processes' task gradients
             grp.sum_grads(model.parameters())
             for p in model.parameters():
@@ -177,7 +179,7 @@ def train_warm(
         times["rate_s"] += time.perf_counter() - b
         opt.step()
         done = it + 1
-        bar.set_postfix(task=f"{float(d.detach()):.5f}", bits_per_param=f"{float(bits) / n:.3f}")
+        bar.set_postfix(task=f"{task:.5f}", bits_per_param=f"{float(bits) / n:.3f}")
         bar.update()
         if cfg.validate_every and (done % cfg.validate_every == 0 or done == steps):
             a = time.perf_counter()
