@@ -164,3 +164,19 @@ def test_bad_warm_settings_are_bad_input(teacher: _Teacher, bad: dict) -> None:
     with pytest.raises(UserError):
         compress(teacher.state, "vae-rd", ctx=CodecContext(progress=False,
                                                            finetune=teacher.finetuner()), **bad)
+
+
+def test_a_short_run_moves_no_latent_far(teacher: _Teacher) -> None:
+    """Two steps may not move a latent by `1 / steps` (half a bin, quantization noise's own
+    size) at once: the learning rate is capped at MAX_LR_BINS a step."""
+    from vaecompress.vae.allocate import allocate, relative_sensitivities
+
+    live = dict(teacher.state)
+    arrays = [v.numpy() for v in live.values()]
+    alloc = allocate(arrays, relative_sensitivities(arrays), snr=12.0)
+    init = [float(d[0]) for d in alloc.steps]
+    cfg = RDConfig(steps=2, slope=1.0, validate_every=2, lr=1.0)
+    res = train_warm(live, cfg, init, task_loss=teacher.loss, batches=teacher.batches(),
+                     validation=teacher.val)
+    h = res.history
+    assert h["distortion"][1] < 1.5 * h["distortion"][0]
