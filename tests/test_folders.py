@@ -124,3 +124,44 @@ def test_folder_refusals_are_one_line_exit_2(tmp_path: Path,
     err = capsys.readouterr().err
     assert "exists" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_pytorch_bin_shards_with_their_index_round_trip(tmp_path: Path) -> None:
+    """`pytorch_model.bin.index.json` and its `.bin` shards (read with weights_only): the
+    same tensors, shards, index and files come back."""
+    src = tmp_path / "hf"
+    src.mkdir()
+    tensors = _tensors()
+    names = list(tensors)
+    weight_map = {}
+    for k in range(2):
+        file = f"pytorch_model-{k + 1:05d}-of-00002.bin"
+        part = {n: tensors[n] for n in names[k::2]}
+        torch.save(part, src / file)
+        weight_map |= {n: file for n in part}
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (src / "config.json").write_bytes(OTHER["config.json"])
+    out = _round_trip(src, tmp_path, "zstd")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
+    assert (out / "pytorch_model.bin.index.json").read_bytes() == \
+        (src / "pytorch_model.bin.index.json").read_bytes()
+    for k in range(2):
+        file = f"pytorch_model-{k + 1:05d}-of-00002.bin"
+        got = torch.load(out / file, weights_only=True)
+        want = torch.load(src / file, weights_only=True)
+        assert list(got) == list(want)
+        for n in want:
+            assert torch.equal(got[n], want[n]) and got[n].dtype == want[n].dtype
+
+
+def test_a_bin_index_listing_other_files_is_refused(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "hf"
+    src.mkdir()
+    save_file(_tensors(), src / "model.safetensors")
+    (src / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {"embed.weight": "model.safetensors"}}))
+    assert main(["compress", str(src), "-o", str(tmp_path / "m.vaec"), "--codec", "zstd",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a .bin shard" in err[0]

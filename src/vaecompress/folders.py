@@ -1,15 +1,17 @@
 """Hugging Face model folders: read one as a state_dict and the layout that writes it back.
 
 A folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`
-(`model-00001-of-00003.safetensors`, ...), or `pytorch_model.bin` (read with weights_only),
-beside files that are not weights (config.json, tokenizer files). `read_folder` gives the
-tensors of every shard in shard order and a `FolderLayout`: each shard's file name, tensor names
-and safetensors metadata, and the bytes of every other regular file of the folder (the index
-included, copied through untouched). `compress` stores the layout in the file's meta
-(`FOLDER_KEY`); `decompress -o FOLDER` writes the same shards, index and files back
-(`write_folder`): safetensors shards written with their own metadata by the same library are
-byte for byte those of the input when the codec is lossless. The folder is written beside its
-target under a temporary name and renamed into place, so a failed run leaves no half folder.
+(`model-00001-of-00003.safetensors`, ...), or `pytorch_model.bin`, or its shards listed by
+`pytorch_model.bin.index.json` (`pytorch_model-00001-of-00002.bin`, ...; every `.bin` read with
+`torch.load(weights_only=True)`, never unpickled otherwise), beside files that are not weights
+(config.json, tokenizer files). `read_folder` gives the tensors of every shard in shard order
+and a `FolderLayout`: each shard's file name, tensor names and safetensors metadata, and the
+bytes of every other regular file of the folder (the index included, copied through
+untouched). `compress` stores the layout in the file's meta (`FOLDER_KEY`); `decompress -o
+FOLDER` writes the same shards, index and files back (`write_folder`): safetensors shards
+written with their own metadata by the same library are byte for byte those of the input when
+the codec is lossless. The folder is written beside its target under a temporary name and
+renamed into place, so a failed run leaves no half folder.
 
 Boundary: files and layout only; which codec compresses the tensors is the caller's business.
 All of a folder's tensors are read before compressing (the codecs take one state_dict).
@@ -41,6 +43,8 @@ from vaecompress.io import (
 
 FOLDER_KEY = "vaecompress.folder"
 INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+INDEXES = (INDEX, BIN_INDEX)  # the safetensors index first, where a folder has both
 SINGLE = ("model.safetensors", "pytorch_model.bin")
 MAX_OTHER_BYTES = 16 * 2**20  # config and tokenizer files stored in the header, in total
 
@@ -93,22 +97,29 @@ def is_model_folder(path: str | Path) -> bool:
     `pytorch_model.bin`. Another folder of weights files is a run's checkpoints
     (`family.commands.series_inputs`)."""
     folder = Path(path)
-    return folder.is_dir() and any((folder / n).is_file() for n in (INDEX, *SINGLE))
+    return folder.is_dir() and any((folder / n).is_file() for n in (*INDEXES, *SINGLE))
 
 
 def _shard_files(folder: Path) -> list[str]:
-    index = folder / INDEX
-    if index.is_file():
+    for name in INDEXES:
+        index = folder / name
+        if not index.is_file():
+            continue
+        suffix = ".safetensors" if name == INDEX else ".bin"
         try:
             weight_map = json.loads(read_file(index))["weight_map"]
             files = [_name(f) for f in weight_map.values()]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{index} is not a safetensors index: {e}") from None
+            raise UserError(f"{index} is not a shard index: {e}") from None
+        wrong = [f for f in files if not f.endswith(suffix)]
+        if wrong:
+            raise UserError(f"{index} lists {wrong[0]!r}, not a {suffix} shard")
         return list(dict.fromkeys(files))  # in order of first appearance
     for single in SINGLE:
         if (folder / single).is_file():
             return [single]
-    raise UserError(f"{folder} holds no {INDEX}, {SINGLE[0]} or {SINGLE[1]}: not a model folder")
+    raise UserError(f"{folder} holds no {INDEX}, {BIN_INDEX}, {SINGLE[0]} or {SINGLE[1]}: not "
+                    "a model folder")
 
 
 def read_folder(folder: str | Path) -> tuple[StateDict, FolderLayout]:
