@@ -153,7 +153,7 @@ out = Path(sys.argv[1])
 with session("cpu") as grp:
     ft = Finetuner(loss, batches, 16, validation=[(-1, x[:256])])
     res = compress(state, "vae-rd", ctx=CodecContext(progress=False, finetune=ft),
-                   snr=14.0, epochs=2.0)
+                   snr=14.0, epochs=2.0, patience=0)
     (out / f"rank{grp.rank}.bin").write_bytes(res.data)
     (out / f"rank{grp.rank}.json").write_text(json.dumps(
         {"seen": sorted(set(i for i in seen if i >= 0)), "size": grp.size}))

@@ -204,8 +204,15 @@ def train_warm(
         with torch.no_grad():
             for p, k in zip((*model.latents, *model.log_steps), keep, strict=True):
                 p.copy_(k.to(p.dtype))
+    del opt, keep  # Adam's moments and the snapshot: not needed for the export
+    model.zero_grad(set_to_none=True)
     grp.broadcast_(model.state_dict().values())
-    ints, out_steps = model.export()
+    ints = []
+    for p in model.latents:  # int32 (the latents' range is far inside it), one at a time
+        ints.append(torch.round(p.detach()).to("cpu", torch.int32))
+        p.data = torch.empty(0, device=p.device)  # the float latents, let go as we go
+    out_steps = [model.step(i).detach().to("cpu", torch.float32).clone()
+                 for i in range(len(model.names))]
     hist["best_step"] = [best_step]
     hist["steps_run"] = [done]
     res = RDResult(model.names, ints, out_steps, hist, time.perf_counter() - t0)
