@@ -85,3 +85,43 @@ def test_payload_damage_behind_fresh_hashes_is_caught() -> None:
             c.payloads[0] = fuzz_codecs.Payload(p.name, p.kind, p.role, bytes(blob))
             result = fuzz_codecs.outcome(f, fuzz_codecs.dumps(c), "payload")
             assert result == "same" or result.startswith("rejected"), (codec, result)
+
+
+def test_mutated_series_files(tmp_path: Path) -> None:
+    """A checkpoint series (`family.series`: members coded each against the previous one, in
+    one container) under the same mutations: every member decodes to the same tensors, or the
+    file is refused with one FormatError or UserError; nothing else escapes, and a mutation
+    behind the CRC never rebuilds other weights silently."""
+    import torch
+
+    from vaecompress.errors import FormatError, UserError
+    from vaecompress.family import series
+
+    g = torch.Generator().manual_seed(0)
+    run = [{"w": torch.randn(24, 16, generator=g), "b": torch.randn(16, generator=g)}]
+    for _ in range(2):
+        run.append({k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in run[-1].items()})
+    data = series.compress_series(run, "int8", keyframe_every=2).data
+    good = tmp_path / "good.vrs"
+    good.write_bytes(data)
+    expected = series.decompress_all(good)
+    path = tmp_path / "mutated.vrs"
+
+    @settings(max_examples=60, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(mutator=st.sampled_from(sorted(fuzz_codecs.ALL_MUTATORS)),
+           seed=st.integers(0, 2**32 - 1))
+    def case(mutator: str, seed: int) -> None:
+        path.write_bytes(fuzz_codecs.ALL_MUTATORS[mutator](data, random.Random(seed)))
+        try:
+            got = series.decompress_all(path)
+        except (FormatError, UserError):
+            return
+        same = len(got) == len(expected) and all(
+            list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+            for a, b in zip(got, expected, strict=True))
+        assert same or mutator in fuzz_codecs.ALLOWED_DIFFERENT, mutator
+        for member in got:
+            assert all(bool(torch.isfinite(t).all()) for t in member.values())
+
+    case()
