@@ -111,8 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vaecompress.data import load_mnist
     from vaecompress.io import save_weights_file
     from vaecompress.runinfo import resolve_device
+    from vaecompress.tasks.mnist import accuracy
     from vaecompress.zoo import get_spec
-    from vaecompress.zoo.train import accuracy, preset_config, train_model
+    from vaecompress.zoo.train import preset_config, train_model
 
     spec = get_spec(args.model)
     device = resolve_device(args.device)
@@ -189,8 +190,8 @@ def _arch(args: argparse.Namespace, meta: dict[str, str]) -> Any:
 
 def _network(arch: Any, state: Any, source: str, device: Any) -> Any:
     """A network of `arch` holding `state`, checked to be an MNIST classifier."""
+    from vaecompress.tasks.mnist import check_classifier
     from vaecompress.zoo.arch import load_network
-    from vaecompress.zoo.train import check_classifier
 
     net = load_network(arch, state, source=source)
     if not arch.zoo:
@@ -202,7 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vaecompress.data import load_mnist
     from vaecompress.io import load_weights_file
     from vaecompress.runinfo import resolve_device
-    from vaecompress.zoo.train import accuracy
+    from vaecompress.tasks.mnist import accuracy
 
     state, meta = load_weights_file(args.file, key=args.key)
     arch = _arch(args, meta)
@@ -526,8 +527,8 @@ def _mnist_task(args: argparse.Namespace, state: Any, meta: dict[str, str], devi
             test = None
     if retrain:
         # Retraining codecs (prune, deep-compression) need the task: MNIST and the architecture.
+        from vaecompress.tasks.mnist import make_finetuner, mnist_distiller
         from vaecompress.zoo.arch import wrapper_prefix
-        from vaecompress.zoo.train import make_finetuner, mnist_distiller
 
         if arch is None:
             flag = "--distill" if distill else "--finetune"
@@ -564,13 +565,12 @@ def _probe(arch: Any, state: Any, device: Any, seed: int) -> Any:
     to the outputs (the default codec); None when the architecture is not known."""
     if arch is None:
         return None
-    from vaecompress.tasks.probe import classifier_probe
+    from vaecompress.tasks.mnist import mnist_probe
     from vaecompress.zoo.arch import wrapper_prefix
 
     net = arch.build()
-    return classifier_probe(net, (1, 28, 28), normalize=arch.normalize, seed=seed,
-                            prefix=wrapper_prefix(list(state), list(net.state_dict())),
-                            device=device)
+    return mnist_probe(net, normalize=arch.normalize, seed=seed,
+                       prefix=wrapper_prefix(list(state), list(net.state_dict())), device=device)
 
 
 def _chosen(res: Any) -> str:
@@ -595,8 +595,8 @@ def _fidelity_json(res: Any) -> dict[str, Any]:
 
 def _accuracies(arch: Any, source: str, original: Any, rebuilt: Any, test: Any,
                 device: Any) -> dict[str, float]:
+    from vaecompress.tasks.mnist import accuracy
     from vaecompress.zoo.arch import load_network
-    from vaecompress.zoo.train import accuracy
 
     out: dict[str, float] = {"n_test": float(len(test))}
     for key, state in (("accuracy_original", original), ("accuracy_rebuilt", rebuilt)):
