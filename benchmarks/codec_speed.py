@@ -70,7 +70,7 @@ def compress_worker(req: dict[str, Any]) -> None:
     finetune = None
     if get_codec_class(req["codec"]).uses_task:
         from vaecompress.data import load_mnist
-        from vaecompress.zoo.train import make_finetuner
+        from vaecompress.tasks.mnist import make_finetuner
 
         train, _ = load_mnist()
         finetune = make_finetuner(req["model"], train, device="cpu", seed=req["seed"])

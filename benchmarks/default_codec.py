@@ -42,9 +42,9 @@ from vaecompress.data import load_mnist, to_tensors  # noqa: E402
 from vaecompress.experiments.common import trained_model  # noqa: E402
 from vaecompress.io import atomic_write_json, atomic_write_text  # noqa: E402
 from vaecompress.runinfo import auto_threads, environment, seed_everything  # noqa: E402
-from vaecompress.tasks.probe import classifier_probe  # noqa: E402
+from vaecompress.tasks.mnist import accuracy, mnist_probe  # noqa: E402
 from vaecompress.zoo import build_model  # noqa: E402
-from vaecompress.zoo.train import ZOO_NORMALIZE, accuracy, preset_config  # noqa: E402
+from vaecompress.zoo.train import ZOO_NORMALIZE, preset_config  # noqa: E402
 
 NNCODEC_QPS = range(-26, -11, 2)  # every second qp step, for time on a shared 2-core CPU
 
@@ -98,7 +98,7 @@ def mnist_rows(name: str, net: nn.Module, norm: Any, test: Any, *, sweep: bool,
                seed: int) -> dict[str, Any]:
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     acc0 = accuracy(net, test, normalize=norm)
-    probe = classifier_probe(net, (1, 28, 28), normalize=norm, seed=seed)
+    probe = mnist_probe(net, normalize=norm, seed=seed)
     plain = CodecContext(progress=False, seed=seed)
     row: dict[str, Any] = {
         "model": name, "params": sum(v.numel() for v in state.values()), "acc_orig": acc0,

@@ -347,7 +347,8 @@ def test_decoders_reject_a_damaged_codec_state() -> None:
 def test_deep_compression_on_real_fnn() -> None:
     """Trains on real MNIST: the FNN must lose under a point at a ratio of 25 or more."""
     from vaecompress.data import load_mnist
-    from vaecompress.zoo.train import TrainConfig, accuracy, make_finetuner, train_model
+    from vaecompress.tasks.mnist import accuracy, make_finetuner
+    from vaecompress.zoo.train import TrainConfig, train_model
 
     train, test = load_mnist()
     model = train_model("fnn", train, TrainConfig(epochs=3), progress=False).model

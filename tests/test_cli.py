@@ -219,12 +219,12 @@ def test_missing_data_dir_says_how_to_supply(
 def test_internal_error_is_exit_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import vaecompress.cli as cli
+    from vaecompress.cli import models
 
     def boom(args: object) -> int:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(cli, "cmd_zoo", boom)
+    monkeypatch.setattr(models, "cmd_zoo", boom)  # the parser looks its handlers up there
     assert main(["zoo"]) == 1
     assert "internal error" in capsys.readouterr().err
 

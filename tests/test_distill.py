@@ -241,8 +241,8 @@ def test_prune_retrained_by_distillation_keeps_the_outputs(net: Net,
 
 def test_mnist_distiller_is_zero_at_the_original_on_the_zoo(toy_mnist_dir: Path) -> None:
     from vaecompress.data import load_mnist
+    from vaecompress.tasks.mnist import make_finetuner, mnist_distiller
     from vaecompress.zoo import build_model
-    from vaecompress.zoo.train import make_finetuner, mnist_distiller
 
     train, _ = load_mnist(toy_mnist_dir)
     for name in ("cnn", "lstm"):

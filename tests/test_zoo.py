@@ -5,8 +5,9 @@ import torch
 
 from vaecompress.cli import main
 from vaecompress.data import MnistSplit
+from vaecompress.tasks.mnist import accuracy, make_finetuner
 from vaecompress.zoo import MODELS, build_model, count_params
-from vaecompress.zoo.train import TrainConfig, accuracy, make_finetuner, train_model
+from vaecompress.zoo.train import TrainConfig, train_model
 
 TABLE1 = {"fnn": 185_300, "cnn": 122_270, "rnn": 54_538, "lstm": 214_282}
 

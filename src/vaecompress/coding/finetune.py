@@ -1,6 +1,6 @@
 """Retraining on the task: the loop every fine-tuning codec shares, masked or through codebooks.
 
-A `Finetuner` (built by `zoo.train.make_finetuner` for MNIST classifiers, or by any user for
+A `Finetuner` (built by `tasks.mnist.make_finetuner` for MNIST classifiers, or by any user for
 their own model and task) gives a loss of the model evaluated with given tensors and an endless
 batch stream. `ModuleLoss` makes such a loss from an `nn.Module` and a criterion: the module
 runs in eval mode (dropout off, BatchNorm on its stored statistics, computed by a formula that

@@ -5,7 +5,7 @@ The models are trained once per training config and cached (`common.trained_mode
 operating points are its own (`Codec.operating_points(preset)`). Fidelity is the test accuracy
 of the rebuilt model against the original's (`acc_orig`, `acc_recon`, `acc_drop` in points).
 Codecs that train on the task get cross-entropy on the MNIST training set
-(`zoo.train.make_finetuner`); the data-free ones a classifier probe on noise images. The report
+(`tasks.mnist.make_finetuner`); the data-free ones a classifier probe on noise images. The report
 is `experiments.bench_report`.
 """
 
@@ -22,9 +22,10 @@ from vaecompress.data import MnistSplit, load_mnist
 from vaecompress.experiments.bench import Point, Subject
 from vaecompress.experiments.common import TrainedModel, evaluate_state, trained_model
 from vaecompress.io import StateDict
+from vaecompress.tasks.mnist import make_finetuner
 from vaecompress.tasks.probe import Probe, classifier_probe
 from vaecompress.zoo import build_model, get_spec
-from vaecompress.zoo.train import ZOO_NORMALIZE, make_finetuner, preset_config
+from vaecompress.zoo.train import ZOO_NORMALIZE, preset_config
 
 PRESETS = ("quick", "full", "ablation", "datafree")
 MODELS = ("fnn", "cnn", "rnn", "lstm")

@@ -22,8 +22,9 @@ import torch
 
 from vaecompress.data import MnistSplit, cache_dir
 from vaecompress.io import atomic_write_json, load_weights_file, save_weights_file
+from vaecompress.tasks.mnist import accuracy, predict
 from vaecompress.zoo import build_model
-from vaecompress.zoo.train import TrainConfig, accuracy, predict, train_model
+from vaecompress.zoo.train import TrainConfig, train_model
 
 
 def config_hash(obj: Any, n: int = 12) -> str:

@@ -51,7 +51,8 @@ from vaecompress.family.delta import base_sha256
 from vaecompress.family.series import compress_series
 from vaecompress.io import StateDict, atomic_write_json, atomic_write_text
 from vaecompress.runinfo import environment, git_revision, resolve_device
-from vaecompress.zoo.train import TrainConfig, make_finetuner, preset_config, train_model
+from vaecompress.tasks.mnist import make_finetuner
+from vaecompress.zoo.train import TrainConfig, preset_config, train_model
 
 TASKS = ("rotated", "noisy", "digits-0-4")
 

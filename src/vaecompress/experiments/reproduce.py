@@ -50,9 +50,9 @@ from vaecompress.experiments.common import (
 from vaecompress.io import atomic_write_bytes, atomic_write_json
 from vaecompress.progress import progress as progress_bar
 from vaecompress.runinfo import auto_threads, environment, resolve_device, seed_everything
-from vaecompress.tasks.probe import classifier_probe
+from vaecompress.tasks.mnist import make_finetuner, mnist_probe
 from vaecompress.zoo import MODELS, build_model, count_params, get_spec
-from vaecompress.zoo.train import ZOO_NORMALIZE, TrainConfig, make_finetuner, preset_config
+from vaecompress.zoo.train import TrainConfig, preset_config
 
 # The quick preset's latent sweep: 128 (the paper's start), 64 (its point), then down to where
 # accuracy breaks (4 in our runs); 96 and 32 add little and cost two VAE trainings.
@@ -193,8 +193,7 @@ def _measure_ours(name: str, trained: Any, codec: str, settings: dict[str, Any],
     ctx = CodecContext(
         device=device, seed=cfg.seed, progress=progress, label=f"{name} {codec}",
         finetune=make_finetuner(name, train, device=device, seed=cfg.seed),
-        probe=classifier_probe(build_model(name), (1, 28, 28), normalize=ZOO_NORMALIZE,
-                               seed=cfg.seed, device=device))
+        probe=mnist_probe(build_model(name), seed=cfg.seed, device=device))
     res = compress(trained.state, codec, ctx=ctx, **settings)
     acc_recon, _ = evaluate_state(name, decompress(res.data), test, device=device)
     return {"model": name, "codec": codec, "settings": settings, **res.accounting.to_json(),

@@ -1,3 +1,4 @@
-"""Tasks: how a rebuilt model is judged and what codecs retrain on, beyond the MNIST zoo's own
-(`zoo.train`): distillation from the original model for any model (`distill`), MiniLM's
-sentence task (`sentence`), synthetic inputs for the data-free codec (`probe`)."""
+"""Tasks: how a rebuilt model is judged and what codecs retrain on. The MNIST classification
+task of any classifier (`mnist`), MiniLM's sentence task (`sentence`), distillation from the
+original model for any model (`distill`), synthetic inputs for the data-free codec (`probe`).
+A task runs a network (`zoo`); the networks know no task."""

@@ -27,7 +27,7 @@ each batch's teacher outputs are kept after their first use (memory: one copy of
 every batch), else the teacher runs again on every step.
 
 Boundary: a loss and its batches; what the inputs are (images, sentences) is the caller's
-(`zoo.train.mnist_distiller`, `tasks.sentence.SentenceTask.distiller`), and how a codec trains
+(`tasks.mnist.mnist_distiller`, `tasks.sentence.SentenceTask.distiller`), and how a codec trains
 on a `Finetuner` is `coding.finetune`'s.
 """
 

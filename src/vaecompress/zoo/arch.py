@@ -15,7 +15,7 @@ DDP, `_orig_mod.` of torch.compile) is dropped for the fit, never in the files: 
 keeps the names of its input.
 
 Boundary: resolving, building and loading. What the network is measured and fine-tuned on is
-`zoo.train` (accuracy, `make_finetuner`).
+the task's (`tasks.mnist`: accuracy, `make_finetuner`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,90 @@
+"""Reading a compressed file: `decompress` (the weights rebuilt, written as .safetensors or as
+the model folder they came from) and `inspect` (the header, sizes and ratios, without torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from vaecompress.cli.common import fmt_ratio, pairs, print_json, read_base
+from vaecompress.errors import UserError
+
+
+def _external_ins(args: argparse.Namespace) -> dict[str, str]:
+    """`--external NAME=FILE` (and its alias `--decoder FILE`)."""
+    ins = pairs(args.external, "--external")
+    if args.decoder:
+        if "decoder" in ins:
+            raise UserError("give the decoder's file once: --decoder or --external decoder=FILE")
+        ins["decoder"] = args.decoder
+    return ins
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from vaecompress.api import decompress_file, external_path
+    from vaecompress.family.commands import decompress_member_command
+    from vaecompress.family.series import is_series
+    from vaecompress.folders import FOLDER_KEY, FolderLayout, check_folder_output, write_folder
+    from vaecompress.format import load as load_container
+    from vaecompress.format import load_payloads
+    from vaecompress.io import check_outputs, save_weights_file
+
+    if args.member is not None or is_series(load_payloads(args.input, [])):
+        return decompress_member_command(args, read_base(args))
+    t0 = time.perf_counter()
+    ins = _external_ins(args)
+    c = load_container(args.input)
+    beside = [str(external_path(args.input, e.name)) for e in c.externals if e.name not in ins]
+    folder = c.meta.get(FOLDER_KEY)
+    if folder is not None:  # made from a model folder: written back as one, to a new path
+        layout = FolderLayout.from_json(folder)
+        check_folder_output(args.output)
+        state = decompress_file(args.input, externals=ins, base=read_base(args))
+        write_folder(args.output, state, layout)
+        print(f"{args.output}: {len(state)} tensors in {len(layout.shards)} shards and "
+              f"{len(layout.files)} files rebuilt in {time.perf_counter() - t0:.2f} s")
+        return 0
+    check_outputs([args.output], inputs=[args.input, *ins.values(), *beside,
+                                         *([args.base] if args.base else [])])
+    state = decompress_file(args.input, externals=ins, base=read_base(args))
+    meta = {k: str(v) for k, v in c.meta.items() if k == "vaecompress.model"}
+    save_weights_file(args.output, state, meta, keep_order=True)  # the input's order
+    print(f"{args.output}: {len(state)} tensors rebuilt in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from vaecompress.format import read_file
+    from vaecompress.inspection import inspect  # no torch: the header alone
+
+    info = inspect(read_file(args.file))
+    if args.json:
+        print_json(info)
+        return 0
+    a = info["accounting"]
+    print(
+        f"codec {info['codec']['name']} v{info['codec']['version']}, {info['tensors']} tensors, "
+        f"{a['params']:,} params ({a['orig_bytes']:,} B)"
+    )
+    for pl in info["payloads"]:
+        print(f"  payload {pl['name']:12s} {pl['kind']:12s} {pl['role']:6s} {pl['bytes']:>10,d} B")
+    for e in info["externals"]:
+        print(
+            f"  external {e['name']:11s} {e['kind']:12s} {e['role']:6s} {e['bytes']:>10,d} B "
+            f"sha256 {e['sha256'][:16]}..."
+        )
+    ext = sum(e["bytes"] for e in info["externals"])
+    total = f"{a['file_bytes']:,} B"
+    if info["externals"]:
+        total += f" + externals {ext:,} B = {a['file_bytes'] + ext:,} B to decode"
+    print(f"file {total}")
+    if "series" in info:
+        se = info["series"]
+        print(f"checkpoint series of {se['members']} members: {se['orig_bytes']:,} B -> "
+              f"{a['file_bytes']:,} B, ratio {fmt_ratio(se['ratio'])} over all of them "
+              "(the ratios below are of one member's size)")
+    print(
+        f"ratio_paper {fmt_ratio(a['ratio_paper'])}   ratio_honest {fmt_ratio(a['ratio_honest'])}"
+    )
+    return 0
