@@ -47,6 +47,10 @@ MINILM = (
     "vaecompress bench --preset minilm --out results/minilm",
 )
 SCALING = "benchmarks/results/scaling-cpu.json"
+MINILM_ABLATION = (
+    "results/minilm-ablation/bench.json",
+    "vaecompress bench --preset minilm-ablation --out results/minilm-ablation",
+)
 DATAFREE = (
     "results/datafree/bench.json",
     "vaecompress bench --preset datafree --out results/datafree",
@@ -192,6 +196,43 @@ def _ablation_section(abl: dict[str, Any]) -> list[str]:
     ]
 
 
+def _warm_ablation_section(abl: dict[str, Any], mini: dict[str, Any],
+                           free: dict[str, Any] | None) -> list[str]:
+    """vae-rd's warm start on MiniLM with one ingredient changed at a time, beside the full
+    point of the bench and the closed form it starts from (issue 19)."""
+    from vaecompress.experiments.bench_minilm import STEPS_PER_EPOCH
+
+    ref = abl["records"][0]["settings"] if abl["records"] else {}
+    snr = ref.get("snr", 18.0)
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for r in (free or {}).get("records", []):
+        if r["codec"] == "vae-rd-free" and r["settings"] == {"snr": snr, "weighting": "auto"}:
+            rows.append(("the closed form it starts from (vae-rd-free, no data)", r))
+    for r in mini["records"]:
+        if r["codec"] == "vae-rd" and r["settings"].get("snr") == snr:
+            rows.append(("warm start + distillation (the bench's point)", r))
+    names = {"slope": "no rate term (slope 0)", "rate_sample": "the rate on every latent",
+             "lam": "no warm start (first step std / 16, lam 0.01)"}
+    for r in abl["records"]:
+        changed = [k for k in names if k in r["settings"]]
+        rows.append((names[changed[0]] if changed else "?", r))
+    lines = ["| variant | ratio_honest | cos / neighbours (fidelity set) | cos / neighbours "
+             "(held-out) | compress_s | of which task passes / rate term |",
+             "|---|---|---|---|---|---|"]
+    for label, r in rows:
+        rep = r.get("report", {})
+        split = (f"{rep['task_s']:.0f} / {rep['rate_s']:.0f}" if "task_s" in rep else "-")
+        lines.append(f"| {label} | {r['ratio_honest']:.2f}x | {r['cos_mean']:.5f} / "
+                     f"{100 * r['nn_same']:.1f}% | {r['heldout_cos_mean']:.5f} / "
+                     f"{100 * r['heldout_nn_same']:.1f}% | {r['compress_s']:.0f} | {split} |")
+    return ["#### What each ingredient of the warm start buys", "",
+            _provenance(abl, *MINILM_ABLATION) + f" At {snr:g} dB, "
+            f"{abl['records'][0]['settings'].get('epochs', 0) * STEPS_PER_EPOCH:.0f} "
+            "distillation steps "
+            "each ([`docs/vae-rd.md`](docs/vae-rd.md)); the first two rows are from the "
+            "benches above.", "", "\n".join(lines), ""]
+
+
 def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list[str]:
     """The large real model (`experiments.bench_minilm`) and, when committed, the scaling
     benchmark."""
@@ -212,7 +253,14 @@ def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list
         "([`docs/minilm.md`](docs/minilm.md)). Budgets are cut to fit this machine (stated "
         "there); methods marked (data) distil the original model's embeddings.",
         "",
+        "On the fidelity set (Python documentation):",
+        "",
         summary_table(res),
+        "",
+        "On held-out text of another kind (Jane Austen's novels; the distillation saw only the "
+        "standard library's docstrings):",
+        "",
+        summary_table(res, "heldout_"),
         "",
         f"All operating points, with time per million parameters and peak memory: "
         f"[`{folder}/bench.md`]({folder}/bench.md).",
@@ -293,6 +341,9 @@ def render(root: Path = ROOT) -> str:
     mini = _load(root, MINILM[0])
     if mini is not None:
         parts += _minilm_section(mini, _load(root, SCALING))
+        abl_mini = _load(root, MINILM_ABLATION[0])
+        if abl_mini is not None:
+            parts += _warm_ablation_section(abl_mini, mini, _load(root, MINILM_DATAFREE[0]))
     parts += _speed_section(*(_load(root, rel) for rel in SPEED))
     for rel, cmd in (REPRODUCE, QUICK):
         res = _load(root, rel)
