@@ -25,6 +25,7 @@ class _Teacher:
 
     def __init__(self) -> None:
         g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)  # the same network in every run
         self.net = nn.Sequential(nn.Linear(16, 48), nn.ReLU(), nn.Linear(48, 8))
         with torch.no_grad():
             for p in self.net.parameters():

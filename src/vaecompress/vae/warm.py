@@ -111,6 +111,98 @@ def _fit_prior(model: RDModel, steps: int = PRIOR_FIT_STEPS) -> None:
         p.grad = None
 
 
+class _Run:
+    """One warm-started distillation: the model, its optimizer, the rate's weight, the best
+    state seen on the checks and the time each part took."""
+
+    def __init__(self, model: RDModel, cfg: RDConfig, task_loss: TaskLoss,
+                 fixed: Mapping[str, torch.Tensor], checks: list[Any]) -> None:
+        self.model, self.cfg, self.task_loss, self.fixed = model, cfg, task_loss, fixed
+        self.checks, self.n, self.grp = checks, model.n_params(), group()
+        self.steps = max(1, cfg.steps)
+        _, d0, r0 = _score(model, fixed, task_loss, checks, 0.0, self.n)
+        self.lam = cfg.slope * LOG2E2 * d0 if cfg.slope > 0 else cfg.lam
+        self.best, self.best_step, self.waits = d0 + self.lam * r0, 0, 0
+        self.hist: dict[str, list[float]] = {"step": [0], "loss": [self.best],
+                                             "distortion": [d0], "bits_per_param": [r0],
+                                             "lam": [self.lam]}
+        self.keep = _snapshot(model)
+        groups = [{"params": list(model.latents),
+                   "lr": min(cfg.lr, 1.0 / self.steps, MAX_LR_BINS)},
+                  {"params": list(model.log_steps),
+                   "lr": min(cfg.lr_step, 0.1 / self.steps, MAX_LR_BINS / 10)},
+                  {"params": [p for p in model.prior.parameters() if p.requires_grad],
+                   "lr": cfg.lr_prior}]
+        self.opt = torch.optim.Adam([g for g in groups if g["params"]])
+        self.base = [g["lr"] for g in self.opt.param_groups]
+        self.times = {"task_s": 0.0, "rate_s": 0.0, "validation_s": 0.0}
+
+    def step(self, it: int, batches: Iterator[Any]) -> tuple[float, float]:
+        """One Adam step (cosine-decayed learning rates): (task loss, bits per parameter)."""
+        model, grp = self.model, self.grp
+        for g, lr in zip(self.opt.param_groups, self.base, strict=True):
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / self.steps))
+        self.opt.zero_grad(set_to_none=True)
+        a = time.perf_counter()
+        mine = [next(batches) for _ in range(grp.size)][grp.rank]  # each process its own
+        w = {name: model.term_task(i) for i, name in enumerate(model.names)}
+        d = self.task_loss({**self.fixed, **w}, mine)
+        d.backward()
+        task = float(d.detach())
+        del w, d  # the decoded weights and the graph: not held through the checks
+        if grp.size > 1:  # the mean of the processes' task gradients
+            grp.sum_grads(model.parameters())
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(grp.size)
+        b = time.perf_counter()
+        self.times["task_s"] += b - a
+        bits = torch.zeros(())
+        for i in range(len(model.names) if self.lam > 0 else 0):  # tensor by tensor: one
+            r = model.rate(i)  # graph at a time; no rate term at all when its weight is 0
+            (self.lam * r / self.n).backward()
+            bits = bits + r.detach()
+        self.times["rate_s"] += time.perf_counter() - b
+        self.opt.step()
+        return task, float(bits) / self.n
+
+    def check(self, done: int) -> bool:
+        """Score the rounded state on the checks, keep it if best; False when patience runs
+        out."""
+        a = time.perf_counter()
+        loss, dv, rv = _score(self.model, self.fixed, self.task_loss, self.checks, self.lam,
+                              self.n)
+        self.times["validation_s"] += time.perf_counter() - a
+        for k, v in (("step", done), ("loss", loss), ("distortion", dv),
+                     ("bits_per_param", rv), ("lam", self.lam)):
+            self.hist[k].append(v)
+        if loss < self.best:
+            self.best, self.best_step, self.waits = loss, done, 0
+            self.keep = _snapshot(self.model)
+            return True
+        self.waits += 1
+        return not (self.cfg.patience and self.waits >= self.cfg.patience)
+
+    def export(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The best state seen (the warm start included), as int32 latents and float32 steps;
+        the training state is let go first, the float latents one tensor at a time."""
+        model = self.model
+        if self.cfg.validate_every:
+            with torch.no_grad():
+                for p, k in zip((*model.latents, *model.log_steps), self.keep, strict=True):
+                    p.copy_(k.to(p.dtype))
+        del self.opt, self.keep  # Adam's moments and the snapshot
+        model.zero_grad(set_to_none=True)
+        self.grp.broadcast_(model.state_dict().values())
+        ints = []
+        for p in model.latents:  # int32: the latents' range is far inside it
+            ints.append(torch.round(p.detach()).to("cpu", torch.int32))
+            p.data = torch.empty(0, device=p.device)
+        steps = [model.step(i).detach().to("cpu", torch.float32).clone()
+                 for i in range(len(model.names))]
+        return ints, steps
+
+
 def train_warm(
     tensors: Mapping[str, torch.Tensor],
     cfg: RDConfig,
@@ -127,94 +219,29 @@ def train_warm(
     """Distil from the warm start `init_steps` (one float step per tensor) for `cfg.steps`
     steps (module docstring); `cfg.lam` is used as given when `cfg.slope` is 0."""
     device = device or torch.device("cpu")
-    grp = group()
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     model = RDModel(tensors, cfg, init_steps).to(device)
     _fit_prior(model)
     fixed_d = {k: v.to(device) for k, v in (fixed or {}).items()}
-    n = model.n_params()
-    steps = max(1, cfg.steps)
     # Batches to score on: the validation set, else the first training batch (kept aside).
-    checks = list(validation) if validation else [next(batches)]
-    lam = cfg.lam
-    best, d0, r0 = _score(model, fixed_d, task_loss, checks, 0.0, n)
-    if cfg.slope > 0:
-        lam = cfg.slope * LOG2E2 * d0
-    best = d0 + lam * r0
-    hist: dict[str, list[float]] = {"step": [0], "loss": [best], "distortion": [d0],
-                                    "bits_per_param": [r0], "lam": [lam]}
-    keep = _snapshot(model)
-    best_step, waits = 0, 0
-    lr_z = min(cfg.lr, 1.0 / steps, MAX_LR_BINS)
-    lr_s = min(cfg.lr_step, 0.1 / steps, MAX_LR_BINS / 10)
-    groups = [{"params": list(model.latents), "lr": lr_z},
-              {"params": list(model.log_steps), "lr": lr_s},
-              {"params": [p for p in model.prior.parameters() if p.requires_grad],
-               "lr": cfg.lr_prior}]
-    opt = torch.optim.Adam([g for g in groups if g["params"]])
-    base = [g["lr"] for g in opt.param_groups]
-    times = {"task_s": 0.0, "rate_s": 0.0, "validation_s": 0.0}
-    bar = progress_bar(steps, desc=desc, unit="step", enabled=progress)
+    run = _Run(model, cfg, task_loss, fixed_d,
+               list(validation) if validation else [next(batches)])
+    bar = progress_bar(run.steps, desc=desc, unit="step", enabled=progress)
     done = 0
-    for it in range(steps):
-        for g, lr in zip(opt.param_groups, base, strict=True):
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / steps))
-        opt.zero_grad(set_to_none=True)
-        a = time.perf_counter()
-        mine = [next(batches) for _ in range(grp.size)][grp.rank]  # each process its own
-        w = {name: model.term_task(i) for i, name in enumerate(model.names)}
-        d = task_loss({**fixed_d, **w}, mine)
-        d.backward()
-        task = float(d.detach())
-        del w, d  # the decoded weights and the graph: not held through the checks
-        if grp.size > 1:  # the mean of the processes' task gradients
-            grp.sum_grads(model.parameters())
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.grad.div_(grp.size)
-        b = time.perf_counter()
-        times["task_s"] += b - a
-        bits = torch.zeros(())
-        for i in range(len(model.names) if lam > 0 else 0):  # tensor by tensor: one graph
-            r = model.rate(i)  # at a time; no rate term at all when its weight is 0
-            (lam * r / n).backward()
-            bits = bits + r.detach()
-        times["rate_s"] += time.perf_counter() - b
-        opt.step()
+    for it in range(run.steps):
+        task, bpp = run.step(it, batches)
         done = it + 1
-        bar.set_postfix(task=f"{task:.5f}", bits_per_param=f"{float(bits) / n:.3f}")
+        bar.set_postfix(task=f"{task:.5f}", bits_per_param=f"{bpp:.3f}")
         bar.update()
-        if cfg.validate_every and (done % cfg.validate_every == 0 or done == steps):
-            a = time.perf_counter()
-            loss, dv, rv = _score(model, fixed_d, task_loss, checks, lam, n)
-            times["validation_s"] += time.perf_counter() - a
-            for k, v in (("step", done), ("loss", loss), ("distortion", dv),
-                         ("bits_per_param", rv), ("lam", lam)):
-                hist[k].append(v)
-            if loss < best:
-                best, best_step, waits = loss, done, 0
-                keep = _snapshot(model)
-            else:
-                waits += 1
-                if cfg.patience and waits >= cfg.patience:
-                    break
+        every = cfg.validate_every
+        if every and (done % every == 0 or done == run.steps) and not run.check(done):
+            break
     bar.close()
-    if cfg.validate_every:  # the best state seen (the warm start included)
-        with torch.no_grad():
-            for p, k in zip((*model.latents, *model.log_steps), keep, strict=True):
-                p.copy_(k.to(p.dtype))
-    del opt, keep  # Adam's moments and the snapshot: not needed for the export
-    model.zero_grad(set_to_none=True)
-    grp.broadcast_(model.state_dict().values())
-    ints = []
-    for p in model.latents:  # int32 (the latents' range is far inside it), one at a time
-        ints.append(torch.round(p.detach()).to("cpu", torch.int32))
-        p.data = torch.empty(0, device=p.device)  # the float latents, let go as we go
-    out_steps = [model.step(i).detach().to("cpu", torch.float32).clone()
-                 for i in range(len(model.names))]
-    hist["best_step"] = [best_step]
+    ints, out_steps = run.export()
+    hist = run.hist
+    hist["best_step"] = [run.best_step]
     hist["steps_run"] = [done]
     res = RDResult(model.names, ints, out_steps, hist, time.perf_counter() - t0)
-    res.history.update({k: [v] for k, v in times.items()})
+    res.history.update({k: [v] for k, v in run.times.items()})
     return res
