@@ -262,6 +262,11 @@ def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list
         "",
         summary_table(res, "heldout_"),
         "",
+        "Added bytes per parameter are the peak above the process before the point; records "
+        "made before 518c247 that were not their process's first point counted memory the "
+        "allocator kept from the earlier point in that base and read low (vae-rd: 22.5 and "
+        "22.8 where its first points read 52-60; [`docs/minilm.md`](docs/minilm.md)).",
+        "",
         f"All operating points, with time per million parameters and peak memory: "
         f"[`{folder}/bench.md`]({folder}/bench.md).",
         "",
