@@ -264,8 +264,9 @@ def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list
         "",
         "Added bytes per parameter are the peak above the process before the point; records "
         "made before 518c247 that were not their process's first point counted memory the "
-        "allocator kept from the earlier point in that base and read low (vae-rd: 22.5 and "
-        "22.8 where its first points read 52-60; [`docs/minilm.md`](docs/minilm.md)).",
+        "allocator kept from the earlier point in that base and read low (vae-rd at 18 and "
+        "22 dB read less than half of what its points at 12, 14 and 26 dB read; "
+        "[`docs/minilm.md`](docs/minilm.md)).",
         "",
         f"All operating points, with time per million parameters and peak memory: "
         f"[`{folder}/bench.md`]({folder}/bench.md).",
