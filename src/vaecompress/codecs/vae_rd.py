@@ -8,6 +8,11 @@ frequency tables stored in the file (`coding.latents`): the tables, the steps an
 all counted. A latent that rounds to zero costs a fraction of a bit, so pruning falls out of the
 prior, and a column or row of zeros (an ignored pixel, a dead neuron) is flagged once.
 
+With `snr` > 0 the training starts from the data-free closed form at that fidelity instead
+and distils from there (`vae.warm`): the form for a large model and a few hundred steps, where
+training from the first step does not get far (docs/vae-rd.md); `lam` then follows from
+`slope` and the warm start's own task loss.
+
 Needs the task's training data at compression time, like Deep Compression (`ctx.finetune`);
 `vae-rd-free` is the data-free sibling. Decoding needs only the file.
 """
