@@ -150,5 +150,9 @@ def session(device: str | None = None) -> Iterator[Group]:
                 warnings.simplefilter("ignore")
                 yield g
                 sys.stdout.flush()
+        # Every process done before any tears the group down: a process that left while
+        # another still talked to it was seen to abort under gloo ("terminate called without
+        # an active exception", once in CI). Not after an error: the others may never come.
+        dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -183,6 +183,14 @@ class _Run:
         self.waits += 1
         return not (self.cfg.patience and self.waits >= self.cfg.patience)
 
+    def stop(self, done: int) -> bool:
+        """Check, and whether to stop: rank 0's decision in a group, so that no process
+        leaves the loop while another still waits for it in the next step's all-reduce."""
+        flag = torch.tensor([0 if self.check(done) else 1], dtype=torch.int64,
+                            device=self.grp.device)
+        self.grp.broadcast_([flag])
+        return bool(flag.item())
+
     def export(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The best state seen (the warm start included), as int32 latents and float32 steps;
         the training state is let go first, the float latents one tensor at a time."""
@@ -235,7 +243,7 @@ def train_warm(
         bar.set_postfix(task=f"{task:.5f}", bits_per_param=f"{bpp:.3f}")
         bar.update()
         every = cfg.validate_every
-        if every and (done % every == 0 or done == run.steps) and not run.check(done):
+        if every and (done % every == 0 or done == run.steps) and run.stop(done):
             break
     bar.close()
     ints, out_steps = run.export()
