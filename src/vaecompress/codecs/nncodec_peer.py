@@ -69,87 +69,8 @@ APPROX_METHODS = ("uniform", "codebook")
 PROBE_TIMEOUT_S = 300.0
 CODE_TIMEOUT_S = 6 * 3600.0  # NNCodec codes a few MB/s; this only stops a hung worker
 
-# Runs inside NNCodec's interpreter (`python -I -c`), so it may use only the standard library,
-# numpy and nncodec. Request: one JSON object on stdin. Reply: <dir>/reply.json.
-WORKER_SOURCE = r'''
-import contextlib, importlib.metadata, io, json, os, sys, time, traceback, types
-
-class _Meta(type):
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Meta(name, (cls,), {})
-
-class _Missing(metaclass=_Meta):
-    """Stands in for any torchvision/cv2 class or function: constructible, subclassable."""
-    def __init__(self, *args, **kwargs):
-        pass
-
-class _StubModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Meta(name, (_Missing,), {})
-
-def main():
-    req = json.loads(sys.stdin.read())
-    folder = req["dir"]
-    reply = {"ok": False}
-    log = io.StringIO()
-    try:
-        # NNCodec imports these at module level for its image data sets only; coding a dict of
-        # arrays never calls them. Stand-ins keep the real (CUDA-only, huge) packages away.
-        for mod in ("torchvision", "cv2"):
-            sys.modules[mod] = _StubModule(mod)
-        with contextlib.redirect_stdout(log):
-            import numpy as np
-            from nncodec.nn import decode, encode
-            op = req["op"]
-            if op == "probe":
-                reply["versions"] = {"nncodec": importlib.metadata.version("nncodec"),
-                                     "numpy": np.__version__, "python": sys.version.split()[0]}
-            elif op == "encode":
-                arrays = {}
-                for i in range(int(req["n"])):
-                    a = np.load(os.path.join(folder, f"in{i}.npy"), allow_pickle=False)
-                    arrays[f"t{i}"] = np.ascontiguousarray(a, dtype=np.float32)
-                results = os.path.join(folder, "results")
-                os.makedirs(results, exist_ok=True)
-                args = dict(req["args"], results=results, verbose=False)
-                # NNCodec applies its `sparsity` option to a dict of arrays only when epoch > 0
-                # (its federated-learning loop); epoch otherwise only names a results file.
-                epoch = 1 if args.get("sparsity", 0) > 0 else 0
-                t0 = time.perf_counter()
-                bs = encode(arrays, args=args, epoch=epoch)
-                reply["elapsed_s"] = time.perf_counter() - t0
-                with open(os.path.join(folder, "bitstream.nnc"), "wb") as f:
-                    f.write(bytes(bs))
-            elif op == "decode":
-                with open(os.path.join(folder, "bitstream.nnc"), "rb") as f:
-                    bs = bytearray(f.read())
-                t0 = time.perf_counter()
-                out = decode(bs, args={"verbose": False})
-                reply["elapsed_s"] = time.perf_counter() - t0
-                names = [str(k) for k in out]
-                for i, k in enumerate(out):
-                    a = np.asarray(out[k])
-                    if a.dtype != np.float32:
-                        a = a.astype(np.float32)
-                    np.save(os.path.join(folder, f"out{i}.npy"), a, allow_pickle=False)
-                reply["names"] = names
-            else:
-                raise ValueError(f"unknown op {op!r}")
-        reply["ok"] = True
-    except BaseException as e:  # NNCodec reports bad input with SystemExit
-        lines = [ln for ln in str(e).splitlines() if ln.strip()]
-        reply["error"] = f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
-        reply["traceback"] = traceback.format_exc()[-4000:]
-    reply["log"] = log.getvalue()[-4000:]
-    with open(os.path.join(folder, "reply.json"), "w") as f:
-        json.dump(reply, f)
-
-main()
-'''
+# Runs inside NNCodec's interpreter: the text of `nncodec_worker.py`, given to `python -I -c`.
+WORKER_SOURCE = (Path(__file__).parent / "nncodec_worker.py").read_text(encoding="utf-8")
 
 
 def nncodec_python() -> Path:
