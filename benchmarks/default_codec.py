@@ -40,7 +40,7 @@ from vaecompress.api import compress, decompress  # noqa: E402
 from vaecompress.codecs import REGISTRY, CodecContext  # noqa: E402
 from vaecompress.data import load_mnist, to_tensors  # noqa: E402
 from vaecompress.experiments.common import trained_model  # noqa: E402
-from vaecompress.io import atomic_write_json, atomic_write_text  # noqa: E402
+from vaecompress.files import atomic_write_json, atomic_write_text  # noqa: E402
 from vaecompress.runinfo import auto_threads, environment, seed_everything  # noqa: E402
 from vaecompress.tasks.mnist import accuracy, mnist_probe  # noqa: E402
 from vaecompress.zoo import build_model  # noqa: E402

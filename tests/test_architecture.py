@@ -11,8 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaecompress"
 
 # Bottom to top; the units are the package's subpackages and top-level modules.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "__version__", "progress", "runinfo", "checksum", "format", "io",
-               "params", "checkpoint", "accounting", "folders", "data"}),  # core
+    frozenset({"errors", "__version__", "progress", "runinfo", "checksum", "format", "files",
+               "io", "torchfile", "params", "checkpoint", "accounting", "folders",
+               "data"}),  # core
     frozenset({"coding"}),  # bytes and the retraining loop
     frozenset({"vae", "zoo", "tasks", "fidelity"}),  # methods' models, networks, tasks
     frozenset({"codecs"}),  # one registered codec per module

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vaecompress import files
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import container as fc
 from vaecompress.format.container import (
@@ -593,7 +594,7 @@ def test_load_errors(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(FormatError, match=r"bad\.vaec: not a vaecompress file"):
         load(bad)
-    with pytest.raises(UserError, match="no such directory"):
+    with pytest.raises(UserError, match="output folder does not exist"):
         save(tiny(), tmp_path / "nodir" / "x.vaec")
 
 
@@ -621,11 +622,11 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at
                 self.f.write(data[: len(data) // 2])  # a partial write, then failure
                 raise OSError("disk full")
 
-        monkeypatch.setattr(fc.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+        monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
     elif fail_at == "fsync":
-        monkeypatch.setattr(fc.os, "fsync", boom)
+        monkeypatch.setattr(files.os, "fsync", boom)
     else:
-        monkeypatch.setattr(fc.os, "replace", boom)
+        monkeypatch.setattr(files.os, "replace", boom)
 
     with pytest.raises(OSError, match="disk full"):
         save(rich(), target)
@@ -639,7 +640,7 @@ def test_failed_save_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def boom(*args: object) -> None:
         raise OSError("no space left")
 
-    monkeypatch.setattr(fc.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError):
         save(rich(), target)
     assert load(target) == tiny()

@@ -318,7 +318,8 @@ def test_kill_9_during_a_write_leaves_no_temp_file(tmp_path: Path) -> None:
     out, marks = tmp_path / "out", tmp_path / "marks"
     out.mkdir()
     marks.mkdir()
-    code = ("import sys, time; from pathlib import Path; from vaecompress.io import atomic_write\n"
+    code = ("import sys, time; from pathlib import Path\n"
+            "from vaecompress.files import atomic_write\n"
             "def write(f):\n"
             "    f.write(b'x' * 4096); f.flush(); Path(sys.argv[2]).touch(); time.sleep(60)\n"
             "atomic_write(sys.argv[1], write)\n")

@@ -17,16 +17,16 @@ from torch import nn
 
 from vaecompress.api import compress
 from vaecompress.errors import UserError
+from vaecompress.files import atomic_write
 from vaecompress.io import (
     ORDER_KEY,
-    atomic_write,
-    find_state_dict,
     load_state_dict,
     load_weights_file,
     save_weights_file,
     state_from_bytes,
     state_to_bytes,
 )
+from vaecompress.torchfile import find_state_dict
 
 NAMES = [f"layer{i}.{kind}" for i in (9, 3, 12, 0, 7) for kind in ("weight", "bias")]
 

@@ -13,7 +13,8 @@ from vaecompress.api import compress, external_path, save
 from vaecompress.cli import main
 from vaecompress.codecs import CodecContext
 from vaecompress.errors import UserError
-from vaecompress.io import check_outputs, save_weights_file
+from vaecompress.files import check_outputs
+from vaecompress.io import save_weights_file
 
 ZSTD = ["--codec", "zstd", "--quiet"]
 
@@ -147,7 +148,7 @@ def test_no_orphan_external_when_the_main_file_fails(tmp_path: Path,
         real_replace(src, dst)
 
     # A failure while writing the temps: nothing at all is left.
-    import vaecompress.io as io
+    import vaecompress.files as io
 
     real_fdopen = os.fdopen
     calls = []
@@ -176,7 +177,7 @@ def test_sigterm_during_compress_leaves_no_temp_file(weights: Path, tmp_path: Pa
 
     code = (
         "import os, signal, sys\n"
-        "import vaecompress.io as io\n"
+        "import vaecompress.files as io\n"
         "real = io.os.replace\n"
         "def slow(src, dst):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"

@@ -43,10 +43,11 @@ from vaecompress.coding.finetune import Finetuner, ModuleLoss  # noqa: F401  (pu
 from vaecompress.errors import FormatError, UserError
 from vaecompress.family import delta
 from vaecompress.fidelity import weights_fidelity
-from vaecompress.format import Container, dumps, loads, read_file
+from vaecompress.files import atomic_write_all, check_outputs, read_file
+from vaecompress.format import Container, dumps, loads
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
-from vaecompress.io import StateDict, atomic_write_all, check_outputs
+from vaecompress.io import StateDict
 from vaecompress.tasks.distill import DistillLoss, distiller  # noqa: F401  (public API)
 
 # The checksum of the rebuilt tensors, recorded in the file's `meta` at compression

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from vaecompress.errors import UserError
-from vaecompress.io import atomic_write
+from vaecompress.files import atomic_write
 
 FORMAT = "vaecompress-checkpoint"
 VERSION = 1

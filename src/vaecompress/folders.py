@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from vaecompress.errors import FormatError, UserError
-from vaecompress.format import read_file
+from vaecompress.files import read_file
 from vaecompress.io import (
     StateDict,
     load_weights_file,

@@ -155,7 +155,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     """The codec, its settings and every output, checked before any work."""
     from vaecompress.api import external_path
     from vaecompress.codecs import DEFAULT_CODEC, make_codec
-    from vaecompress.io import check_outputs
+    from vaecompress.files import check_outputs
 
     auto_codec = args.codec is None
     name = DEFAULT_CODEC if auto_codec else args.codec

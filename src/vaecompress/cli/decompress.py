@@ -25,10 +25,11 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from vaecompress.api import decompress_file, external_path
     from vaecompress.family.commands import decompress_member_command
     from vaecompress.family.series import is_series
+    from vaecompress.files import check_outputs
     from vaecompress.folders import FOLDER_KEY, FolderLayout, check_folder_output, write_folder
     from vaecompress.format import load as load_container
     from vaecompress.format import load_payloads
-    from vaecompress.io import check_outputs, save_weights_file
+    from vaecompress.io import save_weights_file
 
     if args.member is not None or is_series(load_payloads(args.input, [])):
         return decompress_member_command(args, read_base(args))
@@ -55,7 +56,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vaecompress.format import read_file
+    from vaecompress.files import read_file
     from vaecompress.inspection import inspect  # no torch: the header alone
 
     info = inspect(read_file(args.file))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vaecompress.errors import DataUnavailableError, UserError
+from vaecompress.files import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -258,8 +259,7 @@ def _read_cache(path: Path) -> tuple[MnistSplit, MnistSplit]:
 
 
 def _write_cache(path: Path, train: MnistSplit, test: MnistSplit) -> None:
-    """Write the `.npz` atomically (`io.atomic_write`)."""
-    from vaecompress.io import atomic_write  # imported here: it loads torch
+    """Write the `.npz` atomically (`files.atomic_write`)."""
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, train_images=train.images, train_labels=train.labels,

@@ -43,7 +43,8 @@ from vaecompress.experiments.common import (
     config_hash,
     remove_if_empty,
 )
-from vaecompress.io import StateDict, atomic_write_json
+from vaecompress.files import atomic_write_json
+from vaecompress.io import StateDict
 from vaecompress.runinfo import environment, git_revision, resolve_device, seed_everything
 from vaecompress.tasks.probe import Probe
 

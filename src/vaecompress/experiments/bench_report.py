@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from vaecompress.io import atomic_write, atomic_write_text
+from vaecompress.files import atomic_write, atomic_write_text
 
 TOLERANCES = (0.5, 1.0)
 # The data-free sweep also asks what is near-lossless (issue 18).

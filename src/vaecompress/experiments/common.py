@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from vaecompress.data import MnistSplit, cache_dir
-from vaecompress.io import atomic_write_json, load_weights_file, save_weights_file
+from vaecompress.files import atomic_write_json
+from vaecompress.io import load_weights_file, save_weights_file
 from vaecompress.tasks.mnist import accuracy, predict
 from vaecompress.zoo import build_model
 from vaecompress.zoo.train import TrainConfig, train_model

@@ -49,7 +49,8 @@ from vaecompress.experiments.common import (
 )
 from vaecompress.family.delta import base_sha256
 from vaecompress.family.series import compress_series
-from vaecompress.io import StateDict, atomic_write_json, atomic_write_text
+from vaecompress.files import atomic_write_json, atomic_write_text
+from vaecompress.io import StateDict
 from vaecompress.runinfo import environment, git_revision, resolve_device
 from vaecompress.tasks.mnist import make_finetuner
 from vaecompress.zoo.train import TrainConfig, preset_config, train_model

@@ -24,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
-from vaecompress.io import atomic_write
+from vaecompress.files import atomic_write
 
 DPI = 120
 Record = Mapping[str, Any]

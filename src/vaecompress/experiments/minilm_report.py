@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from vaecompress.experiments.bench_report import _ratio, _seconds, _settings, method_of
-from vaecompress.io import atomic_write, atomic_write_text
+from vaecompress.files import atomic_write, atomic_write_text
 
 # Fidelity levels of the summary: a mean cosine of 0.999 keeps about 98% of the nearest
 # neighbours of the fidelity set (1% Gaussian noise on every weight gives 0.9995 and 97.6%).

@@ -25,7 +25,7 @@ from vaecompress.experiments.prose import honest_finding
 from vaecompress.experiments.report import ours_table
 from vaecompress.experiments.selection import select
 from vaecompress.experiments.tables import accounting_table, sweep_table, table2
-from vaecompress.io import atomic_write_text
+from vaecompress.files import atomic_write_text
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROOT = Path(__file__).resolve().parents[3]

@@ -31,7 +31,7 @@ from vaecompress.experiments.tables import (
     threads_note,
     training_table,
 )
-from vaecompress.io import atomic_write_text
+from vaecompress.files import atomic_write_text
 
 FIG_TRAINING = "fig2_vae_training.png"
 FIG_PARAMS_TIME = "fig3_params_time.png"

@@ -47,7 +47,7 @@ from vaecompress.experiments.common import (
     remove_if_empty,
     trained_model,
 )
-from vaecompress.io import atomic_write_bytes, atomic_write_json
+from vaecompress.files import atomic_write_bytes, atomic_write_json
 from vaecompress.progress import progress as progress_bar
 from vaecompress.runinfo import auto_threads, environment, resolve_device, seed_everything
 from vaecompress.tasks.mnist import make_finetuner, mnist_probe

@@ -50,7 +50,8 @@ def compress_series_command(args: argparse.Namespace, files: list[Path],
                             settings: dict[str, Any]) -> int:
     from vaecompress.codecs import CodecContext, make_codec
     from vaecompress.family.series import compress_series
-    from vaecompress.io import atomic_write_bytes, check_outputs, load_weights_file
+    from vaecompress.files import atomic_write_bytes, check_outputs
+    from vaecompress.io import load_weights_file
     from vaecompress.runinfo import resolve_device
 
     for flag in ("finetune", "distill", "sentences", "external_out", "decoder_out"):
@@ -87,8 +88,9 @@ def decompress_member_command(args: argparse.Namespace,
     import time
 
     from vaecompress.family.series import decompress_member, read_index
+    from vaecompress.files import check_outputs
     from vaecompress.format import load_payloads
-    from vaecompress.io import check_outputs, save_weights_file
+    from vaecompress.io import save_weights_file
 
     t0 = time.perf_counter()
     index = read_index(load_payloads(args.input, []))  # one model and --member: one line

@@ -19,7 +19,6 @@ from vaecompress.format.container import (
     load,
     load_payloads,
     loads,
-    read_file,
     save,
 )
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_DECODED_BYTES
@@ -44,6 +43,5 @@ __all__ = [
     "load",
     "load_payloads",
     "loads",
-    "read_file",
     "save",
 ]

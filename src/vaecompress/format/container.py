@@ -2,7 +2,8 @@
 
 Boundary: this module turns a `Container` (codec description, tensor manifest, codec state,
 named byte payloads, external references, meta) into bytes and back (format versions 1-3;
-the header's field checks live in `header.py`), and writes/reads files atomically. It never
+the header's field checks live in `header.py`), and reads and writes files (atomically, through
+`files.py`). It never
 interprets payload bytes, knows no codec, and does not import torch; compression ratios
 (accounting) are computed elsewhere from what it returns.
 
@@ -13,28 +14,25 @@ the caller and raises `ValueError`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import secrets
-import stat
 import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from vaecompress.errors import FormatError, UserError
+from vaecompress.errors import FormatError, UserError, short
+from vaecompress.files import atomic_write_bytes, check_regular, read_file
 from vaecompress.format.header import DTYPE_ITEMSIZE as DTYPE_ITEMSIZE
 from vaecompress.format.header import MAX_DECODED_BYTES as MAX_DECODED_BYTES
 from vaecompress.format.header import ROLE_AUX as ROLE_AUX
 from vaecompress.format.header import ROLE_CODE as ROLE_CODE
 from vaecompress.format.header import ROLE_MODEL as ROLE_MODEL
 from vaecompress.format.header import ROLES as ROLES
-from vaecompress.format.header import check_header, decoded_bytes, short
+from vaecompress.format.header import check_header, decoded_bytes
 
 MAGIC = b"VAECOMP\x00"
 # Version 3 has version 2's layout; a version 3 file must carry the checksum that binds each
@@ -199,78 +197,12 @@ def _deflate_header(header_bytes: bytes) -> bytes:
 
 
 def save(c: Container, path: str | os.PathLike[str]) -> int:
-    """Write `c` to `path` atomically and return the number of bytes written.
-
-    Readers see either the old file or the complete new one: the bytes go to a temporary
-    file in the same directory (os.replace is only atomic within one filesystem), are
-    fsynced, and then renamed over `path`. On any failure the temporary file is removed.
-    """
-    data = dumps(c)
-    target = Path(path)
-    parent = target.parent
-    if not parent.is_dir():
-        raise UserError(f"no such directory: {parent}")
-    while True:
-        tmp = parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            # os.open with mode 0o666 lets the umask decide permissions, unlike mkstemp (0o600).
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
-            )
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(parent)
-    return len(data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, and the file is
-    # already complete, so failure here is not an error.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write `c` to `path` atomically (`files.atomic_write`: readers see the old file or the
+    complete new one, never a part) and return the number of bytes written."""
+    return atomic_write_bytes(path, dumps(c))
 
 
 # ---------------------------------------------------------------------------- reading
-
-
-def read_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of an input file, refusing (UserError, before opening it) anything that is
-    not a regular file: a FIFO or a device would block or never end."""
-    try:
-        _check_regular(path)
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"no such file: {path}") from None
-    except PermissionError:
-        raise UserError(f"permission denied: {path}") from None
-    except (OSError, ValueError) as e:  # a name too long, a NUL byte in it
-        raise UserError(f"cannot read {short(str(path))}: "
-                        f"{getattr(e, 'strerror', None) or e}") from None
-
-
-def _check_regular(path: str | os.PathLike[str]) -> None:
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise UserError(f"{path} is {what}; give a regular file")
 
 
 def load(path: str | os.PathLike[str]) -> Container:
@@ -305,7 +237,7 @@ def load_payloads(path: str | os.PathLike[str], names: Iterable[str]) -> Contain
     holds only the payloads asked for, in file order."""
     wanted = set(names)
     try:
-        _check_regular(path)  # a FIFO would block the open below
+        check_regular(path)  # a FIFO would block the open below
         f = open(path, "rb")  # noqa: SIM115  (closed below)
     except FileNotFoundError:
         raise UserError(f"no such file: {path}") from None

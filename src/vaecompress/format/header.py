@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vaecompress.errors import FormatError
+from vaecompress.errors import FormatError, short
 
 ROLE_CODE, ROLE_MODEL, ROLE_AUX = "code", "model", "aux"
 ROLES = frozenset({ROLE_CODE, ROLE_MODEL, ROLE_AUX})
@@ -222,12 +222,6 @@ def _is_int(x: Any) -> bool:
 
 def _is_name(x: Any) -> bool:
     return isinstance(x, str) and 0 < len(x) <= MAX_NAME_CHARS
-
-
-def short(x: Any) -> str:
-    """repr cut to one short line: hostile headers can hold megabyte-long names."""
-    r = repr(x)
-    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def _expect(ok: bool, message: str) -> None:
