@@ -161,6 +161,41 @@ def test_library_and_command_line_choose_the_same_default_and_fallback(tmp_path:
         assert all(torch.equal(rebuilt[k], ours[k]) for k in state)  # and the same result
 
 
+def test_the_command_line_makes_its_codec_once(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings are parsed, checked and turned into a codec once on their way to the encoder
+    (docs/architecture.md, the path of one setting); the library takes that codec as it is."""
+    from vaecompress.codecs import base
+
+    made: list[str] = []
+    real_init = base.Codec.__init__
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if args or kwargs:  # made from settings (the reader's decoder takes none)
+            made.append(self.name)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(base.Codec, "__init__", counting)
+    src, out = tmp_path / "m.safetensors", tmp_path / "m.vrd"
+    save_weights_file(src, _mlp().state_dict())
+    assert main(["compress", str(src), "-o", str(out), "--quiet", "--snr", "25"]) == 0
+    assert made == [DEFAULT_CODEC]
+    assert loads(out.read_bytes()).codec["settings"]["snr"] == 25
+
+
+def test_the_library_takes_a_codec_made_beforehand() -> None:
+    state = _mlp().state_dict()
+    by_name = vaecompress.compress(state, "vae-rd-free", ctx=CTX, snr=25)
+    made = vaecompress.compress(state, make_codec("vae-rd-free", snr=25), ctx=CTX)
+    assert made.data == by_name.data and made.fallback is None
+    with pytest.raises(TypeError, match="not both"):
+        vaecompress.compress(state, make_codec("vae-rd-free"), ctx=CTX, snr=25)
+    tiny = {"w": torch.randn(3)}  # the fallback is asked for, not implied by the codec's name
+    assert vaecompress.compress(tiny, make_codec("vae-rd-free"), ctx=CTX).fallback is None
+    res = vaecompress.compress(tiny, make_codec("vae-rd-free"), fallback=True, ctx=CTX)
+    assert res.codec == LOSSLESS_CODEC and res.fallback is not None
+
+
 def test_compress_prints_what_the_weights_lost(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     src, out = tmp_path / "m.safetensors", tmp_path / "m.vrd"
     save_weights_file(src, _mlp().state_dict())

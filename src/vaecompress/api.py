@@ -28,7 +28,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,43 +131,51 @@ def check_finite_input(codec: type[Codec], state: Mapping[str, torch.Tensor]) ->
 
 def compress(
     state: Mapping[str, torch.Tensor],
-    codec: str | None = None,
+    codec: str | Codec | None = None,
     *,
+    fallback: bool | None = None,
     ctx: CodecContext | None = None,
     finetune: Finetuner | None = None,
     meta: Mapping[str, Any] | None = None,
     base: Mapping[str, torch.Tensor] | None = None,
     **settings: Any,
 ) -> CompressResult:
-    """Compress a state_dict with a registered codec; `settings` override the codec's defaults.
+    """Compress a state_dict with a registered codec (its name, or a codec made with
+    `make_codec`); `settings` override the named codec's defaults.
 
     Without `codec`, the default (`codecs.DEFAULT_CODEC`, which needs no data), and the
     lossless `codecs.LOSSLESS_CODEC` instead whenever the default would make a file larger
     than the model (`CompressResult.fallback` says so): what `vaecompress compress` does.
+    `fallback` asks for (or refuses) that fallback with any codec; by default only the
+    default codec falls back.
     `finetune`, the task of a codec that trains on it, replaces `ctx.finetune` (`ctx` holds the
     device, seed and progress bars; default: CPU, seed 0). With `base`, a model the receiver
     already has, the codec codes the difference from it (`family.delta`); the file records the
     base's sha256, and decoding needs the same base."""
-    name = DEFAULT_CODEC if codec is None else codec
-    enc_codec = make_codec(name, **settings)
+    if isinstance(codec, Codec):
+        if settings:
+            raise TypeError("give the settings to make_codec or to compress, not both")
+        enc_codec = codec
+    else:
+        enc_codec = make_codec(DEFAULT_CODEC if codec is None else codec, **settings)
     check_state(state)
     check_finite_input(type(enc_codec), state)
     ctx = ctx or CodecContext()
     if finetune is not None:
         ctx = replace(ctx, finetune=finetune)
-    res = _compress_with(enc_codec, state, ctx, meta, base, settings)
-    if codec is None and res.accounting.ratio_honest < 1.0:
+    res = _compress_with(enc_codec, state, ctx, meta, base)
+    if (codec is None if fallback is None else fallback) and res.accounting.ratio_honest < 1.0:
         # A codec nobody asked for must never make the file larger than the model.
-        fallback = (f"{name} made a file larger than the model; kept lossless with "
-                    f"{LOSSLESS_CODEC} instead")
-        res = _compress_with(make_codec(LOSSLESS_CODEC), state, ctx, meta, base, {})
-        res.fallback = fallback
+        why = (f"{enc_codec.name} made a file larger than the model; kept lossless with "
+               f"{LOSSLESS_CODEC} instead")
+        res = _compress_with(make_codec(LOSSLESS_CODEC), state, ctx, meta, base)
+        res.fallback = why
     return res
 
 
 def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecContext,
-                   meta: Mapping[str, Any] | None, base: Mapping[str, torch.Tensor] | None,
-                   settings: Mapping[str, Any]) -> CompressResult:
+                   meta: Mapping[str, Any] | None,
+                   base: Mapping[str, torch.Tensor] | None) -> CompressResult:
     """One codec's file of `state` (against `base` when given), decoded once to record the
     checksum and fidelity of what a reader rebuilds."""
     t0 = time.perf_counter()
@@ -175,6 +183,7 @@ def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecCo
     coded = state
     if base is not None:
         check_state(base)
+        settings = {f.name: getattr(codec.settings, f.name) for f in fields(codec.settings)}
         plan = delta.plan(type(codec), state, base, settings, ctx.finetune)
         codec = make_codec(codec.name, **plan.settings)
         coded, ctx = plan.coded, replace(ctx, finetune=plan.finetune)
@@ -182,7 +191,9 @@ def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecCo
     if meta:
         enc.container.meta.update(meta)
     elapsed = time.perf_counter() - t0
-    # Decode once, as a reader will (from the written bytes), and record what it rebuilt.
+    # Decode once, as a reader will (from the written bytes), and record what it rebuilt. The
+    # file is serialized a second time below because the record of the rebuilt tensors is part
+    # of its header; the payloads are the same bytes.
     rebuilt = type(codec)().decode(loads(dumps(enc.container)), enc.externals)
     if plan is not None:  # the checksum below is of the model, base added back
         enc.container.meta[delta.BASE_KEY] = plan.delta.record()

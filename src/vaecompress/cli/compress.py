@@ -95,14 +95,11 @@ def _read_input(args: argparse.Namespace) -> tuple[Any, dict[str, str], dict | N
 
 @dataclass(frozen=True)
 class _Plan:
-    """The codec a compress runs and where its outputs go, checked before any work (the library
-    makes the codec again from the same settings: docs/architecture.md)."""
+    """The codec a compress runs and where its outputs go, checked before any work."""
 
-    name: str
+    codec: Any  # the codec, made once from its settings (`codecs.make_codec`)
     auto: bool  # no --codec: the library's default, with its lossless fallback
-    settings: dict[str, Any]
     outs: dict[str, str]  # external name -> the file --external-out names
-    uses_task: bool
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -127,11 +124,11 @@ def _compress_one(args: argparse.Namespace) -> int:
     plan = _plan(args)
     distill = args.distill or args.sentences is not None
     sentences = sentences_of(args)  # checked before any work
-    if plan.uses_task and not (args.finetune or distill) and not args.quiet:
+    if plan.codec.uses_task and not (args.finetune or distill) and not args.quiet:
         print(
-            f"vaecompress: warning: {plan.name} retrains on the task to keep accuracy; without "
-            "--finetune (or --distill) it runs without retraining and the rebuilt model can "
-            "lose many points",
+            f"vaecompress: warning: {plan.codec.name} retrains on the task to keep accuracy; "
+            "without --finetune (or --distill) it runs without retraining and the rebuilt model "
+            "can lose many points",
             file=sys.stderr,
         )
     state, meta, folder = _read_input(args)
@@ -140,8 +137,8 @@ def _compress_one(args: argparse.Namespace) -> int:
     task = compress_task(args, state, meta, sentences, device, distill=distill)
     if task.finetune_desc and not args.quiet:
         print(f"vaecompress: {task.finetune_desc}", file=sys.stderr)
-    res = compress(state, None if plan.auto else plan.name, ctx=_context(args, device, task),
-                   meta=_kept_meta(meta, folder), base=base, **plan.settings)
+    res = compress(state, plan.codec, fallback=plan.auto, ctx=_context(args, device, task),
+                   meta=_kept_meta(meta, folder), base=base)
     if res.fallback:
         print(f"vaecompress: {res.fallback}", file=sys.stderr)
     if not is_main():  # one of several processes under torchrun: rank 0 writes and reports
@@ -167,7 +164,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     targets = [args.output, *outs.values()]
     targets += [str(external_path(args.output, n)) for n in type(codec).externals if n not in outs]
     check_outputs(targets, inputs=[args.input, *([args.base] if args.base else [])])
-    return _Plan(name, auto_codec, settings, outs, codec.uses_task)
+    return _Plan(codec, auto_codec, outs)
 
 
 def _context(args: argparse.Namespace, device: Any, task: Task) -> Any:
