@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from vaecompress.cli import build_parser
-from vaecompress.experiments import readme
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "README.md").read_text()
+
+
+def _script(path: str) -> ModuleType:
+    """A development script of the repository (not part of the package), loaded by path."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+readme = _script("scripts/readme.py")
 
 
 def _bash_blocks() -> list[str]:
@@ -51,7 +64,7 @@ def test_usage_lines_parse() -> None:
 
 def test_results_block_matches_the_committed_results() -> None:
     assert readme.updated(TEXT, readme.render(ROOT)) == TEXT, (
-        "README results are stale: run python -m vaecompress.experiments.readme")
+        "README results are stale: run python scripts/readme.py")
 
 
 @pytest.mark.slow

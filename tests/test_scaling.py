@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from vaecompress.experiments import readme
-from vaecompress.experiments.scaling_report import growth_table, rows_table
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(path: str):  # type: ignore[no-untyped-def]
+    """A development script of the repository (not part of the package), loaded by path."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+readme = _script("scripts/readme.py")
+scaling_report = _script("benchmarks/scaling_report.py")
+growth_table, rows_table = scaling_report.growth_table, scaling_report.rows_table
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +87,7 @@ def test_readme_renders_the_minilm_section_only_from_committed_results(tmp_path:
 
 
 def test_marginal_memory_cancels_the_fixed_part() -> None:
-    from vaecompress.experiments.scaling_report import marginal_table
+    marginal_table = scaling_report.marginal_table
 
     def row(model: str, n: int, peak: int, t: float) -> dict:
         return {"codec": "vae-rd-free", "model": model, "params": n,
@@ -92,7 +102,7 @@ def test_marginal_memory_cancels_the_fixed_part() -> None:
 
 
 def test_benchmarks_readme_shows_the_committed_scaling_results() -> None:
-    from vaecompress.experiments.scaling_report import block
+    block = scaling_report.block
 
     path = ROOT / "benchmarks/results/scaling-cpu.json"
     text = (ROOT / "benchmarks/README.md").read_text()
@@ -103,6 +113,6 @@ def test_benchmarks_readme_shows_the_committed_scaling_results() -> None:
     assert start in text, "benchmarks/README.md lacks the scaling block"
     shown = text.split(start, 1)[1].split(end, 1)[0]
     assert shown == block(json.loads(path.read_text())), (
-        "run: python -m vaecompress.experiments.scaling_report "
+        "run: python benchmarks/scaling_report.py "
         "benchmarks/results/scaling-cpu.json and paste it into the block")
     assert "+dirty" not in json.loads(path.read_text())["environment"]["git_revision"]

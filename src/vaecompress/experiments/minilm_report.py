@@ -5,7 +5,7 @@ the best honest ratio whose rebuilt model keeps a mean embedding cosine of at le
 0.99 (`COS_LEVELS`), with the neighbours kept, the compression time and the memory compressing
 added per parameter at the chosen point; every operating point with its fidelity, sizes, times
 per million parameters and peak memory. The same tables are the README's MiniLM section
-(`experiments.readme`).
+(`scripts/readme.py`).
 """
 
 from __future__ import annotations

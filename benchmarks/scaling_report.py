@@ -1,6 +1,6 @@
 """Tables of the scaling benchmark (`benchmarks/scaling.py`), drawn from its JSON alone.
 
-    python -m vaecompress.experiments.scaling_report benchmarks/results/scaling-cpu.json
+    python benchmarks/scaling_report.py benchmarks/results/scaling-cpu.json
 
 prints the block that `benchmarks/README.md` shows between `<!-- generated:scaling -->` and
 `<!-- /generated:scaling -->` (a test compares them); the README's MiniLM section shows
@@ -117,7 +117,7 @@ def block(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m vaecompress.experiments.scaling_report RESULTS.json",
+        print("usage: python benchmarks/scaling_report.py RESULTS.json",
               file=sys.stderr)
         return 2
     res = json.loads(Path(args[0]).read_text())

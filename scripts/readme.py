@@ -1,7 +1,9 @@
 """The README's results section, drawn from the committed results files, never typed by hand.
 
-    python -m vaecompress.experiments.readme          # rewrite the block in README.md
-    python -m vaecompress.experiments.readme --check  # exit 1 if README.md is out of date
+    python scripts/readme.py          # rewrite the block in README.md
+    python scripts/readme.py --check  # exit 1 if README.md is out of date
+
+A development script, not part of the package: it writes this repository's README.
 
 The block between `<!-- results:start -->` and `<!-- results:end -->` is replaced; a test checks
 that README.md matches what this module renders from `results/`.
@@ -28,7 +30,7 @@ from vaecompress.experiments.tables import accounting_table, sweep_table, table2
 from vaecompress.files import atomic_write_text
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 REPRODUCE = (
     "results/paper/results.json",
     "vaecompress reproduce --preset paper --out results/paper",
@@ -237,8 +239,10 @@ def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list
     """The large real model (`experiments.bench_minilm`) and, when committed, the scaling
     benchmark."""
     from vaecompress.experiments.minilm_report import summary_table
-    from vaecompress.experiments.scaling_report import growth_table, marginal_table
-    from vaecompress.experiments.scaling_report import provenance as scaling_provenance
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # benchmarks/scaling_report.py
+    from scaling_report import growth_table, marginal_table  # type: ignore[import-not-found]
+    from scaling_report import provenance as scaling_provenance
 
     folder = str(Path(MINILM[0]).parent)
     n = res["records"][0]["n_sentences"] if res["records"] else 0
@@ -377,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     new = updated(text, render())
     if args.check:
         if new != text:
-            print("README.md results are out of date: run python -m vaecompress.experiments.readme")
+            print("README.md results are out of date: run python scripts/readme.py")
             return 1
         return 0
     if new != text:
