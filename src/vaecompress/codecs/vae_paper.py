@@ -205,14 +205,7 @@ class VAEPaperCodec(Codec):
         coded, raw = split_passthrough(state)
         if not coded:
             raise UserError("the state_dict has no floating-point tensors to compress")
-        layout = layout_of(coded)
-        stats = _stats(coded, layout, s.normalize)
-        mean, std = _affine(layout, stats)
-        vec = (flatten(coded, layout) - mean) / std
-        if s.chunking == "tensor":
-            chunks, ch = chunk_tensors(vec, [spec.numel for spec in layout.specs], s.chunk_size)
-        else:
-            chunks, ch = chunk(vec, s.chunk_size)
+        layout, stats, chunks, ch = self._chunks(coded)
         chunks = chunks.to(ctx.device)
         noise = NoiseConfig(
             s.noise_kind, s.noise_fraction, s.noise_scale, s.n_variants, s.val_fraction
@@ -239,8 +232,37 @@ class VAEPaperCodec(Codec):
         train_s = time.perf_counter() - t0
         with torch.no_grad():
             latents = vae.encode(chunks)[0].float().cpu().contiguous()
-        decoder_bytes = state_to_bytes(vae.decoder.state_dict())
+        c, externals = self._container(state, layout, ch, stats, latents,
+                                       state_to_bytes(vae.decoder.state_dict()))
+        add_passthrough(c, raw)
+        report = {
+            "history": hist.to_json(),
+            "vae_train_s": train_s,
+            "vae_epochs": hist.epochs,
+            "n_chunks": ch.n_chunks,
+            "pad": ch.pad,
+        }
+        return Encoded(c, externals, report)
 
+    def _chunks(self, coded: StateDict) -> tuple[ParamLayout, Any, torch.Tensor, Any]:
+        """The float tensors as one normalized vector cut into chunks: (layout, normalization
+        statistics, chunks, chunking)."""
+        s = self.settings
+        layout = layout_of(coded)
+        stats = _stats(coded, layout, s.normalize)
+        mean, std = _affine(layout, stats)
+        vec = (flatten(coded, layout) - mean) / std
+        if s.chunking == "tensor":
+            chunks, ch = chunk_tensors(vec, [spec.numel for spec in layout.specs], s.chunk_size)
+        else:
+            chunks, ch = chunk(vec, s.chunk_size)
+        return layout, stats, chunks, ch
+
+    def _container(self, state: StateDict, layout: ParamLayout, ch: Any, stats: Any,
+                   latents: torch.Tensor,
+                   decoder_bytes: bytes) -> tuple[Container, dict[str, bytes]]:
+        """The stored form: the latents as float32, the decoder in the file or external."""
+        s = self.settings
         c = self.new_container(state)
         c.codec_state = {
             "layout": layout.to_json(),
@@ -262,15 +284,7 @@ class VAEPaperCodec(Codec):
             externals["decoder"] = decoder_bytes
         else:
             c.payloads.append(Payload("decoder", "safetensors", ROLE_MODEL, decoder_bytes))
-        add_passthrough(c, raw)
-        report = {
-            "history": hist.to_json(),
-            "vae_train_s": train_s,
-            "vae_epochs": hist.epochs,
-            "n_chunks": ch.n_chunks,
-            "pad": ch.pad,
-        }
-        return Encoded(c, externals, report)
+        return c, externals
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
         st = c.codec_state

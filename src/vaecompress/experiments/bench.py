@@ -255,30 +255,8 @@ def bench(cfg: BenchConfig, task: BenchTask, out: Path, *, device: torch.device,
         bar.set_postfix(model=name, codec=codec)
         if name not in subjects:
             subjects[name] = task.subject(name, checkpoints)
-        subject = subjects[name]
-        resolved = make_codec(codec, **point).settings_json()
-        key = record_key(subject.key, codec, resolved, cfg.seed, device)
-        rec = store.get(key)
-        lacking = [f for f in task.fidelity_fields if rec is not None and f not in rec]
-        if lacking:
-            print(f"bench: measuring {name} {codec} {point} again: its record {key} lacks "
-                  f"{', '.join(lacking)}")
-        if rec is None or lacking:
-            uses_data = get_codec_class(codec).method(resolved)[1]
-            ctx = CodecContext(
-                device=device, seed=cfg.seed, progress=progress, label=f"{name} {codec}",
-                finetune=task.finetuner(name) if uses_data else None,
-                checkpoint=checkpoint_path(checkpoints, key),
-                # The architecture is known, as for `vaecompress compress` of a zoo model or
-                # with --arch: the default codec weighs tensors by the model on noise inputs.
-                probe=task.probe(name),
-            )
-            rec = measure(task, subject, codec, point, ctx)
-            rec["codec_settings"] = resolved
-            # Records are reused across invocations: each keeps the revision that measured it.
-            rec["git_revision"] = git_revision()
-            store.put(key, rec)
-        records.append(rec)
+        records.append(_record(cfg, task, store, subjects[name], (name, codec, point),
+                               device=device, progress=progress, checkpoints=checkpoints))
     bar.close()
     remove_if_empty(checkpoints)
     results = {
@@ -298,6 +276,38 @@ def bench(cfg: BenchConfig, task: BenchTask, out: Path, *, device: torch.device,
     }
     atomic_write_json(out / "bench.json", results)
     return results
+
+
+def _record(cfg: BenchConfig, task: BenchTask, store: RecordStore, subject: Subject,
+            job: tuple[str, str, dict[str, Any]], *, device: torch.device, progress: bool,
+            checkpoints: Path) -> dict[str, Any]:
+    """One point's record: reused from the store under its key, else measured (also when the
+    stored one lacks a fidelity field the task now measures) and stored."""
+    name, codec, point = job
+    resolved = make_codec(codec, **point).settings_json()
+    key = record_key(subject.key, codec, resolved, cfg.seed, device)
+    rec = store.get(key)
+    lacking = [f for f in task.fidelity_fields if rec is not None and f not in rec]
+    if lacking:
+        print(f"bench: measuring {name} {codec} {point} again: its record {key} lacks "
+              f"{', '.join(lacking)}")
+    if rec is not None and not lacking:
+        return rec
+    uses_data = get_codec_class(codec).method(resolved)[1]
+    ctx = CodecContext(
+        device=device, seed=cfg.seed, progress=progress, label=f"{name} {codec}",
+        finetune=task.finetuner(name) if uses_data else None,
+        checkpoint=checkpoint_path(checkpoints, key),
+        # The architecture is known, as for `vaecompress compress` of a zoo model or with
+        # --arch: the default codec weighs tensors by the model on noise inputs.
+        probe=task.probe(name),
+    )
+    rec = measure(task, subject, codec, point, ctx)
+    rec["codec_settings"] = resolved
+    # Records are reused across invocations: each keeps the revision that measured it.
+    rec["git_revision"] = git_revision()
+    store.put(key, rec)
+    return rec
 
 
 def _names(text: str | None) -> list[str] | None:

@@ -128,55 +128,60 @@ def fig_vae_training(records: Sequence[Record], path: Path) -> None:
     ylabel = {"_recon": "recon. RMS error\n(tensor std units)", "_kl": "KL (nats per chunk)",
               "_total": "-ELBO (nats per chunk)"}
     for row, (rec, c) in enumerate(zip(records, curves, strict=True)):
-        epochs = max((len(v) for v in c.values()), default=0)
-        best = rec.get("vae_best_epoch")
-        early = ", stopped early" if rec.get("vae_stopped_early") else ""
         head = f"{_label(rec['model'])}, latent {rec.get('latent', '?')}"
         for col, kind in enumerate(("_recon", "_kl")):
-            ax = axes[row][col]
             if not any(k.endswith(kind) for k in c) and kind == "_recon":
                 kind = "_total"
             letter = "abcdefghijklmnopqrstuvwxyz"[(2 * row + col) % 26]
-            what = {"_recon": "reconstruction error", "_kl": "KL term",
-                    "_total": "-ELBO (split not recorded)"}[kind]
-            ax.set_title(f"({letter}) {head}: {what}", fontsize=10)
-            drawn = False
-            for split, color, name in (("train", _TRAIN_COLOR, "train"),
-                                       ("val", _VAL_COLOR, "validation")):
-                ys = c.get(f"{split}{kind}")
-                if ys:
-                    ax.plot(range(1, len(ys) + 1), ys, color=color, lw=1.3, label=name)
-                    drawn = True
-            if not drawn:
-                ax.text(0.5, 0.5, "not recorded", ha="center", va="center",
-                        transform=ax.transAxes)
-                continue
-            ax.set_yscale(scale[kind])
-            note = None
-            if kind == "_recon":
-                note = _zoom_tail(ax, [c.get("train_recon") or [], c.get("val_recon") or []])
-            va = c.get(f"val{kind}") or []
-            if isinstance(best, int) and 1 <= best <= len(va):
-                ax.axvline(best, color="0.4", ls="--", lw=0.9)
-                ax.plot([best], [va[best - 1]], "o", color=_VAL_COLOR, mec="k", ms=5,
-                        label=f"best epoch {best}{early}")
-            if "train_recon" not in c and kind == "_recon":
-                ax.plot([], [], " ", label="train split: not recorded in this run")
-            if note:
-                ax.plot([], [], " ", label=note)
-            ax.set_ylabel(ylabel[kind] + ("" if scale[kind] == "linear" else ", log"),
-                          fontsize=9)
-            ax.grid(True, which="major", alpha=0.3)
-            if epochs < 20:
-                ax.set_xticks(range(1, epochs + 1))
-            if row == rows - 1:
-                ax.set_xlabel("epoch")
-            ax.legend(fontsize=7, loc="best")
+            _training_panel(axes[row][col], rec, c, kind, f"({letter}) {head}",
+                            scale[kind], ylabel[kind], last_row=row == rows - 1)
     for ax in axes.ravel()[2 * len(records):]:
         ax.axis("off")
     fig.suptitle("VAE training (paper Fig. 2): reconstruction error and KL per epoch")
     fig.tight_layout()
     _save(fig, path)
+
+
+def _training_panel(ax: Axes, rec: Record, c: dict[str, list[float]], kind: str, title: str,
+                    scale: str, ylabel: str, *, last_row: bool) -> None:
+    """One panel of Figure 2: a term (`kind`) per epoch, train and validation, the best
+    validation epoch marked."""
+    what = {"_recon": "reconstruction error", "_kl": "KL term",
+            "_total": "-ELBO (split not recorded)"}[kind]
+    ax.set_title(f"{title}: {what}", fontsize=10)
+    drawn = False
+    for split, color, name in (("train", _TRAIN_COLOR, "train"),
+                               ("val", _VAL_COLOR, "validation")):
+        ys = c.get(f"{split}{kind}")
+        if ys:
+            ax.plot(range(1, len(ys) + 1), ys, color=color, lw=1.3, label=name)
+            drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        return
+    ax.set_yscale(scale)
+    note = None
+    if kind == "_recon":
+        note = _zoom_tail(ax, [c.get("train_recon") or [], c.get("val_recon") or []])
+    va = c.get(f"val{kind}") or []
+    best = rec.get("vae_best_epoch")
+    if isinstance(best, int) and 1 <= best <= len(va):
+        early = ", stopped early" if rec.get("vae_stopped_early") else ""
+        ax.axvline(best, color="0.4", ls="--", lw=0.9)
+        ax.plot([best], [va[best - 1]], "o", color=_VAL_COLOR, mec="k", ms=5,
+                label=f"best epoch {best}{early}")
+    if "train_recon" not in c and kind == "_recon":
+        ax.plot([], [], " ", label="train split: not recorded in this run")
+    if note:
+        ax.plot([], [], " ", label=note)
+    ax.set_ylabel(ylabel + ("" if scale == "linear" else ", log"), fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    epochs = max((len(v) for v in c.values()), default=0)
+    if epochs < 20:
+        ax.set_xticks(range(1, epochs + 1))
+    if last_row:
+        ax.set_xlabel("epoch")
+    ax.legend(fontsize=7, loc="best")
 
 
 def _bar_labels(ax: Axes, bars: Any, texts: Sequence[str]) -> None:

@@ -4,6 +4,7 @@ never typed by hand, so it cannot disagree with the tables."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from vaecompress.accounting import break_even_k, per_model_limit, split_shared
 from vaecompress.experiments.formatting import (
@@ -52,16 +53,31 @@ def honest_finding(sel: Selection) -> str:
     recs = [r for r in sel.main_records if finite(r.get("ratio_honest"))]
     if not recs:
         return "_No records at the main latent: nothing to summarize._"
+    text = [_sizes(sel, recs)]
+    shared = _sharing(recs)
+    if shared:
+        text.append(shared)
+    drops = [r.get("acc_drop") for r in recs if finite(r.get("acc_drop"))]
+    if drops:
+        text.append(accuracy_change(drops, sel.latent))
+    sw = [r for r in sel.sweep if finite(r.get("acc_drop"))]
+    if len(sw) > 1:
+        text.append(_sweep(sel, sw))
+    return " ".join(text)
+
+
+def _sizes(sel: Selection, recs: list[dict[str, Any]]) -> str:
+    """The codes against the weights, the decoder against the model, and what a user stores."""
     names = ", ".join(model_name(r["model"]) for r in recs)
     rp = [r.get("ratio_paper") for r in recs]
     rh = [r["ratio_honest"] for r in recs]
     dec = [r["model_bytes"] / r["orig_bytes"] for r in recs
            if finite(r.get("model_bytes")) and finite(r.get("orig_bytes")) and r["orig_bytes"]]
-    parts = [f"At latent {sel.latent} ({names}) the latent codes are {span(rp)} times smaller "
-             "than the float32 weights (the paper's ratio, which counts the codes alone)"]
+    first = (f"At latent {sel.latent} ({names}) the latent codes are {span(rp)} times smaller "
+             "than the float32 weights (the paper's ratio, which counts the codes alone)")
     if dec and max(dec) > 0:
-        parts[0] += (f", but the decoder needed to rebuild them is {span(dec)} times "
-                     f"{'larger than' if min(dec) >= 1 else 'the size of'} the model itself")
+        first += (f", but the decoder needed to rebuild them is {span(dec)} times "
+                  f"{'larger than' if min(dec) >= 1 else 'the size of'} the model itself")
     larger = [r for r in recs if r["ratio_honest"] < 1]
     store = "so what a user must store to get the model back is"
     if len(larger) == len(recs):
@@ -75,67 +91,71 @@ def honest_finding(sel: Selection) -> str:
         verdict = (f"{store} larger than the original for "
                    f"{', '.join(model_name(r['model']) for r in larger)} and smaller for the "
                    f"others (ratio_honest {span(rh)})")
-    text = [parts[0] + ", " + verdict + "."]
+    return first + ", " + verdict + "."
+
+
+def _sharing(recs: list[dict[str, Any]]) -> str:
+    """When one decoder shared by many models pays, and the limit of sharing ('' when no
+    record says)."""
     pairs = [(r, k) for r in recs if (k := _break_even(r)) is not None]
-    if pairs:
-        need = [(r, k) for r, k in pairs if math.isfinite(k) and k > 1]
-        never = [r for r, k in pairs if not math.isfinite(k)]
-        am = {k: [amortized(r, k) for r in recs if finite(amortized(r, k))]
-              for k in AMORTIZE_K}
-        amtxt = "; ".join(f"K={k}: {span(v)}" for k, v in am.items() if v)
-        clauses = []
-        if need:
-            each = ", ".join(f"{fmt_int(k)} ({model_name(r['model'])})" for r, k in need)
-            clauses.append(f"Only when one decoder serves at least {each} models of the same "
-                           "size do they take fewer bytes than the original weights"
-                           + (f" (amortized ratio {amtxt})" if amtxt else ""))
-        elif amtxt:
-            clauses.append(f"Shared by K models, one decoder gives an amortized ratio {amtxt}")
-        if never:
-            clauses.append(f"for {', '.join(model_name(r['model']) for r in never)} no number of "
-                           "models does, since each file without the decoder is already as "
-                           "large as the model")
-        lim = [x for r, _ in pairs if (x := _limit(r)) is not None]
-        extra = [split_shared(r["file_bytes"], r["model_bytes"], r["external_bytes"])[0]
-                 - r["payload_bytes"] for r, _ in pairs if finite(r.get("payload_bytes"))]
-        if lim:
-            tail = ("even if one decoder served unboundedly many models the ratio would only "
-                    f"tend to {span(lim)}")
-            if extra:
-                tail += (f", below ratio_paper, since each file carries {span(extra, fmt_int)} "
-                         "bytes besides the codes (header, layout, normalization)")
-            clauses.append(tail)
-        if clauses:
-            joined = "; ".join(clauses)
-            text.append(joined[0].upper() + joined[1:] + ".")
-    drops = [r.get("acc_drop") for r in recs if finite(r.get("acc_drop"))]
-    if drops:
-        text.append(accuracy_change(drops, sel.latent))
-    sw = [r for r in sel.sweep if finite(r.get("acc_drop"))]
-    if len(sw) > 1:
-        # The smallest latent from which every larger latent also stays within DROP_OK.
-        keep = None
-        for r in sorted(sw, key=lambda r: -int(r["latent"])):
-            if r["acc_drop"] > DROP_OK:
-                break
-            keep = r
-        smallest = min(sw, key=lambda r: int(r["latent"]))
-        name = model_name(sel.sweep_model)
-        if keep is not None:
-            s = (f"In the latent sweep the reconstructed {name} stays within {DROP_OK:g} point "
-                 f"of the original down to latent {keep['latent']} (ratio_paper "
-                 f"{fmt_ratio(keep.get('ratio_paper'))}, ratio_honest "
-                 f"{fmt_ratio(keep.get('ratio_honest'))})")
-        else:
-            s = (f"In the latent sweep the reconstructed {name} loses more than {DROP_OK:g} "
-                 "point at every latent")
-        if smallest is not keep:
-            s += (f"; at latent {smallest['latent']} it scores "
-                  f"{fmt_acc(smallest.get('acc_recon'))}% (drop "
-                  f"{fmt_acc(smallest.get('acc_drop'))})")
-        rh_sw = [r.get("ratio_honest") for r in sw]
-        s += (f". Across the sweep ratio_paper spans {span([r.get('ratio_paper') for r in sw])}"
-              f" while ratio_honest stays at {span(rh_sw)}: shrinking the latent shrinks the "
-              "codes, not the decoder that dominates the file")
-        text.append(s + ".")
-    return " ".join(text)
+    if not pairs:
+        return ""
+    need = [(r, k) for r, k in pairs if math.isfinite(k) and k > 1]
+    never = [r for r, k in pairs if not math.isfinite(k)]
+    am = {k: [amortized(r, k) for r in recs if finite(amortized(r, k))] for k in AMORTIZE_K}
+    amtxt = "; ".join(f"K={k}: {span(v)}" for k, v in am.items() if v)
+    clauses = []
+    if need:
+        each = ", ".join(f"{fmt_int(k)} ({model_name(r['model'])})" for r, k in need)
+        clauses.append(f"Only when one decoder serves at least {each} models of the same "
+                       "size do they take fewer bytes than the original weights"
+                       + (f" (amortized ratio {amtxt})" if amtxt else ""))
+    elif amtxt:
+        clauses.append(f"Shared by K models, one decoder gives an amortized ratio {amtxt}")
+    if never:
+        clauses.append(f"for {', '.join(model_name(r['model']) for r in never)} no number of "
+                       "models does, since each file without the decoder is already as "
+                       "large as the model")
+    lim = [x for r, _ in pairs if (x := _limit(r)) is not None]
+    extra = [split_shared(r["file_bytes"], r["model_bytes"], r["external_bytes"])[0]
+             - r["payload_bytes"] for r, _ in pairs if finite(r.get("payload_bytes"))]
+    if lim:
+        tail = ("even if one decoder served unboundedly many models the ratio would only "
+                f"tend to {span(lim)}")
+        if extra:
+            tail += (f", below ratio_paper, since each file carries {span(extra, fmt_int)} "
+                     "bytes besides the codes (header, layout, normalization)")
+        clauses.append(tail)
+    if not clauses:
+        return ""
+    joined = "; ".join(clauses)
+    return joined[0].upper() + joined[1:] + "."
+
+
+def _sweep(sel: Selection, sw: list[dict[str, Any]]) -> str:
+    """How far down the latent sweep the model keeps its accuracy, and what the ratios do."""
+    # The smallest latent from which every larger latent also stays within DROP_OK.
+    keep = None
+    for r in sorted(sw, key=lambda r: -int(r["latent"])):
+        if r["acc_drop"] > DROP_OK:
+            break
+        keep = r
+    smallest = min(sw, key=lambda r: int(r["latent"]))
+    name = model_name(sel.sweep_model)
+    if keep is not None:
+        s = (f"In the latent sweep the reconstructed {name} stays within {DROP_OK:g} point "
+             f"of the original down to latent {keep['latent']} (ratio_paper "
+             f"{fmt_ratio(keep.get('ratio_paper'))}, ratio_honest "
+             f"{fmt_ratio(keep.get('ratio_honest'))})")
+    else:
+        s = (f"In the latent sweep the reconstructed {name} loses more than {DROP_OK:g} "
+             "point at every latent")
+    if smallest is not keep:
+        s += (f"; at latent {smallest['latent']} it scores "
+              f"{fmt_acc(smallest.get('acc_recon'))}% (drop "
+              f"{fmt_acc(smallest.get('acc_drop'))})")
+    rh_sw = [r.get("ratio_honest") for r in sw]
+    s += (f". Across the sweep ratio_paper spans {span([r.get('ratio_paper') for r in sw])}"
+          f" while ratio_honest stays at {span(rh_sw)}: shrinking the latent shrinks the "
+          "codes, not the decoder that dominates the file")
+    return s + "."

@@ -19,7 +19,7 @@ from vaecompress.experiments import figures
 from vaecompress.experiments.formatting import fmt_int, fmt_s, model_name
 from vaecompress.experiments.predictions import samples_section
 from vaecompress.experiments.prose import honest_finding
-from vaecompress.experiments.selection import select
+from vaecompress.experiments.selection import Selection, select
 from vaecompress.experiments.tables import (
     accounting_table,
     environment_lines,
@@ -73,8 +73,18 @@ def render(results: Mapping[str, Any], out: Path, *, data_dir: str | Path | None
 
     md += [f"## Table 2: test accuracy, original and reconstructed (latent {sel.latent})", "",
            table2(results, sel), "", threads_note(results), ""]
+    md += _sweep_section(sel, paper, figdir)
+    md += _accounting_section(sel, paper)
+    md += _training_section(results, sel, figdir)
+    md += _samples_sections(sel, out, data_dir, test_split)
+    if results.get("ours"):
+        md += ["## The project's own codecs on the same models", "", ours_table(results), ""]
+    return "\n".join(md).rstrip() + "\n"
 
-    md += [f"## Experiment 1: latent sweep on the {model_name(sel.sweep_model)}", ""]
+
+def _sweep_section(sel: Selection, paper: Mapping[str, Any], figdir: Path) -> list[str]:
+    """Experiment 1: the latent sweep, its table and the accuracy-ratio figure."""
+    md = [f"## Experiment 1: latent sweep on the {model_name(sel.sweep_model)}", ""]
     if paper.get("sweep"):
         md += [f"Paper: {paper['sweep']}.", ""]
     if sel.sweep:
@@ -87,8 +97,11 @@ def render(results: Mapping[str, Any], out: Path, *, data_dir: str | Path | None
         figures.fig_accuracy_vs_ratio(sweep, others, figdir / FIG_ACC_RATIO,
                                       sweep_model=sel.sweep_model)
         md += [f"![accuracy against compression ratio](figures/{FIG_ACC_RATIO})", ""]
+    return md
 
-    md += [f"## Byte accounting at latent {sel.latent}", ""]
+
+def _accounting_section(sel: Selection, paper: Mapping[str, Any]) -> list[str]:
+    md = [f"## Byte accounting at latent {sel.latent}", ""]
     if paper.get("ratio_paper_claim"):
         md += [f"Paper's claim: {paper['ratio_paper_claim']}.", ""]
     if sel.main_records:
@@ -97,8 +110,12 @@ def render(results: Mapping[str, Any], out: Path, *, data_dir: str | Path | None
                "once).", ""]
     else:
         md += ["_No records at the main latent._", ""]
+    return md
 
-    md += ["## VAE training (paper Figures 2 and 3)", ""]
+
+def _training_section(results: Mapping[str, Any], sel: Selection, figdir: Path) -> list[str]:
+    """The VAE's training (paper Figures 2 and 3): its table, curves, and time per parameter."""
+    md = ["## VAE training (paper Figures 2 and 3)", ""]
     if sel.main_records:
         md += [training_table(sel), ""]
         figures.fig_vae_training(sel.main_records, figdir / FIG_TRAINING)
@@ -120,8 +137,13 @@ def render(results: Mapping[str, Any], out: Path, *, data_dir: str | Path | None
         figures.fig_params_time(models, params, per_m, figdir / FIG_PARAMS_TIME,
                                 details=details, where=measured_where(results))
         md += [f"![parameters and VAE training time](figures/{FIG_PARAMS_TIME})", ""]
+    return md
 
-    md += ["## MNIST test samples (paper Figures 4 and 5)", ""]
+
+def _samples_sections(sel: Selection, out: Path, data_dir: str | Path | None,
+                      test_split: Any) -> list[str]:
+    """MNIST test samples (paper Figures 4 and 5), rebuilt by the CNN and the RNN."""
+    md = ["## MNIST test samples (paper Figures 4 and 5)", ""]
     test, test_error = (test_split, None) if test_split is not None else (None, None)
     need = [m for m in ("cnn", "rnn") if m in sel.main]
     if need and test is None:
@@ -132,9 +154,7 @@ def render(results: Mapping[str, Any], out: Path, *, data_dir: str | Path | None
                    ""]
             continue
         md += [samples_section(out, model, sel.latent, fig_name, fig_no, test, test_error), ""]
-    if results.get("ours"):
-        md += ["## The project's own codecs on the same models", "", ours_table(results), ""]
-    return "\n".join(md).rstrip() + "\n"
+    return md
 
 
 def ours_table(results: Mapping[str, Any]) -> str:

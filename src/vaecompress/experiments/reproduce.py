@@ -242,54 +242,14 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     train, test = load_mnist(data_dir)
-    store = RecordStore(out / "records")
+    run = _Run(cfg, out, device, progress, train, test, RecordStore(out / "records"))
     jobs = [(m, cfg.latent, "table2") for m in cfg.models]
     if cfg.sweep_model in cfg.models:
         jobs += [(cfg.sweep_model, lat, "sweep") for lat in cfg.sweep_latents if lat != cfg.latent]
-    records = []
-    models: dict[str, str] = {}
     bar = progress_bar(len(jobs) + len(cfg.models) * len(cfg.ours), desc="reproduce",
                        unit="step", enabled=progress)
-    for name, latent, experiment in jobs:
-        bar.set_status(f"{name} latent {latent}")
-        trained = trained_model(
-            name, cfg.train_config(name), train, test, device=device, progress=progress,
-            checkpoints=out / "checkpoints",
-        )
-        if name not in models:
-            models[name] = str(publish_model(trained.path, out, name).relative_to(out))
-        key = config_hash(
-            {
-                "model": trained.key,
-                "latent": latent,
-                "vae": asdict(cfg.vae),
-                "seed": cfg.seed,
-                "device": device.type,
-            }
-        )
-        rec = store.get(key)
-        if rec is None:
-            rec = _measure(name, trained, test, latent, cfg, device, out, progress,
-                           checkpoint_path(out / "checkpoints", key))
-            store.put(key, rec)
-        records.append(rec | {"experiment": experiment, "model_file": models[name]})
-        bar.update()
-    ours = []
-    for name in cfg.models:
-        trained = trained_model(name, cfg.train_config(name), train, test, device=device,
-                                progress=progress, checkpoints=out / "checkpoints")
-        for codec, settings in cfg.ours:
-            bar.set_status(f"{name} {codec}")
-            key = config_hash({"model": trained.key, "codec": codec,
-                               "settings": make_codec(codec, **settings).settings_json(),
-                               "seed": cfg.seed, "device": device.type})
-            rec = store.get(key)
-            if rec is None:
-                rec = _measure_ours(name, trained, codec, settings, train, test, cfg, device,
-                                    progress)
-                store.put(key, rec)
-            ours.append(rec)
-            bar.update()
+    records, models = _paper_records(run, jobs, bar)
+    ours = _ours_records(run, bar)
     bar.close()
     remove_if_empty(out / "checkpoints")
     results = {
@@ -313,6 +273,76 @@ def reproduce(
     }
     atomic_write_json(out / "results.json", results)
     return results
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every experiment of one reproduction shares."""
+
+    cfg: ReproduceConfig
+    out: Path
+    device: torch.device
+    progress: bool
+    train: Any
+    test: Any
+    store: RecordStore
+
+    def trained(self, name: str) -> Any:
+        return trained_model(name, self.cfg.train_config(name), self.train, self.test,
+                             device=self.device, progress=self.progress,
+                             checkpoints=self.out / "checkpoints")
+
+
+def _paper_records(run: _Run, jobs: list[tuple[str, int, str]],
+                   bar: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The paper's VAE on each (model, latent) job: its records (measured, or reused from the
+    store) and the trained classifiers' files, relative to the output folder."""
+    cfg, out = run.cfg, run.out
+    records = []
+    models: dict[str, str] = {}
+    for name, latent, experiment in jobs:
+        bar.set_status(f"{name} latent {latent}")
+        trained = run.trained(name)
+        if name not in models:
+            models[name] = str(publish_model(trained.path, out, name).relative_to(out))
+        key = config_hash(
+            {
+                "model": trained.key,
+                "latent": latent,
+                "vae": asdict(cfg.vae),
+                "seed": cfg.seed,
+                "device": run.device.type,
+            }
+        )
+        rec = run.store.get(key)
+        if rec is None:
+            rec = _measure(name, trained, run.test, latent, cfg, run.device, out, run.progress,
+                           checkpoint_path(out / "checkpoints", key))
+            run.store.put(key, rec)
+        records.append(rec | {"experiment": experiment, "model_file": models[name]})
+        bar.update()
+    return records, models
+
+
+def _ours_records(run: _Run, bar: Any) -> list[dict[str, Any]]:
+    """The project's own codecs (`cfg.ours`) on the same models."""
+    cfg = run.cfg
+    ours = []
+    for name in cfg.models:
+        trained = run.trained(name)
+        for codec, settings in cfg.ours:
+            bar.set_status(f"{name} {codec}")
+            key = config_hash({"model": trained.key, "codec": codec,
+                               "settings": make_codec(codec, **settings).settings_json(),
+                               "seed": cfg.seed, "device": run.device.type})
+            rec = run.store.get(key)
+            if rec is None:
+                rec = _measure_ours(name, trained, codec, settings, run.train, run.test, cfg,
+                                    run.device, run.progress)
+                run.store.put(key, rec)
+            ours.append(rec)
+            bar.update()
+    return ours
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
