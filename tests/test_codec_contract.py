@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import platform
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -110,7 +111,9 @@ def _golden_digest_input(c: Container, decoded: Mapping[str, torch.Tensor],
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def golden_digest(codec: str) -> str:
+def golden_digest(codec: str, *, exact: bool = False) -> str:
+    """The digest of what `codec` writes on the golden state (the tiny task for a codec that
+    trains on one); `exact` pins a trained codec's bytes too (`GOLDEN_EXACT`)."""
     if codec in NEEDS_TASK:
         task = TinyTask()
         state, ctx = task.state, task.ctx(seed=0)
@@ -119,7 +122,8 @@ def golden_digest(codec: str) -> str:
     res = compress(state, codec, ctx=ctx, **TINY_SETTINGS.get(codec, {}))
     c = loads(res.data)
     decoded = decompress(res.data, res.externals)
-    return hashlib.sha256(_golden_digest_input(c, decoded, codec in TRAINED_PAYLOADS)).hexdigest()
+    trained = codec in TRAINED_PAYLOADS and not exact
+    return hashlib.sha256(_golden_digest_input(c, decoded, trained)).hexdigest()
 
 
 @pytest.mark.parametrize("codec", sorted(GOLDEN))
@@ -129,6 +133,47 @@ def test_golden_bytes(codec: str) -> None:
     assert golden_digest(codec) == GOLDEN[codec], (
         f"{codec} writes different bytes: bump its version (keeping the old reader) and "
         "regenerate GOLDEN with `python tests/test_codec_contract.py`")
+
+
+# The trained codecs' whole bytes, pinned where training is reproducible: this torch build on
+# this kind of CPU (its kernels decide the float sums), with one thread. Elsewhere the test
+# skips and says why; `python tests/test_codec_contract.py` prints them on the reference.
+EXACT_PLATFORM = "2.13.0+cpu x86_64 AVX512"
+GOLDEN_EXACT: dict[str, str] = {
+    "hqq": "21a79fab009dbac589fea8aabbdbf5452817f2f1fa47df66e8284a98f8d99883",
+    "vae-paper": "d8b1fae50480f89ce19d12d399d8afc1f3cf23afc8bc24c103ec050751a992de",
+    "vae-rd": "0d0ef81dca2b307916eebe2c15262b80ac013d54a05e7d3c471c6c250da1bd70",
+}
+
+
+def exact_platform() -> str:
+    return (f"{torch.__version__} {platform.machine()} "
+            f"{torch.backends.cpu.get_cpu_capability()}")
+
+
+def exact_digest(codec: str) -> str:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return golden_digest(codec, exact=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("codec", sorted(GOLDEN_EXACT))
+def test_trained_codecs_write_the_same_bytes_on_the_reference_platform(codec: str) -> None:
+    if exact_platform() != EXACT_PLATFORM:
+        pytest.skip(f"{codec}'s bytes are pinned on {EXACT_PLATFORM}; this is "
+                    f"{exact_platform()}, where training sums floats in another order")
+    if (hint := REGISTRY[codec].available()) is not None:
+        pytest.skip(hint)
+    assert exact_digest(codec) == GOLDEN_EXACT[codec], (
+        f"{codec} writes different bytes on the reference platform: a change of its training "
+        "or its stored form (bump its version for the latter) and regenerate GOLDEN_EXACT")
+
+
+def test_every_trained_codec_has_an_exact_digest() -> None:
+    assert set(GOLDEN_EXACT) == TRAINED_PAYLOADS
 
 
 def test_every_codec_has_a_golden_digest() -> None:
@@ -230,3 +275,7 @@ def test_bad_setting_types_fail_when_the_codec_is_made(codec: str) -> None:
 if __name__ == "__main__":  # print the digests, to regenerate GOLDEN after a version bump
     for name in sorted(_available_codecs()):
         print(f'    "{name}": "{golden_digest(name)}",')
+    if exact_platform() == EXACT_PLATFORM:
+        print("GOLDEN_EXACT:")
+        for name in sorted(GOLDEN_EXACT):
+            print(f'    "{name}": "{exact_digest(name)}",')
