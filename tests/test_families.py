@@ -13,9 +13,9 @@ from vaecompress.data import MnistSplit
 from vaecompress.experiments import families as fam
 
 TINY = fam.FamiliesConfig(tasks=("rotated", "digits-0-4"), finetune_epochs=1, run_epochs=1,
-                          steps=20, lams_alone=(0.03,), lams_delta=(0.01,), lams_series=(0.01,),
-                          task_epochs=0.05,
-                          task_lams_alone=(7.0,), task_lams_delta=(2.0,))
+                          snrs_alone=(10.0,), snrs_delta=(10.0,), snrs_series=(10.0,),
+                          task_epochs=0.05, task_lams_alone=(7.0,), task_lams_delta=(2.0,),
+                          task_lams_series=(4.0,))
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,9 @@ def test_every_family_is_coded_every_way_and_reported(run: tuple[Path, dict]) ->
     assert {(r["how"], r["codec"]) for r in ft["runs"]} >= {
         ("alone", "vae-rd-free"), ("alone", "vae-rd"), ("base", "bitdelta"), ("base", "zstd"),
         ("base", "vae-rd-free"), ("base", "vae-rd")}
+    assert {(r["how"], r["codec"]) for r in ck["runs"]} >= {
+        ("alone", "vae-rd-free"), ("alone", "vae-rd"), ("series", "vae-rd-free"),
+        ("series", "vae-rd"), ("series", "zstd")}
     assert {r["how"] for r in ck["runs"]} == {"alone", "series"}
     for info in (ft, ck):
         for r in info["runs"]:

@@ -12,11 +12,14 @@ download:
 - checkpoints: a fresh training run of the same architecture, its weights kept every half
   epoch; each checkpoint is measured on the MNIST test set.
 
-Each family is coded (a) member by member alone by the data-free codecs of the bench, (b) for the
-fine-tunes, against the base (`api.compress(base=...)`) by vae-rd-free, int8, zstd (lossless, on
-the XOR delta) and bitdelta (BitDelta's 1-bit delta, data-free), (c) for the checkpoints, as one
-series file (`family.series`). Every byte counted is what rebuilds the member given the base;
-a method passes when every member keeps its accuracy within `tolerance` points.
+Each family is coded (a) member by member alone, by the data-free codecs of the bench and by the
+task-aware vae-rd (trained on each member's own task); (b) for the fine-tunes, against the base
+(`api.compress(base=...)`) by vae-rd-free (the default codec, closed form, at a sweep of
+fidelities), int8, zstd (lossless, on the XOR delta), bitdelta (BitDelta's 1-bit delta,
+data-free) and vae-rd; (c) for the checkpoints, as one series file (`family.series`), each
+member coded against the previous rebuilt one by the same codecs. Every byte counted is what
+rebuilds the member given the base; a method passes when every member keeps its accuracy within
+`tolerance` points.
 Results: `families.json` (with the run's environment and git revision) and `families.md`, a
 table per family drawn from the JSON (`--report` redraws it alone). Records under `records/` make
 an interrupted run resume.
@@ -68,13 +71,15 @@ class FamiliesConfig:
     run_epochs: int = 3  # the checkpoint family's training run
     checkpoints_per_epoch: int = 2
     run_seed: int = 1
-    steps: int = 600  # vae-rd-free's optimizer steps
-    lams_alone: tuple[float, ...] = (0.01, 0.03)
-    lams_delta: tuple[float, ...] = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03)
-    lams_series: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
-    task_epochs: float = 1.0  # vae-rd (the task-aware codec) on the fine-tunes: its epochs
+    # vae-rd-free (the default codec, closed form) at these fidelities in dB; on a delta the
+    # target stays relative to the member's weights (`family.delta.delta_settings`)
+    snrs_alone: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0)
+    snrs_delta: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0)
+    snrs_series: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0)
+    task_epochs: float = 1.0  # vae-rd (the task-aware codec): its epochs on each member
     task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0)
     task_lams_delta: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
+    task_lams_series: tuple[float, ...] = (2.0, 4.0, 5.5)
     tolerance: float = 0.5  # accuracy points every member may lose
     seed: int = 0
 
@@ -144,23 +149,21 @@ def checkpoints(cfg: FamiliesConfig, train: MnistSplit, test: MnistSplit, device
 
 def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(how: alone | base | series, codec, settings) measured on a family."""
-    def rd(codec: str, lams: tuple[float, ...], **more: Any) -> list[tuple[str, dict[str, Any]]]:
-        # vae-rd-free in its trained form (solver=adam), as the committed results measured it
-        extra = {"solver": "adam"} if codec == "vae-rd-free" else {}
-        return [(codec, {"lam": lam, **more, **extra}) for lam in lams]
+    def free(snrs: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
+        return [("vae-rd-free", {"snr": snr}) for snr in snrs]
 
-    alone = [("alone", c, s) for c, s in [("zstd", {}), ("int8", {}), ("int4", {}),
-                                          *rd("vae-rd-free", cfg.lams_alone, steps=cfg.steps)]]
+    def task(lams: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
+        return [("vae-rd", {"lam": lam, "epochs": cfg.task_epochs}) for lam in lams]
+
     fixed: list[tuple[str, dict[str, Any]]] = [("zstd", {}), ("int8", {})]
-    delta = rd("vae-rd-free", cfg.lams_delta, steps=cfg.steps)
+    alone = [("alone", c, s) for c, s in [*fixed, ("int4", {}), *free(cfg.snrs_alone),
+                                          *task(cfg.task_lams_alone)]]
     if family == "checkpoints":
-        series = rd("vae-rd-free", cfg.lams_series, steps=cfg.steps)
-        return alone + [("series", c, s) for c, s in [*fixed, *series]]
-    task = [("alone", c, s) for c, s in rd("vae-rd", cfg.task_lams_alone,
-                                             epochs=cfg.task_epochs)]
-    return alone + task + [("base", c, s) for c, s in [
-        *fixed, ("bitdelta", {}), *delta,
-        *rd("vae-rd", cfg.task_lams_delta, epochs=cfg.task_epochs)]]
+        return alone + [("series", c, s) for c, s in [*fixed, *free(cfg.snrs_series),
+                                                      *task(cfg.task_lams_series)]]
+    return alone + [("base", c, s) for c, s in [*fixed, ("bitdelta", {}),
+                                                *free(cfg.snrs_delta),
+                                                *task(cfg.task_lams_delta)]]
 
 
 def code_family(cfg: FamiliesConfig, how: str, codec: str, settings: dict[str, Any],
@@ -170,6 +173,9 @@ def code_family(cfg: FamiliesConfig, how: str, codec: str, settings: dict[str, A
     with its first member; a codec that trains on the task trains on each member's own."""
     states = [m["state"] for m in members]
     if how == "series":
+        if get_codec_class(codec).uses_task:  # the run's task: every member's is the same
+            ctx = replace(ctx, finetune=make_finetuner(cfg.model, members[0]["train"],
+                                                       device=ctx.device, seed=cfg.seed))
         res = compress_series(states, codec, ctx=ctx, **settings)
         sizes = [len(m.data) for m in res.members]
         sizes[0] += len(res.data) - sum(sizes)
@@ -199,7 +205,7 @@ def measure_family(cfg: FamiliesConfig, family: str, members: list[dict[str, Any
         info["base_accuracy"] = [evaluate_state(cfg.model, base, m["test"], device=device)[0]
                                  for m in members]
     made_by = {k: v for k, v in asdict(cfg).items()
-               if k not in ("steps", "tolerance") and not k.startswith(("lams_", "task_"))}
+               if k != "tolerance" and not k.startswith(("snrs_", "task_"))}
     ident = config_hash({"family": family, "members": made_by, "torch": torch.__version__,
                          "weights": [base_sha256(s) for s in states]})
     for how, codec, settings in methods(cfg, family):
