@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from vaecompress.api import compress
-from vaecompress.codecs import CodecContext, get_codec_class
+from vaecompress.codecs import CodecContext, get_codec_class, make_codec
 from vaecompress.data import MnistSplit, load_mnist
 from vaecompress.errors import UserError
 from vaecompress.experiments.common import (
@@ -209,7 +209,9 @@ def measure_family(cfg: FamiliesConfig, family: str, members: list[dict[str, Any
     ident = config_hash({"family": family, "members": made_by, "torch": torch.__version__,
                          "weights": [base_sha256(s) for s in states]})
     for how, codec, settings in methods(cfg, family):
-        key = config_hash({"family": ident, "how": how, "codec": codec, "settings": settings})
+        # Keyed by every resolved setting: a codec whose default changes is measured again.
+        resolved = make_codec(codec, **settings).settings_json()
+        key = config_hash({"family": ident, "how": how, "codec": codec, "settings": resolved})
         rec = store.get(key)
         if rec is None:
             ctx = CodecContext(device=device, seed=cfg.seed, progress=progress,
