@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vaecompress
-from vaecompress.coding.finetune import run_finetune
+from vaecompress.training.finetune import run_finetune
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import (
     DistillLoss,

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from vaecompress.coding.finetune import Finetuner
+from vaecompress.training.finetune import Finetuner
 from vaecompress.coding.floats import split_floats
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_AUX, Container, Payload

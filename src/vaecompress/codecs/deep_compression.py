@@ -46,7 +46,7 @@ from vaecompress.codecs.base import (
     split_passthrough,
 )
 from vaecompress.coding.entropy import decode_symbols, encode_symbols, split_segments
-from vaecompress.coding.finetune import finetune_centroids, masked_finetune
+from vaecompress.training.finetune import finetune_centroids, masked_finetune
 from vaecompress.coding.floats import (
     FLOAT_STORE,
     float_specs,

@@ -35,7 +35,7 @@ from vaecompress.coding.entropy import (
     split_segments,
     unpack_uint,
 )
-from vaecompress.coding.finetune import finetune_centroids
+from vaecompress.training.finetune import finetune_centroids
 from vaecompress.coding.floats import (
     FLOAT_KIND,
     FLOAT_STORE,

@@ -34,7 +34,7 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
-from vaecompress.coding.finetune import masked_finetune
+from vaecompress.training.finetune import masked_finetune
 from vaecompress.coding.floats import (
     FLOAT_STORE,
     float_specs,

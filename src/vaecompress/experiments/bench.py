@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, get_codec_class, make_codec
-from vaecompress.coding.finetune import Finetuner
+from vaecompress.training.finetune import Finetuner
 from vaecompress.errors import UserError
 from vaecompress.experiments.bench_presets import PRESETS
 from vaecompress.experiments.common import (

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vaecompress.coding.finetune import Finetuner
+from vaecompress.training.finetune import Finetuner
 from vaecompress.errors import UserError
 from vaecompress.experiments.bench import Point, Subject
 from vaecompress.io import StateDict

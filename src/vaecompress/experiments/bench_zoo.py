@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vaecompress.codecs import get_codec_class
-from vaecompress.coding.finetune import Finetuner
+from vaecompress.training.finetune import Finetuner
 from vaecompress.data import MnistSplit, load_mnist
 from vaecompress.experiments.bench import Point, Subject
 from vaecompress.experiments.common import TrainedModel, evaluate_state, trained_model

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from vaecompress.coding.finetune import Finetuner
+from vaecompress.training.finetune import Finetuner
 from vaecompress.coding.floats import tensor_bytes
 from vaecompress.errors import FormatError, UserError
 from vaecompress.io import StateDict

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from vaecompress.coding.finetune import Finetuner
+from vaecompress.training.finetune import Finetuner
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import distiller
 from vaecompress.tasks.probe import Probe

@@ -21,7 +21,7 @@ run killed midway resumes from it to the same integers and steps, bit for bit, a
 uninterrupted run (`vaecompress.checkpoint`); the task's batch stream is replayed to where it was.
 
 Under torchrun the data-free optimization (`distortion="weights"`, the `vae-rd-free` codec) is
-shared by the processes (`vae.distributed`): each computes the distortion and rate terms of its
+shared by the processes (`training.distributed`): each computes the distortion and rate terms of its
 share of the tensors (balanced by size), and the gradients, those of the prior and the decoder
 included, are summed over the group before every process takes the same Adam step. With the
 task's loss each process runs the whole optimization (the same one: nothing is shared).
@@ -60,7 +60,7 @@ from vaecompress.checkpoint import (
 )
 from vaecompress.errors import UserError
 from vaecompress.progress import progress as progress_bar
-from vaecompress.vae.distributed import group
+from vaecompress.training.distributed import group
 from vaecompress.vae.prior import MixturePrior
 
 QUANT_MODES = ("mixed", "noise", "ste")

@@ -16,7 +16,7 @@ With a checkpoint path the loop saves its whole state after an epoch (at most ev
 `checkpoint_every_s` seconds): a run killed midway and started again resumes from it and ends
 with the same VAE, bit for bit, as an uninterrupted run (`vaecompress.checkpoint`).
 
-Under torchrun the processes share every batch and the validation set (`vae.distributed`): each
+Under torchrun the processes share every batch and the validation set (`training.distributed`): each
 computes its share of the rows, the gradients and loss sums are summed over the group.
 """
 
@@ -45,7 +45,7 @@ from vaecompress.checkpoint import (
 )
 from vaecompress.params.variants import RowSet
 from vaecompress.progress import progress as progress_bar
-from vaecompress.vae.distributed import Group, group
+from vaecompress.training.distributed import Group, group
 from vaecompress.vae.model import VAE, VAEArch, elbo_terms
 
 
@@ -150,7 +150,7 @@ def train_vae(
 
     `checkpoint`: a file to keep the training's state in (saved after an epoch, at most every
     `checkpoint_every_s` seconds), resumed from when it holds a state of this same run and
-    removed at the end. Under torchrun (`vae.distributed`) the processes share the work and
+    removed at the end. Under torchrun (`training.distributed`) the processes share the work and
     every one returns the same VAE; the checkpoint is written by rank 0 and read by all."""
     device = _device(train)
     grp = group()

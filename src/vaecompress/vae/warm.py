@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from vaecompress.progress import progress as progress_bar
-from vaecompress.vae.distributed import group
+from vaecompress.training.distributed import group
 from vaecompress.vae.rd import RDConfig, RDModel, RDResult, TaskLoss
 
 LOG2E2 = 2.0 * math.log(2.0)  # -dD/dR / D at high rate, R in bits
