@@ -3,20 +3,21 @@
 `Loop(step, total).run()` calls `step(loop)` for iterations `loop.start` to `total - 1` (an
 iteration is what the caller makes it: one optimizer step, or one epoch) and knows nothing of
 the model, its data or its loss. What a training adds around its steps hooks in through
-callbacks on three events, `on_start`, `on_step_end` (after each iteration) and `on_end`, run
-in the order they were added:
+callbacks on four events, run in the order they were added: `on_start`, `on_step_end` (after
+each iteration), `on_continue` (after `on_step_end`, when the loop goes on: neither the last
+iteration nor a stop) and `on_end`:
 
 - `Resume`: the checkpoint (`vaecompress.checkpoint`): on start the saved state of this same
-  run, checked, agreed by every process of a group, loaded; after an iteration a save when one
-  is due; at the end the file removed. A file that is not to be resumed is ignored with a
+  run, checked, agreed by every process of a group, loaded; when the loop goes on, a save when
+  one is due; at the end the file removed. A file that is not to be resumed is ignored with a
   warning, as `Checkpoint` words it;
 - `ProgressBar`: the project's `progress` reporter, one update per iteration, with a status;
 - `EarlyStopping`: a score every few iterations, the best kept, a stop when patience runs out
   (rank 0's decision in a group).
 
-A hook may set `loop.stop`; the loop ends after that iteration's callbacks. The thread policy
-is not a hook: it is chosen once per process (`runinfo.auto_threads`, by the command line and
-`reproduce`), since the thread count decides the float sums of every loop after it.
+A hook may set `loop.stop` in `on_step_end`; the loop then ends after that iteration. The
+thread policy is not a hook: it is chosen once per process (`runinfo.auto_threads`, by the
+command line and `reproduce`), since the thread count decides the float sums of every loop.
 
 Boundary: the loop orders the calls; each training owns its state, says what a checkpoint holds
 and checks what it reads back.
@@ -58,7 +59,7 @@ class Loop:
 
     def add(self, hook: Any) -> Loop:
         """Add each of `hook`'s methods named after an event."""
-        for event in ("on_start", "on_step_end", "on_end"):
+        for event in ("on_start", "on_step_end", "on_continue", "on_end"):
             if hasattr(hook, event):
                 self.add_callback(event, getattr(hook, event))
         return self
@@ -81,6 +82,8 @@ class Loop:
             self.trigger("on_step_end")
             if self.stop:
                 break
+            if self.done < self.total:
+                self.trigger("on_continue")
         self.trigger("on_end")
         return self
 
@@ -91,10 +94,10 @@ Check = Callable[[dict[str, Any]], tuple[int, Callable[[], None]]]
 
 
 class Resume:
-    """The checkpoint hook: resume from `ck` on start, save `state(loop)` after an iteration
-    when it is due (not after the last, nor when the loop stops, nor between two multiples of
-    `every`: a training whose iterations are steps may save at the end of an epoch only), and
-    remove the file at the end. `grp`: the processes, which must all find the same state."""
+    """The checkpoint hook: resume from `ck` on start, save `state(loop)` when the loop goes
+    on and a save is due (after a multiple of `every` iterations: a training whose iterations
+    are steps may save at the end of an epoch only), and remove the file at the end. `grp`: the
+    processes, which must all find the same state."""
 
     def __init__(self, ck: Checkpoint, check: Check, state: Callable[[Loop], dict[str, Any]],
                  *, grp: Group | None = None, every: int = 1) -> None:
@@ -117,9 +120,8 @@ class Resume:
             loop.start, load = resume
             load()
 
-    def on_step_end(self, loop: Loop) -> None:
-        if (not loop.stop and loop.done < loop.total and loop.done % self.every == 0
-                and self.ck.due()):
+    def on_continue(self, loop: Loop) -> None:
+        if loop.done % self.every == 0 and self.ck.due():
             self.ck.save(self.state(loop))
 
     def on_end(self, loop: Loop) -> None:
