@@ -39,7 +39,6 @@ from vaecompress import checksum
 from vaecompress.accounting import Accounting, account
 from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC
 from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_codec
-from vaecompress.training.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 from vaecompress.errors import FormatError, UserError
 from vaecompress.family import delta
 from vaecompress.fidelity import weights_fidelity
@@ -48,6 +47,7 @@ from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
 from vaecompress.io import StateDict, atomic_write_all, check_outputs
 from vaecompress.tasks.distill import DistillLoss, distiller  # noqa: F401  (public API)
+from vaecompress.training.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 
 # The checksum of the rebuilt tensors, recorded in the file's `meta` at compression
 # (`vaecompress.checksum`; spec: docs/format.md, "Checksum of the rebuilt tensors").

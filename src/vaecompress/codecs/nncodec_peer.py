@@ -51,13 +51,13 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
-from vaecompress.training.finetune import masked_finetune
 from vaecompress.coding.floats import is_weight
 from vaecompress.coding.sparse import magnitude_masks
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
 from vaecompress.params.vector import is_float_dtype
+from vaecompress.training.finetune import masked_finetune
 
 ENV_PYTHON = "VAECOMPRESS_NNCODEC_PYTHON"
 DEFAULT_VENV = Path("~/.cache/vaecompress/nncodec-venv")

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaecompress.training.finetune import Finetuner, ModuleLoss
 from vaecompress.errors import UserError
+from vaecompress.training.finetune import Finetuner, ModuleLoss
 
 OUTPUTS = ("logits", "embedding")
 EMBEDDING_LOSSES = ("cosine", "mse")

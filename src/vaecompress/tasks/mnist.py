@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaecompress.training.finetune import Finetuner, ModuleLoss
 from vaecompress.data import MnistSplit, to_tensors
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import distiller
 from vaecompress.tasks.probe import Probe, classifier_probe
+from vaecompress.training.finetune import Finetuner, ModuleLoss
 from vaecompress.zoo.models import build_model
 from vaecompress.zoo.train import ZOO_NORMALIZE
 
