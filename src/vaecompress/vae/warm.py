@@ -45,7 +45,8 @@ import torch
 
 from vaecompress.progress import progress as progress_bar
 from vaecompress.training.distributed import group
-from vaecompress.vae.rd import RDConfig, RDModel, RDResult, TaskLoss
+from vaecompress.vae.rd import RDResult, TaskLoss
+from vaecompress.vae.rd_model import RDConfig, RDModel
 
 LOG2E2 = 2.0 * math.log(2.0)  # -dD/dR / D at high rate, R in bits
 SLICE = 2**20  # latents scored at a time
