@@ -41,6 +41,11 @@ def test_events_in_order_and_no_continue_after_the_last_iteration() -> None:
     assert loop.done == 2 and not loop.stop
 
 
+def test_an_unknown_event_is_refused() -> None:
+    with pytest.raises(ValueError, match="on_batch_end"):
+        Loop(lambda lp: None, 1).add_callback("on_batch_end", lambda lp: None)
+
+
 def test_a_stop_ends_the_loop_after_that_iteration() -> None:
     loop, events = _recording(5, stop_at=2)
     loop.run()

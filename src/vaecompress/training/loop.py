@@ -38,6 +38,7 @@ from vaecompress.progress import Progress, progress
 from vaecompress.training.distributed import Group, group
 
 Callback = Callable[["Loop"], None]
+EVENTS = ("on_start", "on_step_end", "on_continue", "on_end")
 
 
 class Loop:
@@ -54,12 +55,14 @@ class Loop:
         self.callbacks: defaultdict[str, list[Callback]] = defaultdict(list)
 
     def add_callback(self, event: str, fn: Callback) -> Loop:
+        if event not in EVENTS:
+            raise ValueError(f"no event {event!r}; the loop's events are {', '.join(EVENTS)}")
         self.callbacks[event].append(fn)
         return self
 
     def add(self, hook: Any) -> Loop:
         """Add each of `hook`'s methods named after an event."""
-        for event in ("on_start", "on_step_end", "on_continue", "on_end"):
+        for event in EVENTS:
             if hasattr(hook, event):
                 self.add_callback(event, getattr(hook, event))
         return self
