@@ -13,7 +13,9 @@ iteration nor a stop) and `on_end`:
   warning, as `Checkpoint` words it;
 - `ProgressBar`: the project's `progress` reporter, one update per iteration, with a status;
 - `EarlyStopping`: a score every few iterations, the best kept, a stop when patience runs out
-  (rank 0's decision in a group).
+  (rank 0's decision in a group);
+- `Broadcast`: at the end, every process of a group takes rank 0's result (torch.distributed;
+  the step functions share their own work through `training.distributed.group()`).
 
 A hook may set `loop.stop` in `on_step_end`; the loop then ends after that iteration. The
 thread policy is not a hook: it is chosen once per process (`runinfo.auto_threads`, by the
@@ -28,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -190,3 +192,14 @@ class EarlyStopping:
             self.grp.broadcast_([flag])
             stop = bool(flag.item())
         loop.stop = loop.stop or stop
+
+
+class Broadcast:
+    """The distributed hook: at the end, every process of the group takes rank 0's values of
+    `tensors()` (the trained state), so that all return the same result."""
+
+    def __init__(self, tensors: Callable[[], Iterable[torch.Tensor]]) -> None:
+        self.tensors = tensors
+
+    def on_end(self, loop: Loop) -> None:
+        group().broadcast_(self.tensors())

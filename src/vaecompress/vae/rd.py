@@ -46,7 +46,7 @@ from vaecompress.checkpoint import (
 )
 from vaecompress.errors import UserError
 from vaecompress.training.distributed import Group, group
-from vaecompress.training.loop import Loop, ProgressBar, Resume
+from vaecompress.training.loop import Broadcast, Loop, ProgressBar, Resume
 from vaecompress.vae.rd_model import RDConfig, RDModel
 
 TaskLoss = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
@@ -166,8 +166,8 @@ def train_rd(
     loop.add(Resume(ck, lambda saved: run.check(saved, loop), run.state, grp=grp))
     loop.add(ProgressBar(cfg.steps, desc=desc, unit="step", enabled=progress,
                          status=run.status))
+    loop.add(Broadcast(lambda: model.state_dict().values()))
     loop.run()
-    grp.broadcast_(model.state_dict().values())  # every process returns rank 0's result
     ints, steps = model.export()
     run.hist["prior_bits_final"] = [model.prior_bits()]
     return RDResult(model.names, ints, steps, run.hist, loop.elapsed_s())

@@ -46,7 +46,7 @@ from vaecompress.checkpoint import (
 )
 from vaecompress.params.variants import RowSet
 from vaecompress.training.distributed import Group, group
-from vaecompress.training.loop import EarlyStopping, Loop, ProgressBar, Resume
+from vaecompress.training.loop import Broadcast, EarlyStopping, Loop, ProgressBar, Resume
 from vaecompress.vae.model import VAE, VAEArch, elbo_terms
 
 
@@ -180,13 +180,12 @@ def train_vae(
     # in the paper preset), so the bar shows the best epoch and the patience left, not an ETA.
     loop.add(ProgressBar(None, desc=desc, unit="epoch", enabled=progress,
                          status=lambda lp: run.status(lp, stopper)))
+    loop.add_callback("on_end", lambda lp: run.vae.load_state_dict(run.best))
+    loop.add(Broadcast(lambda: run.vae.state_dict().values()))
     loop.run()
     run.hist.stopped_early = loop.stop
-    vae = run.vae
-    vae.load_state_dict(run.best)
-    grp.broadcast_(vae.state_dict().values())  # every process returns rank 0's VAE
-    vae.eval()
-    return vae, run.hist
+    run.vae.eval()
+    return run.vae, run.hist
 
 
 class _Epochs:
