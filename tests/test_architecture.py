@@ -14,7 +14,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "__version__", "progress", "runinfo", "checksum", "format", "files",
                "io", "torchfile", "params", "checkpoint", "accounting", "folders",
                "data"}),  # core
-    frozenset({"coding"}),  # bytes and the retraining loop
+    frozenset({"coding"}),  # bytes from numbers and back
+    frozenset({"training"}),  # the training loop, its hooks, torch.distributed, fine-tuning
     frozenset({"vae", "zoo", "tasks", "fidelity"}),  # methods' models, networks, tasks
     frozenset({"codecs"}),  # one registered codec per module
     frozenset({"api", "family", "inspection", "__init__"}),  # the library's surface

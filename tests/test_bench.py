@@ -12,9 +12,9 @@ import torch
 
 import vaecompress.experiments.bench as bench_mod
 import vaecompress.experiments.bench_zoo as zoo_mod
-from vaecompress.coding.finetune import Finetuner
 from vaecompress.experiments.bench import BenchConfig, Subject, bench, record_key
 from vaecompress.experiments.bench_report import best_within, write_bench_report
+from vaecompress.training.finetune import Finetuner
 
 FIELDS = (
     "orig_bytes",

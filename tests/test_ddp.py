@@ -22,7 +22,7 @@ from vaecompress.api import decompress_file
 from vaecompress.cli import main
 from vaecompress.format import load
 from vaecompress.io import state_from_bytes
-from vaecompress.vae.distributed import Group
+from vaecompress.training.distributed import Group
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 180
@@ -128,7 +128,7 @@ from torch import nn
 from torch.func import functional_call
 from vaecompress.api import compress
 from vaecompress.codecs import CodecContext, Finetuner
-from vaecompress.vae.distributed import session
+from vaecompress.training.distributed import session
 
 torch.manual_seed(0)
 net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))

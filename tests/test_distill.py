@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import vaecompress
-from vaecompress.coding.finetune import run_finetune
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import (
     DistillLoss,
@@ -24,6 +23,7 @@ from vaecompress.tasks.distill import (
     distiller,
     kl_logits,
 )
+from vaecompress.training.finetune import run_finetune
 from vaecompress.zoo import minilm
 
 needs_minilm = pytest.mark.skipif(minilm.missing() is not None,

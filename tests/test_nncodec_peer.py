@@ -24,10 +24,10 @@ from vaecompress.codecs.nncodec_peer import (
     PAYLOAD,
     nncodec_available,
 )
-from vaecompress.coding.finetune import Finetuner
 from vaecompress.coding.sparse import magnitude_masks
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, dumps, loads
+from vaecompress.training.finetune import Finetuner
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from vaecompress.codecs.vae_paper import VAEPaperSettings
 from vaecompress.data import load_mnist
 from vaecompress.params.variants import NoiseConfig, VariantStream
 from vaecompress.vae.model import VAEArch
-from vaecompress.vae.rd import RDConfig, RDResult, train_rd
+from vaecompress.vae.rd import RDResult, train_rd
+from vaecompress.vae.rd_model import RDConfig
 from vaecompress.vae.train import VAETrainConfig, train_vae
 from vaecompress.zoo.train import TrainConfig, train_model
 

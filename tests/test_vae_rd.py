@@ -26,7 +26,8 @@ from vaecompress.coding.latents import (
 )
 from vaecompress.errors import FormatError, UserError
 from vaecompress.vae.prior import MixturePrior
-from vaecompress.vae.rd import RDConfig, train_rd
+from vaecompress.vae.rd import train_rd
+from vaecompress.vae.rd_model import RDConfig
 
 
 def _sparse_ints(shape: tuple[int, ...], seed: int = 0, density: float = 0.1) -> np.ndarray:

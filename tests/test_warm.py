@@ -15,7 +15,7 @@ from torch.func import functional_call
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, Finetuner
 from vaecompress.errors import UserError
-from vaecompress.vae.rd import RDConfig, RDModel, _RoundScale
+from vaecompress.vae.rd_model import RDConfig, RDModel, _RoundScale
 from vaecompress.vae.warm import train_warm
 
 

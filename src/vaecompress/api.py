@@ -13,7 +13,7 @@ Any state_dict is accepted (any names, float32/float16/bfloat16/float64, integer
 tensors, empty and 0-d ones; docs/own-model.md says what each codec does with each dtype), and a
 codec that trains on the task (`vae-rd`, `prune`, `deep-compression`, `kmeans` with
 `finetune_epochs`) takes any task through a `Finetuner`: a loss of the model run with given
-tensors (`coding.finetune.ModuleLoss` makes one from an nn.Module and a criterion) and batches;
+tensors (`training.finetune.ModuleLoss` makes one from an nn.Module and a criterion) and batches;
 without labels, `tasks.distill.distiller` distils the original model (the teacher) into the
 rebuilt one on batches of inputs.
 
@@ -39,7 +39,6 @@ from vaecompress import checksum
 from vaecompress.accounting import Accounting, account
 from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC
 from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_codec
-from vaecompress.coding.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 from vaecompress.errors import FormatError, UserError
 from vaecompress.family import delta
 from vaecompress.fidelity import weights_fidelity
@@ -49,6 +48,7 @@ from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
 from vaecompress.io import StateDict
 from vaecompress.tasks.distill import DistillLoss, distiller  # noqa: F401  (public API)
+from vaecompress.training.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 
 # The checksum of the rebuilt tensors, recorded in the file's `meta` at compression
 # (`vaecompress.checksum`; spec: docs/format.md, "Checksum of the rebuilt tensors").

@@ -36,7 +36,7 @@ def _process_group(args: argparse.Namespace) -> contextlib.AbstractContextManage
     processes, which share the VAE's training (docs/distributed.md); no other command does."""
     if "WORLD_SIZE" not in os.environ:  # checked first: the light commands import no torch
         return contextlib.nullcontext()
-    from vaecompress.vae import distributed
+    from vaecompress.training import distributed
 
     if not distributed.launched():
         return contextlib.nullcontext()

@@ -119,7 +119,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def _compress_one(args: argparse.Namespace) -> int:
     from vaecompress.api import compress, save
     from vaecompress.runinfo import resolve_device
-    from vaecompress.vae.distributed import is_main
+    from vaecompress.training.distributed import is_main
 
     plan = _plan(args)
     distill = args.distill or args.sentences is not None

@@ -37,12 +37,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from vaecompress.coding.finetune import Finetuner
 from vaecompress.coding.floats import split_floats
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_AUX, Container, Payload
 from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
 from vaecompress.tasks.probe import Probe
+from vaecompress.training.finetune import Finetuner
 
 PASSTHROUGH = "passthrough"
 

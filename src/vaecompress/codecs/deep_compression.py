@@ -46,7 +46,6 @@ from vaecompress.codecs.base import (
     split_passthrough,
 )
 from vaecompress.coding.entropy import decode_symbols, encode_symbols, split_segments
-from vaecompress.coding.finetune import finetune_centroids, masked_finetune
 from vaecompress.coding.floats import (
     FLOAT_STORE,
     float_specs,
@@ -60,6 +59,7 @@ from vaecompress.coding.sparse import magnitude_masks
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
+from vaecompress.training.finetune import finetune_centroids, masked_finetune
 
 SCOPES = ("layer", "global")
 PAYLOAD = "code"

@@ -35,7 +35,6 @@ from vaecompress.coding.entropy import (
     split_segments,
     unpack_uint,
 )
-from vaecompress.coding.finetune import finetune_centroids
 from vaecompress.coding.floats import (
     FLOAT_KIND,
     FLOAT_STORE,
@@ -49,6 +48,7 @@ from vaecompress.coding.kmeans import Clustered, index_bits, kmeans_1d, reconstr
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
+from vaecompress.training.finetune import finetune_centroids
 
 SCOPES = ("tensor", "global")
 GLOBAL_BOOK = "*"

@@ -8,7 +8,7 @@ one `code` payload; non-float tensors pass through as in every codec.
 
 Two ways to sparser weights, neither changing the layout: NNCodec's own data-free `sparsity`
 option (run inside its encoder), and `prune`, ours: global magnitude pruning with masked
-fine-tuning on the task (`coding.sparse`, `coding.finetune`) before NNCodec codes the result,
+fine-tuning on the task (`coding.sparse`, `training.finetune`) before NNCodec codes the result,
 the strongest combination a user could assemble from parts. Times are measured inside the worker
 as well (`Encoded.report["encode_s_inside_worker"]`, `last_decode_s` after `decode`), since the
 worker's start-up (~3 s, importing torch) dwarfs NNCodec's own work on small models.
@@ -51,13 +51,13 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
-from vaecompress.coding.finetune import masked_finetune
 from vaecompress.coding.floats import is_weight
 from vaecompress.coding.sparse import magnitude_masks
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
 from vaecompress.params.vector import is_float_dtype
+from vaecompress.training.finetune import masked_finetune
 
 ENV_PYTHON = "VAECOMPRESS_NNCODEC_PYTHON"
 DEFAULT_VENV = Path("~/.cache/vaecompress/nncodec-venv")

@@ -34,7 +34,6 @@ from vaecompress.codecs.base import (
     register,
     split_passthrough,
 )
-from vaecompress.coding.finetune import masked_finetune
 from vaecompress.coding.floats import (
     FLOAT_STORE,
     float_specs,
@@ -55,6 +54,7 @@ from vaecompress.coding.zstd_bounded import decompress_exactly
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
+from vaecompress.training.finetune import masked_finetune
 
 PAYLOAD = "sparse"
 

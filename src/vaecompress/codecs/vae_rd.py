@@ -3,7 +3,7 @@
 The paper's ELBO made into a code length (Balle et al.; EPR, Oktay et al. 2020): one integer
 latent per weight, a decoder of one float32 step per tensor (`w = step * z`), a learned mixture
 prior per tensor, trained on `task loss + lam * bits per parameter` with the model run on its
-decoded weights (`vae.rd`). After training the latents are entropy-coded against integer
+decoded weights (`vae.rd_model`). After training the latents are entropy-coded against integer
 frequency tables stored in the file (`coding.latents`): the tables, the steps and the header are
 all counted. A latent that rounds to zero costs a fraction of a bit, so pruning falls out of the
 prior, and a column or row of zeros (an ignored pixel, a dead neuron) is flagged once.
@@ -44,7 +44,8 @@ from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
 from vaecompress.tasks.probe import tensor_sensitivities
 from vaecompress.vae.allocate import MAX_SNR, allocate, relative_sensitivities
-from vaecompress.vae.rd import RDConfig, RDResult, check_finite, rd_report, train_rd
+from vaecompress.vae.rd import RDResult, check_finite, rd_report, train_rd
+from vaecompress.vae.rd_model import RDConfig
 from vaecompress.vae.rd_settings import RDSettings
 from vaecompress.vae.warm import train_warm
 

@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, get_codec_class, make_codec
-from vaecompress.coding.finetune import Finetuner
 from vaecompress.errors import UserError
 from vaecompress.experiments.bench_presets import PRESETS
 from vaecompress.experiments.common import (
@@ -47,6 +46,7 @@ from vaecompress.files import atomic_write_json
 from vaecompress.io import StateDict
 from vaecompress.runinfo import environment, git_revision, resolve_device, seed_everything
 from vaecompress.tasks.probe import Probe
+from vaecompress.training.finetune import Finetuner
 
 Point = dict[str, Any]
 

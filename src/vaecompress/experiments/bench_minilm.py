@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vaecompress.coding.finetune import Finetuner
 from vaecompress.errors import UserError
 from vaecompress.experiments.bench import Point, Subject
 from vaecompress.io import StateDict
 from vaecompress.tasks.probe import Probe
+from vaecompress.training.finetune import Finetuner
 from vaecompress.zoo import minilm
 
 if TYPE_CHECKING:

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from vaecompress.codecs import get_codec_class
-from vaecompress.coding.finetune import Finetuner
 from vaecompress.data import MnistSplit, load_mnist
 from vaecompress.experiments.bench import Point, Subject
 from vaecompress.experiments.common import TrainedModel, evaluate_state, trained_model
 from vaecompress.io import StateDict
 from vaecompress.tasks.mnist import make_finetuner
 from vaecompress.tasks.probe import Probe, classifier_probe
+from vaecompress.training.finetune import Finetuner
 from vaecompress.zoo import build_model, get_spec
 from vaecompress.zoo.train import ZOO_NORMALIZE, preset_config
 

@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-from vaecompress.coding.finetune import Finetuner
 from vaecompress.coding.floats import tensor_bytes
 from vaecompress.errors import FormatError, UserError
 from vaecompress.io import StateDict
 from vaecompress.params.vector import dtype_name
+from vaecompress.training.finetune import Finetuner
 
 BASE_KEY = "vaecompress.base"
 OPS = ("sub", "xor")  # difference (lossy codecs) or bitwise XOR (lossless codecs)

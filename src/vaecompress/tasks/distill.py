@@ -28,7 +28,7 @@ every batch), else the teacher runs again on every step.
 
 Boundary: a loss and its batches; what the inputs are (images, sentences) is the caller's
 (`tasks.mnist.mnist_distiller`, `tasks.sentence.SentenceTask.distiller`), and how a codec trains
-on a `Finetuner` is `coding.finetune`'s.
+on a `Finetuner` is `training.finetune`'s.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaecompress.coding.finetune import Finetuner, ModuleLoss
 from vaecompress.errors import UserError
+from vaecompress.training.finetune import Finetuner, ModuleLoss
 
 OUTPUTS = ("logits", "embedding")
 EMBEDDING_LOSSES = ("cosine", "mse")
@@ -239,7 +239,7 @@ def distiller(teacher: nn.Module | Outputs,
     inputs (no labels).
 
     `teacher`: an `nn.Module` (run in eval mode on each batch, a tuple or list of inputs
-    passed as positional arguments, as `coding.finetune.ModuleLoss` runs it; names of the
+    passed as positional arguments, as `training.finetune.ModuleLoss` runs it; names of the
     states lose `prefix`), or a function `outputs(state, batch)` returning the output, or a
     sequence (output, hidden states...). `state`: the teacher's tensors, by default the
     module's own (required with a function). `batches`: a sequence of batches (shuffled every

@@ -7,7 +7,7 @@ for the codecs that weigh tensors without data, the classifier run on noise imag
 
 Boundary: the images, the loss and the measure. Which network is run is the caller's (a zoo
 name is built with `zoo.build_model`); how the zoo's networks were trained is `zoo.train`'s, and
-how a codec trains on a `Finetuner` is `coding.finetune`'s.
+how a codec trains on a `Finetuner` is `training.finetune`'s.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaecompress.coding.finetune import Finetuner, ModuleLoss
 from vaecompress.data import MnistSplit, to_tensors
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import distiller
 from vaecompress.tasks.probe import Probe, classifier_probe
+from vaecompress.training.finetune import Finetuner, ModuleLoss
 from vaecompress.zoo.models import build_model
 from vaecompress.zoo.train import ZOO_NORMALIZE
 
@@ -108,7 +108,7 @@ def make_finetuner(
 ) -> Finetuner:
     """The task loss of codecs that train on MNIST (vae-rd, pruning, Deep Compression):
     cross-entropy of `model` (a zoo name or any classifier) run with any set of tensors
-    (`coding.finetune.ModuleLoss`; names lose `prefix`), on seeded shuffled batches."""
+    (`training.finetune.ModuleLoss`; names lose `prefix`), on seeded shuffled batches."""
     device = torch.device(device)
     net = build_model(model) if isinstance(model, str) else model
     x, y = to_tensors(train, device=device, normalize=normalize)

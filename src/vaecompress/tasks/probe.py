@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaecompress.coding.finetune import ModuleLoss
+from vaecompress.training.finetune import ModuleLoss
 
 KINDS = ("logits", "embedding")
 Outputs = Callable[[Mapping[str, torch.Tensor], int], torch.Tensor]

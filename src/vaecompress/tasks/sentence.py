@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from vaecompress.coding.finetune import Finetuner
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import distiller
 from vaecompress.tasks.probe import Probe
+from vaecompress.training.finetune import Finetuner
 from vaecompress.zoo import minilm
 from vaecompress.zoo.arch import fit_state, wrapper_prefix
 

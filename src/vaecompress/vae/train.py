@@ -12,11 +12,12 @@ validation epoch are kept. Each epoch's train/validation loss, its two terms (re
 and KL) and its wall time are recorded: they are the paper's Figure 2 (curves) and Figure 3
 (training time).
 
-With a checkpoint path the loop saves its whole state after an epoch (at most every
-`checkpoint_every_s` seconds): a run killed midway and started again resumes from it and ends
+An epoch is a step function of `training.loop`, with its early-stopping, checkpoint and
+progress hooks. With a checkpoint path the loop saves its whole state after an epoch (at most
+every `checkpoint_every_s` seconds): a run killed midway and started again resumes from it and ends
 with the same VAE, bit for bit, as an uninterrupted run (`vaecompress.checkpoint`).
 
-Under torchrun the processes share every batch and the validation set (`vae.distributed`): each
+Under torchrun the processes share every batch and the validation set (`training.distributed`): each
 computes its share of the rows, the gradients and loss sums are summed over the group.
 """
 
@@ -44,8 +45,8 @@ from vaecompress.checkpoint import (
     state_dict_like,
 )
 from vaecompress.params.variants import RowSet
-from vaecompress.progress import progress as progress_bar
-from vaecompress.vae.distributed import Group, group
+from vaecompress.training.distributed import Group, group
+from vaecompress.training.loop import Broadcast, EarlyStopping, Loop, ProgressBar, Resume
 from vaecompress.vae.model import VAE, VAEArch, elbo_terms
 
 
@@ -150,18 +151,12 @@ def train_vae(
 
     `checkpoint`: a file to keep the training's state in (saved after an epoch, at most every
     `checkpoint_every_s` seconds), resumed from when it holds a state of this same run and
-    removed at the end. Under torchrun (`vae.distributed`) the processes share the work and
-    every one returns the same VAE; the checkpoint is written by rank 0 and read by all."""
+    removed at the end. Under torchrun (`training.distributed`) the processes share the work
+    and every one returns the same VAE; the checkpoint is written by rank 0 and read by all."""
     device = _device(train)
     grp = group()
     torch.manual_seed(cfg.seed)
-    vae = VAE(arch).to(device)
-    opt = make_adam(vae.parameters(), cfg.lr, device, cfg.fused_adam)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    hist = VAEHistory()
-    best = (float("inf"), copy.deepcopy(vae.state_dict()))
-    dim = arch.in_dim
-    n = len(train)
+    run = _Epochs(VAE(arch).to(device), train, val, cfg, grp)
     ck = Checkpoint(
         checkpoint,
         kind="train_vae",
@@ -174,42 +169,60 @@ def train_vae(
         every_s=checkpoint_every_s,
         writes=grp.main,
     )
-    saved = ck.load()
-    resume = None
-    if saved is not None:
-        try:
-            resume = _check_vae(saved, vae, opt, gen, device, cfg.epochs)
-        except CheckpointError as e:
-            ck.reject(str(e))
-    if not grp.agree(resume[0].epochs if resume else 0):
-        ck.reject("the processes found different checkpoints (it must lie on a file system "
-                  "every process reads)")
-        resume = None
-    if resume:
-        hist, best, load = resume
-        load()
+    loop = Loop(run.epoch, cfg.epochs)
+    # Every process scores the same, all-reduced, validation loss: no decision to broadcast.
+    stopper = EarlyStopping(lambda lp: run.hist.val_loss[-1], patience=cfg.patience,
+                            keep=run.keep)
+    loop.add(Resume(ck, lambda saved: run.check(saved, stopper), lambda lp: run.state(stopper),
+                    grp=grp))
+    loop.add(stopper)
     # The length is unknown: early stopping ends the run long before `epochs` (150-250 of 500
     # in the paper preset), so the bar shows the best epoch and the patience left, not an ETA.
-    bar = progress_bar(None, desc=desc, unit="epoch", enabled=progress)
-    bar.update(hist.epochs)
-    for epoch in range(hist.epochs, cfg.epochs):
+    loop.add(ProgressBar(None, desc=desc, unit="epoch", enabled=progress,
+                         status=lambda lp: run.status(lp, stopper)))
+    loop.add_callback("on_end", lambda lp: run.vae.load_state_dict(run.best))
+    loop.add(Broadcast(lambda: run.vae.state_dict().values()))
+    loop.run()
+    run.hist.stopped_early = loop.stop
+    run.vae.eval()
+    return run.vae, run.hist
+
+
+class _Epochs:
+    """The step function of a VAE's training: one epoch (a pass over the shuffled rows, then
+    the validation loss), the best weights kept, what a checkpoint holds and how it is read
+    back."""
+
+    def __init__(self, vae: VAE, train: Rows, val: Rows, cfg: VAETrainConfig,
+                 grp: Group) -> None:
+        self.vae, self.train, self.val, self.cfg, self.grp = vae, train, val, cfg, grp
+        self.device = _device(train)
+        self.opt = make_adam(vae.parameters(), cfg.lr, self.device, cfg.fused_adam)
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.hist = VAEHistory()
+        self.best = copy.deepcopy(vae.state_dict())
+
+    def epoch(self, loop: Loop) -> None:
         t0 = time.perf_counter()
+        vae, cfg, train, grp, hist = self.vae, self.cfg, self.train, self.grp, self.hist
+        n, dim = len(train), vae.arch.in_dim
         vae.train()
-        order = torch.randperm(n, generator=gen).to(device)
-        sums = torch.zeros(2, device=device)
+        order = torch.randperm(n, generator=self.gen).to(self.device)
+        sums = torch.zeros(2, device=self.device)
         for i in range(0, n, cfg.batch_size):
             if grp.size > 1:
-                sums += _shared_step(vae, opt, train, order[i : i + cfg.batch_size], cfg, grp)
+                sums += _shared_step(vae, self.opt, train, order[i : i + cfg.batch_size], cfg,
+                                     grp)
                 continue
             x = train[order[i : i + cfg.batch_size]]
             nll, kl = elbo_terms(x, vae(x), cfg.sigma_x)
             loss = nll + kl
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            self.opt.step()
             sums += torch.stack([nll.detach(), kl.detach()]) * len(x)
         nll_sum, kl_sum = grp.sum_(sums).tolist()
-        val_loss, val_kl, val_nll = _eval_loss(vae, val, cfg.sigma_x, grp=grp)
+        val_loss, val_kl, val_nll = _eval_loss(vae, self.val, cfg.sigma_x, grp=grp)
         hist.train_loss.append((nll_sum + kl_sum) / n)
         hist.train_kl.append(kl_sum / n)
         hist.train_mse.append(nll_to_mse(nll_sum / n, dim, cfg.sigma_x))
@@ -217,28 +230,65 @@ def train_vae(
         hist.val_kl.append(val_kl)
         hist.val_mse.append(nll_to_mse(val_nll, dim, cfg.sigma_x))
         hist.epoch_s.append(time.perf_counter() - t0)
-        if val_loss < best[0]:
-            best = (val_loss, copy.deepcopy(vae.state_dict()))
-            hist.best_epoch = epoch + 1
-        left = min(cfg.patience - (epoch + 1 - hist.best_epoch), cfg.epochs - epoch - 1)
-        if hist.best_epoch:
-            rms = math.sqrt(max(hist.val_mse[hist.best_epoch - 1], 0.0))
-            bar.set_status(
-                f"best {hist.best_epoch} (val -ELBO {best[0]:.5g}, recon RMS {rms:.3g}), "
-                f"patience {left} left"
-            )
-        bar.update()
-        if epoch + 1 - hist.best_epoch >= cfg.patience:
-            hist.stopped_early = True
-            break
-        if ck.due() and epoch + 1 < cfg.epochs:
-            ck.save(_vae_state(vae, opt, gen, device, hist, best))
-    bar.close()
-    ck.finish()
-    vae.load_state_dict(best[1])
-    grp.broadcast_(vae.state_dict().values())  # every process returns rank 0's VAE
-    vae.eval()
-    return vae, hist
+
+    def keep(self, loop: Loop) -> None:
+        self.best = copy.deepcopy(self.vae.state_dict())
+        self.hist.best_epoch = loop.done
+
+    def status(self, loop: Loop, stopper: EarlyStopping) -> str | None:
+        hist = self.hist
+        if not hist.best_epoch:
+            return None
+        left = min(self.cfg.patience - (loop.done - hist.best_epoch), self.cfg.epochs - loop.done)
+        rms = math.sqrt(max(hist.val_mse[hist.best_epoch - 1], 0.0))
+        return (f"best {hist.best_epoch} (val -ELBO {stopper.best:.5g}, recon RMS {rms:.3g}), "
+                f"patience {left} left")
+
+    def state(self, stopper: EarlyStopping) -> dict[str, Any]:
+        hist = self.hist
+        return {
+            "vae": self.vae.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "rng": rng_states({"order": self.gen}, self.device),
+            "epoch": hist.epochs,
+            "history": {k: list(getattr(hist, k)) for k in _CURVES},
+            "best_epoch": hist.best_epoch,
+            "best_loss": stopper.best,
+            "best_vae": self.best,
+        }
+
+    def check(self, saved: dict[str, Any],
+              stopper: EarlyStopping) -> tuple[int, Callable[[], None]]:
+        """Check every field of a `train_vae` checkpoint; returns (epochs done, the function
+        that loads it into the VAE, the optimizer, the random states, the history and
+        `stopper`). Nothing is changed here."""
+        epoch = count(saved, "epoch", 1, self.cfg.epochs - 1)
+        curves = saved.get("history")
+        if not isinstance(curves, dict):
+            raise CheckpointError("field 'history' is malformed")
+        hist = VAEHistory(**{k: number_list(curves, k, epoch) for k in _CURVES})
+        hist.best_epoch = count(saved, "best_epoch", 0, epoch)
+        best_loss = saved.get("best_loss")
+        if not isinstance(best_loss, float) or math.isnan(best_loss):
+            raise CheckpointError("field 'best_loss' is not a number")
+        if (hist.best_epoch == 0) != (best_loss == float("inf")):
+            raise CheckpointError("fields 'best_loss' and 'best_epoch' disagree")
+        ref = self.vae.state_dict()
+        weights = state_dict_like(saved.get("vae"), ref, "VAE weights")
+        best_weights = state_dict_like(saved.get("best_vae"), ref, "best VAE weights")
+        opt_state = optimizer_state(saved.get("optimizer"), self.opt)
+        set_rng = restore_rng(saved.get("rng"), {"order": self.gen}, self.device)
+
+        def load() -> None:
+            self.vae.load_state_dict(weights)
+            self.opt.load_state_dict(opt_state)
+            set_rng()
+            self.hist = hist
+            self.best = {k: v.to(self.device) for k, v in best_weights.items()}
+            stopper.best, stopper.best_at = best_loss, hist.best_epoch
+            stopper.waits = epoch - hist.best_epoch
+
+        return epoch, load
 
 
 def _shared_step(vae: VAE, opt: torch.optim.Optimizer, train: Rows, batch: torch.Tensor,
@@ -280,49 +330,3 @@ def _rows_digest(data: Rows) -> list[Any]:
     if isinstance(data, RowSet):
         parts += [data.start, data.stream.chunks, data.stream.offsets]
     return parts
-
-
-def _vae_state(vae: VAE, opt: torch.optim.Optimizer, gen: torch.Generator,
-               device: torch.device, hist: VAEHistory,
-               best: tuple[float, dict[str, torch.Tensor]]) -> dict[str, Any]:
-    return {
-        "vae": vae.state_dict(),
-        "optimizer": opt.state_dict(),
-        "rng": rng_states({"order": gen}, device),
-        "epoch": hist.epochs,
-        "history": {k: list(getattr(hist, k)) for k in _CURVES},
-        "best_epoch": hist.best_epoch,
-        "best_loss": best[0],
-        "best_vae": best[1],
-    }
-
-
-def _check_vae(
-    saved: dict[str, Any], vae: VAE, opt: torch.optim.Optimizer, gen: torch.Generator,
-    device: torch.device, epochs: int,
-) -> tuple[VAEHistory, tuple[float, dict[str, torch.Tensor]], Callable[[], None]]:
-    """Check every field of a `train_vae` checkpoint; returns (history, best, the function that
-    loads the rest into `vae`, `opt` and the random states). Nothing is changed here."""
-    epoch = count(saved, "epoch", 1, epochs - 1)
-    curves = saved.get("history")
-    if not isinstance(curves, dict):
-        raise CheckpointError("field 'history' is malformed")
-    hist = VAEHistory(**{k: number_list(curves, k, epoch) for k in _CURVES})
-    hist.best_epoch = count(saved, "best_epoch", 0, epoch)
-    best_loss = saved.get("best_loss")
-    if not isinstance(best_loss, float) or math.isnan(best_loss):
-        raise CheckpointError("field 'best_loss' is not a number")
-    if (hist.best_epoch == 0) != (best_loss == float("inf")):
-        raise CheckpointError("fields 'best_loss' and 'best_epoch' disagree")
-    ref = vae.state_dict()
-    weights = state_dict_like(saved.get("vae"), ref, "VAE weights")
-    best_weights = state_dict_like(saved.get("best_vae"), ref, "best VAE weights")
-    opt_state = optimizer_state(saved.get("optimizer"), opt)
-    set_rng = restore_rng(saved.get("rng"), {"order": gen}, device)
-
-    def load() -> None:
-        vae.load_state_dict(weights)
-        opt.load_state_dict(opt_state)
-        set_rng()
-
-    return hist, (best_loss, {k: v.to(device) for k, v in best_weights.items()}), load

@@ -43,9 +43,10 @@ from typing import Any
 
 import torch
 
-from vaecompress.progress import progress as progress_bar
-from vaecompress.vae.distributed import group
-from vaecompress.vae.rd import RDConfig, RDModel, RDResult, TaskLoss
+from vaecompress.training.distributed import group
+from vaecompress.training.loop import EarlyStopping, Loop, ProgressBar
+from vaecompress.vae.rd import RDResult, TaskLoss
+from vaecompress.vae.rd_model import RDConfig, RDModel
 
 LOG2E2 = 2.0 * math.log(2.0)  # -dD/dR / D at high rate, R in bits
 SLICE = 2**20  # latents scored at a time
@@ -112,18 +113,20 @@ def _fit_prior(model: RDModel, steps: int = PRIOR_FIT_STEPS) -> None:
 
 
 class _Run:
-    """One warm-started distillation: the model, its optimizer, the rate's weight, the best
-    state seen on the checks and the time each part took."""
+    """One warm-started distillation, the step function of `training.loop`: the model, its
+    optimizer, the rate's weight, the score of the checks, the best state seen on them and
+    the time each part took."""
 
     def __init__(self, model: RDModel, cfg: RDConfig, task_loss: TaskLoss,
-                 fixed: Mapping[str, torch.Tensor], checks: list[Any]) -> None:
+                 fixed: Mapping[str, torch.Tensor], checks: list[Any],
+                 batches: Iterator[Any]) -> None:
         self.model, self.cfg, self.task_loss, self.fixed = model, cfg, task_loss, fixed
-        self.checks, self.n, self.grp = checks, model.n_params(), group()
+        self.checks, self.batches, self.n, self.grp = checks, batches, model.n_params(), group()
         self.steps = max(1, cfg.steps)
         _, d0, r0 = _score(model, fixed, task_loss, checks, 0.0, self.n)
         self.lam = cfg.slope * LOG2E2 * d0 if cfg.slope > 0 else cfg.lam
-        self.best, self.best_step, self.waits = d0 + self.lam * r0, 0, 0
-        self.hist: dict[str, list[float]] = {"step": [0], "loss": [self.best],
+        self.start_loss = d0 + self.lam * r0  # the warm start's, the first best
+        self.hist: dict[str, list[float]] = {"step": [0], "loss": [self.start_loss],
                                              "distortion": [d0], "bits_per_param": [r0],
                                              "lam": [self.lam]}
         self.keep = _snapshot(model)
@@ -136,15 +139,17 @@ class _Run:
         self.opt = torch.optim.Adam([g for g in groups if g["params"]])
         self.base = [g["lr"] for g in self.opt.param_groups]
         self.times = {"task_s": 0.0, "rate_s": 0.0, "validation_s": 0.0}
+        self.shown = ""  # the last step's task loss and rate, for the progress status
 
-    def step(self, it: int, batches: Iterator[Any]) -> tuple[float, float]:
-        """One Adam step (cosine-decayed learning rates): (task loss, bits per parameter)."""
+    def step(self, loop: Loop) -> None:
+        """One Adam step (cosine-decayed learning rates); the status shows its task loss and
+        bits per parameter."""
         model, grp = self.model, self.grp
         for g, lr in zip(self.opt.param_groups, self.base, strict=True):
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / self.steps))
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * loop.it / self.steps))
         self.opt.zero_grad(set_to_none=True)
         a = time.perf_counter()
-        mine = [next(batches) for _ in range(grp.size)][grp.rank]  # each process its own
+        mine = [next(self.batches) for _ in range(grp.size)][grp.rank]  # each process its own
         w = {name: model.term_task(i) for i, name in enumerate(model.names)}
         d = self.task_loss({**self.fixed, **w}, mine)
         d.backward()
@@ -164,32 +169,21 @@ class _Run:
             bits = bits + r.detach()
         self.times["rate_s"] += time.perf_counter() - b
         self.opt.step()
-        return task, float(bits) / self.n
+        self.shown = f"task {task:.5f}, bits_per_param {float(bits) / self.n:.3f}"
 
-    def check(self, done: int) -> bool:
-        """Score the rounded state on the checks, keep it if best; False when patience runs
-        out."""
+    def score(self, loop: Loop) -> float:
+        """The loss of the rounded state on the checks, recorded in the history."""
         a = time.perf_counter()
         loss, dv, rv = _score(self.model, self.fixed, self.task_loss, self.checks, self.lam,
                               self.n)
         self.times["validation_s"] += time.perf_counter() - a
-        for k, v in (("step", done), ("loss", loss), ("distortion", dv),
+        for k, v in (("step", loop.done), ("loss", loss), ("distortion", dv),
                      ("bits_per_param", rv), ("lam", self.lam)):
             self.hist[k].append(v)
-        if loss < self.best:
-            self.best, self.best_step, self.waits = loss, done, 0
-            self.keep = _snapshot(self.model)
-            return True
-        self.waits += 1
-        return not (self.cfg.patience and self.waits >= self.cfg.patience)
+        return loss
 
-    def stop(self, done: int) -> bool:
-        """Check, and whether to stop: rank 0's decision in a group, so that no process
-        leaves the loop while another still waits for it in the next step's all-reduce."""
-        flag = torch.tensor([0 if self.check(done) else 1], dtype=torch.int64,
-                            device=self.grp.device)
-        self.grp.broadcast_([flag])
-        return bool(flag.item())
+    def keep_best(self, loop: Loop) -> None:
+        self.keep = _snapshot(self.model)
 
     def export(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The best state seen (the warm start included), as int32 latents and float32 steps;
@@ -234,22 +228,22 @@ def train_warm(
     fixed_d = {k: v.to(device) for k, v in (fixed or {}).items()}
     # Batches to score on: the validation set, else the first training batch (kept aside).
     run = _Run(model, cfg, task_loss, fixed_d,
-               list(validation) if validation else [next(batches)])
-    bar = progress_bar(run.steps, desc=desc, unit="step", enabled=progress)
-    done = 0
-    for it in range(run.steps):
-        task, bpp = run.step(it, batches)
-        done = it + 1
-        bar.set_postfix(task=f"{task:.5f}", bits_per_param=f"{bpp:.3f}")
-        bar.update()
-        every = cfg.validate_every
-        if every and (done % every == 0 or done == run.steps) and run.stop(done):
-            break
-    bar.close()
+               list(validation) if validation else [next(batches)], batches)
+    loop = Loop(run.step, run.steps)
+    loop.add(ProgressBar(run.steps, desc=desc, unit="step", enabled=progress,
+                         status=lambda lp: run.shown))
+    # The early stop is rank 0's decision in a group, so that no process leaves the loop
+    # while another still waits for it in the next step's all-reduce.
+    stopper = EarlyStopping(run.score, patience=cfg.patience or None,
+                            every=cfg.validate_every, keep=run.keep_best,
+                            best=run.start_loss, decide_in_group=True)
+    if cfg.validate_every:
+        loop.add(stopper)
+    loop.run()
     ints, out_steps = run.export()
     hist = run.hist
-    hist["best_step"] = [run.best_step]
-    hist["steps_run"] = [done]
+    hist["best_step"] = [stopper.best_at]
+    hist["steps_run"] = [loop.done]
     res = RDResult(model.names, ints, out_steps, hist, time.perf_counter() - t0)
     res.history.update({k: [v] for k, v in run.times.items()})
     return res

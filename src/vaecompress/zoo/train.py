@@ -6,14 +6,14 @@ zoo's networks are made: their training, its presets, and the images they were t
 Presets own their defaults here: `quick` trains in about a minute on a 2-core CPU, `paper`
 trains long enough to pass the paper's original accuracies (Table 2).
 
-With a checkpoint path, training saves its state at the end of an epoch (at most every
-`checkpoint_every_s` seconds) and a run killed midway resumes from it to the same weights as an
-uninterrupted one (`vaecompress.checkpoint`).
+Training is a step function of `training.loop` (one Adam step per iteration). With a checkpoint
+path it saves its state at the end of an epoch (at most every `checkpoint_every_s` seconds) and a
+run killed midway resumes from it to the same weights as an uninterrupted one
+(`vaecompress.checkpoint`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +25,6 @@ from torch import nn
 
 from vaecompress.checkpoint import (
     Checkpoint,
-    CheckpointError,
     count,
     fingerprint,
     number_list,
@@ -38,8 +37,8 @@ from vaecompress.checkpoint import (
 from vaecompress.data import MnistSplit, to_tensors
 from vaecompress.data.mnist import MEAN, STD
 from vaecompress.errors import UserError
-from vaecompress.progress import progress as progress_bar
 from vaecompress.runinfo import seed_everything
+from vaecompress.training.loop import Loop, ProgressBar, Resume
 from vaecompress.zoo.models import build_model
 
 # The images the zoo's networks were trained on and want: MNIST's x / 255 normalized with its own
@@ -113,10 +112,8 @@ def train_model(
     x, y = to_tensors(train, device=device)
     if cfg.limit is not None:
         x, y = x[: cfg.limit], y[: cfg.limit]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    steps = (len(x) + cfg.batch_size - 1) // cfg.batch_size
-    losses: list[float] = []
+    run = _Epochs(model, x, y, cfg, device)
+    loop = Loop(run.step, cfg.epochs * run.steps)
     ck = Checkpoint(
         checkpoint,
         kind="train_model",
@@ -127,54 +124,70 @@ def train_model(
         ),
         every_s=checkpoint_every_s,
     )
-    saved = ck.load()
-    before_s = 0.0  # the training time of earlier, interrupted runs
-    if saved is not None:
-        try:
-            losses, before_s = _restore_model(saved, model, opt, gen, device, cfg.epochs)
-        except CheckpointError as e:
-            ck.reject(str(e))
-    t0 = time.perf_counter() - before_s
-    bar = progress_bar(cfg.epochs * steps, desc=f"train {name}", unit="step", enabled=progress)
-    bar.update(len(losses) * steps)
-    for _ in range(len(losses), cfg.epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=gen).to(device)
-        total = 0.0
-        for i in range(steps):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            bar.update()
-            if on_step is not None:
-                on_step(len(losses) * steps + i + 1, model)
-        losses.append(total / len(x))
-        bar.set_status(f"epoch {len(losses)}/{cfg.epochs}, loss {losses[-1]:.4f}")
-        if ck.due() and len(losses) < cfg.epochs:
-            ck.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "rng": rng_states({"order": gen}, device), "epoch": len(losses),
-                     "epoch_loss": list(losses), "train_s": time.perf_counter() - t0})
-    bar.close()
-    ck.finish()
+    loop.add(Resume(ck, lambda saved: run.check(saved, loop), run.state, every=run.steps))
+    loop.add(ProgressBar(loop.total, desc=f"train {name}", unit="step", enabled=progress,
+                         status=run.status))
+    if on_step is not None:
+        loop.add_callback("on_step_end", lambda lp: on_step(lp.done, model))
+    loop.run()
     model.eval()
-    return TrainResult(model, cfg, time.perf_counter() - t0, losses)
+    return TrainResult(model, cfg, loop.elapsed_s(), run.losses)
 
 
-def _restore_model(saved: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
-                   gen: torch.Generator, device: torch.device,
-                   epochs: int) -> tuple[list[float], float]:
-    """Check every field of a `train_model` checkpoint, then load it; returns (the losses of
-    the epochs done, their training time). Nothing is changed when a field is wrong."""
-    epoch = count(saved, "epoch", 1, epochs - 1)
-    losses = number_list(saved, "epoch_loss", epoch)
-    train_s = seconds(saved, "train_s")
-    weights = state_dict_like(saved.get("model"), model.state_dict(), "model weights")
-    opt_state = optimizer_state(saved.get("optimizer"), opt)
-    set_rng = restore_rng(saved.get("rng"), {"order": gen}, device)
-    model.load_state_dict(weights)
-    opt.load_state_dict(opt_state)
-    set_rng()
-    return losses, train_s
+class _Epochs:
+    """The step function of a classifier's training: one Adam step on the next batch of the
+    epoch's shuffled order (drawn at the epoch's first step), the epoch's mean loss at its last;
+    what a checkpoint holds and how it is read back."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                 device: torch.device) -> None:
+        self.model, self.x, self.y, self.cfg, self.device = model, x, y, cfg, device
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.steps = (len(x) + cfg.batch_size - 1) // cfg.batch_size  # per epoch
+        self.losses: list[float] = []
+        self.order = torch.empty(0, dtype=torch.int64)
+        self.total = 0.0
+
+    def step(self, loop: Loop) -> None:
+        i = loop.it % self.steps
+        if i == 0:
+            self.model.train()
+            self.order = torch.randperm(len(self.x), generator=self.gen).to(self.device)
+            self.total = 0.0
+        idx = self.order[i * self.cfg.batch_size : (i + 1) * self.cfg.batch_size]
+        loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.total += float(loss.detach()) * len(idx)
+        if i == self.steps - 1:
+            self.losses.append(self.total / len(self.x))
+
+    def status(self, loop: Loop) -> str | None:
+        if loop.done % self.steps:
+            return None
+        return f"epoch {len(self.losses)}/{self.cfg.epochs}, loss {self.losses[-1]:.4f}"
+
+    def state(self, loop: Loop) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "rng": rng_states({"order": self.gen}, self.device), "epoch": len(self.losses),
+                "epoch_loss": list(self.losses), "train_s": loop.elapsed_s()}
+
+    def check(self, saved: dict[str, Any], loop: Loop) -> tuple[int, Callable[[], None]]:
+        """Check every field of a `train_model` checkpoint; returns (the steps of the epochs
+        done, the function that loads it). Nothing is changed here."""
+        epoch = count(saved, "epoch", 1, self.cfg.epochs - 1)
+        losses = number_list(saved, "epoch_loss", epoch)
+        train_s = seconds(saved, "train_s")
+        weights = state_dict_like(saved.get("model"), self.model.state_dict(), "model weights")
+        opt_state = optimizer_state(saved.get("optimizer"), self.opt)
+        set_rng = restore_rng(saved.get("rng"), {"order": self.gen}, self.device)
+
+        def load() -> None:
+            self.model.load_state_dict(weights)
+            self.opt.load_state_dict(opt_state)
+            set_rng()
+            self.losses, loop.before_s = losses, train_s
+
+        return epoch * self.steps, load

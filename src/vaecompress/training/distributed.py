@@ -1,9 +1,11 @@
-"""Data-parallel VAE training over torch.distributed, for processes started by torchrun.
+"""Data-parallel training over torch.distributed, for processes started by torchrun.
 
 `torchrun --nproc_per_node=N -m vaecompress.cli compress ...` starts N processes with `RANK`,
 `WORLD_SIZE`, `LOCAL_RANK` and the rendezvous address in their environment. `session()` joins
 them into one process group (gloo on CPU; NCCL on CUDA, each process on GPU `LOCAL_RANK`) and
-leaves it at the end; rank 0 alone prints and writes files.
+leaves it at the end; rank 0 alone prints and writes files. A training's step function shares
+its work through `group()`; the loop's hooks (`training.loop`) use it to agree on a checkpoint
+and on when to stop.
 
 In a group, `vae.train.train_vae` shards every batch. Each process draws the same batch order
 and the same reparameterization noise that one process would draw, and takes a contiguous share

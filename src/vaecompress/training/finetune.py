@@ -1,4 +1,5 @@
-"""Retraining on the task: the loop every fine-tuning codec shares, masked or through codebooks.
+"""Retraining on the task: the step function every fine-tuning codec runs, masked or through
+codebooks.
 
 A `Finetuner` (built by `tasks.mnist.make_finetuner` for MNIST classifiers, or by any user for
 their own model and task) gives a loss of the model evaluated with given tensors and an endless
@@ -6,9 +7,9 @@ batch stream. `ModuleLoss` makes such a loss from an `nn.Module` and a criterion
 runs in eval mode (dropout off, BatchNorm on its stored statistics, computed by a formula that
 is differentiable in them, since codecs retrain every floating tensor, the statistics too), the
 same function of its tensors that evaluating the rebuilt model computes.
-`run_finetune` runs Adam on some leaf tensors; `masked_finetune` keeps pruned weights at zero;
-`finetune_centroids` trains the codebooks of clustered tensors (Deep Compression's trained
-quantization).
+`run_finetune` runs Adam on some leaf tensors, a step function of `training.loop`;
+`masked_finetune` keeps pruned weights at zero; `finetune_centroids` trains the codebooks of
+clustered tensors (Deep Compression's trained quantization).
 
 Boundary: the loops take any context with `device`, `progress`, `label` and `finetune`
 (`codecs.base.CodecContext` is one); without a finetuner they return their input unchanged.
@@ -31,7 +32,7 @@ from vaecompress.coding.floats import numel, split_floats
 from vaecompress.coding.kmeans import Clustered
 from vaecompress.errors import UserError
 from vaecompress.io import StateDict
-from vaecompress.progress import progress as progress_bar
+from vaecompress.training.loop import Loop, ProgressBar
 
 DEFAULT_STEPS_PER_EPOCH = 100  # an "epoch" of a batch stream whose length is unknown
 
@@ -156,9 +157,9 @@ def run_finetune(params: dict[str, torch.Tensor],
     batches = finetuner.batches()
     losses: list[float] = []
     chunk = max(1, steps // 10)
-    total = 0.0
-    bar = progress_bar(steps, desc=desc, unit="step", enabled=progress)
-    for step in range(steps):
+    total = [0.0]
+
+    def step(loop: Loop) -> None:
         loss = finetuner.loss(make_state(), next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,13 +167,16 @@ def run_finetune(params: dict[str, torch.Tensor],
         if after_step is not None:
             with torch.no_grad():
                 after_step()
-        total += float(loss.detach())
-        if (step + 1) % chunk == 0:
-            losses.append(total / chunk)
-            total = 0.0
-            bar.set_status(f"loss {losses[-1]:.4f}")
-        bar.update()
-    bar.close()
+        total[0] += float(loss.detach())
+        if (loop.it + 1) % chunk == 0:
+            losses.append(total[0] / chunk)
+            total[0] = 0.0
+
+    def status(loop: Loop) -> str | None:
+        return f"loss {losses[-1]:.4f}" if loop.done % chunk == 0 else None
+
+    Loop(step, steps).add(ProgressBar(steps, desc=desc, unit="step", enabled=progress,
+                                      status=status)).run()
     return losses
 
 
