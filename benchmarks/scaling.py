@@ -168,7 +168,7 @@ def vae_state_bytes(codec: str, settings: dict[str, Any], params: int) -> int:
         return 16 * params  # one latent per weight (the tensor-wise steps and prior are tiny)
     if codec == "vae-paper":
         from vaecompress.codecs import make_codec
-        from vaecompress.vae.model import VAE
+        from vaecompress.methods.paper.model import VAE
 
         arch = make_codec(codec, **settings).arch()  # type: ignore[attr-defined]
         return 16 * sum(p.numel() for p in VAE(arch).parameters())

@@ -161,7 +161,7 @@ with session("cpu") as grp:
 
 
 def test_task_aware_codec_shards_its_batches_under_torchrun(tmp_path: Path) -> None:
-    """Two processes distil the warm-started vae-rd (`vae.warm`) on different batches of the
+    """Two processes distil the warm-started vae-rd (`methods.rd.warm`) on different batches of the
     same stream (each its own of every pair), average the task's gradients and end with the
     same file; one process alone sees the first batches."""
     (tmp_path / "worker.py").write_text(WARM_WORKER)

@@ -16,13 +16,13 @@ import vaecompress
 from vaecompress.api import compress, decompress
 from vaecompress.cli import main, parse_size
 from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC, CodecContext, make_codec
-from vaecompress.codecs.vae_rd_free import DEFAULT_SNR
 from vaecompress.errors import UserError
 from vaecompress.fidelity import weights_fidelity
 from vaecompress.format import loads
 from vaecompress.io import save_weights_file
+from vaecompress.methods.rd.allocate import allocate, relative_sensitivities, snr_db
+from vaecompress.methods.rd.vae_rd_free import DEFAULT_SNR
 from vaecompress.tasks.probe import Probe, classifier_probe, fisher
-from vaecompress.vae.allocate import allocate, relative_sensitivities, snr_db
 
 CTX = CodecContext(progress=False)
 

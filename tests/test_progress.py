@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import vaecompress.progress as prog
+from vaecompress.methods.paper.model import VAEArch
+from vaecompress.methods.paper.train import VAETrainConfig, train_vae
 from vaecompress.progress import progress
-from vaecompress.vae.model import VAEArch
-from vaecompress.vae.train import VAETrainConfig, train_vae
 
 ESCAPE = re.compile(r"\x1b\[|\r")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vaecompress.experiments.reproduce as rep
-from vaecompress.codecs.vae_paper import VAEPaperSettings
+from vaecompress.methods.paper.vae_paper import VAEPaperSettings
 
 TINY = rep.ReproduceConfig(
     "quick",

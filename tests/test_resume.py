@@ -22,13 +22,13 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import vaecompress.checkpoint as ckmod
 import vaecompress.experiments.reproduce as rep
-from vaecompress.codecs.vae_paper import VAEPaperSettings
 from vaecompress.data import load_mnist
+from vaecompress.methods.paper.model import VAEArch
+from vaecompress.methods.paper.train import VAETrainConfig, train_vae
+from vaecompress.methods.paper.vae_paper import VAEPaperSettings
+from vaecompress.methods.rd.model import RDConfig
+from vaecompress.methods.rd.train import RDResult, train_rd
 from vaecompress.params.variants import NoiseConfig, VariantStream
-from vaecompress.vae.model import VAEArch
-from vaecompress.vae.rd import RDResult, train_rd
-from vaecompress.vae.rd_model import RDConfig
-from vaecompress.vae.train import VAETrainConfig, train_vae
 from vaecompress.zoo.train import TrainConfig, train_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ def test_slope_is_one_for_linear_growth_and_two_for_quadratic(scaling) -> None: 
 
 
 def test_vae_state_counts_weights_gradients_and_adam(scaling) -> None:  # type: ignore[no-untyped-def]
-    from vaecompress.vae.model import VAE, VAEArch
+    from vaecompress.methods.paper.model import VAE, VAEArch
 
     assert scaling.vae_state_bytes("zstd", {}, 10**6) == 0
     assert scaling.vae_state_bytes("vae-rd-free", {}, 10**6) == 16 * 10**6

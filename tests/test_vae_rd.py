@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-import vaecompress.codecs.vae_rd
-import vaecompress.codecs.vae_rd_free  # noqa: F401  (registers)
+import vaecompress.methods.rd.vae_rd
+import vaecompress.methods.rd.vae_rd_free  # noqa: F401  (registers)
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, Finetuner, make_codec
-from vaecompress.coding.latents import (
+from vaecompress.errors import FormatError, UserError
+from vaecompress.methods.rd.latents import (
     FIXED,
     decode_affine,
     decode_model,
@@ -24,10 +25,9 @@ from vaecompress.coding.latents import (
     encode_tensor,
     grid,
 )
-from vaecompress.errors import FormatError, UserError
-from vaecompress.vae.prior import MixturePrior
-from vaecompress.vae.rd import train_rd
-from vaecompress.vae.rd_model import RDConfig
+from vaecompress.methods.rd.model import RDConfig
+from vaecompress.methods.rd.prior import MixturePrior
+from vaecompress.methods.rd.train import train_rd
 
 
 def _sparse_ints(shape: tuple[int, ...], seed: int = 0, density: float = 0.1) -> np.ndarray:

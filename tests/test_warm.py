@@ -1,5 +1,5 @@
-"""The task-aware `vae-rd` at scale (`vae.warm`): warm start from the closed form, distillation
-without labels, the sampled rate, early stopping on validation batches."""
+"""The task-aware `vae-rd` at scale (`methods.rd.warm`): warm start from the closed form,
+distillation without labels, the sampled rate, early stopping on validation batches."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from torch.func import functional_call
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, Finetuner
 from vaecompress.errors import UserError
-from vaecompress.vae.rd_model import RDConfig, RDModel, _RoundScale
-from vaecompress.vae.warm import train_warm
+from vaecompress.methods.rd.model import RDConfig, RDModel, _RoundScale
+from vaecompress.methods.rd.warm import train_warm
 
 
 class _Teacher:
@@ -96,7 +96,7 @@ def test_warm_start_begins_at_the_closed_form_steps() -> None:
 def test_distillation_lowers_the_loss_at_the_same_rate(teacher: _Teacher) -> None:
     live = {k: v for k, v in teacher.state.items()}
     cfg = RDConfig(steps=64, slope=1.0, validate_every=8, patience=0, lr_prior=1e-2)
-    from vaecompress.vae.allocate import allocate, relative_sensitivities
+    from vaecompress.methods.rd.allocate import allocate, relative_sensitivities
 
     arrays = [v.numpy() for v in live.values()]
     alloc = allocate(arrays, relative_sensitivities(arrays), snr=12.0)
@@ -129,7 +129,7 @@ def test_early_stopping_keeps_the_warm_start_when_nothing_improves(teacher: _Tea
         return F.kl_div(out, target, log_target=True, reduction="batchmean")
 
     train = (("train", x) for x in teacher.batches())
-    from vaecompress.vae.allocate import allocate, relative_sensitivities
+    from vaecompress.methods.rd.allocate import allocate, relative_sensitivities
 
     arrays = [v.numpy() for v in live.values()]
     alloc = allocate(arrays, relative_sensitivities(arrays), snr=12.0)
@@ -170,7 +170,7 @@ def test_bad_warm_settings_are_bad_input(teacher: _Teacher, bad: dict) -> None:
 def test_a_short_run_moves_no_latent_far(teacher: _Teacher) -> None:
     """Two steps may not move a latent by `1 / steps` (half a bin, quantization noise's own
     size) at once: the learning rate is capped at MAX_LR_BINS a step."""
-    from vaecompress.vae.allocate import allocate, relative_sensitivities
+    from vaecompress.methods.rd.allocate import allocate, relative_sensitivities
 
     live = dict(teacher.state)
     arrays = [v.numpy() for v in live.values()]

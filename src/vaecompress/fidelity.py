@@ -4,7 +4,7 @@ Without the task nothing can say what a model's outputs lost, but the weights ca
 they moved. Each floating tensor's relative squared error `|w_hat - w|^2 / |w|^2`, in dB as a
 signal-to-noise ratio; the model's SNR is that of their relative
 errors summed over tensors (the data-free codec's own measure with its `relative` weighting,
-`vae.allocate`: the errors of the layers add up along the network), and the worst tensor is
+`methods.rd.allocate`: the errors of the layers add up along the network), and the worst tensor is
 named, so that one destroyed layer is never hidden by many exact ones.
 
 Boundary: tensors in, numbers out.
@@ -18,7 +18,15 @@ from typing import Any
 
 import torch
 
-from vaecompress.vae.allocate import snr_db
+
+def snr_db(nsr: float) -> float:
+    """-10 log10 of a noise-to-signal ratio (inf for an exact result)."""
+    return math.inf if nsr <= 0 else -10.0 * math.log10(nsr)
+
+
+def nsr_of_db(snr: float) -> float:
+    """The noise-to-signal ratio of a fidelity in dB."""
+    return 10.0 ** (-snr / 10.0)
 
 
 def weights_fidelity(orig: Mapping[str, torch.Tensor],

@@ -14,9 +14,9 @@ from vaecompress.codecs import deep_compression  # noqa: F401  (registers)
 from vaecompress.codecs import nncodec_peer  # noqa: F401  (registers)
 from vaecompress.codecs import hqq_peer  # noqa: F401  (registers)
 from vaecompress.codecs import zipnn_peer  # noqa: F401  (registers)
-from vaecompress.codecs import vae_paper  # noqa: F401  (registers)
-from vaecompress.codecs import vae_rd  # noqa: F401  (registers)
-from vaecompress.codecs import vae_rd_free  # noqa: F401  (registers)
+from vaecompress.methods.paper import vae_paper  # noqa: F401  (registers)
+from vaecompress.methods.rd import vae_rd  # noqa: F401  (registers)
+from vaecompress.methods.rd import vae_rd_free  # noqa: F401  (registers)
 from vaecompress.codecs import bitdelta  # noqa: F401  (registers; a peer for deltas)
 # isort: on
 from vaecompress.codecs.base import (

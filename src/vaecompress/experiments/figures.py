@@ -69,7 +69,7 @@ def training_curves(rec: Record) -> dict[str, list[float]]:
     `{train,val}_kl` (nats per chunk). Records written before the split was kept have the
     validation split (its -ELBO minus its KL) but only the train total: the train curves are
     then left out. Without the settings to convert, `{train,val}_total` (-ELBO) stand in."""
-    from vaecompress.vae.train import nll_to_mse
+    from vaecompress.methods.paper.train import nll_to_mse
 
     hist = rec.get("history") or {}
     settings = rec.get("settings") or {}

@@ -36,7 +36,6 @@ import torch
 
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, make_codec
-from vaecompress.codecs.vae_paper import VAEPaperSettings
 from vaecompress.data import load_mnist
 from vaecompress.errors import UserError
 from vaecompress.experiments.common import (
@@ -48,6 +47,7 @@ from vaecompress.experiments.common import (
     trained_model,
 )
 from vaecompress.files import atomic_write_bytes, atomic_write_json
+from vaecompress.methods.paper.vae_paper import VAEPaperSettings
 from vaecompress.progress import progress as progress_bar
 from vaecompress.runinfo import auto_threads, environment, resolve_device, seed_everything
 from vaecompress.tasks.mnist import make_finetuner, mnist_probe

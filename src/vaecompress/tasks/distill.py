@@ -55,7 +55,8 @@ TINY = 1e-30  # keeps the relative error of an all-zero hidden state finite
 
 class Indexed(NamedTuple):
     """A batch with its position in a sequence of batches: the key of its cached teacher (a
-    tuple, so that what fingerprints a batch, `vae.rd`'s checkpoint, sees its contents)."""
+    tuple, so that what fingerprints a batch, `methods.rd.train`'s checkpoint, sees its
+    contents)."""
 
     index: int
     batch: Any

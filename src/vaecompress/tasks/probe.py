@@ -7,7 +7,7 @@ distribution: for a classifier, labels drawn from its softmax; for a model with 
 derivatives of the output. To second order a weight error `dw` changes the outputs by
 `sum F dw^2` (twice the KL divergence of a classifier's predictions), so weighing a codec's
 error by `F` weighs it by what it does to the outputs. Only the mean over each tensor is kept:
-the data-free codec gives each tensor one step (`vae.allocate`).
+the data-free codec gives each tensor one step (`methods.rd.allocate`).
 
 The gradient of a whole batch is squared, not each sample's: the cross terms vanish in
 expectation (the score of a label drawn from the model has mean zero, and so has a projection
@@ -99,7 +99,8 @@ def classifier_probe(net: nn.Module, input_shape: Sequence[int], *,
 def tensor_sensitivities(probe: Probe, state: Mapping[str, torch.Tensor], names: Sequence[str],
                          arrays: Sequence[np.ndarray], seed: int = 0) -> list[float]:
     """Each tensor's mean Fisher information (`fisher`): the sensitivities of the closed form
-    of the rate-distortion codecs (`vae.allocate`); `arrays` are the tensors `names` in numpy.
+    of the rate-distortion codecs (`methods.rd.allocate`); `arrays` are the tensors `names` in
+    numpy.
     A tensor the synthetic inputs never reach (zero Fisher, e.g. the rows of unused tokens) is
     not thereby free: it is weighed as the most sensitive tensor is, relative to its energy."""
     sens = list(fisher(probe, state, names, seed=seed).values())

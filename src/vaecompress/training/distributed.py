@@ -7,7 +7,8 @@ leaves it at the end; rank 0 alone prints and writes files. A training's step fu
 its work through `group()`; the loop's hooks (`training.loop`) use it to agree on a checkpoint
 and on when to stop.
 
-In a group, `vae.train.train_vae` shards every batch. Each process draws the same batch order
+In a group, `methods.paper.train.train_vae` shards every batch. Each process draws the same batch
+order
 and the same reparameterization noise that one process would draw, and takes a contiguous share
 of the batch's rows (`Group.share`); its loss is the mean over its rows weighted by their share
 of the batch, so the gradients summed over the processes (`Group.sum_grads`, one all-reduce of

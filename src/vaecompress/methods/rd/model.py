@@ -4,7 +4,7 @@ For every floating tensor `w` of a model there is a latent tensor `z` of the sam
 decoder `w_hat = step * round(z)` (one learned step per tensor, or per output row, or one shared
 by all tensors). With quantized latents and a box posterior of unit width, the negative ELBO is
 exactly distortion + rate (Balle et al., arXiv 1611.01704): the rate is `-log2 p(round(z))` under
-the learned prior (`vae.prior`), the size of the entropy-coded latents; the distortion is the
+the learned prior (`methods.rd.prior`), the size of the entropy-coded latents; the distortion is the
 task loss of the model run with `w_hat` (task-aware, needs training data) or the squared error
 `|w_hat - w|^2` relative to the weights' energy (data-free). EPR (Oktay et al., arXiv 1906.06624)
 is this model without an encoder; so is the default here: the latents are optimized directly
@@ -16,8 +16,8 @@ Quantization during training (`quant`): `mixed` (default) runs the task on strai
 rounded latents and measures the rate on noisy ones (`z + u`, `u ~ U(-1/2, 1/2)`); `noise` uses
 the noisy latents for both; `ste` uses straight-through rounding for both.
 
-Boundary: the model and its configuration; its training is `vae.rd` (from the first step) and
-`vae.warm` (warm-started from the closed form).
+Boundary: the model and its configuration; its training is `methods.rd.train` (from the first step)
+and `methods.rd.warm` (warm-started from the closed form).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vaecompress.vae.prior import MixturePrior
+from vaecompress.methods.rd.prior import MixturePrior
 
 QUANT_MODES = ("mixed", "noise", "ste")
 DECODERS = ("tensor", "row", "shared")
@@ -90,7 +90,7 @@ class RDModel(nn.Module):
             scale = scale if scale > 0 else 1e-3
             n_steps = rows_of(t.shape) if cfg.decoder == "row" else 1
             log_steps.append(torch.full((n_steps,), math.log(scale / cfg.init_bins)))
-        if init_steps is not None:  # the closed form's steps (`vae.allocate`)
+        if init_steps is not None:  # the closed form's steps (`methods.rd.allocate`)
             if cfg.decoder != "tensor" or cfg.latents != "direct" or len(init_steps) != len(ref):
                 raise ValueError("a warm start needs one step per tensor and direct latents")
             log_steps = [torch.full((1,), math.log(float(d))) for d in init_steps]
@@ -174,8 +174,8 @@ class RDModel(nn.Module):
         return w, self.prior.bits_fast(zr, i)
 
     def term_task(self, i: int) -> torch.Tensor:
-        """Tensor `i` as the task sees it in a warm start (`vae.warm`): `step * round(z)` with
-        the straight-through gradient, in one op that keeps no copy of the latents."""
+        """Tensor `i` as the task sees it in a warm start (`methods.rd.warm`): `step * round(z)`
+        with the straight-through gradient, in one op that keeps no copy of the latents."""
         return _RoundScale.apply(self.latent(i), self.step(i))
 
     def rate(self, i: int) -> torch.Tensor:

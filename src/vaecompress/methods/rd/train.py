@@ -1,8 +1,9 @@
-"""Training the rate-distortion VAE (`vae.rd_model`) from its first step: distortion + lam * rate.
+"""Training the rate-distortion VAE (`methods.rd.model`) from its first step: distortion + lam *
+rate.
 
 Every latent starts at `w / (std / init_bins)`; the latents, the decoder's steps and the prior
 are trained together by Adam (a step function of `training.loop`), the learning rates decayed by
-a cosine over the last half of the run. `vae.warm` starts from the closed form instead.
+a cosine over the last half of the run. `methods.rd.warm` starts from the closed form instead.
 
 With a checkpoint path the optimization saves its state every `checkpoint_every_s` seconds and a
 run killed midway resumes from it to the same integers and steps, bit for bit, as an
@@ -15,7 +16,7 @@ decoder included, are summed over the group before every process takes the same 
 the task's loss each process runs the whole optimization (the same one: nothing is shared).
 
 Boundary: this module trains and returns integers and float32 steps; it knows nothing of the
-compressed file. `codecs.vae_rd` turns them into bytes.
+compressed file. `methods.rd.vae_rd` turns them into bytes.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ from vaecompress.checkpoint import (
     state_dict_like,
 )
 from vaecompress.errors import UserError
+from vaecompress.methods.rd.model import RDConfig, RDModel
 from vaecompress.training.distributed import Group, group
 from vaecompress.training.loop import Broadcast, Loop, ProgressBar, Resume
-from vaecompress.vae.rd_model import RDConfig, RDModel
 
 TaskLoss = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
 

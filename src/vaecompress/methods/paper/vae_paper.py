@@ -45,6 +45,8 @@ from vaecompress.coding.floats import float_specs
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import ROLE_CODE, ROLE_MODEL, Container, External, Payload
 from vaecompress.io import StateDict, state_from_bytes, state_to_bytes
+from vaecompress.methods.paper.model import VAEArch, build_decoder
+from vaecompress.methods.paper.train import VAETrainConfig, train_vae
 from vaecompress.params.variants import NoiseConfig, VariantStream
 from vaecompress.params.vector import (
     Chunking,
@@ -58,8 +60,6 @@ from vaecompress.params.vector import (
     unchunk_tensors,
     unflatten,
 )
-from vaecompress.vae.model import VAEArch, build_decoder
-from vaecompress.vae.train import VAETrainConfig, train_vae
 
 NORMALIZE = ("tensor", "global", "none")
 CHUNKING = ("vector", "tensor")

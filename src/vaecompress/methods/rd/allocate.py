@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vaecompress.fidelity import nsr_of_db, snr_db
+
 MAX_SNR = 120.0  # the finest fidelity a codec accepts, in dB: float32 weights hold about 140
 BISECTIONS = 28  # halvings of the log-scale interval: c is found to about 1e-7 relative
 
@@ -56,15 +58,6 @@ class Allocation:
     @property
     def snr_db(self) -> float:
         return snr_db(self.nsr)
-
-
-def snr_db(nsr: float) -> float:
-    """-10 log10 of a noise-to-signal ratio (inf for an exact result)."""
-    return math.inf if nsr <= 0 else -10.0 * math.log10(nsr)
-
-
-def nsr_of_db(snr: float) -> float:
-    return 10.0 ** (-snr / 10.0)
 
 
 def relative_sensitivities(tensors: Sequence[np.ndarray]) -> list[float]:

@@ -1,9 +1,9 @@
 """`vae-rd-free`: the rate-distortion VAE of `vae-rd` without the task's data; the default codec.
 
 The same latents, decoder (`w = step * z`, one float32 step per tensor), entropy-coded stored
-form (`coding.latents`) and prior (the integer frequency tables of the file) as `vae-rd`, with a
+form (`methods.rd.latents`) and prior (the integer frequency tables of the file) as `vae-rd`, with a
 distortion that needs nothing but the weights: the weighted noise-to-signal ratio of the decoded
-weights (`vae.allocate`), each tensor weighed by its sensitivity. Its knob means the same on
+weights (`methods.rd.allocate`), each tensor weighed by its sensitivity. Its knob means the same on
 every model:
 
 - `snr` (dB, default `DEFAULT_SNR`): the fidelity to keep; the codec finds the coarsest
@@ -19,8 +19,8 @@ Solvers: `closed` (default) is the exact solution of the high-rate rate-distorti
 step per tensor in closed form (reverse water-filling) and the latents rounded, found by a
 bisection that costs one pass of rounding per try: seconds on a 22M-parameter model. `adam`
 trains latents, steps and a learned mixture prior on `relative error + lam * bits per
-parameter` for `steps` steps (`vae.rd`), the codec's first form, kept as an ablation: on the
-zoo it is no smaller at the same accuracy and a thousand times slower.
+parameter` for `steps` steps (`methods.rd.train`), the codec's first form, kept as an ablation: on
+the zoo it is no smaller at the same accuracy and a thousand times slower.
 
 It never makes a file larger than the model when it is the default (`api.compress` falls back
 to the lossless codec).
@@ -47,14 +47,14 @@ from vaecompress.codecs.base import (
     split_passthrough,
 )
 from vaecompress.coding.floats import float_specs
-from vaecompress.coding.latents import decode_model, encode_model, estimate_model_bytes
 from vaecompress.errors import UserError
 from vaecompress.format import ROLE_CODE, Container, Payload, dumps
 from vaecompress.io import StateDict
+from vaecompress.methods.rd.allocate import MAX_SNR, Allocation, allocate, relative_sensitivities
+from vaecompress.methods.rd.latents import decode_model, encode_model, estimate_model_bytes
+from vaecompress.methods.rd.settings import RDSettings
+from vaecompress.methods.rd.train import check_finite, rd_report, train_rd
 from vaecompress.tasks.probe import tensor_sensitivities
-from vaecompress.vae.allocate import MAX_SNR, Allocation, allocate, relative_sensitivities
-from vaecompress.vae.rd import check_finite, rd_report, train_rd
-from vaecompress.vae.rd_settings import RDSettings
 
 PAYLOAD = "latents"
 KIND = "rd-latents"
@@ -75,7 +75,7 @@ class VAERDFreeSettings(RDSettings):
     snr: float = DEFAULT_SNR  # the fidelity to keep: weighted SNR of the weights, in dB
     size: int = 0  # a budget in bytes for the whole file instead of `snr` (0: none)
     weighting: str = "auto"  # auto (fisher with a probe, else relative) | relative | fisher
-    solver: str = "closed"  # closed (vae.allocate) | adam (vae.rd; lam and RDSettings')
+    solver: str = "closed"  # closed (methods.rd.allocate) | adam (methods.rd.train, lam)
     lam: float = 0.03  # adam: weight of the rate (bits per parameter) against the error
     steps: int = 1500  # adam: optimizer steps, each over the whole model
 

@@ -9,8 +9,8 @@ smooth function of the continuous latents.
 
 Boundary: this prior only guides training. The file never stores these floats: after training the
 encoder turns the integers it actually codes into integer frequency tables
-(`coding.entropy`, via `coding.latents`), and decoding reads only those integers, so a file decodes
-identically on every machine.
+(`coding.entropy`, via `methods.rd.latents`), and decoding reads only those integers, so a file
+decodes identically on every machine.
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 The paper's ELBO made into a code length (Balle et al.; EPR, Oktay et al. 2020): one integer
 latent per weight, a decoder of one float32 step per tensor (`w = step * z`), a learned mixture
 prior per tensor, trained on `task loss + lam * bits per parameter` with the model run on its
-decoded weights (`vae.rd_model`). After training the latents are entropy-coded against integer
-frequency tables stored in the file (`coding.latents`): the tables, the steps and the header are
+decoded weights (`methods.rd.model`). After training the latents are entropy-coded against integer
+frequency tables stored in the file (`methods.rd.latents`): the tables, the steps and the header are
 all counted. A latent that rounds to zero costs a fraction of a bit, so pruning falls out of the
 prior, and a column or row of zeros (an ignored pixel, a dead neuron) is flagged once.
 
 With `snr` > 0 the training starts from the data-free closed form at that fidelity instead
-and distils from there (`vae.warm`): the form for a large model and a few hundred steps, where
-training from the first step does not get far (docs/vae-rd.md); `lam` then follows from
+and distils from there (`methods.rd.warm`): the form for a large model and a few hundred steps,
+where training from the first step does not get far (docs/vae-rd.md); `lam` then follows from
 `slope` and the warm start's own task loss.
 
 Needs the task's training data at compression time, like Deep Compression (`ctx.finetune`);
@@ -38,16 +38,16 @@ from vaecompress.codecs.base import (
     split_passthrough,
 )
 from vaecompress.coding.floats import float_specs
-from vaecompress.coding.latents import decode_model, encode_model
 from vaecompress.errors import UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
+from vaecompress.methods.rd.allocate import MAX_SNR, allocate, relative_sensitivities
+from vaecompress.methods.rd.latents import decode_model, encode_model
+from vaecompress.methods.rd.model import RDConfig
+from vaecompress.methods.rd.settings import RDSettings
+from vaecompress.methods.rd.train import RDResult, check_finite, rd_report, train_rd
+from vaecompress.methods.rd.warm import train_warm
 from vaecompress.tasks.probe import tensor_sensitivities
-from vaecompress.vae.allocate import MAX_SNR, allocate, relative_sensitivities
-from vaecompress.vae.rd import RDResult, check_finite, rd_report, train_rd
-from vaecompress.vae.rd_model import RDConfig
-from vaecompress.vae.rd_settings import RDSettings
-from vaecompress.vae.warm import train_warm
 
 # One ingredient changed at a time against the defaults (`bench --preset ablation`).
 ABLATION: tuple[dict[str, Any], ...] = (
@@ -69,8 +69,8 @@ CHECKS = 8  # warm start: early-stopping checks over a run
 class VAERDSettings(RDSettings):
     lam: float = 7.0  # weight of the rate (bits per parameter) against the task loss (nats)
     epochs: float = 2.0  # passes over the training data
-    # > 0: start from the data-free closed form at this SNR (dB) and distil (`vae.warm`), the
-    # form for large models; 0: train every latent from std / init_bins (`vae.rd`).
+    # > 0: start from the data-free closed form at this SNR (dB) and distil (`methods.rd.warm`), the
+    # form for large models; 0: train every latent from std / init_bins (`methods.rd.train`).
     snr: float = 0.0
     slope: float = 1.0  # warm start: lam = slope * 2 ln 2 * the warm start's task loss
     rate_sample: float = 0.05  # warm start: share of a large tensor's latents in the rate
@@ -151,7 +151,7 @@ class VAERDCodec(Codec):
               fixed: dict[str, torch.Tensor], cfg: RDConfig, ctx: CodecContext,
               desc: str) -> tuple[RDResult, dict[str, Any]]:
         """The closed form at `snr` (Fisher of the probe when there is one), then distillation
-        from it (`vae.warm`)."""
+        from it (`methods.rd.warm`)."""
         s = self.settings
         assert ctx.finetune is not None
         t0 = time.perf_counter()

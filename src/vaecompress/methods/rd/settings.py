@@ -3,7 +3,8 @@
 Each codec's `Settings` extends `RDSettings` with its own (the task-aware one's `epochs`, the
 data-free one's fidelity knob and solver) and its own default `lam` (the rate's weight is in
 units of the codec's distortion: a task loss in nats, or a relative error). `rd_config` turns
-them into the trainer's `vae.rd_model.RDConfig`, and `check` validates them, once, when the codec is
+them into the trainer's `methods.rd.model.RDConfig`, and `check` validates them, once, when the
+codec is
 made: a `--set lam=10` travels CLI -> `Codec(**settings)` (types, `check`) -> `rd_config` ->
 `RDModel`/the loss, and nowhere else.
 """
@@ -14,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from vaecompress.errors import UserError
-from vaecompress.vae.rd_model import DECODERS, LATENTS, QUANT_MODES, RDConfig
+from vaecompress.methods.rd.model import DECODERS, LATENTS, QUANT_MODES, RDConfig
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class RDSettings:
     lr_step: float = 0.01  # Adam on the log of the decoder's steps
     lr_prior: float = 0.01  # Adam on the prior's parameters
     init_bins: float = 4.0  # the first step is std(w) / init_bins
-    quant: str = "mixed"  # mixed | noise | ste (see vae.rd_model)
+    quant: str = "mixed"  # mixed | noise | ste (see methods.rd.model)
     decoder: str = "tensor"  # tensor | row | shared: where one step applies
     latents: str = "direct"  # direct (optimized per model) | encoder (z = w / step)
     learned_prior: bool = True  # False: the prior stays the fixed initial mixture

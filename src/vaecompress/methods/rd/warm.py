@@ -1,10 +1,10 @@
 """The task-aware rate-distortion VAE at scale: a warm start from the closed form, then
 distillation.
 
-`vae.rd.train_rd` starts every latent at `w / (std / init_bins)` and trains everything from
-there; on a model of millions of weights and a budget of a few hundred steps that start is far
+`methods.rd.train.train_rd` starts every latent at `w / (std / init_bins)` and trains everything
+from there; on a model of millions of weights and a budget of a few hundred steps that start is far
 from any good file (issue 19: MiniLM at 0.978 mean cosine after 64 steps). Here the training
-starts where the data-free codec ends (`vae.allocate`): one step per tensor from reverse
+starts where the data-free codec ends (`methods.rd.allocate`): one step per tensor from reverse
 water-filling at a fidelity `snr`, latents `w / step` (not yet rounded), the prior's scales
 fitted to their spread. The distillation then only has to choose, for each weight, the bin its
 rounding falls in, and nudge the steps: what AdaRound (Nagel et al. 2020) does for one rounding
@@ -31,7 +31,7 @@ the same rate gradient (the same random draws) and takes the same Adam step.
 
 A warm run keeps no checkpoint (it is meant to take minutes); `train_rd`'s does.
 
-Boundary: like `vae.rd`, integers and float32 steps out; nothing of the file.
+Boundary: like `methods.rd.train`, integers and float32 steps out; nothing of the file.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from typing import Any
 
 import torch
 
+from vaecompress.methods.rd.model import RDConfig, RDModel
+from vaecompress.methods.rd.train import RDResult, TaskLoss
 from vaecompress.training.distributed import group
 from vaecompress.training.loop import EarlyStopping, Loop, ProgressBar
-from vaecompress.vae.rd import RDResult, TaskLoss
-from vaecompress.vae.rd_model import RDConfig, RDModel
 
 LOG2E2 = 2.0 * math.log(2.0)  # -dD/dR / D at high rate, R in bits
 SLICE = 2**20  # latents scored at a time

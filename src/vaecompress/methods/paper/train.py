@@ -44,10 +44,10 @@ from vaecompress.checkpoint import (
     rng_states,
     state_dict_like,
 )
+from vaecompress.methods.paper.model import VAE, VAEArch, elbo_terms
 from vaecompress.params.variants import RowSet
 from vaecompress.training.distributed import Group, group
 from vaecompress.training.loop import Broadcast, EarlyStopping, Loop, ProgressBar, Resume
-from vaecompress.vae.model import VAE, VAEArch, elbo_terms
 
 
 @dataclass(frozen=True)

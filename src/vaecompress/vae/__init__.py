@@ -1,1 +1,0 @@
-"""The VAE: network, ELBO, and its training on noisy parameter variants."""
