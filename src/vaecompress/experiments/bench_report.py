@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from vaecompress.experiments.formatting import fmt_ratio3, fmt_seconds, fmt_settings
 from vaecompress.files import atomic_write, atomic_write_text
 
 TOLERANCES = (0.5, 1.0)
@@ -52,14 +53,6 @@ def best_within(records: list[dict[str, Any]], tol: float) -> dict[tuple[str, st
         ):
             best[key] = r
     return best
-
-
-def _settings(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in point.items()) or "defaults"
-
-
-def _ratio(x: float) -> str:
-    return f"{x:.3g}x"
 
 
 def plot_rate_accuracy(results: dict[str, Any], path: Path) -> None:
@@ -120,17 +113,9 @@ def write_summary_table(results: dict[str, Any]) -> str:
         cells = []
         for c in codecs:
             vals = [best[t].get((m, c)) for t in tols]
-            cells.append(" / ".join(_ratio(v["ratio_honest"]) if v else "-" for v in vals))
+            cells.append(" / ".join(fmt_ratio3(v["ratio_honest"]) if v else "-" for v in vals))
         summary.append(f"| {m} | {acc:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(summary)
-
-
-def _seconds(r: dict[str, Any], key: str) -> str:
-    """A time, with the time inside a peer's worker process when it reported one (that is its
-    coder; the rest is the process start)."""
-    inside = r.get(f"{key}_inside_worker")
-    text = f"{r[key]:.2f}" if key == "decompress_s" else f"{r[key]:.1f}"
-    return text + (f" ({inside:.2f} in worker)" if inside is not None else "")
 
 
 def write_ablation_table(results: dict[str, Any]) -> str:
@@ -149,11 +134,12 @@ def write_ablation_table(results: dict[str, Any]) -> str:
             ref = next((r for r in rows if r["settings"] == points[0]), rows[0])
             for r in rows:
                 diff = {k: v for k, v in r["settings"].items() if ref["settings"].get(k) != v}
-                name = "reference: " + _settings(ref["settings"]) if r is ref else _settings(diff)
+                name = ("reference: " + fmt_settings(ref["settings"]) if r is ref
+                        else fmt_settings(diff))
                 rel = r["ratio_honest"] / ref["ratio_honest"]
                 lines.append(
                     f"| {model} | {codec} | {name} | {r['acc_recon']:.2f} | "
-                    f"{r['acc_drop']:+.2f} | {_ratio(r['ratio_honest'])} | "
+                    f"{r['acc_drop']:+.2f} | {fmt_ratio3(r['ratio_honest'])} | "
                     f"{'-' if r is ref else f'{rel:.2f}x'} | {r['bits_per_param']:.3f} | "
                     f"{r['file_bytes']:,} |")
     return "\n".join(lines)
@@ -175,9 +161,9 @@ def leaders(results: dict[str, Any]) -> str:
             if not ranked:
                 continue
             (r1, m1), rest = ranked[0], ranked[1:]
-            margin = f", {r1 / rest[0][0]:.2f} times {rest[0][1]} ({_ratio(rest[0][0])})" \
+            margin = f", {r1 / rest[0][0]:.2f} times {rest[0][1]} ({fmt_ratio3(rest[0][0])})" \
                 if rest else ""
-            parts.append(f"{m.upper()} {m1} {_ratio(r1)}{margin}")
+            parts.append(f"{m.upper()} {m1} {fmt_ratio3(r1)}{margin}")
         out.append(f"Within {tol:g} point: " + "; ".join(parts) + ".")
     methods = dict(method_of(r) for r in recs)
     free = []
@@ -188,7 +174,7 @@ def leaders(results: dict[str, Any]) -> str:
             ranked = sorted(((v["ratio_honest"], k[1]) for k, v in best.items()
                              if k[0] == m and v is not None and not methods[k[1]]),
                             reverse=True)
-            cells.append(f"{ranked[0][1]} {_ratio(ranked[0][0])}" if ranked else "-")
+            cells.append(f"{ranked[0][1]} {fmt_ratio3(ranked[0][0])}" if ranked else "-")
         free.append(f"{m.upper()} " + " / ".join(cells))
     out.append(f"Among methods that need the weights alone (within {_tol_words(tols)} point): "
                + "; ".join(free) + ".")
@@ -222,9 +208,9 @@ def default_point(results: dict[str, Any]) -> str:
             if not ok:
                 return "-"
             top = max(ok, key=lambda r: r["ratio_honest"])
-            return f"{_ratio(top['ratio_honest'])} ({_settings(top['settings'])})"
+            return f"{fmt_ratio3(top['ratio_honest'])} ({fmt_settings(top['settings'])})"
 
-        lines.append(f"| {model} | {_ratio(d['ratio_honest'])} | {d['acc_drop']:+.2f} | "
+        lines.append(f"| {model} | {fmt_ratio3(d['ratio_honest'])} | {d['acc_drop']:+.2f} | "
                      f"{d['compress_s']:.1f} | {best(max(d['acc_drop'], 0.0))} | "
                      f"{best(0.1)} |")
     return "\n".join(lines)
@@ -266,10 +252,11 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
         peak = r.get("peak_cuda_bytes") or r.get("peak_rss_bytes")
         peak_s = f"{peak / 2**20:.0f}" if peak else "-"
         lines.append(
-            f"| {r['model']} | {r['codec']} | {_settings(r['settings'])} | {r['acc_recon']:.2f} | "
-            f"{r['acc_drop']:+.2f} | {_ratio(r['ratio_honest'])} | {_ratio(r['ratio_paper'])} | "
+            f"| {r['model']} | {r['codec']} | {fmt_settings(r['settings'])} | "
+            f"{r['acc_recon']:.2f} | {r['acc_drop']:+.2f} | {fmt_ratio3(r['ratio_honest'])} | "
+            f"{fmt_ratio3(r['ratio_paper'])} | "
             f"{r['file_bytes']:,} | {r['external_bytes']:,} | {r['bits_per_param']:.3f} | "
-            f"{_seconds(r, 'compress_s')} | {_seconds(r, 'decompress_s')} | "
+            f"{fmt_seconds(r, 'compress_s')} | {fmt_seconds(r, 'decompress_s')} | "
             f"{peak_s} |"
         )
     lines.append("")

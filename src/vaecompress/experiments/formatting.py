@@ -78,3 +78,21 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]],
 
 def model_name(model: str) -> str:
     return model.upper()
+
+
+def fmt_settings(point: dict[str, Any]) -> str:
+    """A codec's settings as `k=v, ...` ("defaults" when none)."""
+    return ", ".join(f"{k}={v}" for k, v in point.items()) or "defaults"
+
+
+def fmt_ratio3(x: float) -> str:
+    """A ratio to three significant digits, e.g. 12.3x."""
+    return f"{x:.3g}x"
+
+
+def fmt_seconds(r: dict[str, Any], key: str) -> str:
+    """A record's time `key`, with the time inside a peer's worker process when it reported one
+    (that is its coder; the rest is the process start)."""
+    inside = r.get(f"{key}_inside_worker")
+    text = f"{r[key]:.2f}" if key == "decompress_s" else f"{r[key]:.1f}"
+    return text + (f" ({inside:.2f} in worker)" if inside is not None else "")

@@ -18,7 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from vaecompress.experiments.bench_report import _ratio, _seconds, _settings, method_of
+from vaecompress.experiments.bench_report import method_of
+from vaecompress.experiments.formatting import fmt_ratio3, fmt_seconds, fmt_settings
 from vaecompress.files import atomic_write, atomic_write_text
 
 # Fidelity levels of the summary: a mean cosine of 0.999 keeps about 98% of the nearest
@@ -65,14 +66,14 @@ def summary_table(results: dict[str, Any], prefix: str = "") -> str:
              "|---|---|---|---|---|" + ("---|" if strict else "")]
     for m, data in methods.items():
         picks = [best[lv][m] for lv in COS_LEVELS]
-        ratios = " / ".join(_ratio(r["ratio_honest"]) if r else "-" for r in picks)
+        ratios = " / ".join(fmt_ratio3(r["ratio_honest"]) if r else "-" for r in picks)
         kept = " / ".join(f"{100 * r[prefix + 'nn_same']:.1f}%" if r else "-" for r in picks)
         costs = [p[m] for p in picked]
         seconds = " / ".join(_cost(r, "compress_s") for r in costs)
         added = " / ".join(_cost(r, "peak_added_bytes_per_param") for r in costs)
         first = f"| {m}{' (data)' if data else ''} "
         if strict:
-            first += f"| {_ratio(near[m]['ratio_honest']) if near[m] else '-'} "
+            first += f"| {fmt_ratio3(near[m]['ratio_honest']) if near[m] else '-'} "
         lines.append(first + f"| {ratios} | {kept} | {seconds} | {added} |")
     return "\n".join(lines)
 
@@ -106,14 +107,14 @@ def points_table(results: dict[str, Any]) -> str:
         added = (r["peak_rss_bytes"] - r["rss_before_bytes"]
                  if r.get("peak_rss_bytes") and r.get("rss_before_bytes") else None)
         lines.append(
-            f"| {r['codec']} | {_settings(r['settings'])} | {r['cos_mean']:.5f} | "
+            f"| {r['codec']} | {fmt_settings(r['settings'])} | {r['cos_mean']:.5f} | "
             f"{r['cos_min']:.4f} | {100 * r['nn_same']:.1f}% | "
             + (f"{r['heldout_cos_mean']:.5f} | {100 * r['heldout_nn_same']:.1f}% | " if held
                else "")
-            + f"{_ratio(r['ratio_honest'])} | "
-            f"{_ratio(r['ratio_paper'])} | {r['file_bytes']:,} | {r['external_bytes']:,} | "
-            f"{r['bits_per_param']:.3f} | {_seconds(r, 'compress_s')} | "
-            f"{r['compress_s_per_mparam']:.2f} | {_seconds(r, 'decompress_s')} | "
+            + f"{fmt_ratio3(r['ratio_honest'])} | "
+            f"{fmt_ratio3(r['ratio_paper'])} | {r['file_bytes']:,} | {r['external_bytes']:,} | "
+            f"{r['bits_per_param']:.3f} | {fmt_seconds(r, 'compress_s')} | "
+            f"{r['compress_s_per_mparam']:.2f} | {fmt_seconds(r, 'decompress_s')} | "
             f"{_mib(r.get('peak_rss_bytes'))} ({_mib(added)}) | "
             f"{_cost(r, 'peak_added_bytes_per_param')} |")
     return "\n".join(lines)
