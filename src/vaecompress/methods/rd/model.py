@@ -210,10 +210,11 @@ class _RoundScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(z, step)
-        return torch.round(z) * step.reshape(())
+        return torch.round(z).mul_(step.reshape(()))  # in place: one tensor, not two
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z, step = ctx.saved_tensors
-        return grad * step.reshape(()), (grad * torch.round(z)).sum().reshape(step.shape)
+        step_grad = torch.round(z).mul_(grad).sum().reshape(step.shape)  # one temporary
+        return grad * step.reshape(()), step_grad
 

@@ -90,10 +90,20 @@ def _entropy_bits(z: torch.Tensor) -> float:
 
 
 def _snapshot(model: RDModel) -> list[torch.Tensor]:
-    """What the file would hold now: the rounded latents (as int32, half the memory of the
-    floats) and the log-steps."""
-    return [*(torch.round(p.detach()).to(torch.int32) for p in model.latents),
+    """What the file would hold now: the rounded latents, each in the narrowest integer type
+    that holds its range (a quarter of the floats' memory at the fidelities of a warm start,
+    whose latents rarely pass 127), and the log-steps."""
+    return [*(_narrow(torch.round(p.detach())) for p in model.latents),
             *(p.detach().clone() for p in model.log_steps)]
+
+
+def _narrow(z: torch.Tensor) -> torch.Tensor:
+    """Whole numbers in float, as the narrowest of int8, int16 and int32 that holds them."""
+    peak = float(z.abs().max()) if z.numel() else 0.0
+    for dtype in (torch.int8, torch.int16):
+        if peak <= torch.iinfo(dtype).max:
+            return z.to(dtype)
+    return z.to(torch.int32)
 
 
 def _fit_prior(model: RDModel, steps: int = PRIOR_FIT_STEPS) -> None:
