@@ -38,9 +38,20 @@ def _state(seed: int = 0) -> dict[str, torch.Tensor]:
     return net.state_dict()
 
 
-def test_lambda_is_the_equal_slope_of_the_allocation() -> None:
-    # D(R) = s d^2 2^(-2 dR) / 12 per weight: -dD/dR = 2 ln 2 D = (ln 2 / 6) s d^2
-    assert LAMBDA == pytest.approx(2 * math.log(2) / 12)
+def test_lambda_is_the_slope_of_rounding_at_high_rate() -> None:
+    """-dD/dR of rounding to nearest, measured on fine steps, is LAMBDA squared steps a bit."""
+    x = _laplace(400_000, 1.0, seed=1).astype(np.float64)
+
+    def rate_distortion(d: float) -> tuple[float, float]:
+        z = np.rint(x / d)
+        _, counts = np.unique(z, return_counts=True)
+        p = counts / z.size
+        return float(-(p * np.log2(p)).sum()), float(np.square(z * d - x).mean())
+
+    d = 0.05
+    r1, d1 = rate_distortion(d)
+    r2, d2 = rate_distortion(d * 1.05)
+    assert -(d2 - d1) / (r2 - r1) / (d * d * 1.05) == pytest.approx(LAMBDA, rel=0.05)
 
 
 def test_without_a_price_it_is_rounding_to_nearest() -> None:

@@ -29,9 +29,9 @@ rounding over the weights, so the search costs seconds, not a training.
 
 With `rounding="rdoq"` the latents are not rounded to nearest but chosen by rate-distortion
 optimized rounding under each tensor's own order-0 table (`vae.rdoq`, at the price of a bit the
-equal slope gives); the bisection then finds the largest `c` whose RDOQ latents meet the target.
-It starts from the nearest-rounding scale, which bounds it from above (RDOQ only adds error at a
-given scale), so it costs a few more passes, each a few table lookups per weight.
+equal slope gives); the search then finds the largest `c` whose RDOQ latents meet the target.
+It starts from the nearest rounding's scale, which bounds it from above (RDOQ only adds error at
+a given scale), so it costs a few more passes, each a few searches of a small table per weight.
 
 Boundary: numbers in, integers and float32 steps out; this module knows neither the file nor
 the model.
@@ -130,7 +130,8 @@ class _Problem:
         ints, noise = [], 0.0
         for w, d, s in zip(self.w32, steps, self.sens, strict=True):
             # A tensor without sensitivity has nothing to trade its bits against: nearest.
-            z = rdoq(w / d, lam=self.lam) if (self.rounding == "rdoq" and s > 0) else np.rint(w / d)
+            rd = self.rounding == "rdoq" and s > 0
+            z = rdoq(w / d, lam=self.lam) if rd else np.rint(w / d)
             if s > 0:
                 # numpy's own pairwise sum, not BLAS: the same on every machine, so the
                 # search takes the same decisions and writes the same bytes everywhere.
@@ -183,9 +184,9 @@ def allocate(tensors: Sequence[np.ndarray], sens: Sequence[float], *,
     """Steps and latents of the coarsest quantization that keeps the weighted SNR at least
     `snr` dB, or (with `fits`, a test of latents and steps against a byte budget) the finest
     one that fits, the latents rounded to nearest or by RDOQ (`rounding`; `lam`, the price of a
-    bit, is for the ablation: `vae.rdoq` derives it). The NSR is not
-    exactly monotone in the scale (rounding), so the bisection returns only a scale it has
-    seen pass: the result meets the target whenever any scale in the range does."""
+    bit, is for the ablation: `vae.rdoq` derives it). The NSR is not exactly monotone in the
+    scale (rounding), so the search returns only a scale it has seen pass: the result meets
+    the target whenever any scale in the range does."""
     if (snr is None) == (fits is None):
         raise ValueError("give either snr or fits")
     prob = _Problem(tensors, sens, lam=lam)
