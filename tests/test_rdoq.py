@@ -153,3 +153,17 @@ def test_a_bad_rounding_is_one_line() -> None:
         compress(_state(), "vae-rd-free", ctx=CTX, rounding="floor")
     with pytest.raises(UserError, match="need solver=closed"):
         compress(_state(), "vae-rd-free", ctx=CTX, rounding="rdoq", solver="adam")
+
+
+def test_records_from_before_the_setting_still_count_as_the_default() -> None:
+    """The committed bench records predate `rounding`: they were measured with nearest rounding,
+    the default, so the report still finds the default's point among them."""
+    from vaecompress.codecs import DEFAULT_CODEC, make_codec
+    from vaecompress.experiments.bench_report import default_records
+
+    now = make_codec(DEFAULT_CODEC).settings_json()
+    old = {k: v for k, v in now.items() if k != "rounding"}
+    recs = [{"model": "a", "codec": DEFAULT_CODEC, "codec_settings": old},
+            {"model": "b", "codec": DEFAULT_CODEC, "codec_settings": now | {"rounding": "rdoq"}},
+            {"model": "c", "codec": DEFAULT_CODEC, "codec_settings": now | {"snr": 20.0}}]
+    assert set(default_records({"records": recs})) == {"a"}
