@@ -26,11 +26,11 @@ import time
 import torch
 from benchlib import finish_run, start_run, write_json
 
+from vaecompress.methods.paper.model import VAE, VAEArch
+from vaecompress.methods.paper.train import VAETrainConfig, train_vae
 from vaecompress.params.variants import NoiseConfig, VariantStream, make_variants
 from vaecompress.params.vector import chunk, flatten, layout_of
 from vaecompress.runinfo import auto_threads
-from vaecompress.methods.paper.model import VAE, VAEArch
-from vaecompress.methods.paper.train import VAETrainConfig, train_vae
 from vaecompress.zoo import build_model
 
 

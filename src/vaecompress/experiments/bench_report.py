@@ -188,7 +188,15 @@ def default_records(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     default = make_codec(DEFAULT_CODEC).settings_json()
     return {r["model"]: r for r in results["records"]
-            if r["codec"] == DEFAULT_CODEC and r.get("codec_settings") == default}
+            if r["codec"] == DEFAULT_CODEC and _at(r.get("codec_settings"), default)}
+
+
+def _at(settings: dict[str, Any] | None, default: dict[str, Any]) -> bool:
+    """Whether a record's resolved settings are `default`. A setting the record predates counts
+    as at its default: a codec adds a setting only with a default that does what it did
+    before (its golden digest's rule), as `vae-rd-free`'s `rounding=nearest` does."""
+    return settings is not None and set(settings) <= set(default) and all(
+        settings.get(k, v) == v for k, v in default.items())
 
 
 def default_point(results: dict[str, Any]) -> str:

@@ -27,6 +27,13 @@ with one scale `c` for the model. `allocate` finds the largest `c` whose rounded
 file decodes to (or the largest whose file fits a byte budget). Each evaluation is one pass of
 rounding over the weights, so the search costs seconds, not a training.
 
+With `rounding="rdoq"` the latents are not rounded to nearest but chosen by rate-distortion
+optimized rounding under each tensor's own order-0 table (`methods.rd.rdoq`, at the price of a
+bit the equal slope gives); the search then finds the largest `c` whose RDOQ latents meet the
+target. It starts from the nearest rounding's scale, which bounds it from above (RDOQ only adds
+error at a given scale), so it costs a few more passes, each a few searches of a small table per
+weight.
+
 Boundary: numbers in, integers and float32 steps out; this module knows neither the file nor
 the model.
 """
@@ -40,9 +47,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from vaecompress.fidelity import nsr_of_db, snr_db
+from vaecompress.methods.rd.rdoq import LAMBDA, rdoq
 
 MAX_SNR = 120.0  # the finest fidelity a codec accepts, in dB: float32 weights hold about 140
 BISECTIONS = 28  # halvings of the log-scale interval: c is found to about 1e-7 relative
+ROUNDINGS = ("nearest", "rdoq")
+# RDOQ's search for an SNR: from the nearest rounding's scale down, until the NSR lies within
+# this fraction below the target (the SNR within 0.005 dB above it), in at most RDOQ_TRIES
+# passes. For a byte budget: a bisection in [c / RDOQ_RANGE, c] (RDOQ's extra error is far less
+# than the 16x in NSR that would need more), in RDOQ_BISECTIONS halvings (c to about 1e-4).
+RDOQ_TOLERANCE = 1e-3
+RDOQ_TRIES = 8
+RDOQ_RANGE = 4.0
+RDOQ_BISECTIONS = 14
 
 
 @dataclass(frozen=True)
@@ -76,9 +93,14 @@ def relative_sensitivities(tensors: Sequence[np.ndarray]) -> list[float]:
 class _Problem:
     """The tensors in float64 for the search, with their weights and the float32 steps."""
 
-    def __init__(self, tensors: Sequence[np.ndarray], sens: Sequence[float]) -> None:
+    def __init__(self, tensors: Sequence[np.ndarray], sens: Sequence[float],
+                 rounding: str = "nearest", lam: float = LAMBDA) -> None:
         if len(tensors) != len(sens):
             raise ValueError("one sensitivity per tensor")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, not {rounding!r}")
+        self.rounding = rounding
+        self.lam = lam
         self.w32 = [np.ascontiguousarray(w, dtype=np.float32).reshape(-1) for w in tensors]
         self.shapes = [w.shape for w in tensors]
         # A tensor of zeros (or of no sensitivity) has nothing to lose: it gets the finest step
@@ -100,7 +122,9 @@ class _Problem:
         steps = self.steps(c)
         ints, noise = [], 0.0
         for w, d, s in zip(self.w32, steps, self.sens, strict=True):
-            z = np.rint(w / d)
+            # A tensor without sensitivity has nothing to trade its bits against: nearest.
+            rd = self.rounding == "rdoq" and s > 0
+            z = rdoq(w / d, lam=self.lam) if rd else np.rint(w / d)
             if s > 0:
                 # numpy's own pairwise sum, not BLAS: the same on every machine, so the
                 # search takes the same decisions and writes the same bytes everywhere.
@@ -132,11 +156,12 @@ class _Problem:
                           self.evaluations)
 
 
-def _bisect(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool) -> float:
+def _bisect(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool,
+            halvings: int = BISECTIONS) -> float:
     """On a log scale in [lo, hi]: the largest scale `ok` accepts (`largest`, `ok(lo)`
     assumed) or the smallest (`ok(hi)` assumed). Only scales seen to pass are returned."""
     a, b = math.log(lo), math.log(hi)
-    for _ in range(BISECTIONS):
+    for _ in range(halvings):
         mid = 0.5 * (a + b)
         if ok(math.exp(mid)) == largest:
             a = mid
@@ -148,35 +173,91 @@ def _bisect(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool)
 def allocate(tensors: Sequence[np.ndarray], sens: Sequence[float], *,
              snr: float | None = None,
              fits: Callable[[list[np.ndarray], list[np.float32]], bool] | None = None,
-             ) -> Allocation:
+             rounding: str = "nearest", lam: float = LAMBDA) -> Allocation:
     """Steps and latents of the coarsest quantization that keeps the weighted SNR at least
     `snr` dB, or (with `fits`, a test of latents and steps against a byte budget) the finest
-    one that fits. The NSR is not exactly monotone in the scale (rounding), so the bisection
-    returns only a scale it has seen pass: the result meets the target whenever any scale
-    in the range does."""
+    one that fits, the latents rounded to nearest or by RDOQ (`rounding`; `lam`, the price of a
+    bit, is for the ablation: `methods.rd.rdoq` derives it). The NSR is not exactly monotone in the
+    scale (rounding), so the search returns only a scale it has seen pass: the result meets
+    the target whenever any scale in the range does."""
     if (snr is None) == (fits is None):
         raise ValueError("give either snr or fits")
-    prob = _Problem(tensors, sens)
+    prob = _Problem(tensors, sens, lam=lam)
     lo, hi = prob.bounds()
     if snr is not None:
         target = nsr_of_db(snr)
 
-        def meets(c: float) -> bool:
+        def ok(c: float) -> bool:
             return prob.quantize(c)[2] <= target
+    else:
+        assert fits is not None
 
-        if meets(hi):
-            return prob.result(hi)  # a target of 0 dB or less: every latent zero meets it
-        if not meets(lo):
-            return prob.result(lo)  # a target beyond float32: the finest scale there is
-        return prob.result(_bisect(lo, hi, meets, largest=True))
-    assert fits is not None
+        def ok(c: float) -> bool:
+            ints, steps, _ = prob.quantize(c)
+            return fits(ints, steps)
 
-    def small_enough(c: float) -> bool:
-        ints, steps, _ = prob.quantize(c)
-        return fits(ints, steps)
+    # the coarsest scale that meets the SNR, or the finest whose file fits
+    largest = snr is not None
+    c = _search(lo, hi, ok, largest=largest)
+    if rounding == "rdoq" and lo < c < hi:
+        # At any scale RDOQ adds error and removes bits, so its scale lies below the nearest
+        # rounding's, for either target.
+        prob.rounding = "rdoq"
+        if snr is not None:
+            c = _approach(prob, c, lo, nsr_of_db(snr))
+        elif not ok(c):  # a file larger than the nearest rounding's at its scale: coarser
+            c = _search(c, hi, ok, largest=False)
+        else:
+            floor = max(lo, c / RDOQ_RANGE)
+            c = (_search(lo, floor, ok, largest=False) if ok(floor)
+                 else _bisect(floor, c, ok, largest=False, halvings=RDOQ_BISECTIONS))
+    return prob.result(c)
 
-    if small_enough(lo):
-        return prob.result(lo)
-    if not small_enough(hi):
-        return prob.result(hi)  # not even all-zero latents fit: the smallest file there is
-    return prob.result(_bisect(lo, hi, small_enough, largest=False))
+
+def _approach(prob: _Problem, c: float, lo: float, target: float) -> float:
+    """The coarsest scale at most `c` whose NSR is at most `target`, to RDOQ_TOLERANCE: the
+    NSR grows about as `c^2`, so a secant on log NSR against log c gets there in three or four
+    passes where a bisection takes fourteen. Falls back to bisecting what is left."""
+    aim = target * (1.0 - 0.5 * RDOQ_TOLERANCE)  # aimed inside, so that a step lands passing
+    good: tuple[float, float] | None = None  # (log c, log NSR) of the coarsest seen to pass
+    bad = (math.log(c), math.log(max(prob.quantize(c)[2], 1e-300)))  # the finest seen to fail
+    if bad[1] <= math.log(target):
+        return c
+    for _ in range(RDOQ_TRIES):
+        if good is None:  # NSR ~ c^2
+            guess = bad[0] + 0.5 * (math.log(aim) - bad[1])
+        else:
+            slope = (bad[1] - good[1]) / (bad[0] - good[0]) if bad[0] > good[0] else 2.0
+            guess = good[0] + (math.log(aim) - good[1]) / max(slope, 1e-3)
+            guess = min(max(guess, good[0]), bad[0])
+        guess = max(guess, math.log(lo))
+        nsr = prob.quantize(math.exp(guess))[2]
+        point = (guess, math.log(max(nsr, 1e-300)))
+        if nsr <= target:
+            good = point if good is None or point[0] > good[0] else good
+            if nsr >= target * (1.0 - RDOQ_TOLERANCE):
+                break
+        else:
+            bad = point if point[0] < bad[0] else bad
+    else:
+        if good is None:
+            return _search(lo, math.exp(bad[0]), lambda s: prob.quantize(s)[2] <= target,
+                           largest=True)
+    assert good is not None
+    return math.exp(good[0])
+
+
+def _search(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool) -> float:
+    """`_bisect` over [lo, hi] with its ends tried first: the coarsest scale `ok` accepts
+    (`largest`) or the finest, or the end that comes nearest when none is accepted."""
+    if largest:
+        if ok(hi):
+            return hi  # a target of 0 dB or less: every latent zero meets it
+        if not ok(lo):
+            return lo  # a target beyond float32: the finest scale there is
+    else:
+        if ok(lo):
+            return lo
+        if not ok(hi):
+            return hi  # not even all-zero latents fit: the smallest file there is
+    return _bisect(lo, hi, ok, largest=largest)

@@ -50,7 +50,13 @@ from vaecompress.coding.floats import float_specs
 from vaecompress.errors import UserError
 from vaecompress.format import ROLE_CODE, Container, Payload, dumps
 from vaecompress.io import StateDict
-from vaecompress.methods.rd.allocate import MAX_SNR, Allocation, allocate, relative_sensitivities
+from vaecompress.methods.rd.allocate import (
+    MAX_SNR,
+    ROUNDINGS,
+    Allocation,
+    allocate,
+    relative_sensitivities,
+)
 from vaecompress.methods.rd.latents import decode_model, encode_model, estimate_model_bytes
 from vaecompress.methods.rd.settings import RDSettings
 from vaecompress.methods.rd.train import check_finite, rd_report, train_rd
@@ -76,6 +82,7 @@ class VAERDFreeSettings(RDSettings):
     size: int = 0  # a budget in bytes for the whole file instead of `snr` (0: none)
     weighting: str = "auto"  # auto (fisher with a probe, else relative) | relative | fisher
     solver: str = "closed"  # closed (methods.rd.allocate) | adam (methods.rd.train, lam)
+    rounding: str = "nearest"  # closed: nearest | rdoq (rate-distortion optimized, methods.rd.rdoq)
     lam: float = 0.03  # adam: weight of the rate (bits per parameter) against the error
     steps: int = 1500  # adam: optimizer steps, each over the whole model
 
@@ -102,8 +109,12 @@ class VAERDFreeCodec(Codec):
         if s.solver not in SOLVERS:
             raise UserError(f"vae-rd-free: solver must be one of {', '.join(SOLVERS)}, "
                             f"got {s.solver!r}")
-        if s.solver == "adam" and (s.size or s.weighting == "fisher"):
-            raise UserError("vae-rd-free: size and weighting=fisher need solver=closed")
+        if s.rounding not in ROUNDINGS:
+            raise UserError(f"vae-rd-free: rounding must be one of {', '.join(ROUNDINGS)}, "
+                            f"got {s.rounding!r}")
+        if s.solver == "adam" and (s.size or s.weighting == "fisher" or s.rounding != "nearest"):
+            raise UserError("vae-rd-free: size, weighting=fisher and rounding=rdoq need "
+                            "solver=closed")
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
@@ -155,12 +166,13 @@ class VAERDFreeCodec(Codec):
         return Encoded(c, report={"train_s": time.perf_counter() - t0, "latent_bytes": len(data),
                                   "weighting": weighting, "snr_db": alloc.snr_db,
                                   "search_passes": alloc.evaluations,
+                                  "rounding": s.rounding,
                                   "nonzero_fraction": _nonzero(alloc.ints)})
 
     def _allocate(self, arrays: list[np.ndarray], sens: list[float], c: Container) -> Allocation:
         s = self.settings
         if not s.size:
-            return allocate(arrays, sens, snr=s.snr)
+            return allocate(arrays, sens, snr=s.snr, rounding=s.rounding)
         budget = s.size - len(dumps(c)) - SIZE_MARGIN
         if budget <= 0:
             raise UserError(f"vae-rd-free: size {s.size:,} B is smaller than the file's header "
@@ -169,7 +181,7 @@ class VAERDFreeCodec(Codec):
         def fits(ints: list[np.ndarray], steps: list[np.float32]) -> bool:
             return estimate_model_bytes(ints) + 4 * len(steps) <= budget
 
-        alloc = allocate(arrays, sens, fits=fits)
+        alloc = allocate(arrays, sens, fits=fits, rounding=s.rounding)
         got = len(encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks))
         if got > budget:
             raise UserError(f"vae-rd-free: no quantization of this model fits in {s.size:,} B "
