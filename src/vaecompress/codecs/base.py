@@ -67,6 +67,10 @@ class CodecContext:
     # the data-free codec weighs each tensor by the Fisher information it measures. None: the
     # weights alone.
     probe: Probe | None = None
+    # When the state given to `encode` is a difference from a base model (`api.compress(base=)`):
+    # the model itself. A codec that weighs its error relative to the weights (vae-rd-free)
+    # weighs it relative to the model's, not the delta's, and runs its probe on the model.
+    reference: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass

@@ -13,12 +13,13 @@ tensor is coded how:
 - a tensor the base lacks, and every integer or bool tensor: coded as it is;
 - a base tensor of the model's name with another shape or dtype: a UserError before any work.
 
-A rate-distortion codec that weighs its rate against an error relative to the energy of the
-tensors it codes (a codec that does not use the task and has a setting `lam`: vae-rd-free)
-would spend as many bits on a delta as on the model. Coding a delta, its `lam` is multiplied by
-|w|^2 / |d|^2 (the model's floating energy over the delta's), and a fidelity target in dB
-(`snr`) lowered by 10 log10 of the same ratio: the error it allows stays relative to the model's
-weights, as when the model is coded alone, and the delta's latents are mostly zero.
+A codec that weighs its error relative to the weights measures it against the model's, not the
+delta's: the codec is given the model as `CodecContext.reference`, and vae-rd-free's fidelity
+target (`snr`) and weighting are then those of the model (each tensor's error relative to the
+model's tensor, the probe run on the model), as when the model is coded alone; the delta's
+latents are mostly zero. The trained form (`solver=adam`), which weighs its rate against the
+relative error of what it codes through `lam`, has its `lam` multiplied by |w|^2 / |d|^2 (the
+model's floating energy over the delta's) instead.
 A codec that trains on the task trains the delta through the model `base + delta`
 (`shifted_finetuner`).
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,10 +45,6 @@ from vaecompress.training.finetune import Finetuner
 BASE_KEY = "vaecompress.base"
 OPS = ("sub", "xor")  # difference (lossy codecs) or bitwise XOR (lossless codecs)
 RATE_SETTING = "lam"  # the rate weight rescaled for a delta (see the module docstring)
-# A fidelity target in dB, lowered by 10 log10(|w|^2 / |d|^2) for a delta; a delta below the
-# model's target keeps this floor (nearly every latent zero).
-FIDELITY_SETTING = "snr"
-MIN_SNR_DB = 0.01
 _U64 = struct.Struct("<Q")
 _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -174,12 +170,6 @@ def delta_settings(codec_cls: type, settings: Mapping[str, Any], state: StateDic
         if isinstance(lam, int | float) and not isinstance(lam, bool):
             out[RATE_SETTING] = float(lam) * w2 / d2
             report["lam_scale"] = w2 / d2
-    if FIDELITY_SETTING in names:  # the same for a fidelity target in dB (vae-rd-free's snr)
-        snr = out.get(FIDELITY_SETTING, getattr(codec_cls.Settings(), FIDELITY_SETTING))
-        if isinstance(snr, int | float) and not isinstance(snr, bool):
-            shift = 10 * math.log10(w2 / d2)
-            out[FIDELITY_SETTING] = max(float(snr) - shift, MIN_SNR_DB)
-            report["snr_shift_db"] = shift
     return out, report
 
 

@@ -94,9 +94,10 @@ class _Problem:
     """The tensors in float64 for the search, with their weights and the float32 steps."""
 
     def __init__(self, tensors: Sequence[np.ndarray], sens: Sequence[float],
-                 rounding: str = "nearest", lam: float = LAMBDA) -> None:
-        if len(tensors) != len(sens):
-            raise ValueError("one sensitivity per tensor")
+                 rounding: str = "nearest", lam: float = LAMBDA,
+                 energies: Sequence[float] | None = None) -> None:
+        if len(tensors) != len(sens) or (energies is not None and len(energies) != len(sens)):
+            raise ValueError("one sensitivity (and energy) per tensor")
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, not {rounding!r}")
         self.rounding = rounding
@@ -107,8 +108,9 @@ class _Problem:
         # any other tensor has and costs next to nothing (all its latents are zero).
         self.sens = [float(s) if (math.isfinite(s) and s > 0) else 0.0 for s in sens]
         count = sum(1 for s in self.sens if s > 0)
-        self.signal = sum(s * float(np.square(w, dtype=np.float64).sum())
-                          for s, w in zip(self.sens, self.w32, strict=True)) / max(1, count)
+        if energies is None:
+            energies = [float(np.square(w, dtype=np.float64).sum()) for w in self.w32]
+        self.signal = sum(s * e for s, e in zip(self.sens, energies, strict=True)) / max(1, count)
         live = [s for s in self.sens if s > 0]
         self.s_max = max(live) if live else 1.0
         self.evaluations = 0
@@ -173,16 +175,19 @@ def _bisect(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool,
 def allocate(tensors: Sequence[np.ndarray], sens: Sequence[float], *,
              snr: float | None = None,
              fits: Callable[[list[np.ndarray], list[np.float32]], bool] | None = None,
-             rounding: str = "nearest", lam: float = LAMBDA) -> Allocation:
+             rounding: str = "nearest", lam: float = LAMBDA,
+             energies: Sequence[float] | None = None) -> Allocation:
     """Steps and latents of the coarsest quantization that keeps the weighted SNR at least
     `snr` dB, or (with `fits`, a test of latents and steps against a byte budget) the finest
     one that fits, the latents rounded to nearest or by RDOQ (`rounding`; `lam`, the price of a
-    bit, is for the ablation: `methods.rd.rdoq` derives it). The NSR is not exactly monotone in the
-    scale (rounding), so the search returns only a scale it has seen pass: the result meets
-    the target whenever any scale in the range does."""
+    bit, is for the ablation: `methods.rd.rdoq` derives it). The NSR is relative to the
+    tensors' own energies, or to `energies` (per tensor: those of the model when `tensors` are
+    its difference from a base). The NSR is not exactly monotone in the scale (rounding), so
+    the search returns only a scale it has seen pass: the result meets the target whenever any
+    scale in the range does."""
     if (snr is None) == (fits is None):
         raise ValueError("give either snr or fits")
-    prob = _Problem(tensors, sens, lam=lam)
+    prob = _Problem(tensors, sens, lam=lam, energies=energies)
     lo, hi = prob.bounds()
     if snr is not None:
         target = nsr_of_db(snr)

@@ -154,11 +154,17 @@ class VAERDFreeCodec(Codec):
             raise UserError("vae-rd-free: weighting=fisher needs the model's architecture "
                             "(CLI: a zoo model or --arch; Python: CodecContext(probe=...))")
         arrays = [v.detach().to("cpu", torch.float32).numpy() for v in live.values()]
+        # Coding a delta: the weighting, the probe and the target are the model's (`reference`).
+        model, weights, energies = state, arrays, None
+        if ctx.reference is not None:
+            model = ctx.reference
+            weights = [model[k].detach().to("cpu", torch.float32).numpy() for k in live]
+            energies = [float(np.square(w, dtype=np.float64).sum()) for w in weights]
         if weighting == "fisher":
-            sens = tensor_sensitivities(ctx.probe, state, list(live), arrays, ctx.seed)
+            sens = tensor_sensitivities(ctx.probe, model, list(live), weights, ctx.seed)
         else:
-            sens = relative_sensitivities(arrays)
-        alloc = self._allocate(arrays, sens, c)
+            sens = relative_sensitivities(weights)
+        alloc = self._allocate(arrays, sens, c, energies)
         data = encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks)
         c.payloads.insert(0, Payload(PAYLOAD, KIND, ROLE_CODE, data))
         c.codec_state = {"weighting": weighting, "snr_db": round(alloc.snr_db, 4),
@@ -169,10 +175,11 @@ class VAERDFreeCodec(Codec):
                                   "rounding": s.rounding,
                                   "nonzero_fraction": _nonzero(alloc.ints)})
 
-    def _allocate(self, arrays: list[np.ndarray], sens: list[float], c: Container) -> Allocation:
+    def _allocate(self, arrays: list[np.ndarray], sens: list[float], c: Container,
+                  energies: list[float] | None) -> Allocation:
         s = self.settings
         if not s.size:
-            return allocate(arrays, sens, snr=s.snr, rounding=s.rounding)
+            return allocate(arrays, sens, snr=s.snr, rounding=s.rounding, energies=energies)
         budget = s.size - len(dumps(c)) - SIZE_MARGIN
         if budget <= 0:
             raise UserError(f"vae-rd-free: size {s.size:,} B is smaller than the file's header "
@@ -181,7 +188,7 @@ class VAERDFreeCodec(Codec):
         def fits(ints: list[np.ndarray], steps: list[np.float32]) -> bool:
             return estimate_model_bytes(ints) + 4 * len(steps) <= budget
 
-        alloc = allocate(arrays, sens, fits=fits, rounding=s.rounding)
+        alloc = allocate(arrays, sens, fits=fits, rounding=s.rounding, energies=energies)
         got = len(encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks))
         if got > budget:
             raise UserError(f"vae-rd-free: no quantization of this model fits in {s.size:,} B "
