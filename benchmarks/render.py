@@ -212,12 +212,37 @@ def main_command(path: Path) -> list[str]:
     ]
 
 
+def warm_memory(path: Path) -> list[str]:
+    r = json.loads(path.read_text())
+    goal = r["goal_bytes_per_param"]
+    phases = [p for p in r["points"][0]["added_bytes_per_param"] if p != "all"]
+    head = ["snr, steps", "peak above the loaded model", *phases]
+    rows = []
+    for pt in r["points"]:
+        a = pt["added_bytes_per_param"]
+        rows.append([f"{pt['snr']:g} dB, {pt['steps']}",
+                     f"{(pt['peak_rss_bytes'] - pt['base_rss_bytes']) / 2**20:,.0f} MiB = "
+                     f"**{a['all']:.1f}** B/param",
+                     *(f"{a[p]:.1f}" for p in phases)])
+    worst = max(pt["added_bytes_per_param"]["all"] for pt in r["points"])
+    verdict = "met" if worst <= goal else f"MISSED ({worst / goal:.2f}x the goal)"
+    return [_source(path, r), "",
+            f"all-MiniLM-L6-v2 ({r['points'][0]['params']:,} parameters). Bytes per parameter "
+            "of resident memory above the process once the model, its task and its probe are "
+            "loaded: the peak, and the high-water mark while each phase ran (memory an "
+            "earlier phase freed but the allocator kept counts too).", "",
+            *_table(head, rows), "",
+            f"Issue 19's goal (under {goal:g} B/param: 4 float32 copies of the parameters and "
+            f"Adam's two moments): {verdict}."]
+
+
 BLOCKS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     "main_command": ("main_command.json", main_command),
     "vae_throughput": ("vae_throughput-fnn-cpu.json", vae_throughput),
     "cli_start": ("cli_start.json", cli_start),
     "codec_speed": ("codec_speed.json", codec_speed),
     "threads": ("threads.json", threads),
+    "warm_memory": ("warm_memory.json", warm_memory),
 }
 
 
