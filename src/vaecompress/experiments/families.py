@@ -71,11 +71,12 @@ class FamiliesConfig:
     run_epochs: int = 3  # the checkpoint family's training run
     checkpoints_per_epoch: int = 2
     run_seed: int = 1
-    # vae-rd-free (the default codec, closed form) at these fidelities in dB; on a delta the
-    # target stays relative to the member's weights (`family.delta.delta_settings`)
+    # vae-rd-free (the default codec, closed form) at these fidelities in dB, dense where the
+    # members start to keep their accuracy; on a delta the target is the member's weights' SNR,
+    # as alone (`CodecContext.reference`)
     snrs_alone: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0)
-    snrs_delta: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0)
-    snrs_series: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0)
+    snrs_delta: tuple[float, ...] = (10.0, 16.0, 20.0, 22.0, 24.0, 28.0)
+    snrs_series: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 14.0, 20.0)
     task_epochs: float = 1.0  # vae-rd (the task-aware codec): its epochs on each member
     task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0)
     task_lams_delta: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
