@@ -179,6 +179,7 @@ class _Run:
             bits = bits + r.detach()
         self.times["rate_s"] += time.perf_counter() - b
         self.opt.step()
+        self.opt.zero_grad(set_to_none=True)  # the gradients are not held through the checks
         self.shown = f"task {task:.5f}, bits_per_param {float(bits) / self.n:.3f}"
 
     def score(self, loop: Loop) -> float:
