@@ -224,6 +224,9 @@ def warm_memory(path: Path) -> list[str]:
                      f"{(pt['peak_rss_bytes'] - pt['base_rss_bytes']) / 2**20:,.0f} MiB = "
                      f"**{a['all']:.1f}** B/param",
                      *(f"{a[p]:.1f}" for p in phases)])
+    spread = "; ".join(
+        f"{pt['snr']:g} dB: " + ", ".join(f"{x['all']:.1f}" for x in pt.get("reps", []))
+        for pt in r["points"])
     worst = max(pt["added_bytes_per_param"]["all"] for pt in r["points"])
     verdict = "met" if worst <= goal else f"MISSED ({worst / goal:.2f}x the goal)"
     return [_source(path, r), "",
@@ -232,6 +235,8 @@ def warm_memory(path: Path) -> list[str]:
             "loaded: the peak, and the high-water mark while each phase ran (memory an "
             "earlier phase freed but the allocator kept counts too).", "",
             *_table(head, rows), "",
+            f"The run with the median peak of its fresh processes; their peaks: {spread} "
+            "B/param.", "",
             f"Issue 19's goal (under {goal:g} B/param: 4 float32 copies of the parameters and "
             f"Adam's two moments): {verdict}."]
 
