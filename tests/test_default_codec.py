@@ -190,6 +190,10 @@ def test_the_library_takes_a_codec_made_beforehand() -> None:
     assert made.data == by_name.data and made.fallback is None
     with pytest.raises(TypeError, match="not both"):
         vaecompress.compress(state, make_codec("vae-rd-free"), ctx=CTX, snr=25)
+    seen = vaecompress.compress(state, made_codec := make_codec("vae-rd-free", snr=25), ctx=CTX,
+                                evaluate=lambda rebuilt: {"n": len(rebuilt)})
+    assert seen.evaluation == {"n": len(state)} and made.evaluation is None  # what the CLI prints
+    assert seen.data == by_name.data and made_codec.settings.snr == 25
     tiny = {"w": torch.randn(3)}  # the fallback is asked for, not implied by the codec's name
     assert vaecompress.compress(tiny, make_codec("vae-rd-free"), ctx=CTX).fallback is None
     res = vaecompress.compress(tiny, make_codec("vae-rd-free"), fallback=True, ctx=CTX)

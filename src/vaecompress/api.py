@@ -27,7 +27,7 @@ import hashlib
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,9 @@ class CompressResult:
     # Why the codec asked for is not the one that wrote `data` (the default codec fell back to
     # the lossless one), else None.
     fallback: str | None = None
+    # What `compress(evaluate=...)` measured of the rebuilt model (its accuracy, its outputs'
+    # fidelity), else None.
+    evaluation: dict[str, Any] | None = None
 
 
 def decoded_record(state: Mapping[str, torch.Tensor], *, exact: bool) -> dict[str, Any]:
@@ -138,6 +141,7 @@ def compress(
     finetune: Finetuner | None = None,
     meta: Mapping[str, Any] | None = None,
     base: Mapping[str, torch.Tensor] | None = None,
+    evaluate: Callable[[StateDict], Mapping[str, Any]] | None = None,
     **settings: Any,
 ) -> CompressResult:
     """Compress a state_dict with a registered codec (its name, or a codec made with
@@ -151,7 +155,9 @@ def compress(
     `finetune`, the task of a codec that trains on it, replaces `ctx.finetune` (`ctx` holds the
     device, seed and progress bars; default: CPU, seed 0). With `base`, a model the receiver
     already has, the codec codes the difference from it (`family.delta`); the file records the
-    base's sha256, and decoding needs the same base."""
+    base's sha256, and decoding needs the same base. `evaluate`, a measure of a model (e.g. its
+    test accuracy), is run on the model rebuilt from the file: `CompressResult.evaluation`, as
+    the command line prints it, so a lossy result is never silent."""
     if isinstance(codec, Codec):
         if settings:
             raise TypeError("give the settings to make_codec or to compress, not both")
@@ -170,6 +176,8 @@ def compress(
                f"{LOSSLESS_CODEC} instead")
         res = _compress_with(make_codec(LOSSLESS_CODEC), state, ctx, meta, base)
         res.fallback = why
+    if evaluate is not None and res.rebuilt is not None:
+        res.evaluation = dict(evaluate(res.rebuilt))
     return res
 
 

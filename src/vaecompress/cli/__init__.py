@@ -97,6 +97,9 @@ def _main(argv: Sequence[str] | None) -> int:
             auto_threads()
         with warnings.catch_warnings(), _process_group(args):
             warnings.showwarning = _one_line_warning
+            # A library's deprecations are its users' business, not this command's: hidden as
+            # Python hides them outside __main__, also when the command runs inside a test.
+            warnings.simplefilter("ignore", DeprecationWarning)
             return int(args.func(args))
     except UserError as e:
         print(f"vaecompress: error: {e}", file=sys.stderr)

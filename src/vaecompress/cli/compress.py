@@ -138,7 +138,8 @@ def _compress_one(args: argparse.Namespace) -> int:
     if task.finetune_desc and not args.quiet:
         print(f"vaecompress: {task.finetune_desc}", file=sys.stderr)
     res = compress(state, plan.codec, fallback=plan.auto, ctx=_context(args, device, task),
-                   meta=_kept_meta(meta, folder), base=base)
+                   meta=_kept_meta(meta, folder), base=base,
+                   evaluate=task.evaluate if is_main() else None)  # rank 0 reports
     if res.fallback:
         print(f"vaecompress: {res.fallback}", file=sys.stderr)
     if not is_main():  # one of several processes under torchrun: rank 0 writes and reports
@@ -198,10 +199,8 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
     JSON."""
     from vaecompress.fidelity import describe
 
-    evals: dict[str, Any] = {}
-    line = ""
-    if task.measure is not None and res.rebuilt is not None:
-        evals, line = task.measure(res.rebuilt)
+    evals: dict[str, Any] = res.evaluation or {}
+    line = task.describe(evals) if evals and task.describe is not None else ""
     a = res.accounting
     if args.json:
         extra = {"finetune": task.finetune_desc} if task.finetune_desc else {}

@@ -25,7 +25,9 @@ class Task:
     finetune: Any = None
     finetune_desc: str | None = None
     probe: Any = None
-    measure: Callable[[Any], tuple[dict[str, Any], str]] | None = None
+    # The rebuilt model's measure (`api.compress(evaluate=...)`), and the line that reports it.
+    evaluate: Callable[[Any], dict[str, Any]] | None = None
+    describe: Callable[[dict[str, Any]], str] | None = None
 
 
 def _steps(n: int) -> str:
@@ -89,15 +91,14 @@ def sentence_task(args: argparse.Namespace, state: Any, sentences: list[str] | N
                              f"of the embeddings, on {where} "
                              f"({_steps(out.finetune.steps_per_epoch)} an epoch)")
     if not args.no_eval:
-        def measure(rebuilt: Any) -> tuple[dict[str, Any], str]:
-            fid = task.fidelity(rebuilt)
-            return fid, (f"sentence embeddings rebuilt from the file: mean cosine "
-                         f"{fid['cos_mean']:.5f} to the input model's (worst {fid['cos_min']:.4f})"
-                         f", nearest neighbour kept for {100 * fid['nn_same']:.1f}% "
-                         f"(minilm, {fid['n_sentences']:,} sentences of its fidelity set "
-                         "tasks/data/eval.txt)")
+        def describe(fid: dict[str, Any]) -> str:
+            return (f"sentence embeddings rebuilt from the file: mean cosine "
+                    f"{fid['cos_mean']:.5f} to the input model's (worst {fid['cos_min']:.4f})"
+                    f", nearest neighbour kept for {100 * fid['nn_same']:.1f}% "
+                    f"(minilm, {fid['n_sentences']:,} sentences of its fidelity set "
+                    "tasks/data/eval.txt)")
 
-        out.measure = measure
+        out.evaluate, out.describe = task.fidelity, describe
     return out
 
 
@@ -122,7 +123,7 @@ def mnist_task(args: argparse.Namespace, state: Any, meta: dict[str, str], devic
         out.finetune, out.finetune_desc = _mnist_finetuner(args, arch, state, train, device,
                                                            distill=distill)
     if test is not None and not args.no_eval:
-        out.measure = _accuracy_measure(args, arch, state, test, device)
+        out.evaluate, out.describe = _accuracy_measure(args, arch, state, test, device)
     return out
 
 
@@ -177,20 +178,22 @@ def _mnist_finetuner(args: argparse.Namespace, arch: Any, state: Any, train: Any
                       f"({_steps(finetune.steps_per_epoch)} an epoch)")
 
 
-def _accuracy_measure(args: argparse.Namespace, arch: Any, state: Any, test: Any,
-                      device: Any) -> Callable[[Any], tuple[dict[str, Any], str]]:
-    """The test accuracies of the input and the rebuilt model, as JSON fields and a line."""
+def _accuracy_measure(
+    args: argparse.Namespace, arch: Any, state: Any, test: Any, device: Any,
+) -> tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], str]]:
+    """The test accuracies of the input and the rebuilt model (JSON fields), and their line."""
 
-    def measure(rebuilt: Any) -> tuple[dict[str, Any], str]:
-        evals = _accuracies(arch, args.input, state, rebuilt, test, device)
+    def evaluate(rebuilt: Any) -> dict[str, Any]:
+        return _accuracies(arch, args.input, state, rebuilt, test, device)
+
+    def describe(evals: dict[str, Any]) -> str:
         drop = evals["accuracy_original"] - evals["accuracy_rebuilt"]
-        return evals, (
-            f"test accuracy {evals['accuracy_rebuilt']:.2f}% rebuilt from the file, "
-            f"{evals['accuracy_original']:.2f}% before ("
-            f"{f'{drop:.2f} points lost' if drop >= 0 else f'{-drop:.2f} points gained'}; "
-            f"{arch.name}, {evals['n_test']:.0f} MNIST test images)")
+        return (f"test accuracy {evals['accuracy_rebuilt']:.2f}% rebuilt from the file, "
+                f"{evals['accuracy_original']:.2f}% before ("
+                f"{f'{drop:.2f} points lost' if drop >= 0 else f'{-drop:.2f} points gained'}; "
+                f"{arch.name}, {evals['n_test']:.0f} MNIST test images)")
 
-    return measure
+    return evaluate, describe
 
 
 def _probe(arch: Any, state: Any, device: Any, seed: int) -> Any:
