@@ -241,6 +241,17 @@ def warm_memory(path: Path) -> list[str]:
             f"Adam's two moments): {verdict}."]
 
 
+def family_tables(path: Path) -> list[str]:
+    r = json.loads(path.read_text())
+    rows = [[f"{x['how']}", f"`{x['codec']}` " + ", ".join(f"{k}={v}" for k, v in
+                                                         x["settings"].items()),
+             f"{x['file_bytes']:,}", f"{x['table_bytes']:,}", f"{100 * x['table_share']:.1f}%",
+             f"{100 * x['shared_prior_saves_at_most']:.1f}%"] for x in r["rows"]]
+    return [_source(path, r), "",
+            *_table(["coded", "codec", "bytes (3 members)", "of which tables",
+                     "tables' share", "a shared prior saves at most"], rows)]
+
+
 BLOCKS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     "main_command": ("main_command.json", main_command),
     "vae_throughput": ("vae_throughput-fnn-cpu.json", vae_throughput),
@@ -248,6 +259,7 @@ BLOCKS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     "codec_speed": ("codec_speed.json", codec_speed),
     "threads": ("threads.json", threads),
     "warm_memory": ("warm_memory.json", warm_memory),
+    "family_tables": ("family_tables.json", family_tables),
 }
 
 
