@@ -23,6 +23,7 @@ rebuilds exactly the model the encoder used.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import constriction
 import numpy as np
@@ -161,6 +162,24 @@ def _categorical(q: np.ndarray) -> constriction.stream.model.Categorical:
     return constriction.stream.model.Categorical(probs, perfect=False)
 
 
+def _histogram(s: np.ndarray, hi: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(the distinct symbols in order, their counts, a function giving each symbol's rank among
+    them as int32). Over a small alphabet by counting (no sorted copy of the symbols: a large
+    tensor's stream is coded at a few bytes a symbol), else by sorting; the same results."""
+    if hi <= 2 * s.size + 1024:
+        full = np.bincount(s, minlength=hi + 1)
+        present = np.flatnonzero(full)
+
+        def by_table() -> np.ndarray:
+            rank = np.zeros(hi + 1, dtype=np.int32)
+            rank[present] = np.arange(present.size, dtype=np.int32)
+            return rank[s]
+
+        return present, full[present], by_table
+    present, counts = np.unique(s, return_counts=True)
+    return present, counts, lambda: np.searchsorted(present, s).astype(np.int32)
+
+
 def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> bytes:
     """Encode non-negative integers (< alphabet_size when given) into a self-contained stream."""
     s = np.asarray(symbols).reshape(-1)
@@ -185,7 +204,7 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> byt
 
     width = max(1, hi.bit_length())
     packed_cost = packed_size(n, width) + _varint_len(width)
-    present, counts = np.unique(s, return_counts=True)
+    present, counts, ranks_of = _histogram(s, hi)
     best: tuple[float, np.ndarray] | None = None
     if len(present) <= MAX_ANS_DISTINCT:
         for total in _COUNT_TOTALS:
@@ -213,7 +232,7 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> byt
         prev = sym
     for c in q.tolist():
         write_varint(out, c)
-    ranks = np.searchsorted(present, s).astype(np.int32)
+    ranks = ranks_of()
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(ranks, _categorical(q))
     out += coder.get_compressed().astype("<u4").tobytes()
