@@ -39,11 +39,8 @@ def weights_fidelity(orig: Mapping[str, torch.Tensor],
         if not w.is_floating_point() or not w.numel():
             exact = exact and torch.equal(w, rebuilt[k])
             continue
-        a = w.detach().to("cpu", torch.float64)
-        b = rebuilt[k].detach().to("cpu", torch.float64)
-        noise = float((b - a).square().sum())
+        noise, energy = _noise_and_energy(w, rebuilt[k])
         exact = exact and noise == 0.0
-        energy = float(a.square().sum())
         rel[k] = noise / energy if energy > 0 else (0.0 if noise == 0 else math.inf)
     if not rel:
         return {"snr_db": math.inf, "worst_tensor": None, "worst_snr_db": math.inf,
@@ -51,6 +48,21 @@ def weights_fidelity(orig: Mapping[str, torch.Tensor],
     worst = max(rel, key=lambda k: rel[k])
     return {"snr_db": snr_db(sum(rel.values())), "worst_tensor": worst,
             "worst_snr_db": snr_db(rel[worst]), "exact": exact}
+
+
+CHUNK = 2**20  # elements summed in float64 at a time: a large tensor costs no float64 copy
+
+
+def _noise_and_energy(w: torch.Tensor, rebuilt: torch.Tensor) -> tuple[float, float]:
+    """(|rebuilt - w|^2, |w|^2) in float64, a slice at a time."""
+    a_all = w.detach().to("cpu").reshape(-1)
+    b_all = rebuilt.detach().to("cpu").reshape(-1)
+    noise = energy = 0.0
+    for i in range(0, a_all.numel(), CHUNK):
+        a = a_all[i : i + CHUNK].to(torch.float64)
+        noise += float((b_all[i : i + CHUNK].to(torch.float64) - a).square().sum())
+        energy += float(a.square().sum())
+    return noise, energy
 
 
 def describe(fid: Mapping[str, Any]) -> str:
