@@ -1,7 +1,7 @@
 """RDOQ against rounding to nearest in `vae-rd-free`: the same SNR, fewer bytes, and what it does
 to accuracy; the ablation of issue 18's rate-distortion optimized rounding (`methods/rd/rdoq.py`).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/rdoq_ablation.py --out runs/rdoq   # ~10 minutes
+    PYTHONPATH=src .venv/bin/python benchmarks/rdoq_ablation.py --minilm   # ~10 minutes -> results/rdoq
     ... --minilm       # adds MiniLM: bytes at a few SNRs, and the held-out cosine (~1 min a point)
 
 - the zoo (fnn, cnn, rnn, lstm at the paper's config, as `--preset datafree` trains them): a
@@ -41,7 +41,7 @@ from vaecompress.api import compress, decompress  # noqa: E402
 from vaecompress.codecs import CodecContext  # noqa: E402
 from vaecompress.data import load_mnist  # noqa: E402
 from vaecompress.experiments.common import trained_model  # noqa: E402
-from vaecompress.io import atomic_write_json, atomic_write_text  # noqa: E402
+from vaecompress.files import atomic_write_json, atomic_write_text  # noqa: E402
 from vaecompress.methods.rd.allocate import allocate, relative_sensitivities  # noqa: E402
 from vaecompress.methods.rd.latents import encode_model  # noqa: E402
 from vaecompress.methods.rd.rdoq import LAMBDA  # noqa: E402
@@ -232,7 +232,7 @@ def render(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/rdoq")
+    p.add_argument("--out", default="results/rdoq")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", nargs="*", default=list(ZOO))
     p.add_argument("--no-held-out", action="store_true", help="skip MyMLP and LeNet-300-100")
