@@ -1,8 +1,8 @@
 """RDOQ against rounding to nearest in `vae-rd-free`: the same SNR, fewer bytes, and what it does
 to accuracy; the ablation of issue 18's rate-distortion optimized rounding (`methods/rd/rdoq.py`).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/rdoq_ablation.py --minilm   # ~10 minutes -> results/rdoq
-    ... --minilm       # adds MiniLM: bytes at a few SNRs, and the held-out cosine (~1 min a point)
+    PYTHONPATH=src .venv/bin/python benchmarks/rdoq_ablation.py --minilm   # -> results/rdoq
+    ... --minilm       # adds MiniLM: bytes at a few SNRs, the held-out cosine (~1 min a point)
 
 - the zoo (fnn, cnn, rnn, lstm at the paper's config, as `--preset datafree` trains them): a
   sweep of `snr` with `rounding=nearest` and `rounding=rdoq`, each with the Fisher probe
