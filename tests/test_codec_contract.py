@@ -14,6 +14,7 @@ import hashlib
 import json
 import platform
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,7 +142,7 @@ def test_golden_bytes(codec: str) -> None:
 # The trained codecs' whole bytes, pinned where training is reproducible: this torch build on
 # this kind of CPU (its kernels decide the float sums), with one thread. Elsewhere the test
 # skips and says why; `python tests/test_codec_contract.py` prints them on the reference.
-EXACT_PLATFORM = "2.13.0+cpu x86_64 AVX512"
+EXACT_PLATFORM = "2.13.0+cpu x86_64 AVX512 GenuineIntel"
 GOLDEN_EXACT: dict[str, str] = {
     "hqq": "21a79fab009dbac589fea8aabbdbf5452817f2f1fa47df66e8284a98f8d99883",
     "vae-paper": "d8b1fae50480f89ce19d12d399d8afc1f3cf23afc8bc24c103ec050751a992de",
@@ -150,8 +151,18 @@ GOLDEN_EXACT: dict[str, str] = {
 
 
 def exact_platform() -> str:
+    """torch's build, the machine, the kernels torch picks and the CPU's vendor (another
+    vendor's CPU may round a fused operation differently)."""
+    vendor = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
     return (f"{torch.__version__} {platform.machine()} "
-            f"{torch.backends.cpu.get_cpu_capability()}")
+            f"{torch.backends.cpu.get_cpu_capability()} {vendor}")
 
 
 def exact_digest(codec: str) -> str:
