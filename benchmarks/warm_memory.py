@@ -8,9 +8,10 @@ One fresh process per run (`--child`; `--reps` of them, the median reported, the
 the JSON): a thread samples the resident set every 5 ms and charges
 it to every phase open at that moment (each phase is a function of the library, wrapped here:
 the closed form, the probe, the warm start's model, its steps, checks and export, the latent
-coding, the decode check, the fidelity). Resident memory counts what the allocator keeps after
-a phase frees it, so a phase's figure is the high-water mark while it ran, not what it alone
-allocated. The goal (issue 19): under 4 float32 copies of the parameters plus Adam's two
+coding, the decode check, the fidelity; inside a step, the task's loss (the student's forward,
+whose activations autograd keeps), every backward pass and Adam's step). Resident memory
+counts what the allocator keeps after a phase frees it, so a phase's figure is the high-water
+mark while it ran, not what it alone allocated. The goal (issue 19): under 4 float32 copies of the parameters plus Adam's two
 moments, 24 bytes a parameter above the loaded model.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import gc
 import importlib
 import json
@@ -37,6 +39,10 @@ PHASES = [  # (module, attribute, phase)
     ("vaecompress.methods.rd.model", "RDModel.__init__", "model"),
     ("vaecompress.methods.rd.warm", "_fit_prior", "prior fit"),
     ("vaecompress.methods.rd.warm", "_Run.step", "distillation step"),
+    # inside a step (and a check, for the loss; `child` tags the task's loss itself): what
+    # holds the memory
+    ("torch", "Tensor.backward", "backward"),
+    ("torch.optim", "Adam.step", "Adam step"),
     ("vaecompress.methods.rd.warm", "_score", "check"),
     ("vaecompress.methods.rd.warm", "_Run.export", "export"),
     ("vaecompress.methods.rd.latents", "encode_model", "latent coding"),
@@ -64,20 +70,25 @@ class _Sampler:
                 self.peaks[tag] = max(self.peaks.get(tag, 0), r)
             time.sleep(0.005)
 
+    def tagged(self, fn: Any, tag: str) -> Any:
+        """`fn`, its calls charged to the phase `tag`."""
+
+        def wrapped(*a: Any, **k: Any) -> Any:
+            self.open.append(tag)
+            try:
+                return fn(*a, **k)
+            finally:
+                self.open.remove(tag)
+
+        return wrapped
+
     def wrap(self, module: str, attr: str, tag: str) -> None:
         obj: Any = importlib.import_module(module)
         *owners, name = attr.split(".")
         for o in owners:
             obj = getattr(obj, o)
         orig = getattr(obj, name)
-
-        def wrapped(*a: Any, **k: Any) -> Any:
-            self.open.append(tag)
-            try:
-                return orig(*a, **k)
-            finally:
-                self.open.remove(tag)
-
+        wrapped = self.tagged(orig, tag)
         setattr(obj, name, wrapped)
         if not owners:  # also where a module imported it by name
             for m in list(sys.modules.values()):
@@ -105,6 +116,7 @@ def child(snr: float, steps: int) -> dict[str, Any]:
     sampler = _Sampler()
     for module, attr, tag in PHASES:
         sampler.wrap(module, attr, tag)
+    finetune = dataclasses.replace(finetune, loss=sampler.tagged(finetune.loss, "task loss"))
     t0 = time.perf_counter()
     res = compress(state, "vae-rd", ctx=CodecContext(progress=False, finetune=finetune,
                                                       probe=probe),
