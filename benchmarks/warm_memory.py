@@ -11,8 +11,8 @@ the closed form, the probe, the warm start's model, its steps, checks and export
 coding, the decode check, the fidelity; inside a step, the task's loss (the student's forward,
 whose activations autograd keeps), every backward pass and Adam's step). Resident memory
 counts what the allocator keeps after a phase frees it, so a phase's figure is the high-water
-mark while it ran, not what it alone allocated. The goal (issue 19): under 4 float32 copies of the parameters plus Adam's two
-moments, 24 bytes a parameter above the loaded model.
+mark while it ran, not what it alone allocated. The goal (issue 19): under 4 float32 copies of
+the parameters plus Adam's two moments, 24 bytes a parameter above the loaded model.
 """
 
 from __future__ import annotations
