@@ -21,9 +21,6 @@ record) is written first; the task's report draws `bench.md` and a plot from it 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +41,13 @@ from vaecompress.experiments.common import (
 )
 from vaecompress.files import atomic_write_json
 from vaecompress.io import StateDict
-from vaecompress.runinfo import environment, git_revision, resolve_device, seed_everything
+from vaecompress.runinfo import (
+    environment,
+    git_revision,
+    resolve_device,
+    seed_everything,
+    trim_memory,
+)
 from vaecompress.tasks.probe import Probe
 from vaecompress.training.finetune import Finetuner
 
@@ -153,9 +156,7 @@ def peak_rss_reset() -> bool:
     would count in the base and hide that much of the next point's peak (measured on MiniLM:
     the same vae-rd peak of about 2.0 GB read as 52 bytes a parameter added in a fresh process
     and as 23 after another point)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to give back
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True

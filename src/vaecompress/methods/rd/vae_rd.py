@@ -47,6 +47,7 @@ from vaecompress.methods.rd.model import RDConfig
 from vaecompress.methods.rd.settings import RDSettings
 from vaecompress.methods.rd.train import RDResult, check_finite, rd_report, train_rd
 from vaecompress.methods.rd.warm import train_warm
+from vaecompress.runinfo import trim_memory
 from vaecompress.tasks.probe import tensor_sensitivities
 
 # One ingredient changed at a time against the defaults (`bench --preset ablation`).
@@ -135,6 +136,7 @@ class VAERDCodec(Codec):
         extra: dict[str, Any] = {}
         if self.settings.snr:
             res, extra = self._warm(state, live, fixed, cfg, ctx, desc)
+            trim_memory()  # the training's freed tensors, not kept under the coding that follows
         else:
             res = train_rd(live, cfg, fixed=fixed,
                            task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
