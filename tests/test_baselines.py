@@ -77,8 +77,9 @@ def _gaussian(shape: tuple[int, ...], seed: int = 0, std: float = 0.1) -> torch.
     np.random.default_rng(2).integers(0, 2**16, 300),
     np.random.default_rng(3).integers(0, 2**16, 50_000),
     np.array([0, 2**32 - 1, 5]),
+    np.random.default_rng(4).choice([0, 3, 5_000_000], 20_000),
 ], ids=["empty", "one", "constant", "two", "uniform32", "geometric", "sparse-2^16", "dense-2^16",
-        "max"])
+        "max", "few-far-apart"])
 def test_entropy_round_trip(symbols: np.ndarray) -> None:
     data = encode_symbols(symbols)
     out = decode_symbols(data, len(symbols))
@@ -87,6 +88,25 @@ def test_entropy_round_trip(symbols: np.ndarray) -> None:
     assert out.dtype == np.dtype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16
                                  else np.uint32)
     np.testing.assert_array_equal(out, symbols)
+
+
+@pytest.mark.parametrize("symbols", [
+    np.random.default_rng(5).geometric(0.2, 10_000) - 1,  # a small alphabet: counted
+    np.random.default_rng(6).choice([1, 7, 9_000_000], 10_000),  # far apart: sorted
+])
+def test_entropy_histogram_is_that_of_sorting(symbols: np.ndarray) -> None:
+    """Both ways the coder takes its table (counting a small alphabet, sorting a wide one) give
+    the distinct symbols, their counts and each symbol's rank as sorting does."""
+    from vaecompress.coding.entropy import _histogram
+
+    s = symbols.astype(np.int64)
+    present, counts, ranks = _histogram(s, int(s.max()))
+    want, want_counts = np.unique(s, return_counts=True)
+    np.testing.assert_array_equal(present, want)
+    np.testing.assert_array_equal(counts, want_counts)
+    got = ranks()
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.searchsorted(want, s))
 
 
 def test_entropy_codes_skewed_streams_near_their_entropy() -> None:

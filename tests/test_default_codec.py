@@ -279,3 +279,18 @@ def test_an_interrupted_training_says_where_its_checkpoint_is(tmp_path: Path, ca
     assert ck.is_file() and str(ck) in err and "resumes" in err and not out.exists()
     ck.unlink()
     assert main(argv) == 0 and not ck.exists()
+
+
+def test_the_weights_fidelity_sums_every_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tensor larger than a slice is summed slice by slice, to the same figure as at once."""
+    from vaecompress import fidelity
+
+    torch.manual_seed(0)
+    w = {"big": torch.randn(50, 7), "small": torch.randn(3)}
+    noisy = {k: v + 0.1 * torch.randn_like(v) for k, v in w.items()}
+    whole = fidelity.weights_fidelity(w, noisy)
+    monkeypatch.setattr(fidelity, "CHUNK", 16)  # 350 weights: 22 slices, the last one short
+    sliced = fidelity.weights_fidelity(w, noisy)
+    assert sliced["snr_db"] == pytest.approx(whole["snr_db"], abs=1e-9)
+    assert sliced["worst_tensor"] == whole["worst_tensor"]
+    assert sliced["worst_snr_db"] == pytest.approx(whole["worst_snr_db"], abs=1e-9)
