@@ -47,6 +47,7 @@ from vaecompress.format import Container, dumps, loads
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
 from vaecompress.io import StateDict
+from vaecompress.sharded import SHARDS_CODEC
 from vaecompress.tasks.distill import DistillLoss, distiller  # noqa: F401  (public API)
 from vaecompress.training.finetune import Finetuner, ModuleLoss  # noqa: F401  (public API)
 
@@ -274,6 +275,10 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
     if base is not None:
         check_state(base)
     against = delta.check_base(c.meta, base)
+    if c.codec.get("name") == SHARDS_CODEC:  # a model folder coded one shard at a time
+        from vaecompress.sharded.stream import join
+
+        return join(c, max_bytes=max_bytes)
     externals = dict(externals or {})
     _check_externals(c, externals)
     codec_cls = get_codec_class(c.codec.get("name", "?"))

@@ -13,7 +13,7 @@ Boundary: tensors in, numbers out.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,19 @@ def weights_fidelity(orig: Mapping[str, torch.Tensor],
     worst = max(rel, key=lambda k: rel[k])
     return {"snr_db": snr_db(sum(rel.values())), "worst_tensor": worst,
             "worst_snr_db": snr_db(rel[worst]), "exact": exact}
+
+
+def combined(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The `weights_fidelity` of a model from those of its disjoint parts (the shards of a
+    folder, coded one at a time): the relative errors add up over tensors, so the parts'
+    NSRs do; the worst tensor is the worst part's."""
+    if not parts:
+        return {"snr_db": math.inf, "worst_tensor": None, "worst_snr_db": math.inf,
+                "exact": True}
+    worst = min(parts, key=lambda p: p["worst_snr_db"])
+    return {"snr_db": snr_db(sum(nsr_of_db(p["snr_db"]) for p in parts)),
+            "worst_tensor": worst["worst_tensor"], "worst_snr_db": worst["worst_snr_db"],
+            "exact": all(bool(p["exact"]) for p in parts)}
 
 
 CHUNK = 2**20  # elements summed in float64 at a time: a large tensor costs no float64 copy

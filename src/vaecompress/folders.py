@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ def is_model_folder(path: str | Path) -> bool:
     return folder.is_dir() and any((folder / n).is_file() for n in (*INDEXES, *SINGLE))
 
 
-def _shard_files(folder: Path) -> list[str]:
+def shard_files(folder: Path) -> list[str]:
     for name in INDEXES:
         index = folder / name
         if not index.is_file():
@@ -127,19 +127,58 @@ def read_folder(folder: str | Path) -> tuple[StateDict, FolderLayout]:
     folder = Path(folder)
     shards: list[Shard] = []
     state: StateDict = {}
-    for file in _shard_files(folder):
-        path = folder / file
-        if file.endswith(".safetensors"):
-            data = read_file(path)
-            part = state_from_bytes(data, what=f"weights in {path}")
-            meta = safetensors_metadata(data)
-        else:
-            part, meta = load_weights_file(path)
+    for file in shard_files(folder):
+        part, meta = read_shard(folder, file)
         twice = sorted(set(part) & set(state))
         if twice:
             raise UserError(f"tensor {twice[0]!r} is in two shards of {folder}")
         state.update(part)
         shards.append(Shard(file, list(part), meta))
+    return state, FolderLayout(shards, other_files(folder, shards))
+
+
+def read_shard(folder: Path, file: str) -> tuple[StateDict, dict[str, str]]:
+    """One shard's tensors (in stored order) and its safetensors metadata."""
+    path = folder / file
+    if file.endswith(".safetensors"):
+        data = read_file(path)
+        return state_from_bytes(data, what=f"weights in {path}"), safetensors_metadata(data)
+    return load_weights_file(path)
+
+
+# safetensors' names of the floating-point dtypes: the weights a lossy codec codes
+_ST_FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def float_weights(folder: Path, file: str) -> int:
+    """How many floating-point weights a shard holds, from a safetensors shard's header alone
+    (a `.bin` shard is loaded, one at a time)."""
+    path = folder / file
+    if not file.endswith(".safetensors"):
+        part, _ = load_weights_file(path)
+        return sum(t.numel() for t in part.values() if t.is_floating_point())
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 100 * 2**20:
+                raise ValueError(f"header length {n}")
+            header = json.loads(f.read(n))
+        total = 0
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] in _ST_FLOATS:
+                count = 1
+                for d in info["shape"]:
+                    count *= int(d)
+                total += count
+        return total
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"weights in {path} are not a valid safetensors file: {e}") from None
+
+
+def other_files(folder: Path, shards: list[Shard]) -> dict[str, bytes]:
+    """Every regular file of the folder that is not a shard (config, tokenizer, the index)."""
     weights = {s.file for s in shards}
     files = {}
     for p in sorted(folder.iterdir()):
@@ -148,7 +187,7 @@ def read_folder(folder: str | Path) -> tuple[StateDict, FolderLayout]:
     if sum(len(v) for v in files.values()) > MAX_OTHER_BYTES:
         raise UserError(f"the files of {folder} beside its weights hold more than "
                         f"{MAX_OTHER_BYTES // 2**20} MiB; compress the weights file instead")
-    return state, FolderLayout(shards, files)
+    return files
 
 
 def check_folder_output(path: str | Path) -> Path:
@@ -165,19 +204,31 @@ def write_folder(path: str | Path, state: Mapping[str, torch.Tensor],
                  layout: FolderLayout) -> None:
     """Write the shards and files of `layout` with the tensors of `state` into a new folder,
     all or nothing."""
-    target = check_folder_output(path)
     listed = [t for s in layout.shards for t in s.tensors]
     if sorted(listed) != sorted(state):
         raise FormatError(f"meta '{FOLDER_KEY}' does not list the file's tensors")
+    write_folder_parts(path, layout, lambda _, shard: {t: state[t] for t in shard.tensors})
+
+
+def write_folder_parts(path: str | Path, layout: FolderLayout,
+                       part_of: Callable[[int, Shard], Mapping[str, torch.Tensor]]) -> None:
+    """Write the shards and files of `layout` into a new folder, all or nothing, asking
+    `part_of(k, shard)` for each shard's tensors in turn (a reader that rebuilds one shard at
+    a time holds one shard at a time)."""
+    target = check_folder_output(path)
     tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     tmp.mkdir()
     try:
-        for shard in layout.shards:
-            part = {t: state[t] for t in shard.tensors}
+        for k, shard in enumerate(layout.shards):
+            part = part_of(k, shard)
+            if list(part) != shard.tensors:
+                raise FormatError(f"shard {shard.file} rebuilds other tensors than meta "
+                                  f"'{FOLDER_KEY}' lists")
             if shard.file.endswith(".safetensors"):
                 (tmp / shard.file).write_bytes(state_to_bytes(part, shard.metadata or None))
             else:
-                torch.save(part, tmp / shard.file)
+                torch.save(dict(part), tmp / shard.file)
+            del part
         for name, data in layout.files.items():
             (tmp / name).write_bytes(data)
         os.rename(tmp, target)

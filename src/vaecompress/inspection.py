@@ -12,6 +12,7 @@ from typing import Any
 from vaecompress.accounting import account
 from vaecompress.family import SERIES_CODEC
 from vaecompress.format import loads
+from vaecompress.sharded import SHARDS_CODEC
 
 
 def inspect(data: bytes) -> dict[str, Any]:
@@ -32,6 +33,15 @@ def inspect(data: bytes) -> dict[str, Any]:
         "meta": c.meta,
         "accounting": acc.to_json(),
     }
+    if c.codec.get("name") == SHARDS_CODEC:
+        # Each payload is a shard's own file: the code the paper counts is the members' code.
+        parts = [loads(p.data) for p in c.payloads]
+        code = sum(account(m, len(p.data)).payload_bytes
+                   for m, p in zip(parts, c.payloads, strict=True))
+        info["accounting"]["payload_bytes"] = code
+        info["accounting"]["ratio_paper"] = acc.orig_bytes / code if code else float("inf")
+        info["shards"] = {"members": len(parts),
+                          "codecs": sorted({str(m.codec.get("name")) for m in parts})}
     members = c.codec_state.get("members")
     if c.codec.get("name") == SERIES_CODEC and isinstance(members, int) and members > 0:
         # The accounting above is of one member's manifest; a series rebuilds `members` models.

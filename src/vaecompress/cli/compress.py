@@ -124,6 +124,8 @@ def _compress_one(args: argparse.Namespace) -> int:
     plan = _plan(args)
     distill = args.distill or args.sentences is not None
     sentences = sentences_of(args)  # checked before any work
+    if _streams(args, plan, distill):
+        return _compress_sharded(args, plan)
     if plan.codec.uses_task and not (args.finetune or distill) and not args.quiet:
         print(
             f"vaecompress: warning: {plan.codec.name} retrains on the task to keep accuracy; "
@@ -146,6 +148,40 @@ def _compress_one(args: argparse.Namespace) -> int:
         return 0
     save(res, args.output, externals=plan.outs)
     _report(args, res, task)
+    return 0
+
+
+def _streams(args: argparse.Namespace, plan: _Plan, distill: bool) -> bool:
+    """Whether the input is a model folder of several shards to code one at a time: the
+    codec can (`Codec.streams`) and nothing needs the whole model (a task, a probe, a base)."""
+    from vaecompress.folders import is_model_folder, shard_files
+
+    if not is_model_folder(args.input) or args.base or args.finetune or distill \
+            or args.model or args.arch or not plan.codec.streams():
+        return False
+    return len(shard_files(Path(args.input))) > 1
+
+
+def _compress_sharded(args: argparse.Namespace, plan: _Plan) -> int:
+    """A model folder coded one shard at a time (`sharded.stream`): memory follows the largest
+    shard, not the model."""
+    from vaecompress.codecs import CodecContext
+    from vaecompress.runinfo import resolve_device
+    from vaecompress.sharded.stream import compress_folder
+    from vaecompress.training.distributed import is_main
+
+    if args.key is not None:
+        raise UserError("--key selects inside a weights file; give the folder without it")
+    if not is_main():  # nothing to share between processes without a task: rank 0 does it
+        return 0
+    ctx = CodecContext(device=resolve_device(args.device), seed=args.seed,
+                       progress=not args.quiet, label=Path(args.input).name)
+    res = compress_folder(args.input, args.output, plan.codec, fallback=plan.auto, ctx=ctx)
+    if res.fallback:
+        print(f"vaecompress: {res.fallback}", file=sys.stderr)
+    if not args.quiet and not args.json:
+        print(f"vaecompress: {len(res.members)} shards coded one at a time", file=sys.stderr)
+    _report(args, res, Task())
     return 0
 
 

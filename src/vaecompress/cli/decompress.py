@@ -30,10 +30,22 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from vaecompress.format import load as load_container
     from vaecompress.format import load_payloads
     from vaecompress.io import save_weights_file
+    from vaecompress.sharded.stream import decompress_folder, is_sharded
 
-    if args.member is not None or is_series(load_payloads(args.input, [])):
+    head = load_payloads(args.input, [])  # the header alone
+    if args.member is not None or is_series(head):
         return decompress_member_command(args, read_base(args))
     t0 = time.perf_counter()
+    if is_sharded(head):  # a model folder coded one shard at a time: written back so
+        if args.base or args.external or args.decoder:
+            raise UserError("a sharded file is decoded alone: no --base, --external or "
+                            "--decoder")
+        check_folder_output(args.output)
+        layout = decompress_folder(args.input, args.output)
+        n = sum(len(s.tensors) for s in layout.shards)
+        print(f"{args.output}: {n} tensors in {len(layout.shards)} shards (rebuilt one at a "
+              f"time) and {len(layout.files)} files in {time.perf_counter() - t0:.2f} s")
+        return 0
     ins = _external_ins(args)
     c = load_container(args.input)
     beside = [str(external_path(args.input, e.name)) for e in c.externals if e.name not in ins]
@@ -85,6 +97,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"checkpoint series of {se['members']} members: {se['orig_bytes']:,} B -> "
               f"{a['file_bytes']:,} B, ratio {fmt_ratio(se['ratio'])} over all of them "
               "(the ratios below are of one member's size)")
+    if "shards" in info:
+        sh = info["shards"]
+        print(f"a model folder coded one shard at a time: {sh['members']} shards, each its own "
+              f"file ({', '.join(sh['codecs'])})")
     print(
         f"ratio_paper {fmt_ratio(a['ratio_paper'])}   ratio_honest {fmt_ratio(a['ratio_honest'])}"
     )

@@ -17,6 +17,8 @@ The contract, all of it on the class so that nothing outside `codecs/` names a c
 - `operating_points(preset)`: the settings the bench measures ("quick", "full");
 - `uses_task`: whether its quality depends on fine-tuning with the task (`CodecContext.finetune`);
 - `lossless`, `exact_decode`: what the checks of `api` may expect of its decoding;
+- `streams()`, `for_part(part, total)`: whether a large model's shards may be coded one at a
+  time (`sharded`), and the codec for one shard;
 - `encode(state, ctx) -> Encoded` and `decode(container, externals) -> state_dict`.
 
 Codecs compose the tools of `vaecompress.coding`; no codec imports another.
@@ -145,6 +147,20 @@ class Codec(ABC):
         if preset == "datafree":  # the methods that need the weights alone, swept densely
             return [] if cls.uses_task else [{}]
         return [{}] if preset in ("quick", "full") else []
+
+    def streams(self) -> bool:
+        """Whether the parts of a model (the shards of a folder) may be coded one at a time,
+        each into its own file, and still keep what these settings promise for the whole
+        (`sharded`): True for a codec whose coding of a tensor depends on that tensor alone,
+        or that splits its target between the parts (`for_part`). A caller streams only
+        without a task, a probe or a base, which each need the whole model."""
+        return False
+
+    def for_part(self, part: int, total: int) -> Codec:
+        """The codec for a part that holds `part` of the model's `total` floating-point
+        weights, such that the parts, each coded alone, keep this codec's promise for the
+        whole (default: this codec)."""
+        return self
 
     def settings_json(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self.settings))

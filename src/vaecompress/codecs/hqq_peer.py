@@ -235,6 +235,9 @@ class HQQCodec(Codec):
         q = np.clip(levels, 0, 2**s.bits - 1).astype(np.int64).reshape(-1)
         return q, step, zero
 
+    def streams(self) -> bool:
+        return True  # each tensor coded on its own
+
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         s = self.settings
         coded, raw = split_passthrough(state)

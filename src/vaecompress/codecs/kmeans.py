@@ -126,6 +126,9 @@ class KMeansCodec(Codec):
         report["finetune_loss"] = losses
         return clustered, codebooks, others, report
 
+    def streams(self) -> bool:
+        return self.settings.scope != "global"  # a codebook per tensor, none shared
+
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         s = self.settings
         clustered, codebooks, others, report = self.cluster(state, ctx)

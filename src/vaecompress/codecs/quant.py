@@ -122,6 +122,9 @@ class UniformQuantCodec(Codec):
             if value not in allowed:
                 raise UserError(f"{self.name}: {what} must be one of {allowed}, got '{value}'")
 
+    def streams(self) -> bool:
+        return True  # each tensor coded on its own
+
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         s = self.settings
         coded, raw = split_passthrough(state)

@@ -256,6 +256,9 @@ class ZipNNCodec(Codec):
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= 256:
             raise UserError(f"zipnn: threads must be an integer in 0..256, got {t!r}")
 
+    def streams(self) -> bool:
+        return True  # lossless: a shard decodes to its own bytes
+
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         coded, raw = split_passthrough(state)
         blobs: dict[str, list[bytes]] = {}

@@ -49,6 +49,9 @@ class ZstdCodec(Codec):
         if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
             raise UserError(f"zstd: level must be an integer in 1..22, got {level!r}")
 
+    def streams(self) -> bool:
+        return True  # lossless: a shard decodes to its own bytes
+
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         coded, raw = split_passthrough(state)
         blob = b"".join(tensor_bytes(t) for t in coded.values())

@@ -15,10 +15,12 @@ from vaecompress.format.container import (
     External,
     Payload,
     dumps,
+    dumps_head,
     file_sha256,
     load,
     load_payloads,
     loads,
+    payload_entry,
     save,
 )
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_DECODED_BYTES
@@ -39,9 +41,11 @@ __all__ = [
     "External",
     "Payload",
     "dumps",
+    "dumps_head",
     "file_sha256",
     "load",
     "load_payloads",
     "loads",
+    "payload_entry",
     "save",
 ]

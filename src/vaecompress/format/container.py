@@ -135,36 +135,43 @@ def file_sha256(data: bytes) -> str:
 # ---------------------------------------------------------------------------- writing
 
 
+def payload_entry(name: str, kind: str, role: str, data: bytes) -> dict[str, Any]:
+    """The header's record of one payload (its bytes stored after the header, in order)."""
+    return {"name": name, "kind": kind, "role": role, "length": len(data),
+            "sha256": file_sha256(data)}
+
+
 def dumps(c: Container, *, version: int = FORMAT_VERSION) -> bytes:
     """Serialize `c`; the same container always gives byte-identical output.
 
     `version` 3 (the default) and 2 store the header compressed; 1 writes the old, plain
     layout for readers that predate version 2."""
+    blobs = [bytes(p.data) for p in c.payloads]
+    entries = [payload_entry(p.name, p.kind, p.role, b) for p, b in zip(c.payloads, blobs,
+                                                                        strict=True)]
+    return b"".join([dumps_head(c, entries, version=version), *blobs])
+
+
+def dumps_head(c: Container, entries: list[dict[str, Any]], *,
+               version: int = FORMAT_VERSION) -> bytes:
+    """The preamble and stored header of a file whose payloads `entries` describe
+    (`payload_entry`, in file order): the payloads' bytes follow it in that order. A writer
+    that makes its payloads one at a time (`sharded`) spools them and writes this first; the
+    payloads of `c` itself are ignored."""
     if version not in READ_VERSIONS:
         raise ValueError(f"cannot write format version {version} (writes 1 and 2)")
-    payload_entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    offset = 0
-    for p in c.payloads:
-        data = bytes(p.data)
-        entry = {
-            "name": p.name,
-            "kind": p.kind,
-            "role": p.role,
-            "length": len(data),
-            "sha256": file_sha256(data),
-        }
-        if version == 1:
-            entry["offset"] = offset
-        payload_entries.append(entry)
-        blobs.append(data)
-        offset += len(data)
+    entries = [dict(e) for e in entries]
+    if version == 1:
+        offset = 0
+        for e in entries:
+            e["offset"] = offset
+            offset += e["length"]
     header = {
         "format_version": version,
         "codec": c.codec,
         "tensors": c.tensors,
         "codec_state": c.codec_state,
-        "payloads": payload_entries,
+        "payloads": entries,
         "externals": [
             {"name": e.name, "kind": e.kind, "role": e.role, "sha256": e.sha256, "length": e.length}
             for e in c.externals
@@ -185,8 +192,7 @@ def dumps(c: Container, *, version: int = FORMAT_VERSION) -> bytes:
             f"more than {MAX_HEADER_BYTES}"
         )
     stored = header_bytes if version == 1 else _deflate_header(header_bytes)
-    preamble = _PREAMBLE.pack(MAGIC, version, 0, len(stored), zlib.crc32(stored))
-    return b"".join([preamble, stored, *blobs])
+    return _PREAMBLE.pack(MAGIC, version, 0, len(stored), zlib.crc32(stored)) + stored
 
 
 def _deflate_header(header_bytes: bytes) -> bytes:

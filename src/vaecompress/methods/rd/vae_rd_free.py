@@ -137,6 +137,24 @@ class VAERDFreeCodec(Codec):
             return f"{cls.name} (weights only)", False
         return cls.name, False
 
+    def streams(self) -> bool:
+        """The closed form with the weights' own weighting splits its target between parts
+        (`for_part`); a byte budget, the probe's Fisher weighting and Adam need the whole."""
+        s = self.settings
+        return s.solver == "closed" and not s.size and s.weighting != "fisher"
+
+    def for_part(self, part: int, total: int) -> Codec:
+        """Each part's share of the model's NSR, in proportion to its weights. With relative
+        weighting the NSR is the sum over tensors of their relative errors, and at the equal
+        slope of the whole model each tensor's is `n_t c^2 / 12` (`methods.rd.allocate`): a
+        part holds `part / total` of the whole's error budget. The shares add up to the
+        target exactly, whatever each part's own search finds (a share finer than MAX_SNR is
+        coded at MAX_SNR); at high rate each part's scale is the whole model's."""
+        if not 0 < part < total:
+            return self
+        snr = min(MAX_SNR, self.settings.snr + 10.0 * math.log10(total / part))
+        return type(self)(self.settings, snr=snr)
+
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
         s = self.settings
         coded, raw = split_passthrough(state)
