@@ -181,3 +181,17 @@ def test_a_short_run_moves_no_latent_far(teacher: _Teacher) -> None:
                      validation=teacher.val)
     h = res.history
     assert h["distortion"][1] < 1.5 * h["distortion"][0]
+
+
+def test_a_warm_start_on_a_delta_is_weighed_against_the_model(teacher: _Teacher) -> None:
+    """Coding a fine-tune against its base, the warm start's closed form keeps `snr` relative
+    to the model (`CodecContext.reference`), as vae-rd-free does: not relative to the small
+    change, which would spend bits on an error far below the model's (here 17 dB finer)."""
+    g = torch.Generator().manual_seed(3)
+    base = {k: v - 0.1 * v.std() * torch.randn(v.shape, generator=g) if v.dim() > 1 else v
+            for k, v in teacher.state.items()}  # the change: 17 dB below the weights
+    ctx = CodecContext(progress=False, finetune=teacher.finetuner(validation=False))
+    res = compress(teacher.state, "vae-rd", ctx=ctx, base=base, snr=24.0, epochs=0.25)
+    assert 24.0 <= res.report["warm_snr_db"] <= 24.5
+    assert res.fidelity["snr_db"] < 30.0  # weighed against the delta: about 41 dB
+    assert decompress(res.data, base=base).keys() == teacher.state.keys()

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from vaecompress.codecs.base import (
@@ -159,9 +160,17 @@ class VAERDCodec(Codec):
         t0 = time.perf_counter()
         arrays = [v.detach().to("cpu", torch.float32).numpy() for v in live.values()]
         weighting = "fisher" if ctx.probe is not None else "relative"
-        sens = (tensor_sensitivities(ctx.probe, state, list(live), arrays, ctx.seed)
-                if ctx.probe is not None else relative_sensitivities(arrays))
-        alloc = allocate(arrays, sens, snr=s.snr)
+        # Coding a delta: the weighting, the probe and the target are the model's
+        # (`reference`), as in vae-rd-free, not the delta's.
+        model, weights, energies = state, arrays, None
+        if ctx.reference is not None:
+            model = ctx.reference
+            weights = [model[k].detach().to("cpu", torch.float32).numpy() for k in live]
+            energies = [float(np.square(w, dtype=np.float64).sum()) for w in weights]
+        sens = (tensor_sensitivities(ctx.probe, model, list(live), weights, ctx.seed)
+                if ctx.probe is not None else relative_sensitivities(weights))
+        alloc = allocate(arrays, sens, snr=s.snr, energies=energies)
+        del weights
         init, snr_db = [float(d[0]) for d in alloc.steps], alloc.snr_db
         del alloc  # its latents (8 bytes a weight) are not the training's
         warm_s = time.perf_counter() - t0
