@@ -132,12 +132,17 @@ def _vae_equal(a: tuple, b: tuple) -> None:
     assert ja == jb
 
 
-@pytest.mark.parametrize("patience", [6, 2])  # to the end; stopped early, best epoch restored
+# To the end; stopped early (at epoch 4, the best epoch 2 restored: a learning rate at which
+# the validation loss turns up), killed before the stop and resumed through it.
+@pytest.mark.parametrize(("patience", "lr", "early"), [(6, 3e-2, False), (2, 0.3, True)])
 def test_train_vae_resumes_bit_identical(tmp_path: Path, stop_after: Callable[[int], None],
-                                         patience: int, steps: Steps) -> None:
+                                         patience: int, lr: float, early: bool,
+                                         steps: Steps) -> None:
     stream, arch = _vae_inputs()
-    cfg = VAETrainConfig(epochs=6, patience=patience, batch_size=8, lr=3e-2, seed=2)
+    cfg = VAETrainConfig(epochs=6, patience=patience, batch_size=8, lr=lr, seed=2)
     ref = train_vae(stream.train, stream.val, arch, cfg, progress=False)
+    assert ref[1].to_json()["stopped_early"] is early
+    assert (ref[1].epochs < cfg.epochs) is early
     n_ref = steps.take()
     ck = tmp_path / "vae.ckpt"
     stop_after(2)
