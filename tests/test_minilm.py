@@ -271,6 +271,50 @@ def test_distillation_loss_is_zero_at_the_original_and_has_gradients(task) -> No
 
 
 @needs_minilm
+def test_a_training_step_checkpoints_each_layer_with_the_same_values_and_gradients(
+        task) -> None:  # type: ignore[no-untyped-def]
+    """The student's forward with gradients runs each encoder layer under activation
+    checkpointing (issue 19): the same embeddings and the same gradients, bit for bit, as the
+    whole model through `functional_call`, and far less kept for the backward pass."""
+    from torch.func import functional_call
+
+    from vaecompress.tasks.sentence import mean_pool
+
+    gen = torch.Generator().manual_seed(1)
+    leaves = {k: (v + 0.02 * v.std() * torch.randn(v.shape, generator=gen)).requires_grad_(True)
+              if v.is_floating_point() else v for k, v in task.reference.items()}
+    batch = next(task.finetuner(seed=0, batch_size=16).batches())
+
+    def saved_bytes(fn):  # type: ignore[no-untyped-def]
+        total = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn()
+        return out, total[0]
+
+    def plain() -> torch.Tensor:
+        out = functional_call(task.bert, leaves, args=(), kwargs=batch.inputs)
+        return mean_pool(out.last_hidden_state, batch.inputs["attention_mask"])
+
+    ref, kept_plain = saved_bytes(plain)
+    grads_ref = torch.autograd.grad(ref.square().sum(), [leaves[k] for k in leaves
+                                                         if leaves[k].requires_grad],
+                                    allow_unused=True)
+    got, kept = saved_bytes(lambda: task.forward(leaves, batch))
+    assert torch.equal(got, ref)
+    grads = torch.autograd.grad(got.square().sum(), [leaves[k] for k in leaves
+                                                     if leaves[k].requires_grad],
+                                allow_unused=True)
+    for a, b in zip(grads, grads_ref, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert kept < kept_plain / 3
+
+
+@needs_minilm
 def test_bench_measures_both_sentence_sets_and_reuses(tmp_path: Path,
                                                      task) -> None:  # type: ignore[no-untyped-def]
     bench_task = minilm_bench.MiniLMBench("minilm", sentences=task)

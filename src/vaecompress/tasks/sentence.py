@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import distiller
@@ -192,8 +193,45 @@ class SentenceTask:
         (each cast to the network's dtype of its name, as `load_state_dict` would)."""
         tensors = {k: v if v.dtype == self.dtypes.get(k, v.dtype) else v.to(self.dtypes[k])
                    for k, v in state.items()}
-        out = functional_call(self.bert, tensors, args=(), kwargs=batch.inputs)
-        return mean_pool(out.last_hidden_state, batch.inputs["attention_mask"])
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values()):
+            hidden = self._encode_checkpointed(tensors, batch.inputs)
+        else:
+            out = functional_call(self.bert, tensors, args=(), kwargs=batch.inputs)
+            hidden = out.last_hidden_state
+        return mean_pool(hidden, batch.inputs["attention_mask"])
+
+    def _encode_checkpointed(self, tensors: Mapping[str, torch.Tensor],
+                             inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder's last hidden state with each layer under activation checkpointing
+        (`torch.utils.checkpoint`, issue 19): a layer's activations (the attention maps above
+        all) are recomputed in the backward pass instead of kept, so a training step holds the
+        hidden states between layers and one layer's activations, not every layer's. The
+        layer's tensors are inputs of the checkpointed function, so that the recomputation
+        runs the student's weights (by then the module's own would be back). The same values
+        and gradients as `functional_call` on the whole model (tests/test_minilm.py); the
+        pooler, which the embedding does not use, is not run."""
+        bert = self.bert
+
+        def under(prefix: str) -> dict[str, torch.Tensor]:
+            return {k.removeprefix(prefix): v for k, v in tensors.items()
+                    if k.startswith(prefix)}
+
+        hidden = functional_call(bert.embeddings, under("embeddings."), args=(),
+                                 kwargs={"input_ids": inputs["input_ids"],
+                                         "token_type_ids": inputs["token_type_ids"]})
+        mask = bert._create_attention_masks(inputs["attention_mask"], None, hidden, None,
+                                            None)[0]
+        for i, layer in enumerate(bert.encoder.layer):
+            own = under(f"encoder.layer.{i}.")
+            keys = list(own)
+
+            def run(h: torch.Tensor, *ps: torch.Tensor, layer: Any = layer,
+                    keys: list[str] = keys) -> torch.Tensor:
+                return functional_call(layer, dict(zip(keys, ps, strict=True)),
+                                       args=(h, mask))
+
+            hidden = checkpoint(run, hidden, *own.values(), use_reentrant=False)
+        return hidden
 
     @torch.no_grad()
     def embed(self, state: Mapping[str, torch.Tensor],
