@@ -13,6 +13,11 @@ whose activations autograd keeps), every backward pass and Adam's step). Residen
 counts what the allocator keeps after a phase frees it, so a phase's figure is the high-water
 mark while it ran, not what it alone allocated. The goal (issue 19): under 4 float32 copies of
 the parameters plus Adam's two moments, 24 bytes a parameter above the loaded model.
+
+Each point runs under two allocator policies (`--allocator`): `cli`, what the command line
+sets when it starts (`runinfo.release_large_frees`: every block of 1 MiB or more its own
+mapping, given back when freed), and `glibc`, glibc's default (its mmap threshold rising to the
+largest block freed, so that freed tensors stay in the heap).
 """
 
 from __future__ import annotations
@@ -97,14 +102,17 @@ class _Sampler:
                         setattr(m, key, wrapped)
 
 
-def child(snr: float, steps: int) -> dict[str, Any]:
+def child(snr: float, steps: int, allocator: str) -> dict[str, Any]:
     import torch
 
     from vaecompress.api import compress
     from vaecompress.codecs import CodecContext
+    from vaecompress.runinfo import release_large_frees
     from vaecompress.tasks.sentence import SentenceTask
     from vaecompress.zoo import minilm
 
+    if allocator == "cli":  # what the command line sets when it starts
+        assert release_large_frees()
     torch.set_num_threads(1)
     task = SentenceTask(torch.device("cpu"))
     state = minilm.load_state()
@@ -124,7 +132,8 @@ def child(snr: float, steps: int) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     time.sleep(0.05)
     sampler.stop = True
-    return {"snr": snr, "steps": steps, "params": n, "base_rss_bytes": base,
+    return {"snr": snr, "steps": steps, "allocator": allocator, "params": n,
+            "base_rss_bytes": base,
             "peak_rss_bytes": sampler.peaks["all"], "compress_s": wall,
             "ratio_honest": res.accounting.ratio_honest,
             "added_bytes_per_param": {tag: (peak - base) / n
@@ -137,24 +146,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--reps", type=int, default=3, help="fresh processes per point (median)")
     p.add_argument("--out", default="benchmarks/results/warm_memory.json")
+    p.add_argument("--allocator", nargs="+", default=["cli", "glibc"],
+                   help="cli: large frees given back (runinfo.release_large_frees, as the "
+                        "command line runs); glibc: its default policy")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.snr[0], args.steps)))
+        print(json.dumps(child(args.snr[0], args.steps, args.allocator[0])))
         return 0
     run = start_run("warm_memory", argv if argv is not None else sys.argv[1:])
     points = []
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     for snr in args.snr:  # fresh processes: resident memory only grows in a process, and the
-        reps = []  # allocator's layout differs from run to run by a few bytes a parameter
-        for _ in range(args.reps):
-            out = subprocess.run([sys.executable, __file__, "--child", "--snr", str(snr),
-                                  "--steps", str(args.steps)], check=True,
-                                 capture_output=True, text=True)
-            reps.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        med = sorted(reps, key=lambda r: r["added_bytes_per_param"]["all"])[len(reps) // 2]
-        points.append({**med, "reps": [r["added_bytes_per_param"] for r in reps]})
-        print(f"snr {snr}: peak {med['added_bytes_per_param']['all']:.1f} B/param above the "
-              f"loaded model (median of {len(reps)})", file=sys.stderr)
+        for allocator in args.allocator:  # allocator's layout differs a few bytes a parameter
+            reps = []
+            for _ in range(args.reps):
+                out = subprocess.run([sys.executable, __file__, "--child", "--snr", str(snr),
+                                      "--steps", str(args.steps), "--allocator", allocator],
+                                     check=True, capture_output=True, text=True, env=env)
+                reps.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            med = sorted(reps, key=lambda r: r["added_bytes_per_param"]["all"])[len(reps) // 2]
+            points.append({**med, "reps": [r["added_bytes_per_param"] for r in reps],
+                           "compress_s_reps": [r["compress_s"] for r in reps]})
+            print(f"snr {snr}, {allocator}: peak {med['added_bytes_per_param']['all']:.1f} "
+                  f"B/param above the loaded model (median of {len(reps)})", file=sys.stderr)
     write_json(args.out, {**finish_run(run), "goal_bytes_per_param": GOAL_BYTES_PER_PARAM,
                           "points": points})
     return 0

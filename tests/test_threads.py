@@ -43,3 +43,58 @@ def test_omp_num_threads_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     torch.set_num_threads(2)
     assert auto_threads(force=True) == 2 and torch.get_num_threads() == 2
+
+
+_RSS_AFTER_FREES = """
+import sys
+import numpy as np
+from vaecompress.runinfo import release_large_frees
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+if sys.argv[1] == "cli":
+    assert release_large_frees()
+start = rss()
+for _ in range(3):
+    a = np.ones(2**21)  # 16 MiB, every page touched, then freed
+    del a
+print((rss() - start) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm") or os.uname().sysname != "Linux",
+                    reason="resident memory read from /proc, glibc's allocator")
+def test_the_command_lines_allocator_policy_gives_large_frees_back() -> None:
+    """`runinfo.release_large_frees` (what the command line sets): a freed 16 MiB block goes
+    back to the system; under glibc's default its heap keeps it (the control, in a process of
+    its own as well, shows that the measure tells them apart)."""
+    import subprocess
+    import sys
+
+    def kept(policy: str) -> float:
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREES, policy], check=True,
+                             capture_output=True, text=True, env=env)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    assert kept("cli") < 2.0
+    assert kept("glibc") > 8.0
+
+
+def test_a_command_that_computes_sets_the_allocator_policy(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> None:
+    import vaecompress.runinfo as runinfo
+    from vaecompress.cli import main
+    from vaecompress.io import save_weights_file
+
+    calls: list[int] = []
+    monkeypatch.setattr(runinfo, "release_large_frees", lambda: calls.append(1) or True)
+    src = os.path.join(tmp_path, "m.safetensors")
+    save_weights_file(src, {"w": torch.randn(8, 8)}, {})
+    assert main(["compress", src, "-o", os.path.join(tmp_path, "m.vaec"), "--codec", "int8",
+                 "--quiet"]) == 0
+    assert calls == [1]
+    assert main(["inspect", os.path.join(tmp_path, "m.vaec")]) == 0
+    assert calls == [1]  # reading a header computes nothing
