@@ -1,6 +1,8 @@
-"""How much of a family member's file a prior shared by the family could save (issue 20): the
-bytes of the entropy coder's frequency tables, the only part of a `vae-rd`/`vae-rd-free` file a
-prior learned once over the family would replace.
+"""How much of a family member's file a prior shared by the family could save, and saves
+(issue 20): the bytes of the entropy coder's frequency tables, the only part of a
+`vae-rd`/`vae-rd-free` file a prior learned once over the family replaces, and what the family
+costs with the prior of `family.shared` (learned over the members, stored once, each member
+re-coded under it where that is smaller; every member checked to decode as its own file did).
 
     python benchmarks/family_tables.py   # -> benchmarks/results/family_tables.json
 
@@ -62,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     run = start_run("family_tables", argv if argv is not None else sys.argv[1:])
     import torch
 
-    from vaecompress.api import compress
+    from vaecompress.api import compress, decompress
     from vaecompress.codecs import CodecContext
     from vaecompress.data import load_mnist
     from vaecompress.experiments import families as fam
     from vaecompress.experiments.common import trained_model
+    from vaecompress.family.shared import share
     from vaecompress.tasks.mnist import make_finetuner
     from vaecompress.zoo.train import preset_config
 
@@ -80,21 +83,33 @@ def main(argv: list[str] | None = None) -> int:
     counter = _Tables()
     rows = []
     for how, codec, settings in POINTS:
-        table0, streams0, files = counter.table, counter.streams, 0
+        table0, streams0 = counter.table, counter.streams
+        against = base if how == "base" else None
+        results = []
         for m in members:
             task = (make_finetuner(cfg.model, m["train"], device=cpu, seed=cfg.seed)
                     if codec == "vae-rd" else None)
-            res = compress(m["state"], codec, ctx=CodecContext(progress=False, seed=cfg.seed),
-                           finetune=task, base=base if how == "base" else None, **settings)
-            files += len(res.data)
+            results.append(compress(m["state"], codec,
+                                    ctx=CodecContext(progress=False, seed=cfg.seed),
+                                    finetune=task, base=against, **settings))
+        files = sum(len(r.data) for r in results)
         table = counter.table - table0
         k = len(members)
+        fam = share([r.data for r in results])  # the prior, learned and counted once
+        for r, member in zip(results, fam.members, strict=True):  # rebuilt exactly as before
+            out = decompress(member, {"prior": fam.prior} if fam.prior else {}, base=against)
+            if any(not torch.equal(out[n], r.rebuilt[n]) for n in out):
+                raise RuntimeError("a member decodes otherwise under the shared prior")
         rows.append({"how": how, "codec": codec, "settings": settings, "members": k,
                      "file_bytes": files, "stream_bytes": counter.streams - streams0,
                      "table_bytes": table, "table_share": table / files,
-                     "shared_prior_saves_at_most": (k - 1) / k * table / files})
+                     "shared_prior_saves_at_most": (k - 1) / k * table / files,
+                     "shared": {"prior_bytes": len(fam.prior),
+                                "member_bytes": [len(x) for x in fam.members],
+                                "total_bytes": fam.total_bytes, "saving": fam.saving}})
         print(f"{how} {codec} {settings}: tables {table:,} of {files:,} B "
-              f"({100 * table / files:.1f}%)", file=sys.stderr)
+              f"({100 * table / files:.1f}%); shared prior {len(fam.prior):,} B, family "
+              f"{fam.total_bytes:,} B ({100 * fam.saving:+.1f}%)", file=sys.stderr)
     write_json(args.out, {**finish_run(run), "rows": rows})
     return 0
 

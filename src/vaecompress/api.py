@@ -282,10 +282,11 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
     externals = dict(externals or {})
     _check_externals(c, externals)
     codec_cls = get_codec_class(c.codec.get("name", "?"))
-    if int(c.codec.get("version", 0)) > codec_cls.version:
+    newest = codec_cls.reads_version or codec_cls.version
+    if int(c.codec.get("version", 0)) > newest:
         raise FormatError(
             f"file was written by {codec_cls.name} v{c.codec.get('version')}; this "
-            f"vaecompress reads up to v{codec_cls.version}"
+            f"vaecompress reads up to v{newest}"
         )
     limit = max_decoded_bytes() if max_bytes is None else max_bytes
     if c.decoded_bytes > limit:

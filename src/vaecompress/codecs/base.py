@@ -90,6 +90,9 @@ class Codec(ABC):
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    # The newest version it reads, when it reads files a later step rewrote (a family's
+    # members coded under a shared prior: `methods.rd.shared`); None: `version`.
+    reads_version: ClassVar[int | None] = None
     Settings: ClassVar[type]
     externals: ClassVar[tuple[str, ...]] = ()  # files it may write beside the container
     uses_task: ClassVar[bool] = False  # fine-tunes with `CodecContext.finetune` when given

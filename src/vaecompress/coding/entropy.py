@@ -23,6 +23,7 @@ rebuilds exactly the model the encoder used.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import constriction
@@ -315,6 +316,129 @@ def _ans_capacity(q: np.ndarray, nbytes: int) -> int:
 def _expect_end(data: bytes | memoryview, pos: int) -> None:
     if pos != len(data):
         raise FormatError(f"symbol stream has {len(data) - pos} bytes after its end")
+
+
+# ------------------------------------------------------- tables kept outside the stream
+
+
+@dataclass(frozen=True)
+class Table:
+    """A frequency table kept outside the streams coded under it (a prior that several files
+    share, stored once): the distinct values, sorted (any int64), and their counts (>= 1)."""
+
+    values: np.ndarray  # int64, strictly increasing
+    counts: np.ndarray  # int64, >= 1, one per value
+
+
+def pooled_table(arrays: list[np.ndarray], total: int = 2**16) -> Table:
+    """The table of the values of all `arrays` together, counts quantized to about `total`
+    (every value present kept at >= 1)."""
+    flat = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays])
+    if flat.size == 0:
+        raise ValueError("no values to count")
+    values, counts = np.unique(flat, return_counts=True)
+    if len(values) > MAX_ANS_DISTINCT:
+        raise ValueError(f"{len(values)} distinct values; a table holds {MAX_ANS_DISTINCT}")
+    return Table(values.astype(np.int64), _quantize_counts(counts, total))
+
+
+def encode_with(values: np.ndarray, table: Table) -> bytes:
+    """`n` (varint), then the ANS words of `values` under `table` (ValueError when a value is
+    not in it). A table of one value codes no words."""
+    v = np.asarray(values, dtype=np.int64).reshape(-1)
+    out = bytearray()
+    write_varint(out, int(v.size))
+    if v.size == 0 or len(table.values) == 1:
+        if v.size and not bool((v == table.values[0]).all()):
+            raise ValueError("a value is not in the table")
+        return bytes(out)
+    ranks = np.searchsorted(table.values, v)
+    if bool((ranks >= len(table.values)).any()) or \
+            not bool((table.values[np.minimum(ranks, len(table.values) - 1)] == v).all()):
+        raise ValueError("a value is not in the table")
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(ranks.astype(np.int32), _categorical(table.counts))
+    out += coder.get_compressed().astype("<u4").tobytes()
+    return bytes(out)
+
+
+def decode_with(data: bytes | memoryview, n: int, table: Table) -> np.ndarray:
+    """The int64 values of a stream of `encode_with` under `table`; its count must be `n` and
+    one its bytes can hold, checked before anything is allocated."""
+    count, pos = read_varint(data, 0)
+    if count != n:
+        raise FormatError(f"symbol stream holds {count} symbols, expected {n}")
+    words = bytes(memoryview(data)[pos:])
+    if len(table.values) == 1:
+        _expect_end(data, pos)
+        return np.full(count, table.values[0], dtype=np.int64)
+    if len(words) % 4:
+        raise FormatError("ANS data is not a whole number of 32-bit words")
+    if count > _ans_capacity(table.counts, len(words)):
+        raise FormatError(f"ANS stream of {len(words)} bytes cannot hold {count} symbols "
+                          "under the shared table")
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    compressed = np.frombuffer(words, dtype="<u4").astype(np.uint32)
+    try:
+        ranks = constriction.stream.stack.AnsCoder(compressed).decode(
+            _categorical(table.counts), count)
+    except (ValueError, RuntimeError) as e:
+        raise FormatError(f"ANS data cannot be decoded: {e}") from None
+    return table.values[np.asarray(ranks)]
+
+
+def tables_to_bytes(tables: list[Table | None]) -> bytes:
+    """Tables in order (None: no table for that slot): per slot a varint k (0: none), the k
+    values as zigzag varints of their gaps (the first absolute), the k counts as varints."""
+    out = bytearray()
+    write_varint(out, len(tables))
+    for t in tables:
+        if t is None:
+            write_varint(out, 0)
+            continue
+        write_varint(out, len(t.values))
+        prev = 0
+        for v in t.values.tolist():
+            d = v - prev
+            write_varint(out, 2 * d if d >= 0 else -2 * d - 1)
+            prev = v
+        for c in t.counts.tolist():
+            write_varint(out, c)
+    return bytes(out)
+
+
+def tables_from_bytes(data: bytes, *, max_tables: int) -> list[Table | None]:
+    """The tables of `tables_to_bytes`, every field checked (FormatError)."""
+    view = memoryview(data)
+    n, pos = read_varint(view, 0)
+    if n > max_tables:
+        raise FormatError(f"the prior holds {n} tables, more than the {max_tables} expected")
+    out: list[Table | None] = []
+    for _ in range(n):
+        k, pos = read_varint(view, pos)
+        if k == 0:
+            out.append(None)
+            continue
+        if k > min(MAX_ANS_DISTINCT, len(data)):
+            raise FormatError(f"a table of the prior declares {k} values")
+        values = np.empty(k, dtype=np.int64)
+        prev = 0
+        for i in range(k):
+            u, pos = read_varint(view, pos)
+            prev += u // 2 if u % 2 == 0 else -(u + 1) // 2
+            if abs(prev) > 2**31:
+                raise FormatError("a table of the prior holds a value out of range")
+            values[i] = prev
+        counts = np.empty(k, dtype=np.int64)
+        for i in range(k):
+            counts[i], pos = read_varint(view, pos)
+        if (counts < 1).any() or counts.sum() > 2**24 or \
+                (k > 1 and not bool((np.diff(values) > 0).all())):
+            raise FormatError("a table of the prior is malformed")
+        out.append(Table(values, counts))
+    _expect_end(view, pos)
+    return out
 
 
 # ------------------------------------------------------------------------ segments

@@ -8,7 +8,11 @@ varints; a signed one is zigzag-coded.
     per coded tensor (the floating, non-empty tensors of the manifest, in its order):
       flags:u8      bit 0: a column mask follows; bit 1: a row mask follows;
                     bit 2: one step per row (else one step for the tensor);
-                    bit 3: fixed-length codes instead of entropy coding
+                    bit 3: fixed-length codes instead of entropy coding;
+                    bit 4: the latents (not latent - offset) are coded under the tensor's
+                    table of a prior shared by a family of files (`recode_shared`;
+                    `coding.entropy.encode_with`: a count, then the ANS words), kept in
+                    the family's prior file, not in the record (codec version 2)
       steps         float32 LE, one or `rows` of them (must be finite)
       offset        signed varint: the smallest latent; symbols are latent - offset
       [col mask]    varint length, then a symbol stream of `cols` 0/1 flags
@@ -25,12 +29,16 @@ The weights are `step * latent` in float32, exactly (`decode_affine`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from vaecompress.coding.entropy import (
+    Table,
     decode_symbols,
+    decode_with,
     encode_symbols,
+    encode_with,
     pack_uint,
     packed_size,
     read_varint,
@@ -39,7 +47,7 @@ from vaecompress.coding.entropy import (
 )
 from vaecompress.errors import FormatError
 
-COL_MASK, ROW_MASK, ROW_STEPS, FIXED = 1, 2, 4, 8
+COL_MASK, ROW_MASK, ROW_STEPS, FIXED, SHARED = 1, 2, 4, 8, 16
 MAX_LATENT = 2**31 - 1  # |latent| bound a reader accepts
 _SLICE = 2**20  # latents converted at a time when decoding
 
@@ -142,14 +150,29 @@ def _read_mask(data: memoryview, pos: int, n: int) -> tuple[np.ndarray, int]:
     return mask.astype(bool), pos
 
 
-def decode_tensor(data: memoryview, pos: int, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    """(float32 weights of `shape`, position after the record); FormatError on any damage."""
+@dataclass(frozen=True)
+class _Record:
+    """One tensor's record, parsed but not decoded."""
+
+    flags: int
+    head: bytes  # steps, offset and mask streams as stored
+    steps: np.ndarray
+    offset: int
+    cols: np.ndarray | None
+    rows: np.ndarray | None
+    body: memoryview
+    n: int  # latents in the body
+    end: int
+
+
+def _parse(data: memoryview, pos: int, shape: tuple[int, ...]) -> _Record:
     r, c = grid(shape)
     if pos >= len(data):
         raise FormatError("latent records end before the manifest's tensors do")
     flags = data[pos]
-    pos += 1
-    if flags & ~(COL_MASK | ROW_MASK | ROW_STEPS | FIXED):
+    start = pos = pos + 1
+    if flags & ~(COL_MASK | ROW_MASK | ROW_STEPS | FIXED | SHARED) or \
+            (flags & FIXED and flags & SHARED):
         raise FormatError(f"latent record has unknown flags {flags:#x}")
     n_steps = r if flags & ROW_STEPS else 1
     if pos + 4 * n_steps > len(data):
@@ -167,40 +190,114 @@ def decode_tensor(data: memoryview, pos: int, shape: tuple[int, ...]) -> tuple[n
         cols, pos = _read_mask(data, pos, c)
     if flags & ROW_MASK:
         rows, pos = _read_mask(data, pos, r)
+    head = bytes(data[start:pos])
     kept_c = int(cols.sum()) if cols is not None else c
     kept_r = int(rows.sum()) if rows is not None else r
     body, pos = _read_stream(data, pos)
-    n = kept_r * kept_c
-    if flags & FIXED:
-        width, p = read_varint(body, 0)
-        if not 1 <= width <= 32 or p + packed_size(n, width) != len(body):
+    return _Record(flags, head, steps, offset, cols, rows, body, kept_r * kept_c, pos)
+
+
+def _own_latents(rec: _Record) -> np.ndarray:
+    """The narrow symbols (latent - offset) of a record coded under its own table."""
+    n = rec.n
+    if rec.flags & FIXED:
+        width, p = read_varint(rec.body, 0)
+        if not 1 <= width <= 32 or p + packed_size(n, width) != len(rec.body):
             raise FormatError("fixed-length latents have the wrong size")
-        sym = unpack_uint(body[p:], width, n) if n else np.zeros(0, np.uint8)
+        sym = unpack_uint(rec.body[p:], width, n) if n else np.zeros(0, np.uint8)
     else:
-        sym = decode_symbols(body, n)
-    if sym.size and max(abs(offset), abs(offset + int(sym.max()))) > MAX_LATENT:
+        sym = decode_symbols(rec.body, n)
+    if sym.size and max(abs(rec.offset), abs(rec.offset + int(sym.max()))) > MAX_LATENT:
         raise FormatError("latent out of range")
-    # float32 latents, made a slice at a time from the narrow symbols: the working set is the
-    # rebuilt tensor itself (4 bytes a weight) and one slice, whatever the symbols' width.
+    return sym
+
+
+def decode_tensor(data: memoryview, pos: int, shape: tuple[int, ...],
+                  table: Table | None = None) -> tuple[np.ndarray, int]:
+    """(float32 weights of `shape`, position after the record); FormatError on any damage.
+    `table`: the tensor's table of the shared prior, for a record coded under it."""
+    r, c = grid(shape)
+    rec = _parse(data, pos, shape)
+    n = rec.n
     lat = np.empty(n, dtype=np.float32)
-    for lo in range(0, n, _SLICE):
-        part = sym[lo : lo + _SLICE].astype(np.int64)
-        part += offset
-        lat[lo : lo + _SLICE] = part
+    if rec.flags & SHARED:
+        if table is None:
+            raise FormatError("a latent record is coded under a shared prior that was not "
+                              "given (the family's prior file)")
+        vals = decode_with(rec.body, n, table)
+        if vals.size and int(np.abs(vals).max()) > MAX_LATENT:
+            raise FormatError("latent out of range")
+        lat[:] = vals
+    else:
+        sym = _own_latents(rec)
+        # float32 latents, made a slice at a time from the narrow symbols: the working set is
+        # the rebuilt tensor itself (4 bytes a weight) and one slice, whatever their width.
+        for lo in range(0, n, _SLICE):
+            part = sym[lo : lo + _SLICE].astype(np.int64)
+            part += rec.offset
+            lat[lo : lo + _SLICE] = part
+    kept_c = int(rec.cols.sum()) if rec.cols is not None else c
+    kept_r = int(rec.rows.sum()) if rec.rows is not None else r
     sub = lat.reshape(kept_r, kept_c)
-    if cols is not None:
+    if rec.cols is not None:
         full_rows = np.zeros((kept_r, c), dtype=np.float32)
-        full_rows[:, cols] = sub
+        full_rows[:, rec.cols] = sub
         sub = full_rows
-    if rows is not None:
+    if rec.rows is not None:
         m = np.zeros((r, c), dtype=np.float32)
-        m[rows] = sub
+        m[rec.rows] = sub
     else:
         m = sub
-    w = _scale(m, steps).reshape(shape)
+    w = _scale(m, rec.steps).reshape(shape)
     if not np.isfinite(w).all():
         raise FormatError("latent record decodes to non-finite weights")
-    return w, pos
+    return w, rec.end
+
+
+def latents_of(data: bytes, specs: list[dict]) -> list[np.ndarray]:
+    """The integer latents (int64) each non-empty tensor's record keeps (the rows and columns
+    its masks keep, in order), from records coded under their own tables."""
+    view = memoryview(data)
+    out: list[np.ndarray] = []
+    pos = 0
+    for spec in specs:
+        shape = tuple(int(d) for d in spec["shape"])
+        if int(np.prod(shape)) == 0:
+            continue
+        rec = _parse(view, pos, shape)
+        if rec.flags & SHARED:
+            raise ValueError("the records are already coded under a shared prior")
+        out.append(_own_latents(rec).astype(np.int64) + rec.offset)
+        pos = rec.end
+    return out
+
+
+def recode_shared(data: bytes, specs: list[dict], tables: list[Table | None]) -> bytes:
+    """The same records with each tensor's latents coded under its table of the shared prior
+    where that is smaller than under its own table (flag SHARED); what they decode to is
+    unchanged. `tables` holds one entry per non-empty tensor (None: keep its own)."""
+    view = memoryview(data)
+    out = bytearray()
+    pos = i = 0
+    for spec in specs:
+        shape = tuple(int(d) for d in spec["shape"])
+        if int(np.prod(shape)) == 0:
+            continue
+        rec = _parse(view, pos, shape)
+        own = bytes(view[pos : rec.end])
+        table = tables[i]
+        if table is not None and not rec.flags & (FIXED | SHARED):
+            lat = _own_latents(rec).astype(np.int64) + rec.offset
+            shared = bytearray([rec.flags | SHARED])
+            shared += rec.head
+            _stream(shared, encode_with(lat, table))
+            if len(shared) < len(own):
+                own = bytes(shared)
+        out += own
+        pos, i = rec.end, i + 1
+    if pos != len(data):
+        raise FormatError(f"latent payload has {len(data) - pos} bytes beyond its tensors")
+    return bytes(out)
 
 
 def _scale(zf: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -237,17 +334,21 @@ def estimate_model_bytes(ints: list[np.ndarray]) -> int:
     return math.ceil(total)
 
 
-def decode_model(data: bytes, specs: list[dict]) -> dict[str, np.ndarray]:
-    """float32 weights of every non-empty manifest entry in `specs`; empty ones are zeros."""
+def decode_model(data: bytes, specs: list[dict],
+                 tables: list[Table | None] | None = None) -> dict[str, np.ndarray]:
+    """float32 weights of every non-empty manifest entry in `specs`; empty ones are zeros.
+    `tables`: the shared prior, one entry per non-empty tensor, for records coded under it."""
     view = memoryview(data)
     out: dict[str, np.ndarray] = {}
-    pos = 0
+    pos = i = 0
     for spec in specs:
         shape = tuple(int(d) for d in spec["shape"])
         if int(np.prod(shape)) == 0:
             out[spec["name"]] = np.zeros(shape, dtype=np.float32)
             continue
-        out[spec["name"]], pos = decode_tensor(view, pos, shape)
+        table = tables[i] if tables is not None and i < len(tables) else None
+        out[spec["name"]], pos = decode_tensor(view, pos, shape, table)
+        i += 1
     if pos != len(data):
         raise FormatError(f"latent payload has {len(data) - pos} bytes beyond its tensors")
     return out

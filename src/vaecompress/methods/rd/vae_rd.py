@@ -46,6 +46,7 @@ from vaecompress.methods.rd.allocate import MAX_SNR, allocate, relative_sensitiv
 from vaecompress.methods.rd.latents import decode_model, encode_model
 from vaecompress.methods.rd.model import RDConfig
 from vaecompress.methods.rd.settings import RDSettings
+from vaecompress.methods.rd.shared import SHARED_VERSION, tables_of
 from vaecompress.methods.rd.train import RDResult, check_finite, rd_report, train_rd
 from vaecompress.methods.rd.warm import train_warm
 from vaecompress.runinfo import trim_memory
@@ -84,6 +85,7 @@ class VAERDCodec(Codec):
     name = "vae-rd"
     version = 1
     Settings = VAERDSettings
+    reads_version = SHARED_VERSION  # a family's member coded under a shared prior
     uses_task: ClassVar[bool] = True
 
     def validate(self) -> None:
@@ -190,5 +192,5 @@ class VAERDCodec(Codec):
         data = c.payload(PAYLOAD, kinds=[KIND]).data
         raw = read_passthrough(c)  # with any floating tensor kept exactly (`frozen`)
         specs = [t for t in float_specs(c.tensors) if t["name"] not in raw]
-        arrays = decode_model(data, specs)
+        arrays = decode_model(data, specs, tables_of(c, externals))
         return join_passthrough(c, {k: torch.from_numpy(v) for k, v in arrays.items()}, raw)

@@ -59,6 +59,7 @@ from vaecompress.methods.rd.allocate import (
 )
 from vaecompress.methods.rd.latents import decode_model, encode_model, estimate_model_bytes
 from vaecompress.methods.rd.settings import RDSettings
+from vaecompress.methods.rd.shared import SHARED_VERSION, tables_of
 from vaecompress.methods.rd.train import check_finite, rd_report, train_rd
 from vaecompress.tasks.probe import tensor_sensitivities
 
@@ -92,6 +93,7 @@ class VAERDFreeCodec(Codec):
     name = "vae-rd-free"
     version = 1
     Settings = VAERDFreeSettings
+    reads_version = SHARED_VERSION  # a family's member coded under a shared prior
 
     def validate(self) -> None:
         s = self.settings
@@ -226,7 +228,7 @@ class VAERDFreeCodec(Codec):
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
         data = c.payload(PAYLOAD, kinds=[KIND]).data
-        arrays = decode_model(data, float_specs(c.tensors))
+        arrays = decode_model(data, float_specs(c.tensors), tables_of(c, externals))
         return join_passthrough(c, {k: torch.from_numpy(v) for k, v in arrays.items()})
 
 
