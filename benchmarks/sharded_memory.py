@@ -35,11 +35,14 @@ from safetensors.torch import load_file, save_file
 
 HIDDEN, MLP, VOCAB = 2048, 8192, 32000
 BASE_CODE = ("import torch, safetensors.torch, vaecompress.api, vaecompress.cli.compress, "
-             "vaecompress.sharded.stream")
+             "vaecompress.sharded.stream, vaecompress.runinfo; "
+             "vaecompress.runinfo.release_large_frees()")
 WHOLE_CODE = """\
 import json, sys
 from vaecompress import api
 from vaecompress.folders import FOLDER_KEY, read_folder
+from vaecompress.runinfo import release_large_frees
+release_large_frees()  # as the command line does
 state, layout = read_folder(sys.argv[1])
 res = api.compress(state, sys.argv[3], ctx=api.CodecContext(progress=False),
                    meta={FOLDER_KEY: layout.to_json()}, **json.loads(sys.argv[4]))
