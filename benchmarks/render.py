@@ -264,6 +264,32 @@ def family_tables(path: Path) -> list[str]:
     return [_source(path, r), "", *_table(head, rows)]
 
 
+def sharded_memory(path: Path) -> list[str]:
+    r = json.loads(path.read_text())
+    rows = []
+    for x in r["rows"]:
+        c, d = x["compress"], x["decompress"]
+        check = ("byte for byte" if x["check"]["byte_for_byte"]
+                 else f"{x['check']['weights_snr_db']:.2f} dB")
+        setting = ", ".join(f"{k}={v}" for k, v in x.get("settings", {}).items())
+        rows.append([f"{x['params'] / 1e9:.2f}B, {x['shards']} shards",
+                     f"`{x['codec']}`" + (f" {setting}" if setting else ""),
+                     "one shard at a time" if x["path"] == "shards" else "whole model",
+                     f"{x['ratio_honest']:.2f}x",
+                     f"{c['above_base_bytes'] / 2**20:,.0f} MiB = **{c['above_base_shards']:.2f}**",
+                     f"{d['above_base_bytes'] / 2**20:,.0f} MiB = **{d['above_base_shards']:.2f}**",
+                     f"{c['wall_s']:.0f} / {d['wall_s']:.0f}", check])
+    shard = max(x["largest_shard_bytes"] for x in r["rows"]) / 2**20
+    return [_source(path, r), "",
+            f"Peak resident memory above a process that has imported torch and the package "
+            f"({r['base_rss_bytes'] / 2**20:,.0f} MiB), in MiB and in largest shards "
+            f"({shard:,.0f} MiB); each command in a fresh process. The check: zstd's folder "
+            "compared byte for byte with the input, a lossy codec's weights SNR recomputed from "
+            "the decoded folder (and equal to what `compress` printed).", "",
+            *_table(["model", "codec", "path", "ratio", "compress peak above base",
+                     "decompress peak above base", "compress / decompress s", "check"], rows)]
+
+
 BLOCKS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     "main_command": ("main_command.json", main_command),
     "vae_throughput": ("vae_throughput-fnn-cpu.json", vae_throughput),

@@ -43,7 +43,7 @@ from vaecompress.errors import FormatError, UserError
 from vaecompress.family import delta
 from vaecompress.fidelity import weights_fidelity
 from vaecompress.files import atomic_write_all, check_outputs, read_file
-from vaecompress.format import Container, dumps, loads
+from vaecompress.format import Container, as_read, dumps, loads
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
 from vaecompress.inspection import inspect  # noqa: F401  (public API)
 from vaecompress.io import StateDict
@@ -200,10 +200,10 @@ def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecCo
     if meta:
         enc.container.meta.update(meta)
     elapsed = time.perf_counter() - t0
-    # Decode once, as a reader will (from the written bytes), and record what it rebuilt. The
-    # file is serialized a second time below because the record of the rebuilt tensors is part
-    # of its header; the payloads are the same bytes.
-    rebuilt = type(codec)().decode(loads(dumps(enc.container)), enc.externals)
+    # Decode once, as a reader will (the header as written and read back, the same payload
+    # bytes: `format.as_read`), and record what it rebuilt. The file is serialized below,
+    # once, with the record of the rebuilt tensors in its header.
+    rebuilt = type(codec)().decode(as_read(enc.container), enc.externals)
     if plan is not None:  # the checksum below is of the model, base added back
         enc.container.meta[delta.BASE_KEY] = plan.delta.record()
         enc.report.update(plan.report)

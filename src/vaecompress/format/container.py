@@ -195,6 +195,16 @@ def dumps_head(c: Container, entries: list[dict[str, Any]], *,
     return _PREAMBLE.pack(MAGIC, version, 0, len(stored), zlib.crc32(stored)) + stored
 
 
+def as_read(c: Container) -> Container:
+    """`c` as a reader of its file sees it (`loads(dumps(c))`: the header written, then parsed
+    and checked by the reader's rules), its payloads the same bytes objects rather than copies
+    of them, so that a writer that decodes what it wrote holds its payloads once."""
+    entries = [payload_entry(p.name, p.kind, p.role, bytes(p.data)) for p in c.payloads]
+    header, _ = _head(dumps_head(c, entries))
+    return _container(header, [Payload(e["name"], e["kind"], e["role"], bytes(p.data))
+                               for e, p in zip(header["payloads"], c.payloads, strict=True)])
+
+
 def _deflate_header(header_bytes: bytes) -> bytes:
     # Fixed parameters (level 9, 32 KiB window, memLevel 9, default strategy) keep the output
     # a function of the header alone for a given zlib.
