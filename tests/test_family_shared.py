@@ -96,3 +96,62 @@ def test_the_prior_round_trips_and_hostile_tables_are_refused() -> None:
     for bad in (b"\x01\x02\x02\x01\x01\x01", b"\x01\x02\x00\x02\x01\x00", b"\x01\xff\x7f"):
         with pytest.raises(FormatError):
             tables_from_bytes(bad, max_tables=1)
+
+
+def test_the_share_command_writes_members_and_prior_and_refuses_bad_input(
+        tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    from vaecompress.cli import main
+    from vaecompress.io import save_weights_file
+
+    base, members = _family(8, 24, 32, 0.05)
+    save_weights_file(tmp_path / "base.safetensors", base, {})
+    files = []
+    for i, m in enumerate(members):
+        save_weights_file(tmp_path / f"ft{i}.safetensors", m, {})
+        out = tmp_path / f"ft{i}.vaec"
+        assert main(["compress", str(tmp_path / f"ft{i}.safetensors"), "-o", str(out),
+                     "--base", str(tmp_path / "base.safetensors"), "--snr", "40",
+                     "--quiet"]) == 0
+        files.append(str(out))
+    capsys.readouterr()
+    fam = tmp_path / "fam"
+    assert main(["share", *files, "-o", str(fam)]) == 0
+    said = capsys.readouterr().out
+    assert "family.prior" in said and "against" in said
+    assert (fam / "family.prior").is_file()
+    alone = sum((tmp_path / f"ft{i}.vaec").stat().st_size for i in range(8))
+    assert sum(p.stat().st_size for p in fam.iterdir()) < alone
+    back = tmp_path / "ft3.back.safetensors"
+    assert main(["decompress", str(fam / "ft3.vaec"), "-o", str(back), "--base",
+                 str(tmp_path / "base.safetensors"), "--external",
+                 f"prior={fam / 'family.prior'}"]) == 0
+    own = tmp_path / "ft3.own.safetensors"
+    assert main(["decompress", files[3], "-o", str(own), "--base",
+                 str(tmp_path / "base.safetensors")]) == 0
+    a, b = load_file(back), load_file(own)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    for argv in (["share", *files, "-o", str(fam)],  # exists
+                 ["share", files[0], files[0], "-o", str(tmp_path / "x")],  # same names
+                 ["share", files[0], str(tmp_path / "base.safetensors"), "-o",
+                  str(tmp_path / "y")]):  # not a compressed file
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_stream_a_reader_would_refuse_is_not_written_under_the_table() -> None:
+    """The coder starts from an empty state, where the table's first value costs nothing: a
+    stream of it alone holds no words, more symbols than the reader's bound on symbols per
+    byte allows. `encode_with` refuses it (the record keeps its own table) rather than write
+    a member that cannot be read back."""
+    from vaecompress.coding.entropy import decode_with, encode_with
+
+    table = Table(torch.tensor([0, 1]).numpy(), torch.tensor([1, 1]).numpy())
+    with pytest.raises(ValueError, match="more symbols than its bytes"):
+        encode_with(torch.zeros(1000, dtype=torch.int64).numpy(), table)
+    ok = torch.tensor([1, 0] * 500).numpy()
+    assert decode_with(encode_with(ok, table), 1000, table).tolist() == ok.tolist()

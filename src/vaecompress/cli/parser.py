@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
                            metavar="COMMAND")
     for add in (_add_data, _add_zoo, _add_train, _add_evaluate, _add_compress, _add_decompress,
-                _add_inspect, _add_reproduce, _add_bench):
+                _add_share, _add_inspect, _add_reproduce, _add_bench):
         add(sub)
     return p
 
@@ -265,6 +265,29 @@ def _add_decompress(sub: Subparsers) -> None:
     sp.add_argument("--member", metavar="K", help="checkpoint series: the member to rebuild, "
                     "by position (0 is the first, -1 the last) or by label (its file's name)")
     sp.set_defaults(func=decompress.cmd_decompress)
+
+
+def _add_share(sub: Subparsers) -> None:
+    sp = sub.add_parser("share", help="put a family's files under one shared prior",
+                        description="Learn one frequency table per tensor over the members of a "
+                        "family (files of vae-rd or vae-rd-free with the same tensors, e.g. "
+                        "fine-tunes each compressed with --base), store it once, and re-code "
+                        "each member under it where that is smaller; each member decodes to "
+                        "exactly what its own file did. Writes the members and the prior "
+                        "(family.prior) into a new folder; decompress a member with --external "
+                        "prior=FOLDER/family.prior (and its --base). docs/families.md says when "
+                        "it pays.")
+    sp.add_argument("input", nargs="+", help="the members' compressed files")
+    sp.add_argument("-o", "--output", required=True, metavar="FOLDER",
+                    help="a new folder for the members and the prior")
+    _json_flag(sp)
+    sp.set_defaults(func=_share)
+
+
+def _share(args: argparse.Namespace) -> int:
+    from vaecompress.family.commands import share_command
+
+    return share_command(args)
 
 
 def _add_inspect(sub: Subparsers) -> None:

@@ -216,7 +216,10 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> byt
                 best = (cost, q)
             if total >= n:
                 break
-    if best is None or best[0] >= packed_cost:
+    words = None
+    if best is not None and best[0] < packed_cost:
+        words = _ans_words(ranks_of(), best[1])
+    if words is None:
         out.append(MODE_PACKED)
         write_varint(out, n)
         write_varint(out, width)
@@ -233,11 +236,20 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> byt
         prev = sym
     for c in q.tolist():
         write_varint(out, c)
-    ranks = ranks_of()
+    out += words
+    return bytes(out)
+
+
+def _ans_words(ranks: np.ndarray, q: np.ndarray) -> bytes | None:
+    """The ANS words of `ranks` under table `q`, or None when a reader would refuse them: the
+    coder starts from an empty state, where the symbols of rank 0 cost nothing, so a run of
+    them at the end of the stream (coded first) can leave fewer words than the reader's bound
+    on symbols per byte (`_ans_capacity`) allows for their count. Such a stream is stored
+    another way; every stream the reader accepts is written as before."""
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(ranks, _categorical(q))
-    out += coder.get_compressed().astype("<u4").tobytes()
-    return bytes(out)
+    words = coder.get_compressed().astype("<u4").tobytes()
+    return words if len(ranks) <= _ans_capacity(q, len(words)) else None
 
 
 def decode_symbols(data: bytes | memoryview, n: int | None = None) -> np.ndarray:
@@ -344,7 +356,8 @@ def pooled_table(arrays: list[np.ndarray], total: int = 2**16) -> Table:
 
 def encode_with(values: np.ndarray, table: Table) -> bytes:
     """`n` (varint), then the ANS words of `values` under `table` (ValueError when a value is
-    not in it). A table of one value codes no words."""
+    not in it, or when a reader would refuse the stream: `_ans_words`). A table of one value
+    codes no words."""
     v = np.asarray(values, dtype=np.int64).reshape(-1)
     out = bytearray()
     write_varint(out, int(v.size))
@@ -356,10 +369,11 @@ def encode_with(values: np.ndarray, table: Table) -> bytes:
     if bool((ranks >= len(table.values)).any()) or \
             not bool((table.values[np.minimum(ranks, len(table.values) - 1)] == v).all()):
         raise ValueError("a value is not in the table")
-    coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(ranks.astype(np.int32), _categorical(table.counts))
-    out += coder.get_compressed().astype("<u4").tobytes()
-    return bytes(out)
+    words = _ans_words(ranks.astype(np.int32), table.counts)
+    if words is None:
+        raise ValueError("the stream would hold more symbols than its bytes can under the "
+                         "table (a free run of its first value)")
+    return bytes(out + words)
 
 
 def decode_with(data: bytes | memoryview, n: int, table: Table) -> np.ndarray:

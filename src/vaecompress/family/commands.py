@@ -104,3 +104,54 @@ def decompress_member_command(args: argparse.Namespace,
     print(f"{args.output}: member {k} ({index.labels[k]}) of {len(index.labels)}, "
           f"{len(state)} tensors rebuilt in {time.perf_counter() - t0:.2f} s")
     return 0
+
+
+PRIOR_FILE = "family.prior"
+
+
+def share_command(args: argparse.Namespace) -> int:
+    """`vaecompress share A.vaec B.vaec ... -o DIR`: the members (files of vae-rd or
+    vae-rd-free with one manifest) re-coded under a prior learned over them, written with the
+    prior (`family.prior`) into a new folder, all or nothing."""
+    import json
+    import os
+    import secrets
+    import shutil
+
+    from vaecompress.family.shared import share
+    from vaecompress.files import read_file
+    from vaecompress.folders import check_folder_output
+
+    names = [Path(p).name for p in args.input]
+    if len(set(names)) != len(names) or PRIOR_FILE in names:
+        raise UserError(f"the members' file names must differ from each other and from "
+                        f"{PRIOR_FILE}: they are written side by side")
+    target = check_folder_output(args.output)
+    fam = share([read_file(p) for p in args.input])
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()
+    try:
+        for name, data in zip(names, fam.members, strict=True):
+            (tmp / name).write_bytes(data)
+        if fam.prior:
+            (tmp / PRIOR_FILE).write_bytes(fam.prior)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if args.json:
+        print(json.dumps({"prior_bytes": len(fam.prior), "members": dict(zip(
+            names, ([a, len(m)] for a, m in zip(fam.alone, fam.members, strict=True)),
+            strict=True)), "total_bytes": fam.total_bytes, "alone_bytes": sum(fam.alone),
+            "saving": fam.saving}, indent=2))
+        return 0
+    for name, a, m in zip(names, fam.alone, fam.members, strict=True):
+        print(f"  {name}: {a:,} B -> {len(m):,} B")
+    if not fam.prior:
+        print(f"{target}: no member is smaller under a shared prior; every file kept as it was")
+        return 0
+    print(f"{target}: prior {len(fam.prior):,} B + members {fam.total_bytes - len(fam.prior):,} "
+          f"B = {fam.total_bytes:,} B, against {sum(fam.alone):,} B alone "
+          f"({100 * fam.saving:+.1f}%); decode a member with --external prior="
+          f"{target / PRIOR_FILE}")
+    return 0

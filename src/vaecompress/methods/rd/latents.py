@@ -272,6 +272,19 @@ def latents_of(data: bytes, specs: list[dict]) -> list[np.ndarray]:
     return out
 
 
+def _shared_record(rec: _Record, lat: np.ndarray, table: Table) -> bytes | None:
+    """The record with its latents coded under `table`, or None when a reader would refuse
+    that stream (`coding.entropy.encode_with`)."""
+    try:
+        body = encode_with(lat, table)
+    except ValueError:
+        return None
+    out = bytearray([rec.flags | SHARED])
+    out += rec.head
+    _stream(out, body)
+    return bytes(out)
+
+
 def recode_shared(data: bytes, specs: list[dict], tables: list[Table | None]) -> bytes:
     """The same records with each tensor's latents coded under its table of the shared prior
     where that is smaller than under its own table (flag SHARED); what they decode to is
@@ -287,12 +300,10 @@ def recode_shared(data: bytes, specs: list[dict], tables: list[Table | None]) ->
         own = bytes(view[pos : rec.end])
         table = tables[i]
         if table is not None and not rec.flags & (FIXED | SHARED):
-            lat = _own_latents(rec).astype(np.int64) + rec.offset
-            shared = bytearray([rec.flags | SHARED])
-            shared += rec.head
-            _stream(shared, encode_with(lat, table))
-            if len(shared) < len(own):
-                own = bytes(shared)
+            shared = _shared_record(rec, _own_latents(rec).astype(np.int64) + rec.offset,
+                                    table)
+            if shared is not None and len(shared) < len(own):
+                own = shared
         out += own
         pos, i = rec.end, i + 1
     if pos != len(data):
