@@ -342,16 +342,29 @@ class Table:
     counts: np.ndarray  # int64, >= 1, one per value
 
 
-def pooled_table(arrays: list[np.ndarray], total: int = 2**16) -> Table:
-    """The table of the values of all `arrays` together, counts quantized to about `total`
-    (every value present kept at >= 1)."""
+def pooled_table(arrays: list[np.ndarray]) -> Table:
+    """The table of the values of all `arrays` together, its counts quantized to the total of
+    `_COUNT_TOTALS` that makes the table (stored once) and all the arrays coded under it the
+    smallest (every value present kept at >= 1)."""
     flat = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays])
     if flat.size == 0:
         raise ValueError("no values to count")
     values, counts = np.unique(flat, return_counts=True)
     if len(values) > MAX_ANS_DISTINCT:
         raise ValueError(f"{len(values)} distinct values; a table holds {MAX_ANS_DISTINCT}")
-    return Table(values.astype(np.int64), _quantize_counts(counts, total))
+    zig = np.where(np.diff(values, prepend=0) >= 0, 2 * np.diff(values, prepend=0),
+                   -2 * np.diff(values, prepend=0) - 1)
+    value_bytes = sum(_varint_len(int(z)) for z in zig)
+    best: tuple[float, np.ndarray] | None = None
+    for total in _COUNT_TOTALS:
+        q = _quantize_counts(counts, total)
+        cost = _estimate_bits(counts, q) / 8 + value_bytes + sum(_varint_len(int(c)) for c in q)
+        if best is None or cost < best[0]:
+            best = (cost, q)
+        if total >= flat.size:
+            break
+    assert best is not None
+    return Table(values.astype(np.int64), best[1])
 
 
 def encode_with(values: np.ndarray, table: Table) -> bytes:
