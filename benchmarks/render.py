@@ -298,6 +298,7 @@ BLOCKS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     "threads": ("threads.json", threads),
     "warm_memory": ("warm_memory.json", warm_memory),
     "family_tables": ("family_tables.json", family_tables),
+    "sharded_memory": ("sharded_memory.json", sharded_memory),
 }
 
 

@@ -69,7 +69,7 @@ def test_a_member_reads_its_prior_from_beside_it(tmp_path) -> None:  # type: ign
 
 
 def test_a_family_is_of_rd_files_with_one_manifest() -> None:
-    base, members = _family(2, 4, 8, 0.05)
+    _, members = _family(2, 4, 8, 0.05)
     with pytest.raises(UserError, match="for vae-rd and vae-rd-free files"):
         share([compress(m, "int8").data for m in members])
     other = compress({"x": torch.randn(8, 16)}, "vae-rd-free").data
