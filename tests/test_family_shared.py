@@ -44,7 +44,7 @@ def test_members_under_the_shared_prior_decode_as_their_own_files() -> None:
 
 def test_sharing_pays_where_tables_are_much_of_the_files_and_not_elsewhere() -> None:
     """Eight members of many small tensors at a fine fidelity (wide alphabets: a table per
-    tensor is much of each file): the family is smaller with the prior (by 13% here). One
+    tensor is much of each file): the family is smaller with the prior. One
     large tensor (its table a few bytes of many): nothing to gain, and the family costs at
     most the prior and the references to it more than its members alone."""
     base, members = _family(8, 24, 32, 0.05)
