@@ -195,3 +195,27 @@ def test_a_warm_start_on_a_delta_is_weighed_against_the_model(teacher: _Teacher)
     assert 24.0 <= res.report["warm_snr_db"] <= 24.5
     assert res.fidelity["snr_db"] < 30.0  # weighed against the delta: about 41 dB
     assert decompress(res.data, base=base).keys() == teacher.state.keys()
+
+
+def test_a_step_frees_each_layers_decoded_weights_during_the_backward_pass(
+        teacher: _Teacher) -> None:
+    """The decoded weights live only in the step's graph (issue 19): when the gradient of the
+    first layer's weight arrives, at the end of the backward pass, the last layer's decoded
+    weight has already been freed (held by the step, every one would still be alive)."""
+    import weakref
+
+    refs: dict[str, weakref.ref] = {}
+    alive_at_first_layer: list[bool] = []
+    inner = teacher.loss
+
+    def watched(state: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and state["0.weight"].requires_grad:
+            refs.update({k: weakref.ref(v) for k, v in state.items()})
+            state["0.weight"].register_hook(
+                lambda g: alive_at_first_layer.append(refs["2.weight"]() is not None))
+        return inner(state, x)
+
+    ft = Finetuner(watched, teacher.batches, 16, validation=None)
+    compress(teacher.state, "vae-rd", ctx=CodecContext(progress=False, finetune=ft), snr=14.0,
+             epochs=0.25, patience=0)
+    assert alive_at_first_layer and not any(alive_at_first_layer)

@@ -160,11 +160,10 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         a = time.perf_counter()
         mine = [next(self.batches) for _ in range(grp.size)][grp.rank]  # each process its own
-        w = {name: model.term_task(i) for i, name in enumerate(model.names)}
-        d = self.task_loss({**self.fixed, **w}, mine)
+        d = self._task_loss(mine)
         d.backward()
         task = float(d.detach())
-        del w, d  # the decoded weights and the graph: not held through the checks
+        del d  # the graph: not held through the checks
         if grp.size > 1:  # the mean of the processes' task gradients
             grp.sum_grads(model.parameters())
             for p in model.parameters():
@@ -181,6 +180,15 @@ class _Run:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)  # the gradients are not held through the checks
         self.shown = f"task {task:.5f}, bits_per_param {float(bits) / self.n:.3f}"
+
+    def _task_loss(self, batch: Any) -> torch.Tensor:
+        """The task's loss of the decoded weights. Nothing here keeps them after it returns:
+        the graph alone holds each one, as its layer's saved tensor, so that the backward pass
+        frees a layer's decoded weights once it is through that layer, while the gradients
+        grow (issue 19: the two are not held at once)."""
+        model = self.model
+        return self.task_loss({**self.fixed, **{name: model.term_task(i)
+                                                for i, name in enumerate(model.names)}}, batch)
 
     def score(self, loop: Loop) -> float:
         """The loss of the rounded state on the checks, recorded in the history."""
