@@ -383,3 +383,28 @@ def test_deep_compression_on_real_fnn() -> None:
     model.load_state_dict(decompress(res.data))
     assert res.accounting.ratio_honest >= 25
     assert accuracy(model, test) > base - 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.uint8])
+def test_entropy_stream_does_not_depend_on_the_integer_type(dtype: type) -> None:
+    """Narrow integers are coded as they are (no int64 copy of a large tensor): the same
+    stream as from int64, in every mode."""
+    rng = np.random.default_rng(7)
+    for s in (rng.geometric(0.3, 5000) - 1, rng.integers(0, 200, 3000), np.full(50, 9),
+              np.array([1] * 1000 + [2] * 5 + [0] * 1000)):
+        assert encode_symbols(s.astype(dtype)) == encode_symbols(s.astype(np.int64))
+
+
+def test_latent_records_do_not_depend_on_the_integer_type() -> None:
+    from vaecompress.methods.rd.latents import MAX_LATENT, decode_tensor, encode_tensor
+
+    rng = np.random.default_rng(8)
+    z = rng.geometric(0.4, (40, 30)).astype(np.int64) - 2
+    z[3] = 0  # a row of zeros: the masks are tried
+    step = np.array([0.01], dtype=np.float32)
+    rec = encode_tensor(z, step)
+    assert encode_tensor(z.astype(np.int32), step) == rec
+    # latents whose span needs more than int32 (the widest a reader accepts)
+    wide = np.array([[-MAX_LATENT, 0, MAX_LATENT, 5]], dtype=np.int64)
+    w, _ = decode_tensor(memoryview(encode_tensor(wide, step)), 0, (1, 4))
+    np.testing.assert_array_equal(w, (wide.astype(np.float32) * step[0]))

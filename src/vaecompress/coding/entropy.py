@@ -186,7 +186,8 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> byt
     s = np.asarray(symbols).reshape(-1)
     if s.size and not np.issubdtype(s.dtype, np.integer):
         raise ValueError(f"symbols must be integers, got {s.dtype}")
-    s = s.astype(np.int64, copy=False)
+    if not (s.dtype.kind == "i" or (s.dtype.kind == "u" and s.dtype.itemsize <= 4)):
+        s = s.astype(np.int64)  # narrower integers kept as they are: the same stream
     n = int(s.size)
     out = bytearray()
     if n == 0:

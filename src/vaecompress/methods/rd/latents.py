@@ -103,9 +103,15 @@ def encode_tensor(z: np.ndarray, steps: np.ndarray, *, entropy: bool = True,
     """One tensor's record: `z` its integer latents (its own shape), `steps` float32 (1 or rows)."""
     shape = z.shape
     r, c = grid(shape)
-    m = np.asarray(z, dtype=np.int64).reshape(r, c)
-    if m.size and int(np.abs(m).max()) > MAX_LATENT:
+    m = np.asarray(z).reshape(r, c)
+    if m.size and not np.issubdtype(m.dtype, np.integer):
+        m = m.astype(np.int64)
+    lo, hi = (int(m.min()), int(m.max())) if m.size else (0, 0)
+    if max(-lo, hi) > MAX_LATENT:
         raise ValueError("latent out of range")
+    # int32 wherever the latents and their span fit (the stream is the same): a large tensor's
+    # coding holds half the bytes it would in int64
+    m = m.astype(np.int32 if hi - min(lo, 0) < 2**31 else np.int64, copy=False)
     steps = np.asarray(steps, dtype="<f4").reshape(-1)
     if steps.size not in (1, r) or not np.isfinite(steps).all():
         raise ValueError("steps must be finite, one per tensor or one per row")

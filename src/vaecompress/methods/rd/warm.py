@@ -146,7 +146,9 @@ class _Run:
                    "lr": min(cfg.lr_step, 0.1 / self.steps, MAX_LR_BINS / 10)},
                   {"params": [p for p in model.prior.parameters() if p.requires_grad],
                    "lr": cfg.lr_prior}]
-        self.opt = torch.optim.Adam([g for g in groups if g["params"]])
+        # One tensor at a time (foreach=False): the multi-tensor form makes whole-model
+        # temporaries in its step (issue 19's peak); the same numbers either way.
+        self.opt = torch.optim.Adam([g for g in groups if g["params"]], foreach=False)
         self.base = [g["lr"] for g in self.opt.param_groups]
         self.times = {"task_s": 0.0, "rate_s": 0.0, "validation_s": 0.0}
         self.shown = ""  # the last step's task loss and rate, for the progress status
