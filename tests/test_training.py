@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from vaecompress.checkpoint import Checkpoint, CheckpointError, count
 from vaecompress.training.loop import EarlyStopping, Loop, ProgressBar, Resume
@@ -162,3 +163,33 @@ def test_progress_counts_a_resumed_run_from_where_it_was() -> None:
     bar = ProgressBar(5, desc="t", unit="step", enabled=True, status=lambda lp: f"at {lp.done}")
     loop.add(bar).run()
     assert bar.bar is not None and bar.bar.n == 5 and bar.bar.status == "at 5"
+
+
+def test_sliced_adam_steps_as_torchs_adam_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm start's optimizer (`training.adam.SlicedAdam`) is torch's Adam with its step
+    made a slice at a time: the same parameters and moments, bit for bit, over steps whose
+    learning rates change, in two groups, with a parameter that has no gradient once."""
+    import vaecompress.training.adam as adam
+
+    monkeypatch.setattr(adam, "SLICE", 7)  # every tensor cut into several slices
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(100, 13, generator=g), torch.randn(50, generator=g),
+             torch.randn(3, 3, generator=g)]
+
+    def run(make):  # type: ignore[no-untyped-def]
+        ps = [p.clone().requires_grad_(True) for p in start]
+        opt = make([{"params": ps[:2], "lr": 0.01}, {"params": ps[2:], "lr": 0.001}])
+        for s in range(6):
+            for group, lr in zip(opt.param_groups, (0.01 * (1 + s), 0.002), strict=True):
+                group["lr"] = lr
+            for i, p in enumerate(ps):
+                p.grad = None if (s == 2 and i == 1) else torch.sin(p.detach() * (s + 1 + i))
+            opt.step()
+        return ps, opt
+
+    want, ref = run(lambda groups: torch.optim.Adam(groups, foreach=False))
+    got, opt = run(adam.SlicedAdam)
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(ref.state[a][key], opt.state[b][key])
