@@ -145,13 +145,14 @@ def share_command(args: argparse.Namespace) -> int:
             strict=True)), "total_bytes": fam.total_bytes, "alone_bytes": sum(fam.alone),
             "saving": fam.saving}, indent=2))
         return 0
-    for name, a, m in zip(names, fam.alone, fam.members, strict=True):
-        print(f"  {name}: {a:,} B -> {len(m):,} B")
+    for name, a, m, f in zip(names, fam.alone, fam.members, args.input, strict=True):
+        how = "its own file" if m == read_file(f) else "under the prior"
+        print(f"  {name}: {a:,} B -> {len(m):,} B ({how})")
     if not fam.prior:
         print(f"{target}: no member is smaller under a shared prior; every file kept as it was")
         return 0
     print(f"{target}: prior {len(fam.prior):,} B + members {fam.total_bytes - len(fam.prior):,} "
           f"B = {fam.total_bytes:,} B, against {sum(fam.alone):,} B alone "
-          f"({100 * fam.saving:+.1f}%); decode a member with --external prior="
+          f"({100 * fam.saving:+.1f}%); decode a member under the prior with --external prior="
           f"{target / PRIOR_FILE}")
     return 0

@@ -8,7 +8,7 @@ file did (checked here, record by record, before anything is returned). A record
 table where that is smaller, and a member that nothing makes smaller keeps its own file, so a
 member never grows by more than its reference to the prior; the family pays the prior once.
 Whether the family is then smaller than its members alone is what
-`benchmarks/shared_prior.py` measures (docs/families.md).
+`benchmarks/family_tables.py` measures (docs/families.md).
 """
 
 from __future__ import annotations
