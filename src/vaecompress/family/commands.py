@@ -127,7 +127,8 @@ def share_command(args: argparse.Namespace) -> int:
         raise UserError(f"the members' file names must differ from each other and from "
                         f"{PRIOR_FILE}: they are written side by side")
     target = check_folder_output(args.output)
-    fam = share([read_file(p) for p in args.input])
+    blobs = [read_file(p) for p in args.input]
+    fam = share(blobs)
     tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     tmp.mkdir()
     try:
@@ -145,8 +146,8 @@ def share_command(args: argparse.Namespace) -> int:
             strict=True)), "total_bytes": fam.total_bytes, "alone_bytes": sum(fam.alone),
             "saving": fam.saving}, indent=2))
         return 0
-    for name, a, m, f in zip(names, fam.alone, fam.members, args.input, strict=True):
-        how = "its own file" if m == read_file(f) else "under the prior"
+    for name, a, m, own in zip(names, fam.alone, fam.members, blobs, strict=True):
+        how = "its own file" if m == own else "under the prior"
         print(f"  {name}: {a:,} B -> {len(m):,} B ({how})")
     if not fam.prior:
         print(f"{target}: no member is smaller under a shared prior; every file kept as it was")
