@@ -213,7 +213,8 @@ def _warm_ablation_section(abl: dict[str, Any], mini: dict[str, Any],
     for r in mini["records"]:
         if r["codec"] == "vae-rd" and r["settings"].get("snr") == snr:
             rows.append(("warm start + distillation (the bench's point)", r))
-    names = {"slope": "no rate term (slope 0)", "rate_sample": "the rate on every latent",
+    names = {"rounding": "the warm start rounded to nearest (no error feedback)",
+             "slope": "no rate term (slope 0)", "rate_sample": "the rate on every latent",
              "lam": "no warm start (first step std / 16, lam 0.01)"}
     for r in abl["records"]:
         changed = [k for k in names if k in r["settings"]]

@@ -139,7 +139,8 @@ seen = []
 
 def loss(s, batch):
     i, xb = batch
-    seen.append(i)
+    if torch.is_grad_enabled():  # a training step's (the warm start's rounding reads the
+        seen.append(i)           # first batches without gradients, in every process)
     with torch.no_grad():
         t = functional_call(net, state, (xb,)).log_softmax(1)
     out = functional_call(net, dict(s), (xb,)).log_softmax(1)

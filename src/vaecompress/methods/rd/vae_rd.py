@@ -43,6 +43,7 @@ from vaecompress.errors import UserError
 from vaecompress.format import ROLE_CODE, Container, Payload
 from vaecompress.io import StateDict
 from vaecompress.methods.rd.allocate import MAX_SNR, allocate, relative_sensitivities
+from vaecompress.methods.rd.feedback import round_with_feedback
 from vaecompress.methods.rd.latents import decode_model, encode_model
 from vaecompress.methods.rd.model import RDConfig
 from vaecompress.methods.rd.settings import RDSettings
@@ -51,6 +52,8 @@ from vaecompress.methods.rd.train import RDResult, check_finite, rd_report, trai
 from vaecompress.methods.rd.warm import train_warm
 from vaecompress.runinfo import trim_memory
 from vaecompress.tasks.probe import tensor_sensitivities
+from vaecompress.training.finetune import Finetuner
+from vaecompress.training.grams import linear_input_grams
 
 # One ingredient changed at a time against the defaults (`bench --preset ablation`).
 ABLATION: tuple[dict[str, Any], ...] = (
@@ -66,6 +69,7 @@ ABLATION: tuple[dict[str, Any], ...] = (
 PAYLOAD = "latents"
 KIND = "rd-latents"
 CHECKS = 8  # warm start: early-stopping checks over a run
+WARM_ROUNDINGS = ("feedback", "nearest")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,11 @@ class VAERDSettings(RDSettings):
     slope: float = 1.0  # warm start: lam = slope * 2 ln 2 * the warm start's task loss
     rate_sample: float = 0.05  # warm start: share of a large tensor's latents in the rate
     patience: int = 3  # warm start: early-stopping checks without improvement (0: none)
+    # warm start: how the closed form's latents are rounded before distilling: "feedback"
+    # (the linear layers' output error on the task's inputs, `methods.rd.feedback`) or
+    # "nearest"; `gram_batches` training batches measure those inputs
+    rounding: str = "feedback"
+    gram_batches: int = 16
 
 
 @register
@@ -102,6 +111,11 @@ class VAERDCodec(Codec):
             raise UserError(f"vae-rd: rate_sample must be in (0, 1], got {s.rate_sample}")
         if not 0 <= s.patience <= 1000:
             raise UserError(f"vae-rd: patience must be in 0..1000, got {s.patience}")
+        if s.rounding not in WARM_ROUNDINGS:
+            raise UserError(f"vae-rd: rounding must be one of {', '.join(WARM_ROUNDINGS)}, "
+                            f"got {s.rounding!r}")
+        if not 1 <= s.gram_batches <= 10**4:
+            raise UserError(f"vae-rd: gram_batches must be in 1..10000, got {s.gram_batches}")
         if s.snr and (s.decoder != "tensor" or s.latents != "direct"):
             raise UserError("vae-rd: a warm start (snr > 0) needs decoder=tensor and "
                             "latents=direct")
@@ -175,18 +189,35 @@ class VAERDCodec(Codec):
         del weights
         init, snr_db = [float(d[0]) for d in alloc.steps], alloc.snr_db
         del alloc  # its latents (8 bytes a weight) are not the training's
+        latents = (self._feedback(live, fixed, init, ctx.finetune)
+                   if s.rounding == "feedback" else {})
         warm_s = time.perf_counter() - t0
         cfg = replace(cfg, rate_sample=s.rate_sample, slope=s.slope, patience=s.patience,
                       validate_every=max(1, cfg.steps // CHECKS))
-        res = train_warm(live, cfg, init,
+        res = train_warm(live, cfg, init, init_latents=latents,
                          task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
                          validation=ctx.finetune.validation, fixed=fixed, device=ctx.device,
                          progress=ctx.progress, desc=desc)
         times = {k: res.history[k][0] for k in ("task_s", "rate_s", "validation_s")}
         return res, {"warm_start_s": warm_s, "weighting": weighting,
+                     "feedback_tensors": len(latents),
                      "warm_snr_db": snr_db, **times,
                      "best_step": res.history["best_step"][0],
                      "steps_run": res.history["steps_run"][0]}
+
+    def _feedback(self, live: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor],
+                  steps: list[float], finetune: Finetuner) -> dict[int, torch.Tensor]:
+        """The warm start's latents of every linear layer the task runs, rounded with error
+        feedback on the inputs of `gram_batches` training batches (`methods.rd.feedback`);
+        the other tensors start at `w / step`."""
+        it = finetune.batches()
+        batches = [next(it) for _ in range(self.settings.gram_batches)]
+        grams = linear_input_grams(finetune.loss, {**fixed, **live}, batches, names=live)
+        out: dict[int, torch.Tensor] = {}
+        for i, name in enumerate(live):
+            if name in grams:
+                out[i] = round_with_feedback(live[name], steps[i], grams.pop(name))
+        return out
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
         data = c.payload(PAYLOAD, kinds=[KIND]).data

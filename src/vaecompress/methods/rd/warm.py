@@ -233,6 +233,7 @@ def train_warm(
     cfg: RDConfig,
     init_steps: Sequence[float],
     *,
+    init_latents: Mapping[int, torch.Tensor] | None = None,
     task_loss: TaskLoss,
     batches: Iterator[Any],
     validation: Sequence[Any] | None = None,
@@ -242,11 +243,13 @@ def train_warm(
     desc: str = "vae-rd",
 ) -> RDResult:
     """Distil from the warm start `init_steps` (one float step per tensor) for `cfg.steps`
-    steps (module docstring); `cfg.lam` is used as given when `cfg.slope` is 0."""
+    steps (module docstring); `cfg.lam` is used as given when `cfg.slope` is 0.
+    `init_latents`: integer latents some tensors start from instead of `w / step` (tensor
+    index -> latents; `methods.rd.feedback`)."""
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    model = RDModel(tensors, cfg, init_steps).to(device)
+    model = RDModel(tensors, cfg, init_steps, init_latents).to(device)
     _fit_prior(model)
     fixed_d = {k: v.to(device) for k, v in (fixed or {}).items()}
     # Batches to score on: the validation set, else the first training batch (kept aside).
