@@ -9,6 +9,7 @@ the decoder over them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -93,14 +94,19 @@ def per_model_limit(orig_bytes: Any, file_bytes: Any, model_bytes: Any,
     return orig_bytes / per_model if per_model > 0 else None
 
 
-def account(c: Container, file_bytes: int) -> Accounting:
+def account(c: Container, file_bytes: int,
+            payloads: Iterable[tuple[str, int]] | None = None) -> Accounting:
+    """The sizes and ratios of a file of `file_bytes` holding `c`; `payloads`: the (role,
+    length) of each payload, for a container read without its payloads' bytes
+    (`format.read_index`)."""
+    sizes = [(p.role, len(p.data)) for p in c.payloads] if payloads is None else list(payloads)
     params = sum(int(np.prod(t["shape"])) if t["shape"] else 1 for t in c.tensors)
     orig = sum(
         (int(np.prod(t["shape"])) if t["shape"] else 1) * _ITEMSIZE.get(t["dtype"], 4)
         for t in c.tensors
     )
-    payload = sum(len(p.data) for p in c.payloads if p.role == ROLE_CODE)
-    model = sum(len(p.data) for p in c.payloads if p.role == ROLE_MODEL) + sum(
+    payload = sum(n for role, n in sizes if role == ROLE_CODE)
+    model = sum(n for role, n in sizes if role == ROLE_MODEL) + sum(
         e.length for e in c.externals if e.role == ROLE_MODEL
     )
     external = sum(e.length for e in c.externals)

@@ -68,10 +68,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vaecompress.files import read_file
-    from vaecompress.inspection import inspect  # no torch: the header alone
+    from vaecompress.inspection import inspect_file  # no torch: the headers, in place
 
-    info = inspect(read_file(args.file))
+    info = inspect_file(args.file)
     if args.json:
         print_json(info)
         return 0

@@ -12,6 +12,7 @@ from vaecompress.format.container import (
     ROLE_MODEL,
     ROLES,
     Container,
+    Entry,
     External,
     Payload,
     as_read,
@@ -22,6 +23,7 @@ from vaecompress.format.container import (
     load_payloads,
     loads,
     payload_entry,
+    read_index,
     save,
 )
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_DECODED_BYTES
@@ -39,6 +41,7 @@ __all__ = [
     "ROLE_CODE",
     "ROLE_MODEL",
     "Container",
+    "Entry",
     "External",
     "Payload",
     "as_read",
@@ -49,5 +52,6 @@ __all__ = [
     "load_payloads",
     "loads",
     "payload_entry",
+    "read_index",
     "save",
 ]

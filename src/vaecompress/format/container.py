@@ -246,41 +246,109 @@ def loads(data: bytes) -> Container:
     return _container(header, payloads)
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A payload as the header lists it, and where its bytes lie in the file read."""
+
+    name: str
+    kind: str
+    role: str
+    sha256: str
+    length: int
+    offset: int
+
+
+_HASH_CHUNK = 4 * 1024 * 1024  # bytes hashed at a time when a payload is checked in place
+
+
+def _open(path: str | os.PathLike[str]) -> Any:
+    try:
+        check_regular(path)  # a FIFO would block the open below
+        return open(path, "rb")  # the callers close it
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"not a file: {path}") from None
+    except PermissionError:
+        raise UserError(f"permission denied: {path}") from None
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte in it
+        raise UserError(f"cannot read {short(str(path))}: "
+                        f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def _index(f: Any, start: int, size: int) -> tuple[Container, list[Entry]]:
+    """The checked header of the file of `size` bytes that starts at `start` in the open file
+    `f`, as a container without payloads, and its payloads' entries (offsets in `f`). Reads
+    the preamble and the header only; the payload section's length is checked as `loads`
+    checks it."""
+    f.seek(start)
+    prefix = f.read(min(PREAMBLE_SIZE, size))
+    if len(prefix) == PREAMBLE_SIZE:
+        (header_len,) = _U32.unpack_from(prefix, 12)
+        prefix += f.read(min(header_len, MAX_HEADER_BYTES + 1, size - PREAMBLE_SIZE))
+    header, header_end = _head(prefix)
+    entries = header["payloads"]
+    _check_section_length(entries, size - header_end)
+    out, offset = [], start + header_end
+    for p in entries:
+        out.append(Entry(p["name"], p["kind"], p["role"], p["sha256"], p["length"], offset))
+        offset += p["length"]
+    return _container(header, []), out
+
+
+def _check_in_place(f: Any, e: Entry) -> None:
+    """The payload `e` against its sha256, read a chunk at a time."""
+    f.seek(e.offset)
+    h, left = hashlib.sha256(), e.length
+    while left:
+        chunk = f.read(min(_HASH_CHUNK, left))
+        if not chunk:
+            raise FormatError(f"payload {short(e.name)} is truncated")
+        h.update(chunk)
+        left -= len(chunk)
+    if h.hexdigest() != e.sha256:
+        raise FormatError(f"payload {short(e.name)} is corrupt (sha256 mismatch)")
+
+
+def read_index(path: str | os.PathLike[str], *, within: Entry | None = None
+               ) -> tuple[Container, list[Entry], int]:
+    """The header of the file at `path` (a container without payloads), its payloads'
+    entries and the file's size, every payload checked against its sha256 a chunk at a time:
+    what `loads` verifies, in memory of the header's size. `within`: the file stored whole as
+    that payload of the file at `path` (a sharded file's member), read in place (its entries'
+    offsets are in the outer file)."""
+    with _open(path) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size if within is None else within.length
+            c, entries = _index(f, 0 if within is None else within.offset, size)
+            for e in entries:
+                _check_in_place(f, e)
+        except FormatError as e:
+            raise FormatError(f"{path}: {e}") from e
+    return c, entries, size
+
+
 def load_payloads(path: str | os.PathLike[str], names: Iterable[str]) -> Container:
     """Read the header of the file at `path` and only the payloads called `names` (each
     verified against its sha256), seeking past the others: a reader that needs a few payloads
     of a large file. The file's length is checked as `loads` checks it; the returned container
     holds only the payloads asked for, in file order."""
     wanted = set(names)
-    try:
-        check_regular(path)  # a FIFO would block the open below
-        f = open(path, "rb")  # noqa: SIM115  (closed below)
-    except FileNotFoundError:
-        raise UserError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"not a file: {path}") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        prefix = f.read(PREAMBLE_SIZE)
-        if len(prefix) == PREAMBLE_SIZE:
-            (header_len,) = _U32.unpack_from(prefix, 12)
-            prefix += f.read(min(header_len, MAX_HEADER_BYTES + 1))
+    with _open(path) as f:
         try:
-            header, header_end = _head(prefix)
-            entries = header["payloads"]
-            _check_section_length(entries, size - header_end)
-            missing = wanted - {p["name"] for p in entries}
+            c, entries = _index(f, 0, os.fstat(f.fileno()).st_size)
+            missing = wanted - {e.name for e in entries}
             if missing:
                 raise FormatError(f"file has no payload {short(sorted(missing)[0])}")
-            payloads, offset = [], header_end
-            for p in entries:
-                if p["name"] in wanted:
-                    f.seek(offset)
-                    payloads.append(_payload(p, f.read(p["length"])))
-                offset += p["length"]
+            for e in entries:
+                if e.name in wanted:
+                    f.seek(e.offset)
+                    c.payloads.append(_payload(
+                        {"name": e.name, "kind": e.kind, "role": e.role, "sha256": e.sha256},
+                        f.read(e.length)))
         except FormatError as e:
             raise FormatError(f"{path}: {e}") from e
-    return _container(header, payloads)
+    return c
 
 
 def _head(data: bytes) -> tuple[dict[str, Any], int]:
