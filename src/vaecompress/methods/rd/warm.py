@@ -6,9 +6,11 @@ from there; on a model of millions of weights and a budget of a few hundred step
 from any good file (issue 19: MiniLM at 0.978 mean cosine after 64 steps). Here the training
 starts where the data-free codec ends (`methods.rd.allocate`): one step per tensor from reverse
 water-filling at a fidelity `snr`, latents `w / step` (not yet rounded), the prior's scales
-fitted to their spread. The distillation then only has to choose, for each weight, the bin its
-rounding falls in, and nudge the steps: what AdaRound (Nagel et al. 2020) does for one rounding
-per weight, here under the rate term of EPR (Oktay et al. 2020).
+fitted to their spread; the latents of linear layers may start rounded with error feedback
+instead (`init_latents`, `methods.rd.feedback`: the codec's `rounding`). The distillation then
+only has to choose, for each weight, the bin its rounding falls in, and nudge the steps: what
+AdaRound (Nagel et al. 2020) does for one rounding per weight, here under the rate term of EPR
+(Oktay et al. 2020).
 
 What is scaled to the model and the run, not tuned on one:
 
