@@ -105,6 +105,7 @@ def test_grams_are_the_second_moments_of_each_linear_layers_inputs() -> None:
     torch.testing.assert_close(grams["c.weight"], (h.T @ h).double() / len(h))
     # only the tensors asked for; a tensor the loss does not run (another object) has none
     assert set(linear_input_grams(loss, state, batches, names=["c.weight"])) == {"c.weight"}
+    assert set(linear_input_grams(loss, state, batches, max_inputs=6)) == {"a.weight", "b.weight"}
     other = {**state, "a.weight": state["a.weight"].to(torch.float64)}
     assert "a.weight" not in linear_input_grams(loss, other, batches)
 

@@ -26,12 +26,15 @@ from torch import nn
 
 def linear_input_grams(loss: Callable[[Mapping[str, torch.Tensor], Any], Any],
                        state: Mapping[str, torch.Tensor], batches: Iterable[Any],
-                       names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+                       names: Iterable[str] | None = None,
+                       max_inputs: int | None = None) -> dict[str, torch.Tensor]:
     """`{name: mean(x x^T)}` (float64, CPU, [in, in]) for every 2-D tensor of `state` in
     `names` (default: all) that the loss uses as an `nn.Linear` weight, over every input
-    vector of every batch (a sequence's every position)."""
+    vector of every batch (a sequence's every position). `max_inputs`: layers with more input
+    features are left out (their matrix grows with the square of them)."""
     wanted = set(state if names is None else names)
-    ids = {id(v): k for k, v in state.items() if k in wanted and v.dim() == 2}
+    ids = {id(v): k for k, v in state.items() if k in wanted and v.dim() == 2
+           and (max_inputs is None or v.shape[1] <= max_inputs)}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     last: list[Any] = [None, None]  # the last input seen and its product

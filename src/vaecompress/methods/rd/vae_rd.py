@@ -70,6 +70,10 @@ PAYLOAD = "latents"
 KIND = "rd-latents"
 CHECKS = 8  # warm start: early-stopping checks over a run
 WARM_ROUNDINGS = ("feedback", "nearest")
+# The widest linear layer rounded with feedback: its inputs' matrix (float64, held for every
+# such layer at once) and the rounding grow with the square and the cube of its width; wider
+# layers start at w / step.
+FEEDBACK_MAX_INPUTS = 4096
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,8 @@ class VAERDCodec(Codec):
         the other tensors start at `w / step`."""
         it = finetune.batches()
         batches = [next(it) for _ in range(self.settings.gram_batches)]
-        grams = linear_input_grams(finetune.loss, {**fixed, **live}, batches, names=live)
+        grams = linear_input_grams(finetune.loss, {**fixed, **live}, batches, names=live,
+                                   max_inputs=FEEDBACK_MAX_INPUTS)
         out: dict[int, torch.Tensor] = {}
         for i, name in enumerate(live):
             if name in grams:
