@@ -3,15 +3,12 @@ weighs by (`training.grams`), and `vae-rd`'s warm start rounded with them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
+from test_warm import _Teacher as WarmTeacher  # its loss and batches
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext, Finetuner
 from vaecompress.errors import UserError
@@ -110,8 +107,8 @@ def test_grams_are_the_second_moments_of_each_linear_layers_inputs() -> None:
     assert "a.weight" not in linear_input_grams(loss, other, batches)
 
 
-class _Teacher:
-    """A 32-64-10 MLP distilled from itself on correlated inputs (KL of its predictions)."""
+class _Teacher(WarmTeacher):
+    """`test_warm`'s self-distilled MLP, 32-64-10, on correlated inputs."""
 
     def __init__(self) -> None:
         torch.manual_seed(0)
@@ -122,17 +119,6 @@ class _Teacher:
         self.state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         x = _correlated(2048 + 256, 32, 5)  # one distribution, split
         self.x, self.val = x[:2048], [x[2048:]]
-
-    def loss(self, state: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            target = functional_call(self.net, self.state, (x,)).log_softmax(1)
-        out = functional_call(self.net, dict(state), (x,)).log_softmax(1)
-        return F.kl_div(out, target, log_target=True, reduction="batchmean")
-
-    def batches(self) -> Iterator[torch.Tensor]:
-        g = torch.Generator().manual_seed(1)
-        while True:
-            yield self.x[torch.randperm(len(self.x), generator=g)[:128]]
 
 
 def test_vae_rd_warm_start_rounds_with_feedback() -> None:
