@@ -408,3 +408,42 @@ def test_latent_records_do_not_depend_on_the_integer_type() -> None:
     wide = np.array([[-MAX_LATENT, 0, MAX_LATENT, 5]], dtype=np.int64)
     w, _ = decode_tensor(memoryview(encode_tensor(wide, step)), 0, (1, 4))
     np.testing.assert_array_equal(w, (wide.astype(np.float32) * step[0]))
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+@pytest.mark.parametrize("scheme", ["affine", "symmetric"])
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_quantizing_in_slices_writes_the_same_bytes(codec: str, scheme: str, granularity: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quantizer's float64 arithmetic made a slice at a time (rows of a channel grid, and
+    columns within a row longer than a slice) gives the file of the whole-tensor arithmetic."""
+    from vaecompress.codecs import quant
+
+    g = torch.Generator().manual_seed(5)
+    state = {"w": torch.randn(37, 53, generator=g), "v": torch.randn(3, 1000, generator=g) * 3,
+             "b": torch.randn(11, generator=g)}
+    ctx = CodecContext(progress=False)
+    settings = {"scheme": scheme, "granularity": granularity, "entropy": codec == "int8"}
+    whole = compress(state, codec, ctx=ctx, **settings).data
+    for size in (7, 53, 100):
+        monkeypatch.setattr(quant, "_SLICE", size)
+        assert compress(state, codec, ctx=ctx, **settings).data == whole
+
+
+def test_quantizing_holds_the_symbols_and_one_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 16 MB tensor is quantized in under 8 MB of numpy allocations: one byte a weight for
+    its symbols and a slice of float64 (the whole-tensor arithmetic held over 32 MB)."""
+    import tracemalloc
+
+    from vaecompress.codecs import quant
+
+    monkeypatch.setattr(quant, "_SLICE", 2**16)
+    x = np.random.default_rng(0).standard_normal((1, 2**22), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        q, _, err = quant.quantize_groups(x, 8, "affine", "float32")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert q.dtype == np.uint8 and err > 0
+    assert peak < 8_000_000

@@ -41,6 +41,7 @@ from vaecompress.coding.entropy import (
     pack_uint,
     packed_size,
     split_segments,
+    uint_dtype,
     unpack_uint,
 )
 from vaecompress.coding.floats import (
@@ -59,6 +60,7 @@ from vaecompress.io import StateDict
 GRANULARITIES = ("tensor", "channel")
 SCHEMES = ("affine", "symmetric")
 BIAS_MODES = (*FLOAT_STORE, "quantize")
+_SLICE = 2**20  # weights quantized at a time
 
 
 @dataclass(frozen=True)
@@ -83,20 +85,46 @@ def _round_away(x: np.ndarray, dtype: str, up: bool) -> np.ndarray:
 
 
 def quantize_groups(x: np.ndarray, bits: int, scheme: str,
-                    scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """x: (groups, m) -> (symbols (groups, m) int64, params float64 exactly representable in
-    `scale_dtype`: (groups, 2) [lo, scale] for affine, (groups, 1) [scale] for symmetric)."""
-    x64 = x.astype(np.float64)
+                    scale_dtype: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """x: (groups, m) float32 -> (symbols (groups, m) in the narrowest unsigned type, params
+    float64 exactly representable in `scale_dtype`: (groups, 2) [lo, scale] for affine,
+    (groups, 1) [scale] for symmetric, and the largest |rebuilt - x|). The arithmetic is in
+    float64, made `_SLICE` weights at a time: the working set is the symbols and one slice,
+    not several float64 copies of the tensor (a float32 min or max is exact in float64, so the
+    symbols are those of the whole-tensor arithmetic)."""
+    groups, m = x.shape
     if scheme == "symmetric":
         qmax = 2 ** (bits - 1) - 1
-        scale = _round_away(np.abs(x64).max(axis=1) / qmax, scale_dtype, up=True)
-        q = np.rint(x64 / np.where(scale > 0, scale, 1.0)[:, None])
-        return np.clip(q, -qmax, qmax).astype(np.int64) + qmax, scale[:, None]
-    levels = 2**bits - 1
-    lo = _round_away(x64.min(axis=1), scale_dtype, up=False)
-    scale = _round_away((x64.max(axis=1) - lo) / levels, scale_dtype, up=True)
-    q = np.rint((x64 - lo[:, None]) / np.where(scale > 0, scale, 1.0)[:, None])
-    return np.clip(q, 0, levels).astype(np.int64), np.stack([lo, scale], axis=1)
+        scale = _round_away(np.abs(x).max(axis=1).astype(np.float64) / qmax, scale_dtype,
+                            up=True)
+        params, lo_clip, hi_clip, shift = scale[:, None], -qmax, qmax, qmax
+        lo = np.zeros(groups)
+    else:
+        levels = 2**bits - 1
+        lo = _round_away(x.min(axis=1).astype(np.float64), scale_dtype, up=False)
+        scale = _round_away((x.max(axis=1).astype(np.float64) - lo) / levels, scale_dtype,
+                            up=True)
+        params, lo_clip, hi_clip, shift = np.stack([lo, scale], axis=1), 0, levels, 0
+    div = np.where(scale > 0, scale, 1.0)
+    q = np.empty((groups, m), dtype=uint_dtype(bits))
+    max_err = 0.0
+    rows = max(1, _SLICE // max(m, 1))
+    cols = min(m, _SLICE) or 1
+    for a in range(0, groups, rows):
+        b = min(a + rows, groups)
+        for c in range(0, m, cols):
+            part = x[a:b, c : c + cols].astype(np.float64)
+            if scheme == "affine":
+                part -= lo[a:b, None]
+            part /= div[a:b, None]
+            np.rint(part, out=part)
+            np.clip(part, lo_clip, hi_clip, out=part)
+            part += shift
+            q[a:b, c : c + cols] = part
+            rec = _dequantize(q[a:b, c : c + cols], params[a:b], scheme, bits)
+            rec -= x[a:b, c : c + cols]
+            max_err = max(max_err, float(np.abs(rec).max(initial=0.0)))
+    return q, params, max_err
 
 
 class UniformQuantCodec(Codec):
@@ -141,9 +169,8 @@ class UniformQuantCodec(Codec):
                 continue
             groups = _groups(shape, s.granularity)
             x = t.detach().to("cpu", torch.float32).numpy().reshape(groups, -1)
-            q, params = quantize_groups(x, self.bits, s.scheme, s.scale_dtype)
-            rec = _dequantize(q, params, s.scheme, self.bits)
-            max_err = max(max_err, float(np.abs(rec - x).max(initial=0.0)))
+            q, params, err = quantize_groups(x, self.bits, s.scheme, s.scale_dtype)
+            max_err = max(max_err, err)
             q_parts.append(encode_symbols(q, 2**self.bits) if s.entropy
                            else pack_uint(q, self.bits))
             scale_parts.append(params.astype(FLOAT_STORE[s.scale_dtype]).tobytes())
