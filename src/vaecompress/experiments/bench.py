@@ -58,7 +58,7 @@ REPORT_FIELDS = ("vae_epochs", "vae_train_s", "train_s", "nonzero_fraction", "we
                  "snr_db",
                  # the warm-started vae-rd: where its time goes, and where it stopped
                  "warm_start_s", "task_s", "rate_s", "validation_s", "warm_snr_db",
-                 "best_step", "steps_run")
+                 "best_step", "steps_run", "feedback_tensors")
 
 
 @dataclass(frozen=True)
