@@ -180,18 +180,27 @@ def test_decompress_holds_one_shard_at_a_time(tmp_path: Path,
     stream.compress_folder(tmp_path / "hf", packed, make_codec("int8"), ctx=_quiet())
     refs: list[weakref.ref] = []
     alive_at_decode: list[int] = []
-    decode = stream.decompress
+    decode, load = stream.decompress_container, stream.load_payloads
+    reads: list[tuple[object, object]] = []
 
-    def watched(blob: bytes):  # type: ignore[no-untyped-def]
+    def watched(member):  # type: ignore[no-untyped-def]
         alive_at_decode.append(_alive(refs))
-        part = decode(blob)
+        part = decode(member)
         refs.extend(weakref.ref(t) for t in part.values())
         return part
 
-    monkeypatch.setattr(stream, "decompress", watched)
+    def loading(path, names, *, within=None):  # type: ignore[no-untyped-def]
+        reads.append((names, within))
+        return load(path, names, within=within)
+
+    monkeypatch.setattr(stream, "decompress_container", watched)
+    monkeypatch.setattr(stream, "load_payloads", loading)
     stream.decompress_folder(packed, tmp_path / "out")
     assert alive_at_decode == [0] * SHARDS
     assert sorted(_folder_state(tmp_path / "out")) == sorted(state)
+    # each member's payloads read where they lie, never the member's bytes as one string
+    assert len(reads) == SHARDS and all(names is None and within is not None
+                                        for names, within in reads)
 
 
 def _tampered(path: Path, out: Path, edit) -> Path:  # type: ignore[no-untyped-def]
@@ -262,3 +271,18 @@ def test_the_command_line_streams_a_sharded_folder_and_inspect_reads_it(
     assert main(["compress", str(tmp_path / "hf"), "-o", str(whole), "--codec", "kmeans",
                  "--set", "scope=global", "--quiet"]) == 0
     assert loads(whole.read_bytes()).codec["name"] == "kmeans"
+
+
+def test_a_damaged_member_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """A byte of a member changed (the outer sha256 not recomputed): the member's bytes are
+    checked in place against it, and nothing of the folder is left."""
+    _folder(tmp_path / "hf")
+    packed = tmp_path / "m.vrd"
+    stream.compress_folder(tmp_path / "hf", packed, make_codec("zstd"), ctx=_quiet())
+    data = bytearray(packed.read_bytes())
+    data[-100] ^= 0x01  # inside the last member
+    bad = tmp_path / "bad.vrd"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="sha256 mismatch"):
+        stream.decompress_folder(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))

@@ -271,7 +271,16 @@ def decompress(data: bytes, externals: Mapping[str, bytes] | None = None, *,
     `stats`, when given, receives what the codec measured of its own decoding: a codec that
     decodes in a worker process (nncodec) sets `last_decode_s` to the time inside the worker,
     recorded here as `decode_s_inside`, so that a bench compares decoders, not process starts."""
-    c = loads(data)
+    return decompress_container(loads(data), externals, stats=stats, max_bytes=max_bytes,
+                                base=base)
+
+
+def decompress_container(c: Container, externals: Mapping[str, bytes] | None = None, *,
+                         stats: dict[str, Any] | None = None, max_bytes: int | None = None,
+                         base: Mapping[str, torch.Tensor] | None = None) -> StateDict:
+    """`decompress` of a container already read and verified (`format.loads`, or
+    `format.load_payloads` of every payload: a reader that never holds the file's bytes and
+    its payloads at once)."""
     if base is not None:
         check_state(base)
     against = delta.check_base(c.meta, base)

@@ -310,33 +310,44 @@ def _check_in_place(f: Any, e: Entry) -> None:
         raise FormatError(f"payload {short(e.name)} is corrupt (sha256 mismatch)")
 
 
-def read_index(path: str | os.PathLike[str], *, within: Entry | None = None
-               ) -> tuple[Container, list[Entry], int]:
+def read_index(path: str | os.PathLike[str], *, within: Entry | None = None,
+               verify: bool = True) -> tuple[Container, list[Entry], int]:
     """The header of the file at `path` (a container without payloads), its payloads'
-    entries and the file's size, every payload checked against its sha256 a chunk at a time:
-    what `loads` verifies, in memory of the header's size. `within`: the file stored whole as
-    that payload of the file at `path` (a sharded file's member), read in place (its entries'
-    offsets are in the outer file)."""
+    entries and the file's size; with `verify`, every payload checked against its sha256 a
+    chunk at a time: what `loads` verifies, in memory of the header's size. `within`: the file
+    stored whole as that payload of the file at `path` (a sharded file's member), read in
+    place (its entries' offsets are in the outer file)."""
     with _open(path) as f:
         try:
             size = os.fstat(f.fileno()).st_size if within is None else within.length
             c, entries = _index(f, 0 if within is None else within.offset, size)
-            for e in entries:
+            for e in entries if verify else ():
                 _check_in_place(f, e)
         except FormatError as e:
             raise FormatError(f"{path}: {e}") from e
     return c, entries, size
 
 
-def load_payloads(path: str | os.PathLike[str], names: Iterable[str]) -> Container:
-    """Read the header of the file at `path` and only the payloads called `names` (each
-    verified against its sha256), seeking past the others: a reader that needs a few payloads
-    of a large file. The file's length is checked as `loads` checks it; the returned container
-    holds only the payloads asked for, in file order."""
-    wanted = set(names)
+def check_payload(path: str | os.PathLike[str], entry: Entry) -> None:
+    """The payload `entry` of the file at `path` against its sha256, read a chunk at a time."""
     with _open(path) as f:
         try:
-            c, entries = _index(f, 0, os.fstat(f.fileno()).st_size)
+            _check_in_place(f, entry)
+        except FormatError as e:
+            raise FormatError(f"{path}: {e}") from e
+
+
+def load_payloads(path: str | os.PathLike[str], names: Iterable[str] | None, *,
+                  within: Entry | None = None) -> Container:
+    """Read the header of the file at `path` and only the payloads called `names` (None: all;
+    each verified against its sha256), seeking past the others: a reader that needs a few
+    payloads of a large file. The file's length is checked as `loads` checks it; the returned
+    container holds only the payloads asked for, in file order. `within`: as `read_index`."""
+    with _open(path) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size if within is None else within.length
+            c, entries = _index(f, 0 if within is None else within.offset, size)
+            wanted = {e.name for e in entries} if names is None else set(names)
             missing = wanted - {e.name for e in entries}
             if missing:
                 raise FormatError(f"file has no payload {short(sorted(missing)[0])}")

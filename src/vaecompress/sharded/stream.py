@@ -13,9 +13,10 @@ codec): its manifest is every tensor in shard order, its codec state the number 
 payloads `s0, s1, ...` (kind `vaecompress`) each a complete vaecompress file of one shard with
 its own manifest and checksum, and its meta the folder's layout (`folders.FOLDER_KEY`).
 `decompress_folder` writes the folder back one shard at a time, reading one member at a time
-(`format.load_payloads`); `join` (what `api.decompress` does with such a file) rebuilds the
-whole state_dict. Every member's manifest is checked against the outer one and the layout
-before its tensors are used.
+where it lies in the file (its bytes checked in place, then its header and payloads read:
+`format.check_payload`, `format.load_payloads(within=...)`); `join` (what `api.decompress`
+does with such a file) rebuilds the whole state_dict. Every member's manifest is checked
+against the outer one and the layout before its tensors are used.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 from vaecompress.accounting import Accounting, account
-from vaecompress.api import compress, decompress, max_decoded_bytes
+from vaecompress.api import compress, decompress_container, max_decoded_bytes
 from vaecompress.codecs.base import Codec, CodecContext
 from vaecompress.errors import FormatError, UserError
 from vaecompress.fidelity import combined
@@ -49,9 +50,12 @@ from vaecompress.folders import (
 from vaecompress.format import (
     ROLE_CODE,
     Container,
+    check_payload,
     dumps_head,
     load_payloads,
+    loads,
     payload_entry,
+    read_index,
 )
 from vaecompress.io import StateDict
 from vaecompress.progress import progress
@@ -171,10 +175,10 @@ def read_layout(c: Container) -> FolderLayout:
     return layout
 
 
-def _member(c: Container, k: int, shard: Shard, start: int, blob: bytes) -> StateDict:
-    """Member k decoded (its own checksum checked by `api.decompress`), and what it rebuilt
-    checked to be the tensors the outer manifest lists for its shard, in order."""
-    state = decompress(blob)
+def _member(c: Container, k: int, shard: Shard, start: int, member: Container) -> StateDict:
+    """Member k decoded (its own checksum checked by `api.decompress_container`), and what
+    it rebuilt checked to be the tensors the outer manifest lists for its shard, in order."""
+    state = decompress_container(member)
     if manifest(state) != c.tensors[start : start + len(shard.tensors)]:
         raise FormatError(f"member {member_name(k)} holds other tensors than the file's "
                           "manifest lists for its shard")
@@ -196,7 +200,7 @@ def join(c: Container, *, max_bytes: int | None = None) -> StateDict:
     state: StateDict = {}
     for k, (shard, start) in enumerate(zip(layout.shards, _starts(layout), strict=True)):
         p = c.payload(member_name(k), kinds=[MEMBER_KIND])
-        state.update(_member(c, k, shard, start, p.data))
+        state.update(_member(c, k, shard, start, loads(p.data)))
     return state
 
 
@@ -211,17 +215,24 @@ def _check_size(c: Container, max_bytes: int | None) -> None:
 def decompress_folder(path: str | Path, output: str | Path) -> FolderLayout:
     """Write the model folder a sharded file holds to the new folder `output`, one shard at a
     time (all or nothing)."""
-    c = load_payloads(path, [])
+    c, entries, _ = read_index(path, verify=False)
     if not is_sharded(c):
         raise UserError(f"{path} is not a sharded file")
     layout = read_layout(c)
     _check_size(c, None)
     starts = _starts(layout)
+    members = {e.name: e for e in entries}
 
     def part_of(k: int, shard: Shard) -> StateDict:
-        blob = load_payloads(path, [member_name(k)]).payload(member_name(k),
-                                                             kinds=[MEMBER_KIND]).data
-        return _member(c, k, shard, starts[k], blob)
+        # The member's bytes checked in place against the outer sha256, then its header and
+        # payloads read where they lie (each against its own sha256): the member's bytes are
+        # never held beside its payloads.
+        e = members.get(member_name(k))
+        if e is None or e.kind != MEMBER_KIND:
+            raise FormatError(f"{path}: file has no member {member_name(k)} of kind "
+                              f"{MEMBER_KIND}")
+        check_payload(path, e)
+        return _member(c, k, shard, starts[k], load_payloads(path, None, within=e))
 
     write_folder_parts(output, layout, part_of)
     return layout
