@@ -216,9 +216,14 @@ def _warm_ablation_section(abl: dict[str, Any], mini: dict[str, Any],
     names = {"rounding": "the warm start rounded to nearest (no error feedback)",
              "slope": "no rate term (slope 0)", "rate_sample": "the rate on every latent",
              "lam": "no warm start (first step std / 16, lam 0.01)"}
+    steps = ref.get("epochs", 0) * STEPS_PER_EPOCH
     for r in abl["records"]:
         changed = [k for k in names if k in r["settings"]]
-        rows.append((names[changed[0]] if changed else "?", r))
+        label = names[changed[0]] if changed else "?"
+        if not changed and r["settings"].get("epochs", 0) * STEPS_PER_EPOCH < steps:
+            label = (f"{r['settings']['epochs'] * STEPS_PER_EPOCH:.0f} distillation step(s): "
+                     "the rounding with feedback alone")
+        rows.append((label, r))
     lines = ["| variant | ratio_honest | cos / neighbours (fidelity set) | cos / neighbours "
              "(held-out) | compress_s | of which task passes / rate term |",
              "|---|---|---|---|---|---|"]
