@@ -41,6 +41,7 @@ GOAL_BYTES_PER_PARAM = 24.0
 PHASES = [  # (module, attribute, phase)
     ("vaecompress.tasks.probe", "tensor_sensitivities", "probe"),
     ("vaecompress.methods.rd.allocate", "allocate", "closed form"),
+    ("vaecompress.methods.rd.vae_rd", "VAERDCodec._feedback", "rounding with feedback"),
     ("vaecompress.methods.rd.model", "RDModel.__init__", "model"),
     ("vaecompress.methods.rd.warm", "_fit_prior", "prior fit"),
     ("vaecompress.methods.rd.warm", "_Run.step", "distillation step"),
