@@ -39,7 +39,7 @@ def test_feedback_lowers_the_output_error_at_the_same_step() -> None:
     step = 0.5
     near = torch.round(w / step)
     fed = round_with_feedback(w, step, gram)
-    assert fed.dtype == torch.int64 and fed.shape == w.shape
+    assert fed.dtype == torch.int8 and fed.shape == w.shape  # the narrowest that holds them
     e_near = output_error(w, near * step, gram)
     e_fed = output_error(w, fed.double() * step, gram)
     assert e_fed < 0.5 * e_near  # over 3 dB less output error
@@ -148,3 +148,15 @@ def test_bad_rounding_values_are_one_line() -> None:
         compress(dict(t.state), "vae-rd", ctx=ctx, snr=10.0, rounding="trellis")
     with pytest.raises(UserError, match="gram_batches"):
         compress(dict(t.state), "vae-rd", ctx=ctx, snr=10.0, gram_batches=0)
+
+
+def test_the_warm_model_starts_at_the_given_latents_and_lets_them_go() -> None:
+    from vaecompress.methods.rd.model import RDConfig, RDModel
+
+    w = {"a": torch.randn(6, 5), "b": torch.randn(4)}
+    z = torch.arange(30, dtype=torch.int8).reshape(6, 5) - 15
+    given = {0: z.clone()}
+    model = RDModel(w, RDConfig(), init_steps=[0.1, 0.2], init_latents=given)
+    assert given == {}  # read and let go: not held beside the model's latents
+    assert torch.equal(model.latents[0].detach(), z.float())
+    torch.testing.assert_close(model.latents[1].detach(), w["b"] / 0.2)

@@ -32,9 +32,10 @@ BLOCK = 128  # columns rounded between two updates of the rest (the result is th
 
 def round_with_feedback(w: torch.Tensor, step: float, gram: torch.Tensor, *,
                         damp: float = DAMP) -> torch.Tensor:
-    """int64 latents of `w` [rows, cols] on the grid `step`, chosen column by column with
+    """Integer latents of `w` [rows, cols] on the grid `step`, chosen column by column with
     their errors fed back into the columns not yet rounded through `gram` [cols, cols] (the
-    inputs' second moments; module docstring)."""
+    inputs' second moments; module docstring), in the narrowest of int8, int16, int32 and
+    int64 that holds them (a warm start holds them until its model is built)."""
     if w.dim() != 2 or gram.shape != (w.shape[1], w.shape[1]):
         raise ValueError("round_with_feedback: w must be [rows, cols] and gram [cols, cols]")
     if not step > 0:
@@ -64,6 +65,10 @@ def round_with_feedback(w: torch.Tensor, step: float, gram: torch.Tensor, *,
             part[:, j:] -= e.unsqueeze(1) * ub[j, j:].unsqueeze(0)
             errs[:, j] = e
         work[:, b:] -= errs @ u[a:b, b:]
+    peak = int(z.abs().max()) if z.numel() else 0
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        if peak <= torch.iinfo(dtype).max:
+            return z.to(dtype)
     return z
 
 

@@ -72,10 +72,11 @@ def rows_of(shape: torch.Size | list[int]) -> int:
 class RDModel(nn.Module):
     def __init__(self, tensors: Mapping[str, torch.Tensor], cfg: RDConfig,
                  init_steps: Sequence[float] | None = None,
-                 init_latents: Mapping[int, torch.Tensor] | None = None) -> None:
+                 init_latents: dict[int, torch.Tensor] | None = None) -> None:
         """`init_steps`: the warm start's steps, one per tensor; its latents are then
         `w / step`, except those of `init_latents` (tensor index -> integer latents of the
-        tensor's shape, e.g. `methods.rd.feedback`'s), which start there."""
+        tensor's shape, e.g. `methods.rd.feedback`'s), which start there. `init_latents` is
+        emptied as it is read: its tensors are not held beside the model's."""
         super().__init__()
         self.warm = init_steps is not None
         self.cfg = cfg
@@ -113,8 +114,10 @@ class RDModel(nn.Module):
             if init_steps is None:
                 raise ValueError("initial latents need the warm start's steps")
             with torch.no_grad():
-                for i, z in init_latents.items():
+                for i in sorted(init_latents):
+                    z = init_latents.pop(i)
                     self.latents[i].copy_(z.reshape(self.shapes[i]).to(torch.float32))
+                    del z
         if cfg.latents == "encoder":
             for p in self.latents:
                 p.requires_grad_(False)

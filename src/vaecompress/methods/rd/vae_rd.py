@@ -195,6 +195,7 @@ class VAERDCodec(Codec):
         del alloc  # its latents (8 bytes a weight) are not the training's
         latents = (self._feedback(live, fixed, init, ctx.finetune)
                    if s.rounding == "feedback" else {})
+        n_feedback = len(latents)  # the model empties `latents` as it reads them
         warm_s = time.perf_counter() - t0
         cfg = replace(cfg, rate_sample=s.rate_sample, slope=s.slope, patience=s.patience,
                       validate_every=max(1, cfg.steps // CHECKS))
@@ -204,7 +205,7 @@ class VAERDCodec(Codec):
                          progress=ctx.progress, desc=desc)
         times = {k: res.history[k][0] for k in ("task_s", "rate_s", "validation_s")}
         return res, {"warm_start_s": warm_s, "weighting": weighting,
-                     "feedback_tensors": len(latents),
+                     "feedback_tensors": n_feedback,
                      "warm_snr_db": snr_db, **times,
                      "best_step": res.history["best_step"][0],
                      "steps_run": res.history["steps_run"][0]}

@@ -235,7 +235,7 @@ def train_warm(
     cfg: RDConfig,
     init_steps: Sequence[float],
     *,
-    init_latents: Mapping[int, torch.Tensor] | None = None,
+    init_latents: dict[int, torch.Tensor] | None = None,
     task_loss: TaskLoss,
     batches: Iterator[Any],
     validation: Sequence[Any] | None = None,
@@ -247,7 +247,7 @@ def train_warm(
     """Distil from the warm start `init_steps` (one float step per tensor) for `cfg.steps`
     steps (module docstring); `cfg.lam` is used as given when `cfg.slope` is 0.
     `init_latents`: integer latents some tensors start from instead of `w / step` (tensor
-    index -> latents; `methods.rd.feedback`)."""
+    index -> latents; `methods.rd.feedback`), emptied as the model reads them."""
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
