@@ -196,6 +196,8 @@ class VAERDCodec(Codec):
         latents = (self._feedback(live, fixed, init, ctx.finetune)
                    if s.rounding == "feedback" else {})
         n_feedback = len(latents)  # the model empties `latents` as it reads them
+        if latents:
+            trim_memory()  # what the inputs' matrices and the rounding freed, given back
         warm_s = time.perf_counter() - t0
         cfg = replace(cfg, rate_sample=s.rate_sample, slope=s.slope, patience=s.patience,
                       validate_every=max(1, cfg.steps // CHECKS))
