@@ -193,7 +193,7 @@ class VAERDCodec(Codec):
         del weights
         init, snr_db = [float(d[0]) for d in alloc.steps], alloc.snr_db
         del alloc  # its latents (8 bytes a weight) are not the training's
-        latents = (self._feedback(live, fixed, init, ctx.finetune)
+        latents = (self._feedback(live, fixed, init, ctx.finetune, ctx.device)
                    if s.rounding == "feedback" else {})
         n_feedback = len(latents)  # the model empties `latents` as it reads them
         if latents:
@@ -213,14 +213,18 @@ class VAERDCodec(Codec):
                      "steps_run": res.history["steps_run"][0]}
 
     def _feedback(self, live: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor],
-                  steps: list[float], finetune: Finetuner) -> dict[int, torch.Tensor]:
+                  steps: list[float], finetune: Finetuner,
+                  device: torch.device) -> dict[int, torch.Tensor]:
         """The warm start's latents of every linear layer the task runs, rounded with error
         feedback on the inputs of `gram_batches` training batches (`methods.rd.feedback`);
-        the other tensors start at `w / step`."""
+        the other tensors start at `w / step`. The task runs on `device`, as the training's
+        does (a CPU tensor stays itself: no copy)."""
         it = finetune.batches()
         batches = [next(it) for _ in range(self.settings.gram_batches)]
-        grams = linear_input_grams(finetune.loss, {**fixed, **live}, batches, names=live,
+        tensors = {k: v.to(device) for k, v in {**fixed, **live}.items()}
+        grams = linear_input_grams(finetune.loss, tensors, batches, names=live,
                                    max_inputs=FEEDBACK_MAX_INPUTS)
+        del tensors
         out: dict[int, torch.Tensor] = {}
         for i, name in enumerate(live):
             if name in grams:
