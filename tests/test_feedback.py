@@ -160,3 +160,11 @@ def test_the_warm_model_starts_at_the_given_latents_and_lets_them_go() -> None:
     assert given == {}  # read and let go: not held beside the model's latents
     assert torch.equal(model.latents[0].detach(), z.float())
     torch.testing.assert_close(model.latents[1].detach(), w["b"] / 0.2)
+
+
+def test_a_stream_shorter_than_gram_batches_gives_what_it_has() -> None:
+    t = _Teacher()
+    few = [t.x[:64], t.x[64:128]]
+    ctx = CodecContext(finetune=Finetuner(t.loss, lambda: iter(few), 2, validation=t.val))
+    res = compress(dict(t.state), "vae-rd", ctx=ctx, snr=10.0, epochs=0.5, gram_batches=16)
+    assert res.report["feedback_tensors"] == 2

@@ -19,6 +19,7 @@ Needs the task's training data at compression time, like Deep Compression (`ctx.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Mapping
@@ -219,8 +220,10 @@ class VAERDCodec(Codec):
         feedback on the inputs of `gram_batches` training batches (`methods.rd.feedback`);
         the other tensors start at `w / step`. The task runs on `device`, as the training's
         does (a CPU tensor stays itself: no copy)."""
-        it = finetune.batches()
-        batches = [next(it) for _ in range(self.settings.gram_batches)]
+        # up to `gram_batches` (a stream that ends sooner gives what it has)
+        batches = list(itertools.islice(finetune.batches(), self.settings.gram_batches))
+        if not batches:
+            return {}
         tensors = {k: v.to(device) for k, v in {**fixed, **live}.items()}
         grams = linear_input_grams(finetune.loss, tensors, batches, names=live,
                                    max_inputs=FEEDBACK_MAX_INPUTS)
