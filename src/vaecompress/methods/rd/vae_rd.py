@@ -230,8 +230,9 @@ class VAERDCodec(Codec):
         del tensors
         out: dict[int, torch.Tensor] = {}
         for i, name in enumerate(live):
-            if name in grams:
-                out[i] = round_with_feedback(live[name], steps[i], grams.pop(name))
+            gram = grams.pop(name, None)
+            if gram is not None and math.isfinite(steps[i]) and steps[i] > 0:
+                out[i] = round_with_feedback(live[name], steps[i], gram)
         return out
 
     def decode(self, c: Container, externals: Mapping[str, bytes]) -> StateDict:
