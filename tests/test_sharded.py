@@ -274,8 +274,9 @@ def test_the_command_line_streams_a_sharded_folder_and_inspect_reads_it(
 
 
 def test_a_damaged_member_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
-    """A byte of a member changed (the outer sha256 not recomputed): the member's bytes are
-    checked in place against it, and nothing of the folder is left."""
+    """A byte of a member changed (the outer sha256 not recomputed): refused in one line, and
+    nothing of the folder is left. (The outer hash and the member's own both cover every byte
+    of a member; either refuses it.)"""
     _folder(tmp_path / "hf")
     packed = tmp_path / "m.vrd"
     stream.compress_folder(tmp_path / "hf", packed, make_codec("zstd"), ctx=_quiet())
