@@ -56,6 +56,7 @@ from vaecompress.files import atomic_write_json, atomic_write_text
 from vaecompress.io import StateDict
 from vaecompress.runinfo import environment, git_revision, resolve_device
 from vaecompress.tasks.mnist import make_finetuner
+from vaecompress.training.finetune import Finetuner
 from vaecompress.zoo.train import TrainConfig, preset_config, train_model
 
 TASKS = ("rotated", "noisy", "digits-0-4")
@@ -167,67 +168,86 @@ def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, 
                                                 *task(cfg.task_lams_delta)]]
 
 
-def code_family(cfg: FamiliesConfig, how: str, codec: str, settings: dict[str, Any],
-                members: list[dict[str, Any]], base: StateDict | None,
-                ctx: CodecContext) -> tuple[list[int], list[StateDict]]:
+Task = Callable[[dict[str, Any]], Finetuner]  # a member's task, for the codecs that train
+Score = Callable[[dict[str, Any], StateDict], float]  # a member and a rebuilt state -> score
+
+
+def code_family(how: str, codec: str, settings: dict[str, Any], members: list[dict[str, Any]],
+                base: StateDict | None, ctx: CodecContext,
+                task: Task) -> tuple[list[int], list[StateDict]]:
     """(bytes of each member, each member rebuilt). A series counts its container's framing
-    with its first member; a codec that trains on the task trains on each member's own."""
+    with its first member (and codes it against `base` when there is one); a codec that trains
+    on the task trains on each member's own (a series on its first member's: one run)."""
     states = [m["state"] for m in members]
+    trains = get_codec_class(codec).uses_task
     if how == "series":
-        if get_codec_class(codec).uses_task:  # the run's task: every member's is the same
-            ctx = replace(ctx, finetune=make_finetuner(cfg.model, members[0]["train"],
-                                                       device=ctx.device, seed=cfg.seed))
-        res = compress_series(states, codec, ctx=ctx, **settings)
+        if trains:
+            ctx = replace(ctx, finetune=task(members[0]))
+        res = compress_series(states, codec, ctx=ctx, base=base, **settings)
         sizes = [len(m.data) for m in res.members]
         sizes[0] += len(res.data) - sum(sizes)
         return sizes, [m.rebuilt for m in res.members if m.rebuilt is not None]
-    results = []
-    for m in members:
-        task = (make_finetuner(cfg.model, m["train"], device=ctx.device, seed=cfg.seed)
-                if get_codec_class(codec).uses_task else None)
-        results.append(compress(m["state"], codec, ctx=ctx, finetune=task,
-                                base=base if how == "base" else None, **settings))
+    results = [compress(m["state"], codec, ctx=ctx, finetune=task(m) if trains else None,
+                        base=base if how == "base" else None, **settings) for m in members]
     return [len(r.data) for r in results], [r.rebuilt for r in results if r.rebuilt is not None]
 
 
 def measure_family(cfg: FamiliesConfig, family: str, members: list[dict[str, Any]],
                    base: StateDict | None, store: RecordStore, device: torch.device,
                    progress: bool) -> dict[str, Any]:
+    """A zoo model's family, scored by each member's accuracy on its own test set."""
+    def score(member: dict[str, Any], state: StateDict) -> float:
+        return evaluate_state(cfg.model, state, member["test"], device=device)[0]
+
+    def task(member: dict[str, Any]) -> Finetuner:
+        return make_finetuner(cfg.model, member["train"], device=device, seed=cfg.seed)
+
+    made_by = {k: v for k, v in asdict(cfg).items()
+               if k != "tolerance" and not k.startswith(("snrs_", "task_"))}
+    return measure_members(family, members, base, methods(cfg, family), store,
+                           made_by=made_by, score=score, task=task, tolerance=cfg.tolerance,
+                           device=device, seed=cfg.seed, progress=progress, score_key="accuracy")
+
+
+def measure_members(family: str, members: list[dict[str, Any]], base: StateDict | None,
+                    ways: list[tuple[str, str, dict[str, Any]]], store: RecordStore, *,
+                    made_by: dict[str, Any], score: Score, task: Task, tolerance: float,
+                    device: torch.device, seed: int, progress: bool,
+                    score_key: str) -> dict[str, Any]:
+    """Code `members` every way of `ways` ((how, codec, settings); `base` is the receiver's
+    model, which `base` codings and a series start from) and score each rebuilt member against
+    its original (`score`, higher is better); a way passes when no member loses more than
+    `tolerance`. Records in `store`, keyed by what made the members (`made_by`) and the way."""
     states = [m["state"] for m in members]
-    originals = [evaluate_state(cfg.model, m["state"], m["test"], device=device)[0]
-                 for m in members]
+    originals = [score(m, m["state"]) for m in members]
     orig_bytes = [sum(t.numel() * t.element_size() for t in s.values()) for s in states]
     info: dict[str, Any] = {
-        "members": [{"label": m["label"], "accuracy": a, "orig_bytes": b}
+        "members": [{"label": m["label"], score_key: a, "orig_bytes": b}
                     for m, a, b in zip(members, originals, orig_bytes, strict=True)],
         "runs": [],
     }
     if base is not None:
-        info["base_accuracy"] = [evaluate_state(cfg.model, base, m["test"], device=device)[0]
-                                 for m in members]
-    made_by = {k: v for k, v in asdict(cfg).items()
-               if k != "tolerance" and not k.startswith(("snrs_", "task_"))}
+        info[f"base_{score_key}"] = [score(m, base) for m in members]
     ident = config_hash({"family": family, "members": made_by, "torch": torch.__version__,
                          "weights": [base_sha256(s) for s in states]})
-    for how, codec, settings in methods(cfg, family):
+    for how, codec, settings in ways:
         # Keyed by every resolved setting: a codec whose default changes is measured again.
         resolved = make_codec(codec, **settings).settings_json()
         key = config_hash({"family": ident, "how": how, "codec": codec, "settings": resolved})
         rec = store.get(key)
         if rec is None:
-            ctx = CodecContext(device=device, seed=cfg.seed, progress=progress,
+            ctx = CodecContext(device=device, seed=seed, progress=progress,
                                label=f"{family} {how} {codec}")
             t0 = time.perf_counter()
-            sizes, rebuilt = code_family(cfg, how, codec, settings, members, base, ctx)
-            accs = [evaluate_state(cfg.model, r, m["test"], device=device)[0]
-                    for r, m in zip(rebuilt, members, strict=True)]
+            sizes, rebuilt = code_family(how, codec, settings, members, base, ctx, task)
+            scores = [score(m, r) for r, m in zip(rebuilt, members, strict=True)]
             rec = {"how": how, "codec": codec, "settings": settings, "bytes": sizes,
-                   "total_bytes": sum(sizes), "accuracy": accs,
-                   "max_drop": max(o - a for o, a in zip(originals, accs, strict=True)),
+                   "total_bytes": sum(sizes), score_key: scores,
+                   "max_drop": max(o - a for o, a in zip(originals, scores, strict=True)),
                    "data": get_codec_class(codec).uses_task,
                    "compress_s": time.perf_counter() - t0, "git_revision": git_revision()}
             store.put(key, rec)
-        rec["ok"] = rec["max_drop"] <= cfg.tolerance
+        rec["ok"] = rec["max_drop"] <= tolerance
         info["runs"].append(rec)
     info["summary"] = summarize(info, sum(orig_bytes))
     return info
@@ -271,26 +291,33 @@ def summarize(info: dict[str, Any], orig_total: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ the report
 
 
+# How a family's scores read (`results["metric"]`; a results file without one is the zoo's).
+ACCURACY = {"key": "accuracy", "name": "accuracy", "digits": 2, "unit": "%",
+            "lost": "points", "command": "python -m vaecompress.experiments.families"}
+
+
 def render(results: dict[str, Any]) -> str:
     """families.md, drawn from families.json alone."""
     env, cfg = results["environment"], results["config"]
+    metric = results.get("metric", ACCURACY)
+    key, digits, unit = metric["key"], metric["digits"], metric["unit"]
     lines = [
         "# Families of models",
         "",
-        f"Made by `python -m vaecompress.experiments.families` at git revision "
+        f"Made by `{metric['command']}` at git revision "
         f"`{env['git_revision']}` ({env['time_utc']}, torch {env['torch']}, "
         f"{env['torch_threads']} thread(s), {env['device']}); model `{cfg['model']}`, "
-        f"seed {cfg['seed']}. A run passes when every member keeps its accuracy within "
-        f"{cfg['tolerance']} points of the member it replaces; bytes are everything that "
-        "rebuilds the members given the base (the base itself is not counted).",
+        f"seed {cfg['seed']}. A run passes when every member keeps its {metric['name']} within "
+        f"{cfg['tolerance']} {metric['lost']} of the member it replaces; bytes are everything "
+        "that rebuilds the members given the base (the base itself is not counted).",
     ]
     for family, info in results["families"].items():
         members = info["members"]
         lines += ["", f"## {family}", "",
                   "Members: " + ", ".join(
-                      f"{m['label']} ({m['accuracy']:.2f}%"
-                      + (f", base {b:.2f}%" if b is not None else "") + ")"
-                      for m, b in zip(members, info.get("base_accuracy")
+                      f"{m['label']} ({m[key]:.{digits}f}{unit}"
+                      + (f", base {b:.{digits}f}{unit}" if b is not None else "") + ")"
+                      for m, b in zip(members, info.get(f"base_{key}")
                                       or [None] * len(members), strict=True))
                   + f"; {info['summary']['orig_bytes']:,} B as float32.", "",
                   "| coded | codec | data | settings | bytes | ratio | max drop | passes |",
@@ -301,7 +328,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {r['how']} | {r['codec']} | {'task' if r['data'] else '-'} | {settings} | "
                 f"{r['total_bytes']:,} | "
                 f"{info['summary']['orig_bytes'] / r['total_bytes']:.1f}x | "
-                f"{r['max_drop']:.2f} | {'yes' if r['ok'] else 'no'} |")
+                f"{r['max_drop']:.{digits}f} | {'yes' if r['ok'] else 'no'} |")
         s = info["summary"]
         for c in s["comparisons"]:
             a, f = c["alone"], c["family"]
@@ -315,7 +342,7 @@ def render(results: dict[str, Any]) -> str:
         if "bitdelta" in s:
             b = s["bitdelta"]
             lines += ["", f"bitdelta (1 bit a weight, data-free): {b['total_bytes']:,} B, "
-                      f"up to {b['max_drop']:.2f} points lost"
+                      f"up to {b['max_drop']:.{digits}f} {metric['lost']} lost"
                       + (f"; {b['vs_best_family']:.2f}x the bytes of the smallest passing "
                          "family coding." if b["vs_best_family"] else ".")]
     return "\n".join(lines) + "\n"

@@ -175,6 +175,11 @@ class SentenceTask:
             self._eval_sets[name] = EvalSet(name, sentences, batches, ref, nearest_neighbours(ref))
         return self._eval_sets[name]
 
+    def batch(self, sentences: list[str], index: list[int]) -> Batch:
+        """One batch of `sentences`, tokenized as the model's own tokenizer does, on the task's
+        device; `index` their positions in their set."""
+        return self._tokenize(sentences, index)
+
     def _tokenize(self, sentences: list[str], index: list[int]) -> Batch:
         enc = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_len,
                              return_tensors="pt")
