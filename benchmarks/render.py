@@ -248,16 +248,16 @@ def family_tables(path: Path) -> list[str]:
     r = json.loads(path.read_text())
     rows = []
     for x in r["rows"]:
-        row = [f"{x['how']}", f"`{x['codec']}` " + ", ".join(f"{k}={v}" for k, v in
-                                                          x["settings"].items()),
-               f"{x['file_bytes']:,}", f"{x['table_bytes']:,}",
+        row = [x.get("family", "fine-tunes"), f"{x['how']}",
+               f"`{x['codec']}` " + ", ".join(f"{k}={v}" for k, v in x["settings"].items()),
+               f"{x['file_bytes']:,} ({x.get('members', 3)})", f"{x['table_bytes']:,}",
                f"{100 * x['table_share']:.1f}%", f"{100 * x['shared_prior_saves_at_most']:.1f}%"]
         sh = x.get("shared")
         if sh is not None:
             row += [f"{sh['prior_bytes']:,} + {sum(sh['member_bytes']):,} = "
                     f"{sh['total_bytes']:,}", f"**{100 * sh['saving']:+.1f}%**"]
         rows.append(row)
-    head = ["coded", "codec", "bytes (3 members)", "of which tables", "tables' share",
+    head = ["family", "coded", "codec", "bytes (members)", "of which tables", "tables' share",
             "a shared prior saves at most"]
     if any("shared" in x for x in r["rows"]):
         head += ["with the shared prior: prior + members", "saved"]
