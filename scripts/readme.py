@@ -63,6 +63,14 @@ MINILM_DATAFREE = (
 )
 DEFAULT = ("results/default/default.md",
            "python benchmarks/default_codec.py --out results/default")
+FAMILIES = (  # (results file, the command that made it)
+    ("results/families/families.json",
+     "python -m vaecompress.experiments.families --out results/families"),
+    ("results/families-cnn/families.json",
+     "python -m vaecompress.experiments.families --model cnn --out results/families-cnn"),
+    ("results/families-minilm/families.json",
+     "python -m vaecompress.experiments.families_minilm --out results/families-minilm"),
+)
 
 
 def _load(root: Path, rel: str) -> dict[str, Any] | None:
@@ -341,6 +349,52 @@ def _speed_section(main_cmd: dict[str, Any] | None, start: dict[str, Any] | None
             ""]
 
 
+def _coding(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "none passes"
+    settings = ", ".join(f"{k}={v}" for k, v in c["settings"].items())
+    return (f"`{c['codec']}`{f' {settings}' if settings else ''}: {c['total_bytes']:,} B "
+            f"({c['ratio']:.1f}x)")
+
+
+def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]:
+    """One table for every family results file: the smallest passing coding of the members
+    alone and as a family (against the base, or as a series), data-free and with the task."""
+    out = ["### Families of models: fine-tunes against their base, a run's checkpoints", "",
+           "Every byte that rebuilds the members given the base (the base itself is not "
+           "counted); a coding passes when every member stays within the tolerance of the "
+           "member it replaces (MNIST: 0.5 point of accuracy on the member's own test set; "
+           "MiniLM: a mean cosine of 0.999 on the held-out Austen text). Ratios are over the "
+           "members' float32 bytes. What `--base`, series and shared priors are: "
+           "[`docs/families.md`](docs/families.md).", ""]
+    rows = []
+    for res, _rel, _cmd in found:
+        model = res["config"]["model"]
+        minilm = res.get("metric", {}).get("key") == "cos_mean"
+        lost = ("mean cosine down by up to {:.5f}" if minilm
+                else "loses up to {:.2f} points")
+        for family, info in res["families"].items():
+            comps = {c["codecs"]: c for c in info["summary"]["comparisons"]}
+            for label, c in comps.items():
+                bd = info["summary"].get("bitdelta")
+                rows.append(
+                    f"| {model} | {family} ({len(info['members'])}) | {label} | "
+                    f"{_coding(c['alone'])} | {_coding(c['family'])} | "
+                    + (f"**{c['family_vs_alone']:.2f}x**" if c["family_vs_alone"] else "-")
+                    + " | "
+                    + (f"{bd['total_bytes']:,} B, " + lost.format(bd["max_drop"])
+                       if bd and label.startswith("data-free") else "")
+                    + " |")
+    out += ["| model | family (members) | codecs | smallest passing alone | smallest passing "
+            "as a family | family vs alone | bitdelta (1 bit a weight) |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+    for res, rel, cmd in found:
+        out.append(f"- {res['config']['model']}: [`{rel}`]({rel}) (tables: "
+                   f"[`{rel.replace('.json', '.md')}`]({rel.replace('.json', '.md')})), made "
+                   f"by `{cmd}` at git `{res['environment']['git_revision']}`.")
+    return [*out, ""]
+
+
 def render(root: Path = ROOT) -> str:
     parts: list[str] = []
     datafree = _load(root, DATAFREE[0])
@@ -360,6 +414,9 @@ def render(root: Path = ROOT) -> str:
         abl_mini = _load(root, MINILM_ABLATION[0])
         if abl_mini is not None:
             parts += _warm_ablation_section(abl_mini, mini, _load(root, MINILM_DATAFREE[0]))
+    found = [(res, rel, cmd) for rel, cmd in FAMILIES if (res := _load(root, rel)) is not None]
+    if found:
+        parts += _families_section(found)
     parts += _speed_section(*(_load(root, rel) for rel in SPEED))
     for rel, cmd in (REPRODUCE, QUICK):
         res = _load(root, rel)
