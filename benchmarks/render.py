@@ -264,6 +264,42 @@ def family_tables(path: Path) -> list[str]:
     return [_source(path, r), "", *_table(head, rows)]
 
 
+def probe_target(path: Path) -> list[str]:
+    r = json.loads(path.read_text())
+    rows, limits = [], []
+    for m in r["models"]:
+        pts = sorted(m["points"], key=lambda x: x["snr"])
+        ok = [x["acc_drop"] <= 0.1 for x in pts]
+        coarsest = next((pts[i] for i in range(len(pts)) if all(ok[i:])), None)
+        failing = [x for x, good in zip(pts, ok, strict=True) if not good]
+        fewest = min(failing, key=lambda x: x["probe_flips"]) if failing else None
+        if fewest is not None:
+            limits.append((fewest["probe_flips"], m["model"], fewest["snr"]))
+        rows.append([m["model"], "yes" if m["tuned_on"] else "no",
+                     f"{100 * m['probe_top_class_share']:.0f}%",
+                     f"{coarsest['snr']:g} dB" if coarsest else "-",
+                     f"{100 * coarsest['probe_flips']:.2f}%" if coarsest else "-",
+                     (f"{100 * fewest['probe_flips']:.2f}% ({fewest['snr']:g} dB, "
+                      f"{fewest['acc_drop']:+.2f})") if fewest else "-",
+                     f"{100 * pts[-1]['probe_flips']:.2f}%"])
+    head = ["model", "tuned on", "probe images in the top class", "coarsest SNR within 0.1 "
+            "point (and every finer one)", "probe flips there",
+            "fewest probe flips losing more than 0.1 point (SNR, drop)",
+            f"probe flips at {r['snrs'][-1]:g} dB"]
+    out = [_source(path, r), "", *_table(head, rows)]
+    if limits:
+        flips, model, snr = min(limits)
+        passing = [(100 * p["probe_flips"], m["model"]) for m in r["models"]
+                   for p in m["points"] if p["acc_drop"] <= 0.1]
+        above = [(f, name) for f, name in passing if f > 100 * flips]
+        out += ["", f"A threshold on the probe's flips that stops every model before it loses "
+                f"more than 0.1 point must lie under {100 * flips:.2f}% ({model} at {snr:g} dB); "
+                f"{len(above)} of the {len(passing)} points that lose no more than 0.1 point "
+                "flip more than that on the probe"
+                + (f" (up to {max(above)[0]:.1f}%, {max(above)[1]})" if above else "") + "."]
+    return out
+
+
 def sharded_memory(path: Path) -> list[str]:
     r = json.loads(path.read_text())
     rows = []
@@ -299,6 +335,7 @@ BLOCKS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     "warm_memory": ("warm_memory.json", warm_memory),
     "family_tables": ("family_tables.json", family_tables),
     "sharded_memory": ("sharded_memory.json", sharded_memory),
+    "probe_target": ("probe_target.json", probe_target),
 }
 
 
