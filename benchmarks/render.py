@@ -297,6 +297,13 @@ def probe_target(path: Path) -> list[str]:
                 f"{len(above)} of the {len(passing)} points that lose no more than 0.1 point "
                 "flip more than that on the probe"
                 + (f" (up to {max(above)[0]:.1f}%, {max(above)[1]})" if above else "") + "."]
+        finest = [m["model"] for m in r["models"]
+                  if max(m["points"], key=lambda x: x["snr"])["probe_flips"] >= flips]
+        out += ["", f"Under that threshold, {len(finest)} of the {len(r['models'])} models "
+                f"({', '.join(finest)}) would need more than {r['snrs'][-1]:g} dB, the default's "
+                "own fidelity, while each keeps its accuracy from "
+                + ", ".join(f"{row[3]}" for row in rows if row[0] in finest)
+                + ": the probe's flips do not measure what the accuracy loses."]
     return out
 
 

@@ -207,3 +207,34 @@ def test_save_writes_a_file_that_decodes_with_its_base(tmp_path: Path) -> None:
     save(res, tmp_path / "m.vaec")
     assert res.rebuilt is not None
     assert torch.equal(decompress_file(tmp_path / "m.vaec", base=base)["w"], res.rebuilt["w"])
+
+
+def test_a_change_lost_under_the_weights_snr_is_measured_and_said(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fine-tune whose change is smaller than the error the weights may take comes back as its
+    base at the weights' SNR; the change's own SNR says so, and the command line warns."""
+    torch.manual_seed(0)
+    base = {"w": torch.randn(64, 64), "b": torch.randn(64)}
+    small = _fine_tune(base, scale=1e-3)  # 60 dB under the weights
+    lost = compress(small, "vae-rd-free", base=base, snr=30.0)
+    assert lost.fidelity["snr_db"] >= 30.0  # the weights' target is met...
+    assert lost.rebuilt is not None and torch.equal(lost.rebuilt["w"], base["w"])
+    assert abs(lost.fidelity["change_snr_db"]) < 1e-6  # ...and the whole change is lost: 0 dB
+    kept = compress(small, "int8", base=base)
+    assert kept.fidelity["change_snr_db"] > 20.0
+    assert compress(small, "zstd", base=base).fidelity["change_snr_db"] == float("inf")
+    assert "change_snr_db" not in compress(small, "vae-rd-free", snr=30.0).fidelity  # alone
+    paths = {}
+    for name, state in (("base", base), ("model", small)):
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_file(state, str(paths[name]))
+    out = tmp_path / "m.vaec"
+    for args, warned in ((["--snr", "30"], True), (["--snr", "90"], False)):
+        assert main(["compress", str(paths["model"]), "-o", str(out), "--base",
+                     str(paths["base"]), "--quiet", *args]) == 0
+        printed = capsys.readouterr().out
+        assert "the change from the base kept at SNR" in printed
+        assert ("warning: most of the change from the base is lost" in printed) == warned
+    assert main(["compress", str(paths["model"]), "-o", str(out), "--base", str(paths["base"]),
+                 "--quiet", "--snr", "30", "--json"]) == 0
+    assert '"change_snr_db": 0.0' in capsys.readouterr().out

@@ -144,3 +144,23 @@ def test_cli_series_from_a_folder_and_a_list(tmp_path: Path,
     assert main(["compress", files[0], "-o", str(single), "--codec", "int8", "--quiet"]) == 0
     assert main(["decompress", str(single), "-o", str(rebuilt), "--member", "0"]) == 2
     assert "not a checkpoint series" in _err_line(capsys)
+
+
+def test_the_series_command_warns_when_checkpoints_collapse_onto_the_one_before(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Late checkpoints that differ from the one before by less than the error the weights may
+    take are coded as zeros: rebuilt as the one before. The command says so, member by member."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 32, generator=g)
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for k in range(3):
+        save_file({"w": w + 1e-4 * k * torch.randn(32, 32, generator=g)},
+                  str(folder / f"step-{k}.safetensors"))
+    out = tmp_path / "run.vaec"
+    for snr, warned in (("20", True), ("110", False)):
+        assert main(["compress", str(folder), "-o", str(out), "--snr", snr, "--quiet"]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("the change from its base kept at SNR") == 2  # members 1 and 2
+        assert ("warning: most of the change from the checkpoint before is lost in 2 of 3 "
+                "checkpoints (step-1, step-2)" in printed) == warned

@@ -41,7 +41,7 @@ from vaecompress.codecs import DEFAULT_CODEC, LOSSLESS_CODEC
 from vaecompress.codecs.base import Codec, CodecContext, get_codec_class, make_codec
 from vaecompress.errors import FormatError, UserError
 from vaecompress.family import delta
-from vaecompress.fidelity import weights_fidelity
+from vaecompress.fidelity import change_fidelity, weights_fidelity
 from vaecompress.files import atomic_write_all, check_outputs, read_file
 from vaecompress.format import Container, as_read, dumps, loads
 from vaecompress.format.header import DTYPE_ITEMSIZE, MAX_NAME_CHARS, MAX_RANK
@@ -212,9 +212,12 @@ def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecCo
         raise RuntimeError(f"{codec.name} rebuilt non-finite weights from finite ones")
     enc.container.meta[DECODED_KEY] = decoded_record(rebuilt, exact=codec.exact_decode)
     data = dumps(enc.container)
+    fidelity = weights_fidelity(state, rebuilt)
+    if base is not None:  # and of the change from the base, which the weights' SNR can hide
+        fidelity |= change_fidelity(state, base, rebuilt, delta.paired(state, base))
     return CompressResult(
         data, enc.externals, account(enc.container, len(data)), elapsed, enc.report, rebuilt,
-        codec=codec.name, fidelity=weights_fidelity(state, rebuilt),
+        codec=codec.name, fidelity=fidelity,
     )
 
 

@@ -7,6 +7,11 @@ errors summed over tensors (the data-free codec's own measure with its `relative
 `methods.rd.allocate`: the errors of the layers add up along the network), and the worst tensor is
 named, so that one destroyed layer is never hidden by many exact ones.
 
+A model coded against a base (`--base`) is also measured against its change from the base
+(`change_fidelity`): a codec may keep the weights within its SNR and still lose the change,
+when the change is smaller than the error the weights may take, and then the rebuilt model is
+the base, not the fine-tune.
+
 Boundary: tensors in, numbers out.
 """
 
@@ -50,6 +55,27 @@ def weights_fidelity(orig: Mapping[str, torch.Tensor],
             "worst_snr_db": snr_db(rel[worst]), "exact": exact}
 
 
+# Under this SNR of the change from the base, most of the change's energy is lost (at 3 dB the
+# error holds half of it; a change coded as zeros is 0 dB): `describe` warns.
+CHANGE_WARN_DB = 3.0
+
+
+def change_fidelity(orig: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
+                    rebuilt: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, Any]:
+    """{"change_snr_db"}: `|w - b|^2 / |w_hat - w|^2` pooled over the tensors `names` (those
+    coded as a change from the base `b`), in dB; inf where nothing was lost, -inf (no
+    change at all, something lost) as the worst case."""
+    noise = change = 0.0
+    for k in names:
+        n, _ = _noise_and_energy(orig[k], rebuilt[k])
+        d, _ = _noise_and_energy(orig[k], base[k])
+        noise += n
+        change += d
+    if noise == 0.0:
+        return {"change_snr_db": math.inf}
+    return {"change_snr_db": (10.0 * math.log10(change / noise)) if change > 0 else -math.inf}
+
+
 def combined(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The `weights_fidelity` of a model from those of its disjoint parts (the shards of a
     folder, coded one at a time): the relative errors add up over tensors, so the parts'
@@ -79,11 +105,20 @@ def _noise_and_energy(w: torch.Tensor, rebuilt: torch.Tensor) -> tuple[float, fl
 
 
 def describe(fid: Mapping[str, Any]) -> str:
-    """One line for a person: the model's SNR and its worst tensor's."""
+    """For a person: the model's SNR and its worst tensor's; against a base, the SNR of the
+    change from it, and a second line, a warning, when most of the change is lost."""
     if fid.get("exact"):
         return "weights rebuilt exactly"
-    return (f"weights SNR {_db(fid['snr_db'])} (relative errors summed over tensors), worst "
+    line = (f"weights SNR {_db(fid['snr_db'])} (relative errors summed over tensors), worst "
             f"tensor '{fid['worst_tensor']}' {_db(fid['worst_snr_db'])}")
+    change = fid.get("change_snr_db")
+    if change is None:
+        return line
+    line += f"; the change from the base kept at SNR {_db(change)}"
+    if change < CHANGE_WARN_DB:
+        line += ("\nwarning: most of the change from the base is lost (the rebuilt model is "
+                 "close to the base, not to the model given): a finer fidelity (--snr) keeps it")
+    return line
 
 
 def _db(x: float) -> str:

@@ -272,6 +272,7 @@ def _fidelity_json(res: Any) -> dict[str, Any]:
     def finite(x: Any) -> Any:
         return None if isinstance(x, float) and math.isinf(x) else x
 
+    change = {"change_snr_db": finite(f["change_snr_db"])} if "change_snr_db" in f else {}
     return {"weights_snr_db": finite(f.get("snr_db")), "worst_tensor": f.get("worst_tensor"),
-            "worst_snr_db": finite(f.get("worst_snr_db")), "exact": f.get("exact"),
+            "worst_snr_db": finite(f.get("worst_snr_db")), "exact": f.get("exact"), **change,
             "fallback": res.fallback}

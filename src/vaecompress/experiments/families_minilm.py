@@ -66,7 +66,12 @@ class MiniLMFamiliesConfig:
     lrs: tuple[float, ...] = (1e-5, 3e-5)  # one fine-tune run each; the first gives the checkpoints
     crop: tuple[float, float] = (0.3, 0.6)  # each view: a span of this share of the words
     temperature: float = 0.05
-    snrs: tuple[float, ...] = (16.0, 20.0, 24.0, 27.0, 30.0)  # vae-rd-free, every way of coding
+    # vae-rd-free: coded alone, and as a change from the base or from the checkpoint before,
+    # where the weights' SNR must be far finer: a fine-tune's change is smaller than the error
+    # the weights take at 30 dB, and coded as zeros the members are rebuilt as the base
+    snrs_alone: tuple[float, ...] = (16.0, 20.0, 24.0, 27.0, 30.0)
+    snrs_delta: tuple[float, ...] = (16.0, 20.0, 24.0, 27.0, 30.0, 36.0, 42.0, 48.0, 54.0,
+                                     60.0)
     tolerance: float = 0.001  # of the mean cosine to the member it replaces
     seed: int = 0
 
@@ -155,16 +160,20 @@ def run(cfg: MiniLMFamiliesConfig, out: Path, *, device: torch.device, progress:
 
     runs = [fine_tune_run(task, base, cfg, lr, cfg.seed + i, progress)
             for i, lr in enumerate(cfg.lrs)]
-    free = [("vae-rd-free", {"snr": snr}) for snr in cfg.snrs]
-    alone = [("alone", c, s) for c, s in [("int8", {}), *free]]
+    def free(snrs: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
+        return [("vae-rd-free", {"snr": snr}) for snr in snrs]
+
+    alone = [("alone", c, s) for c, s in [("int8", {}), *free(cfg.snrs_alone)]]
     ways = {
         "checkpoints": alone + [("series", c, s) for c, s in
-                                [("zstd", {}), ("int8", {}), *free]],
+                                [("zstd", {}), ("int8", {}), *free(cfg.snrs_delta)]],
         "fine-tunes": alone + [("base", c, s) for c, s in
-                               [("zstd", {}), ("int8", {}), ("bitdelta", {}), *free]],
+                               [("zstd", {}), ("int8", {}), ("bitdelta", {}),
+                                *free(cfg.snrs_delta)]],
     }
     members = {"checkpoints": runs[0], "fine-tunes": [r[-1] for r in runs]}
-    made_by = {k: v for k, v in asdict(cfg).items() if k not in ("tolerance", "snrs")}
+    made_by = {k: v for k, v in asdict(cfg).items()
+               if k != "tolerance" and not k.startswith("snrs")}
     results: dict[str, Any] = {"environment": environment(device, cfg.seed),
                                "config": asdict(cfg), "metric": METRIC, "families": {}}
     for family in families:

@@ -50,6 +50,7 @@ def compress_series_command(args: argparse.Namespace, files: list[Path],
                             settings: dict[str, Any]) -> int:
     from vaecompress.codecs import CodecContext, make_codec
     from vaecompress.family.series import compress_series
+    from vaecompress.fidelity import CHANGE_WARN_DB
     from vaecompress.files import atomic_write_bytes, check_outputs
     from vaecompress.io import load_weights_file
     from vaecompress.runinfo import resolve_device
@@ -78,8 +79,18 @@ def compress_series_command(args: argparse.Namespace, files: list[Path],
     print(f"{args.output}: {len(files)} checkpoints, {res.orig_bytes:,} B -> {len(res.data):,} B"
           f" (ratio {res.ratio:.1f}x, {codec}, each against the previous rebuilt one)"
           f"   [{res.compress_s:.1f} s]")
+    lost = []
     for lab, m, e in zip(res.labels, res.members, errors, strict=True):
-        print(f"  {lab}: {len(m.data):,} B, relative RMS error {e:.2e}")
+        change = m.fidelity.get("change_snr_db")
+        kept = "" if change is None else f", the change from its base kept at SNR {change:.1f} dB"
+        print(f"  {lab}: {len(m.data):,} B, relative RMS error {e:.2e}{kept}")
+        if change is not None and change < CHANGE_WARN_DB:
+            lost.append(lab)
+    if lost:
+        print(f"warning: most of the change from the checkpoint before is lost in {len(lost)} "
+              f"of {len(files)} checkpoints ({', '.join(lost[:5])}"
+              f"{', ...' if len(lost) > 5 else ''}): they are rebuilt close to the checkpoint "
+              "before them, not to themselves; a finer fidelity (--snr) keeps the change")
     return 0
 
 
