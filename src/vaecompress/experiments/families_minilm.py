@@ -70,8 +70,8 @@ class MiniLMFamiliesConfig:
     # where the weights' SNR must be far finer: a fine-tune's change is smaller than the error
     # the weights take at 30 dB, and coded as zeros the members are rebuilt as the base
     snrs_alone: tuple[float, ...] = (16.0, 20.0, 24.0, 27.0, 30.0)
-    snrs_delta: tuple[float, ...] = (16.0, 20.0, 24.0, 27.0, 30.0, 36.0, 42.0, 48.0, 54.0,
-                                     60.0)
+    snrs_delta: tuple[float, ...] = (16.0, 20.0, 24.0, 27.0, 30.0, 36.0, 39.0, 42.0, 45.0,
+                                     48.0, 54.0, 60.0)
     tolerance: float = 0.001  # of the mean cosine to the member it replaces
     seed: int = 0
 
