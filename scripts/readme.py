@@ -23,6 +23,7 @@ from vaecompress.experiments.bench_report import (
     write_ablation_table,
     write_summary_table,
 )
+from vaecompress.experiments.families import comparisons
 from vaecompress.experiments.prose import honest_finding
 from vaecompress.experiments.report import ours_table
 from vaecompress.experiments.selection import select
@@ -374,7 +375,7 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
         lost = ("mean cosine down by up to {:.5f}" if minilm
                 else "loses up to {:.2f} points")
         for family, info in res["families"].items():
-            comps = {c["codecs"]: c for c in info["summary"]["comparisons"]}
+            comps = {c["codecs"]: c for c in comparisons(info)}
             for label, c in comps.items():
                 bd = info["summary"].get("bitdelta")
                 rows.append(

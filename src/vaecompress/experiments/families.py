@@ -309,7 +309,7 @@ def render(results: dict[str, Any]) -> str:
         f"`{env['git_revision']}` ({env['time_utc']}, torch {env['torch']}, "
         f"{env['torch_threads']} thread(s), {env['device']}); model `{cfg['model']}`, "
         f"seed {cfg['seed']}. A run passes when every member keeps its {metric['name']} within "
-        f"{cfg['tolerance']} {metric['lost']} of the member it replaces; bytes are everything "
+        f"{cfg['tolerance']}{_unit(metric)} of the member it replaces; bytes are everything "
         "that rebuilds the members given the base (the base itself is not counted).",
     ]
     for family, info in results["families"].items():
@@ -331,7 +331,7 @@ def render(results: dict[str, Any]) -> str:
                 f"{info['summary']['orig_bytes'] / r['total_bytes']:.1f}x | "
                 f"{r['max_drop']:.{digits}f} | {'yes' if r['ok'] else 'no'} |")
         s = info["summary"]
-        for c in s["comparisons"]:
+        for c in comparisons(info):
             a, f = c["alone"], c["family"]
             lines += ["", f"Smallest passing, {c['codecs']}: alone "
                       + (f"{_short(a)} {a['total_bytes']:,} B" if a else "none")
@@ -343,10 +343,21 @@ def render(results: dict[str, Any]) -> str:
         if "bitdelta" in s:
             b = s["bitdelta"]
             lines += ["", f"bitdelta (1 bit a weight, data-free): {b['total_bytes']:,} B, "
-                      f"up to {b['max_drop']:.{digits}f} {metric['lost']} lost"
+                      f"up to {b['max_drop']:.{digits}f}{_unit(metric)} lost"
                       + (f"; {b['vs_best_family']:.2f}x the bytes of the smallest passing "
                          "family coding." if b["vs_best_family"] else ".")]
     return "\n".join(lines) + "\n"
+
+
+def _unit(metric: dict[str, Any]) -> str:
+    return f" {metric['lost']}" if metric["lost"] else ""
+
+
+def comparisons(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary's comparisons worth showing: the one with the task-aware codec included
+    only where some coding used the task (else it repeats the data-free one)."""
+    data = any(r["data"] for r in info["runs"])
+    return [c for c in info["summary"]["comparisons"] if data or c["codecs"] == "data-free"]
 
 
 def _short(r: dict[str, Any]) -> str:
