@@ -60,6 +60,7 @@ from vaecompress.training.finetune import Finetuner
 from vaecompress.zoo.train import TrainConfig, preset_config, train_model
 
 TASKS = ("rotated", "noisy", "digits-0-4")
+FAMILIES = ("fine-tunes", "checkpoints")
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,15 @@ def write_report(out: Path) -> None:
 # ------------------------------------------------------------------ the command
 
 
+def requested(text: str) -> list[str]:
+    """The families a comma-separated `--families` names; UserError for another name."""
+    families = [f.strip() for f in text.split(",") if f.strip()]
+    for f in families:
+        if f not in FAMILIES:
+            raise UserError(f"unknown family '{f}' ({', '.join(FAMILIES)})")
+    return families
+
+
 def run(cfg: FamiliesConfig, out: Path, *, device: torch.device, data_dir: str | None,
         progress: bool, families: Sequence[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
@@ -418,10 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.report:
             write_report(out)
             return 0
-        families = [f.strip() for f in args.families.split(",") if f.strip()]
-        for f in families:
-            if f not in ("fine-tunes", "checkpoints"):
-                raise UserError(f"unknown family '{f}' (fine-tunes, checkpoints)")
+        families = requested(args.families)
         torch.set_num_threads(args.threads)
         cfg = replace(FamiliesConfig(), model=args.model, seed=args.seed)
         res = run(cfg, out, device=resolve_device(args.device), data_dir=args.data_dir,

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from vaecompress.errors import UserError
 from vaecompress.experiments.common import RecordStore
-from vaecompress.experiments.families import measure_members, render
+from vaecompress.experiments.families import measure_members, render, requested, write_report
 from vaecompress.files import atomic_write_json, atomic_write_text
 from vaecompress.io import StateDict
 from vaecompress.runinfo import auto_threads, environment, resolve_device
@@ -206,15 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     try:
         if args.report:
-            import json
-
-            atomic_write_text(out / "families.md",
-                              render(json.loads((out / "families.json").read_text())))
+            write_report(out)
             return 0
-        families = [f.strip() for f in args.families.split(",") if f.strip()]
-        for f in families:
-            if f not in ("checkpoints", "fine-tunes"):
-                raise UserError(f"unknown family '{f}' (checkpoints, fine-tunes)")
+        families = requested(args.families)
         if args.steps < 1 or not 1 <= args.every <= args.steps:
             raise UserError("--steps must be >= 1 and --every between 1 and --steps")
         auto_threads()
