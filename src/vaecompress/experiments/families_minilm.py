@@ -123,9 +123,9 @@ def fine_tune_run(task: Any, base: StateDict, cfg: MiniLMFamiliesConfig, lr: flo
             if progress:
                 print(f"fine-tune lr {lr:g}: step {step}/{cfg.steps}, loss {loss.item():.4f} "
                       f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    # in the base's order of names
+    # in the base's order of names and its dtypes (trained in float32)
     for m in kept:
-        m["state"] = {k: m["state"][k] for k in base}
+        m["state"] = {k: m["state"][k].to(base[k].dtype) for k in base}
     return kept
 
 
@@ -160,6 +160,7 @@ def run(cfg: MiniLMFamiliesConfig, out: Path, *, device: torch.device, progress:
 
     runs = [fine_tune_run(task, base, cfg, lr, cfg.seed + i, progress)
             for i, lr in enumerate(cfg.lrs)]
+
     def free(snrs: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
         return [("vae-rd-free", {"snr": snr}) for snr in snrs]
 
