@@ -57,6 +57,11 @@ def test_every_family_is_coded_every_way_and_reported(run: tuple[Path, dict]) ->
             assert r["ok"] == (r["max_drop"] <= TINY.tolerance)
             if r["codec"] == "zstd":  # lossless, alone, against the base or in a series
                 assert r["max_drop"] == 0
+            # the change's SNR of every member coded against a model, lossy (else None)
+            against = [r["how"] == "base" or (r["how"] == "series" and k > 0)
+                       for k in range(len(info["members"]))]
+            assert [c is not None for c in r["change_snr_db"]] == [
+                a and r["codec"] != "zstd" for a in against]
         assert len(info["summary"]["comparisons"]) == 2
     md = (out / "families.md").read_text()
     assert md == fam.render(saved)

@@ -176,8 +176,9 @@ Score = Callable[[dict[str, Any], StateDict], float]  # a member and a rebuilt s
 
 def code_family(how: str, codec: str, settings: dict[str, Any], members: list[dict[str, Any]],
                 base: StateDict | None, ctx: CodecContext,
-                task: Task) -> tuple[list[int], list[StateDict]]:
-    """(bytes of each member, each member rebuilt). A series counts its container's framing
+                task: Task) -> tuple[list[int], list[StateDict], list[float | None]]:
+    """(bytes of each member, each member rebuilt, the SNR in dB of each member's change from
+    what it was coded against: None alone or lossless). A series counts its container's framing
     with its first member (and codes it against `base` when there is one); a codec that trains
     on the task trains on each member's own (a series on its first member's: one run)."""
     states = [m["state"] for m in members]
@@ -185,13 +186,17 @@ def code_family(how: str, codec: str, settings: dict[str, Any], members: list[di
     if how == "series":
         if trains:
             ctx = replace(ctx, finetune=task(members[0]))
-        res = compress_series(states, codec, ctx=ctx, base=base, **settings)
-        sizes = [len(m.data) for m in res.members]
-        sizes[0] += len(res.data) - sum(sizes)
-        return sizes, [m.rebuilt for m in res.members if m.rebuilt is not None]
-    results = [compress(m["state"], codec, ctx=ctx, finetune=task(m) if trains else None,
-                        base=base if how == "base" else None, **settings) for m in members]
-    return [len(r.data) for r in results], [r.rebuilt for r in results if r.rebuilt is not None]
+        series = compress_series(states, codec, ctx=ctx, base=base, **settings)
+        results = series.members
+        sizes = [len(m.data) for m in results]
+        sizes[0] += len(series.data) - sum(sizes)
+    else:
+        results = [compress(m["state"], codec, ctx=ctx, finetune=task(m) if trains else None,
+                            base=base if how == "base" else None, **settings) for m in members]
+        sizes = [len(r.data) for r in results]
+    changes = [r.fidelity.get("change_snr_db") for r in results]
+    return (sizes, [r.rebuilt for r in results if r.rebuilt is not None],
+            [c if c is None or math.isfinite(c) else None for c in changes])
 
 
 def measure_family(cfg: FamiliesConfig, family: str, members: list[dict[str, Any]],
@@ -241,10 +246,11 @@ def measure_members(family: str, members: list[dict[str, Any]], base: StateDict 
             ctx = CodecContext(device=device, seed=seed, progress=progress,
                                label=f"{family} {how} {codec}")
             t0 = time.perf_counter()
-            sizes, rebuilt = code_family(how, codec, settings, members, base, ctx, task)
+            sizes, rebuilt, changes = code_family(how, codec, settings, members, base, ctx,
+                                                  task)
             scores = [score(m, r) for r, m in zip(rebuilt, members, strict=True)]
             rec = {"how": how, "codec": codec, "settings": settings, "bytes": sizes,
-                   "total_bytes": sum(sizes), score_key: scores,
+                   "total_bytes": sum(sizes), score_key: scores, "change_snr_db": changes,
                    "max_drop": max(o - a for o, a in zip(originals, scores, strict=True)),
                    "data": get_codec_class(codec).uses_task,
                    "compress_s": time.perf_counter() - t0, "git_revision": git_revision()}
