@@ -15,7 +15,7 @@ from vaecompress.experiments import families as fam
 TINY = fam.FamiliesConfig(tasks=("rotated", "digits-0-4"), finetune_epochs=1, run_epochs=1,
                           snrs_alone=(10.0,), snrs_delta=(10.0,), snrs_series=(10.0,),
                           task_epochs=0.05, task_lams_alone=(7.0,), task_lams_delta=(2.0,),
-                          task_lams_series=(4.0,))
+                          task_lams_series=(4.0,), nncodec_qps=(-20,))
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,10 @@ def test_every_family_is_coded_every_way_and_reported(run: tuple[Path, dict]) ->
         ("alone", "vae-rd-free"), ("alone", "vae-rd"), ("series", "vae-rd-free"),
         ("series", "vae-rd"), ("series", "zstd")}
     assert {r["how"] for r in ck["runs"]} == {"alone", "series"}
+    from vaecompress.codecs import REGISTRY
+
+    if REGISTRY["nncodec"].available() is None:  # the data-free peer, alone
+        assert ("alone", "nncodec") in {(r["how"], r["codec"]) for r in ft["runs"] + ck["runs"]}
     for info in (ft, ck):
         for r in info["runs"]:
             assert len(r["bytes"]) == len(r["accuracy"]) == len(info["members"])

@@ -12,8 +12,9 @@ download:
 - checkpoints: a fresh training run of the same architecture, its weights kept every half
   epoch; each checkpoint is measured on the MNIST test set.
 
-Each family is coded (a) member by member alone, by the data-free codecs of the bench and by the
-task-aware vae-rd (trained on each member's own task); (b) for the fine-tunes, against the base
+Each family is coded (a) member by member alone, by the data-free codecs of the bench (NNCodec
+at a sweep of qp when it is installed) and by the task-aware vae-rd (trained on each member's
+own task); (b) for the fine-tunes, against the base
 (`api.compress(base=...)`) by vae-rd-free (the default codec, closed form, at a sweep of
 fidelities), int8, zstd (lossless, on the XOR delta), bitdelta (BitDelta's 1-bit delta,
 data-free) and vae-rd; (c) for the checkpoints, as one series file (`family.series`), each
@@ -84,6 +85,9 @@ class FamiliesConfig:
     task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0, 10.0, 14.0)
     task_lams_delta: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
     task_lams_series: tuple[float, ...] = (2.0, 4.0, 5.5, 7.0, 10.0)
+    # NNCodec alone (every second qp step, from where the zoo's models keep their accuracy to
+    # past where they lose a point)
+    nncodec_qps: tuple[int, ...] = (-26, -24, -22, -20, -18, -16, -14, -12)
     tolerance: float = 0.5  # accuracy points every member may lose
     seed: int = 0
 
@@ -160,7 +164,10 @@ def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, 
         return [("vae-rd", {"lam": lam, "epochs": cfg.task_epochs}) for lam in lams]
 
     fixed: list[tuple[str, dict[str, Any]]] = [("zstd", {}), ("int8", {})]
-    alone = [("alone", c, s) for c, s in [*fixed, ("int4", {}), *free(cfg.snrs_alone),
+    # NNCodec, the data-free peer that beats vae-rd-free on some zoo models, when installed
+    peer = ([("nncodec", {"qp": qp}) for qp in cfg.nncodec_qps]
+            if get_codec_class("nncodec").available() is None else [])
+    alone = [("alone", c, s) for c, s in [*fixed, ("int4", {}), *free(cfg.snrs_alone), *peer,
                                           *task(cfg.task_lams_alone)]]
     if family == "checkpoints":
         return alone + [("series", c, s) for c, s in [*fixed, *free(cfg.snrs_series),
@@ -210,7 +217,7 @@ def measure_family(cfg: FamiliesConfig, family: str, members: list[dict[str, Any
         return make_finetuner(cfg.model, member["train"], device=device, seed=cfg.seed)
 
     made_by = {k: v for k, v in asdict(cfg).items()
-               if k != "tolerance" and not k.startswith(("snrs_", "task_"))}
+               if k != "tolerance" and not k.startswith(("snrs_", "task_", "nncodec_"))}
     return measure_members(family, members, base, methods(cfg, family), store,
                            made_by=made_by, score=score, task=task, tolerance=cfg.tolerance,
                            device=device, seed=cfg.seed, progress=progress, score_key="accuracy")
