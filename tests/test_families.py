@@ -55,6 +55,8 @@ def test_every_family_is_coded_every_way_and_reported(run: tuple[Path, dict]) ->
 
     if REGISTRY["nncodec"].available() is None:  # the data-free peer, alone
         assert ("alone", "nncodec") in {(r["how"], r["codec"]) for r in ft["runs"] + ck["runs"]}
+    for r in ft["runs"] + ck["runs"]:  # only the task-aware codec used the data
+        assert r["data"] == (r["codec"] == "vae-rd")
     for info in (ft, ck):
         for r in info["runs"]:
             assert len(r["bytes"]) == len(r["accuracy"]) == len(info["members"])

@@ -189,7 +189,7 @@ def code_family(how: str, codec: str, settings: dict[str, Any], members: list[di
     with its first member (and codes it against `base` when there is one); a codec that trains
     on the task trains on each member's own (a series on its first member's: one run)."""
     states = [m["state"] for m in members]
-    trains = get_codec_class(codec).uses_task
+    trains = get_codec_class(codec).method(settings)[1]  # these settings use the task
     if how == "series":
         if trains:
             ctx = replace(ctx, finetune=task(members[0]))
@@ -259,9 +259,10 @@ def measure_members(family: str, members: list[dict[str, Any]], base: StateDict 
             rec = {"how": how, "codec": codec, "settings": settings, "bytes": sizes,
                    "total_bytes": sum(sizes), score_key: scores, "change_snr_db": changes,
                    "max_drop": max(o - a for o, a in zip(originals, scores, strict=True)),
-                   "data": get_codec_class(codec).uses_task,
                    "compress_s": time.perf_counter() - t0, "git_revision": git_revision()}
             store.put(key, rec)
+        # whether the coding used the task's data: what the codec says of these settings
+        rec["data"] = get_codec_class(codec).method(settings)[1]
         rec["ok"] = rec["max_drop"] <= tolerance
         info["runs"].append(rec)
     info["summary"] = summarize(info, sum(orig_bytes))
