@@ -35,6 +35,7 @@ def test_a_crop_is_a_contiguous_span_of_the_share_asked() -> None:
     (["--families", "checkpoints,siblings"], "unknown family 'siblings'"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--steps", "10", "--every", "11"], "--every between 1 and --steps"),
+    (["--report"], "families.json does not exist"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, tmp_path,
                                                capsys: pytest.CaptureFixture[str]) -> None:

@@ -381,9 +381,17 @@ def _short(r: dict[str, Any]) -> str:
 
 
 def write_report(out: Path) -> None:
+    """Redraw `out/families.md` from `out/families.json`; UserError when there is none."""
     import json
 
-    results = json.loads((out / "families.json").read_text())
+    source = out / "families.json"
+    try:
+        results = json.loads(source.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{source} does not exist: run the families bench into {out} first") \
+            from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {source}: {e}") from None
     atomic_write_text(out / "families.md", render(results))
 
 
