@@ -101,8 +101,8 @@ def release_large_frees() -> bool:
     moving the threshold). By default glibc raises the threshold to the largest block freed so
     far (up to 32 MiB on 64-bit), so that after the first large tensors are freed the next ones
     come from the heap, and the heap keeps what a training step freed under what the next
-    step allocates. On MiniLM's warm-started `vae-rd` the peak is 25.0 bytes a parameter above
-    the loaded model with it and 37.6 without, the same bytes out
+    step allocates. On MiniLM's warm-started `vae-rd` the peak is 24.3 bytes a parameter above
+    the loaded model with it and 38.6 without, the same bytes out
     (`benchmarks/results/warm_memory.json`). Process-wide: the command line sets it when it
     starts; a program that uses the library may call it. Nothing where glibc is not the
     allocator, or where `MALLOC_MMAP_THRESHOLD_` is set (the user's choice). True when it was
