@@ -216,6 +216,9 @@ def test_compress_prints_what_the_weights_lost(tmp_path: Path, capsys) -> None: 
     (["--size", "0"], "--size must be more than 0"),
     (["--codec", "int8", "--snr", "30"], "has no setting 'snr'"),
     (["--set", "weighting=best"], "weighting must be one of"),
+    (["--set", "change_snr=-3"], "change_snr is a fidelity in dB"),
+    (["--set", "change_snr=nan"], "change_snr must be a number"),
+    (["--set", "change_snr=500"], "change_snr is a fidelity in dB"),
 ])
 def test_bad_knob_values_are_one_line_and_exit_2(tmp_path: Path, capsys, argv, message) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "m.safetensors"

@@ -103,11 +103,50 @@ def test_a_delta_is_weighed_against_the_model_tensor_by_tensor() -> None:
     base = {"moved": torch.randn(64, 64), "kept": torch.randn(64, 64)}
     model = {"moved": base["moved"] + 0.1 * torch.randn(64, 64),
              "kept": base["kept"] + 1e-4 * torch.randn(64, 64)}
-    res = compress(model, "vae-rd-free", base=base, snr=20.0)
+    res = compress(model, "vae-rd-free", base=base, snr=20.0, change_snr=0.0)
     assert 20.0 <= res.fidelity["snr_db"] <= 20.5
     assert res.rebuilt is not None
     assert torch.equal(res.rebuilt["kept"], base["kept"])  # its delta coded as all zeros
     assert not torch.equal(res.rebuilt["moved"], base["moved"])
+
+
+def test_by_default_the_change_keeps_a_fidelity_of_its_own() -> None:
+    """A change 60 dB under the weights, which the weights' 30 dB alone codes as zeros (the
+    test above), is kept by the default at `DEFAULT_CHANGE_SNR` of its own, measured as the
+    fidelity reports it (to 1e-3 dB: the rebuilt model adds the decoded change to the base in
+    the model's precision); the file is still far smaller than the model coded alone. A barely
+    moved tensor beside a moved one still costs nothing (the change's SNR is pooled), and a
+    change the weights' target keeps already is coded exactly as without the floor."""
+    from vaecompress.methods.rd.vae_rd_free import DEFAULT_CHANGE_SNR
+
+    torch.manual_seed(0)
+    base = {"w": torch.randn(64, 64), "b": torch.randn(64)}
+    small = _fine_tune(base, scale=1e-3)
+    res = compress(small, base=base)
+    assert res.codec == "vae-rd-free" and res.rebuilt is not None
+    assert res.fidelity["snr_db"] >= 30.0
+    assert DEFAULT_CHANGE_SNR - 1e-3 <= res.fidelity["change_snr_db"] <= DEFAULT_CHANGE_SNR + 1.0
+    assert res.report["change_snr_db"] == pytest.approx(res.fidelity["change_snr_db"], abs=1e-3)
+    assert len(res.data) < len(compress(small).data) / 2
+    rdoq = compress(small, "vae-rd-free", base=base, rounding="rdoq")
+    assert rdoq.fidelity["change_snr_db"] >= DEFAULT_CHANGE_SNR - 1e-3
+    assert compress(small, "vae-rd-free", base=base,
+                    change_snr=25.0).fidelity["change_snr_db"] >= 25.0 - 1e-3
+
+    mixed = {"moved": torch.randn(64, 64), "kept": torch.randn(64, 64)}
+    model = {"moved": mixed["moved"] + 1e-3 * torch.randn(64, 64),
+             "kept": mixed["kept"] + 1e-7 * torch.randn(64, 64)}
+    got = compress(model, base=mixed)
+    assert got.rebuilt is not None and got.fidelity["change_snr_db"] >= DEFAULT_CHANGE_SNR - 1e-3
+    assert torch.equal(got.rebuilt["kept"], mixed["kept"])
+    assert not torch.equal(got.rebuilt["moved"], mixed["moved"])
+
+    large = _fine_tune(base, scale=0.3)  # kept at far more than the floor by 30 dB alone
+    plain = compress(large, "vae-rd-free", base=base, change_snr=0.0)
+    floor = compress(large, base=base)
+    assert plain.fidelity["change_snr_db"] > DEFAULT_CHANGE_SNR + 3.0
+    assert plain.rebuilt is not None and floor.rebuilt is not None
+    assert all(torch.equal(plain.rebuilt[k], floor.rebuilt[k]) for k in large)
 
 
 def test_wrong_missing_and_unwanted_base_are_refused() -> None:
@@ -212,11 +251,12 @@ def test_save_writes_a_file_that_decodes_with_its_base(tmp_path: Path) -> None:
 def test_a_change_lost_under_the_weights_snr_is_measured_and_said(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A fine-tune whose change is smaller than the error the weights may take comes back as its
-    base at the weights' SNR; the change's own SNR says so, and the command line warns."""
+    base at the weights' SNR alone (`change_snr=0`); the change's own SNR says so, and the
+    command line warns. By default the change keeps its own target (the next test)."""
     torch.manual_seed(0)
     base = {"w": torch.randn(64, 64), "b": torch.randn(64)}
     small = _fine_tune(base, scale=1e-3)  # 60 dB under the weights
-    lost = compress(small, "vae-rd-free", base=base, snr=30.0)
+    lost = compress(small, "vae-rd-free", base=base, snr=30.0, change_snr=0.0)
     assert lost.fidelity["snr_db"] >= 30.0  # the weights' target is met...
     assert lost.rebuilt is not None and torch.equal(lost.rebuilt["w"], base["w"])
     assert abs(lost.fidelity["change_snr_db"]) < 1e-6  # ...and the whole change is lost: 0 dB
@@ -229,12 +269,13 @@ def test_a_change_lost_under_the_weights_snr_is_measured_and_said(
         paths[name] = tmp_path / f"{name}.safetensors"
         save_file(state, str(paths[name]))
     out = tmp_path / "m.vaec"
-    for args, warned in ((["--snr", "30"], True), (["--snr", "90"], False)):
+    for args, warned in ((["--snr", "30", "--set", "change_snr=0"], True),
+                         (["--snr", "90", "--set", "change_snr=0"], False), ([], False)):
         assert main(["compress", str(paths["model"]), "-o", str(out), "--base",
                      str(paths["base"]), "--quiet", *args]) == 0
         printed = capsys.readouterr().out
         assert "the change from the base kept at SNR" in printed
         assert ("warning: most of the change from the base is lost" in printed) == warned
     assert main(["compress", str(paths["model"]), "-o", str(out), "--base", str(paths["base"]),
-                 "--quiet", "--snr", "30", "--json"]) == 0
+                 "--quiet", "--snr", "30", "--set", "change_snr=0", "--json"]) == 0
     assert '"change_snr_db": 0.0' in capsys.readouterr().out

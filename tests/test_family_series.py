@@ -158,8 +158,10 @@ def test_the_series_command_warns_when_checkpoints_collapse_onto_the_one_before(
         save_file({"w": w + 1e-4 * k * torch.randn(32, 32, generator=g)},
                   str(folder / f"step-{k}.safetensors"))
     out = tmp_path / "run.vaec"
-    for snr, warned in (("20", True), ("110", False)):
-        assert main(["compress", str(folder), "-o", str(out), "--snr", snr, "--quiet"]) == 0
+    for args, warned in ((["--snr", "20", "--set", "change_snr=0"], True),
+                         (["--snr", "110", "--set", "change_snr=0"], False),
+                         (["--snr", "20"], False)):  # by default each change keeps its own SNR
+        assert main(["compress", str(folder), "-o", str(out), *args, "--quiet"]) == 0
         printed = capsys.readouterr().out
         assert printed.count("the change from its base kept at SNR") == 2  # members 1 and 2
         assert ("warning: most of the change from the checkpoint before is lost in 2 of 3 "

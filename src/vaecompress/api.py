@@ -195,7 +195,8 @@ def _compress_with(codec: Codec, state: Mapping[str, torch.Tensor], ctx: CodecCo
         settings = {f.name: getattr(codec.settings, f.name) for f in fields(codec.settings)}
         plan = delta.plan(type(codec), state, base, settings, ctx.finetune)
         codec = make_codec(codec.name, **plan.settings)
-        coded, ctx = plan.coded, replace(ctx, finetune=plan.finetune, reference=state)
+        coded, ctx = plan.coded, replace(ctx, finetune=plan.finetune, reference=state,
+                                         change=tuple(delta.paired(state, base)))
     enc = codec.encode(dict(coded), ctx)
     if meta:
         enc.container.meta.update(meta)

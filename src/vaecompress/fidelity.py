@@ -117,7 +117,8 @@ def describe(fid: Mapping[str, Any]) -> str:
     line += f"; the change from the base kept at SNR {_db(change)}"
     if change < CHANGE_WARN_DB:
         line += ("\nwarning: most of the change from the base is lost (the rebuilt model is "
-                 "close to the base, not to the model given): a finer fidelity (--snr) keeps it")
+                 "close to the base, not to the model given): a fidelity of the change's own "
+                 "keeps it (--set change_snr=DB, with the default codec)")
     return line
 
 

@@ -73,6 +73,9 @@ class CodecContext:
     # the model itself. A codec that weighs its error relative to the weights (vae-rd-free)
     # weighs it relative to the model's, not the delta's, and runs its probe on the model.
     reference: Mapping[str, torch.Tensor] | None = None
+    # With `reference`: the names of the tensors coded as their change from the base (the
+    # others the base lacks, or are integers); vae-rd-free holds the change to `change_snr`.
+    change: tuple[str, ...] = ()
 
 
 @dataclass

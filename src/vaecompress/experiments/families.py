@@ -155,10 +155,18 @@ def checkpoints(cfg: FamiliesConfig, train: MnistSplit, test: MnistSplit, device
 # ------------------------------------------------------------------ coding them
 
 
+def free_points(snrs: tuple[float, ...], delta: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """vae-rd-free at the weights' SNRs `snrs`; against a base (`delta`), with the change held
+    to nothing (a sweep of the weights' target alone), and the default besides (the change held
+    to its own `change_snr` too)."""
+    swept = [("vae-rd-free", {"snr": snr, **({"change_snr": 0.0} if delta else {})})
+             for snr in snrs]
+    return [*swept, ("vae-rd-free", {})] if delta else swept
+
+
 def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(how: alone | base | series, codec, settings) measured on a family."""
-    def free(snrs: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
-        return [("vae-rd-free", {"snr": snr}) for snr in snrs]
+    free = free_points
 
     def task(lams: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
         return [("vae-rd", {"lam": lam, "epochs": cfg.task_epochs}) for lam in lams]
@@ -170,10 +178,10 @@ def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, 
     alone = [("alone", c, s) for c, s in [*fixed, ("int4", {}), *free(cfg.snrs_alone), *peer,
                                           *task(cfg.task_lams_alone)]]
     if family == "checkpoints":
-        return alone + [("series", c, s) for c, s in [*fixed, *free(cfg.snrs_series),
+        return alone + [("series", c, s) for c, s in [*fixed, *free(cfg.snrs_series, True),
                                                       *task(cfg.task_lams_series)]]
     return alone + [("base", c, s) for c, s in [*fixed, ("bitdelta", {}),
-                                                *free(cfg.snrs_delta),
+                                                *free(cfg.snrs_delta, True),
                                                 *task(cfg.task_lams_delta)]]
 
 

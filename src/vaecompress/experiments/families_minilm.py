@@ -46,7 +46,13 @@ import torch.nn.functional as F
 
 from vaecompress.errors import UserError
 from vaecompress.experiments.common import RecordStore
-from vaecompress.experiments.families import measure_members, render, requested, write_report
+from vaecompress.experiments.families import (
+    free_points,
+    measure_members,
+    render,
+    requested,
+    write_report,
+)
 from vaecompress.files import atomic_write_json, atomic_write_text
 from vaecompress.io import StateDict
 from vaecompress.runinfo import auto_threads, environment, resolve_device
@@ -161,16 +167,15 @@ def run(cfg: MiniLMFamiliesConfig, out: Path, *, device: torch.device, progress:
     runs = [fine_tune_run(task, base, cfg, lr, cfg.seed + i, progress)
             for i, lr in enumerate(cfg.lrs)]
 
-    def free(snrs: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
-        return [("vae-rd-free", {"snr": snr}) for snr in snrs]
+    free = free_points
 
     alone = [("alone", c, s) for c, s in [("int8", {}), *free(cfg.snrs_alone)]]
     ways = {
         "checkpoints": alone + [("series", c, s) for c, s in
-                                [("zstd", {}), ("int8", {}), *free(cfg.snrs_delta)]],
+                                [("zstd", {}), ("int8", {}), *free(cfg.snrs_delta, True)]],
         "fine-tunes": alone + [("base", c, s) for c, s in
                                [("zstd", {}), ("int8", {}), ("bitdelta", {}),
-                                *free(cfg.snrs_delta)]],
+                                *free(cfg.snrs_delta, True)]],
     }
     members = {"checkpoints": runs[0], "fine-tunes": [r[-1] for r in runs]}
     made_by = {k: v for k, v in asdict(cfg).items()

@@ -90,7 +90,8 @@ def compress_series_command(args: argparse.Namespace, files: list[Path],
         print(f"warning: most of the change from the checkpoint before is lost in {len(lost)} "
               f"of {len(files)} checkpoints ({', '.join(lost[:5])}"
               f"{', ...' if len(lost) > 5 else ''}): they are rebuilt close to the checkpoint "
-              "before them, not to themselves; a finer fidelity (--snr) keeps the change")
+              "before them, not to themselves; a fidelity of the change's own keeps it "
+              "(--set change_snr=DB, with the default codec)")
     return 0
 
 

@@ -17,9 +17,12 @@ A codec that weighs its error relative to the weights measures it against the mo
 delta's: the codec is given the model as `CodecContext.reference`, and vae-rd-free's fidelity
 target (`snr`) and weighting are then those of the model (each tensor's error relative to the
 model's tensor, the probe run on the model), as when the model is coded alone; the delta's
-latents are mostly zero. The trained form (`solver=adam`), which weighs its rate against the
-relative error of what it codes through `lam`, has its `lam` multiplied by |w|^2 / |d|^2 (the
-model's floating energy over the delta's) instead.
+latents are mostly zero. Its change is held to a fidelity of its own as well (`change_snr`:
+the codec is told which tensors are a change, `CodecContext.change`), so that a change smaller
+than the error the weights' target allows is not coded as zeros. The trained form
+(`solver=adam`), which weighs its rate against the relative error of what it codes through
+`lam`, has its `lam` multiplied by |w|^2 / |d|^2 (the model's floating energy over the
+delta's) instead.
 A codec that trains on the task trains the delta through the model `base + delta`
 (`shifted_finetuner`).
 """

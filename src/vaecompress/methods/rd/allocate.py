@@ -34,6 +34,14 @@ target. It starts from the nearest rounding's scale, which bounds it from above 
 error at a given scale), so it costs a few more passes, each a few searches of a small table per
 weight.
 
+When the tensors are a model's difference from a base (`family.delta`), the weights' NSR is
+relative to the model's energies (`energies`), and the change itself can be held to a fidelity
+too (`change`, `change_snr`): the plain noise-to-signal ratio of the tensors that are a change,
+pooled, `sum |w_hat_t - w_t|^2 / sum |d_t|^2` over them (the change SNR `fidelity` reports).
+A fine-tune's change is often smaller than the error the weights' target allows (then its
+latents are all zero and the model is rebuilt as the base); the search then takes the coarsest
+scale that meets both targets. The steps stay in the same proportion (`c / sqrt(s_t)`).
+
 Boundary: numbers in, integers and float32 steps out; this module knows neither the file nor
 the model.
 """
@@ -43,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,6 +80,7 @@ class Allocation:
     scale: float  # the model's `c`
     nsr: float  # the weighted noise-to-signal ratio of the decoded weights
     evaluations: int  # passes of rounding the search took
+    change_nsr: float | None = None  # the change's plain NSR, when tensors are a change
 
     @property
     def snr_db(self) -> float:
@@ -90,20 +100,33 @@ def relative_sensitivities(tensors: Sequence[np.ndarray]) -> list[float]:
     return out
 
 
+class _Quantized(NamedTuple):
+    ints: list[np.ndarray]
+    steps: list[np.float32]
+    nsr: float  # weighted, of the weights
+    change_nsr: float  # plain, pooled over the change's tensors (0 when there are none)
+
+
 class _Problem:
     """The tensors in float64 for the search, with their weights and the float32 steps."""
 
     def __init__(self, tensors: Sequence[np.ndarray], sens: Sequence[float],
                  rounding: str = "nearest", lam: float = LAMBDA,
-                 energies: Sequence[float] | None = None) -> None:
+                 energies: Sequence[float] | None = None,
+                 change: Sequence[bool] | None = None) -> None:
         if len(tensors) != len(sens) or (energies is not None and len(energies) != len(sens)):
             raise ValueError("one sensitivity (and energy) per tensor")
+        if change is not None and len(change) != len(sens):
+            raise ValueError("one change flag per tensor")
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, not {rounding!r}")
         self.rounding = rounding
         self.lam = lam
         self.w32 = [np.ascontiguousarray(w, dtype=np.float32).reshape(-1) for w in tensors]
         self.shapes = [w.shape for w in tensors]
+        self.change = [bool(f) for f in change] if change is not None else [False] * len(sens)
+        self.change_energy = sum(float(np.square(w, dtype=np.float64).sum())
+                                 for w, f in zip(self.w32, self.change, strict=True) if f)
         # A tensor of zeros (or of no sensitivity) has nothing to lose: it gets the finest step
         # any other tensor has and costs next to nothing (all its latents are zero).
         self.sens = [float(s) if (math.isfinite(s) and s > 0) else 0.0 for s in sens]
@@ -118,22 +141,25 @@ class _Problem:
     def steps(self, c: float) -> list[np.float32]:
         return [np.float32(c / math.sqrt(s if s > 0 else self.s_max)) for s in self.sens]
 
-    def quantize(self, c: float) -> tuple[list[np.ndarray], list[np.float32], float]:
-        """(latents, steps, weighted NSR of the decoded float32 weights) at scale `c`."""
+    def quantize(self, c: float) -> _Quantized:
+        """The latents, steps, weighted NSR of the decoded float32 weights and plain NSR of the
+        change at scale `c`."""
         self.evaluations += 1
         steps = self.steps(c)
-        ints, noise = [], 0.0
-        for w, d, s in zip(self.w32, steps, self.sens, strict=True):
+        ints, noise, change_noise = [], 0.0, 0.0
+        for w, d, s, f in zip(self.w32, steps, self.sens, self.change, strict=True):
             # A tensor without sensitivity has nothing to trade its bits against: nearest.
             rd = self.rounding == "rdoq" and s > 0
             z = rdoq(w / d, lam=self.lam) if rd else np.rint(w / d)
-            if s > 0:
+            if s > 0 or f:
                 # numpy's own pairwise sum, not BLAS: the same on every machine, so the
                 # search takes the same decisions and writes the same bytes everywhere.
-                err = (z.astype(np.float32) * d - w).astype(np.float64)
-                noise += s * float(np.square(err).sum())
+                err = float(np.square((z.astype(np.float32) * d - w).astype(np.float64)).sum())
+                noise += s * err
+                change_noise += err if f else 0.0
             ints.append(z)
-        return ints, steps, (noise / self.signal if self.signal > 0 else 0.0)
+        return _Quantized(ints, steps, noise / self.signal if self.signal > 0 else 0.0,
+                          change_noise / self.change_energy if self.change_energy > 0 else 0.0)
 
     def bounds(self) -> tuple[float, float]:
         """A scale whose steps round every weight to zero (NSR 1), and the finest scale worth
@@ -151,11 +177,11 @@ class _Problem:
         return lo, hi
 
     def result(self, c: float) -> Allocation:
-        ints, steps, nsr = self.quantize(c)
-        out = [z.astype(np.int64).reshape(shape) for z, shape in zip(ints, self.shapes,
+        q = self.quantize(c)
+        out = [z.astype(np.int64).reshape(shape) for z, shape in zip(q.ints, self.shapes,
                                                                      strict=True)]
-        return Allocation(out, [np.array([d], dtype=np.float32) for d in steps], c, nsr,
-                          self.evaluations)
+        return Allocation(out, [np.array([d], dtype=np.float32) for d in q.steps], c, q.nsr,
+                          self.evaluations, q.change_nsr if any(self.change) else None)
 
 
 def _bisect(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool,
@@ -176,30 +202,35 @@ def allocate(tensors: Sequence[np.ndarray], sens: Sequence[float], *,
              snr: float | None = None,
              fits: Callable[[list[np.ndarray], list[np.float32]], bool] | None = None,
              rounding: str = "nearest", lam: float = LAMBDA,
-             energies: Sequence[float] | None = None) -> Allocation:
+             energies: Sequence[float] | None = None,
+             change: Sequence[bool] | None = None, change_snr: float = 0.0) -> Allocation:
     """Steps and latents of the coarsest quantization that keeps the weighted SNR at least
     `snr` dB, or (with `fits`, a test of latents and steps against a byte budget) the finest
     one that fits, the latents rounded to nearest or by RDOQ (`rounding`; `lam`, the price of a
     bit, is for the ablation: `methods.rd.rdoq` derives it). The NSR is relative to the
     tensors' own energies, or to `energies` (per tensor: those of the model when `tensors` are
-    its difference from a base). The NSR is not exactly monotone in the scale (rounding), so
+    its difference from a base). With `change_snr` > 0 (dB; only with `snr`), the tensors that
+    `change` flags (those coded as a change from a base) also keep their pooled plain SNR at
+    least that (module docstring). The NSR is not exactly monotone in the scale (rounding), so
     the search returns only a scale it has seen pass: the result meets the target whenever any
     scale in the range does."""
     if (snr is None) == (fits is None):
         raise ValueError("give either snr or fits")
-    prob = _Problem(tensors, sens, lam=lam, energies=energies)
+    prob = _Problem(tensors, sens, lam=lam, energies=energies, change=change)
     lo, hi = prob.bounds()
     if snr is not None:
         target = nsr_of_db(snr)
+        change_target = nsr_of_db(change_snr) if change_snr > 0 else math.inf
 
         def ok(c: float) -> bool:
-            return prob.quantize(c)[2] <= target
+            q = prob.quantize(c)
+            return q.nsr <= target and q.change_nsr <= change_target
     else:
         assert fits is not None
 
         def ok(c: float) -> bool:
-            ints, steps, _ = prob.quantize(c)
-            return fits(ints, steps)
+            q = prob.quantize(c)
+            return fits(q.ints, q.steps)
 
     # the coarsest scale that meets the SNR, or the finest whose file fits
     largest = snr is not None
@@ -210,6 +241,8 @@ def allocate(tensors: Sequence[np.ndarray], sens: Sequence[float], *,
         prob.rounding = "rdoq"
         if snr is not None:
             c = _approach(prob, c, lo, nsr_of_db(snr))
+            if not ok(c):  # RDOQ's extra error broke the change's target: finer
+                c = _search(lo, c, ok, largest=True)
         elif not ok(c):  # a file larger than the nearest rounding's at its scale: coarser
             c = _search(c, hi, ok, largest=False)
         else:
@@ -225,7 +258,7 @@ def _approach(prob: _Problem, c: float, lo: float, target: float) -> float:
     passes where a bisection takes fourteen. Falls back to bisecting what is left."""
     aim = target * (1.0 - 0.5 * RDOQ_TOLERANCE)  # aimed inside, so that a step lands passing
     good: tuple[float, float] | None = None  # (log c, log NSR) of the coarsest seen to pass
-    bad = (math.log(c), math.log(max(prob.quantize(c)[2], 1e-300)))  # the finest seen to fail
+    bad = (math.log(c), math.log(max(prob.quantize(c).nsr, 1e-300)))  # the finest seen to fail
     if bad[1] <= math.log(target):
         return c
     for _ in range(RDOQ_TRIES):
@@ -236,7 +269,7 @@ def _approach(prob: _Problem, c: float, lo: float, target: float) -> float:
             guess = good[0] + (math.log(aim) - good[1]) / max(slope, 1e-3)
             guess = min(max(guess, good[0]), bad[0])
         guess = max(guess, math.log(lo))
-        nsr = prob.quantize(math.exp(guess))[2]
+        nsr = prob.quantize(math.exp(guess)).nsr
         point = (guess, math.log(max(nsr, 1e-300)))
         if nsr <= target:
             good = point if good is None or point[0] > good[0] else good
@@ -246,7 +279,7 @@ def _approach(prob: _Problem, c: float, lo: float, target: float) -> float:
             bad = point if point[0] < bad[0] else bad
     else:
         if good is None:
-            return _search(lo, math.exp(bad[0]), lambda s: prob.quantize(s)[2] <= target,
+            return _search(lo, math.exp(bad[0]), lambda s: prob.quantize(s).nsr <= target,
                            largest=True)
     assert good is not None
     return math.exp(good[0])

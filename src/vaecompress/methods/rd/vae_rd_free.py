@@ -8,7 +8,13 @@ every model:
 
 - `snr` (dB, default `DEFAULT_SNR`): the fidelity to keep; the codec finds the coarsest
   quantization that keeps it (the default is near-lossless);
-- `size` (bytes): a budget for the whole file instead; the finest quantization that fits.
+- `size` (bytes): a budget for the whole file instead; the finest quantization that fits;
+- `change_snr` (dB, default `DEFAULT_CHANGE_SNR`; 0: none): against a base (`--base`, a
+  checkpoint series), the change from the base keeps at least this plain SNR as well as the
+  weights keeping `snr`. A fine-tune's change can be smaller than the error `snr` lets the
+  weights take; without it the change is coded as zeros and the model is rebuilt as its base
+  (`family.delta`, `methods.rd.allocate`). Not with `size` (a budget is a budget) or
+  `solver=adam`.
 
 The sensitivity (`weighting`) is the mean Fisher information of each tensor when the model can
 be run (`CodecContext.probe`: the network on synthetic inputs, no data; `tasks.probe`), else
@@ -48,6 +54,7 @@ from vaecompress.codecs.base import (
 )
 from vaecompress.coding.floats import float_specs
 from vaecompress.errors import UserError
+from vaecompress.fidelity import snr_db
 from vaecompress.format import ROLE_CODE, Container, Payload, dumps
 from vaecompress.io import StateDict
 from vaecompress.methods.rd.allocate import (
@@ -70,6 +77,7 @@ KIND = "rd-latents"
 # nearest neighbours from about 30 dB (its fidelity set; the held-out text and models are
 # checked in docs/default-codec.md).
 DEFAULT_SNR = 30.0
+DEFAULT_CHANGE_SNR = 10.0
 WEIGHTINGS = ("auto", "relative", "fisher")
 SOLVERS = ("closed", "adam")
 # The bytes of the file besides the latents that the size budget leaves room for: the
@@ -80,6 +88,9 @@ SIZE_MARGIN = 256
 @dataclass(frozen=True)
 class VAERDFreeSettings(RDSettings):
     snr: float = DEFAULT_SNR  # the fidelity to keep: weighted SNR of the weights, in dB
+    # against a base (`--base`): the change from it kept at least this plain SNR too (dB; 0:
+    # only `snr`); nothing when coded alone
+    change_snr: float = DEFAULT_CHANGE_SNR
     size: int = 0  # a budget in bytes for the whole file instead of `snr` (0: none)
     weighting: str = "auto"  # auto (fisher with a probe, else relative) | relative | fisher
     solver: str = "closed"  # closed (methods.rd.allocate) | adam (methods.rd.train, lam)
@@ -103,6 +114,9 @@ class VAERDFreeCodec(Codec):
         if not (math.isfinite(s.snr) and 0 < s.snr <= MAX_SNR):
             raise UserError(f"vae-rd-free: snr is a fidelity in dB in (0, {MAX_SNR:g}], got "
                             f"{s.snr} (30 is near-lossless, 20 coarse)")
+        if not (math.isfinite(s.change_snr) and 0 <= s.change_snr <= MAX_SNR):
+            raise UserError(f"vae-rd-free: change_snr is a fidelity in dB in [0, {MAX_SNR:g}] "
+                            f"(0: none), got {s.change_snr}")
         if s.size < 0:
             raise UserError(f"vae-rd-free: size is a budget in bytes >= 0, got {s.size}")
         if s.weighting not in WEIGHTINGS:
@@ -175,31 +189,38 @@ class VAERDFreeCodec(Codec):
                             "(CLI: a zoo model or --arch; Python: CodecContext(probe=...))")
         arrays = [v.detach().to("cpu", torch.float32).numpy() for v in live.values()]
         # Coding a delta: the weighting, the probe and the target are the model's (`reference`).
-        model, weights, energies = state, arrays, None
+        model, weights, energies, change = state, arrays, None, None
         if ctx.reference is not None:
             model = ctx.reference
             weights = [model[k].detach().to("cpu", torch.float32).numpy() for k in live]
             energies = [float(np.square(w, dtype=np.float64).sum()) for w in weights]
+            change = [k in set(ctx.change) for k in live]
         if weighting == "fisher":
             sens = tensor_sensitivities(ctx.probe, model, list(live), weights, ctx.seed)
         else:
             sens = relative_sensitivities(weights)
-        alloc = self._allocate(arrays, sens, c, energies)
+        alloc = self._allocate(arrays, sens, c, energies, change)
         data = encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks)
         c.payloads.insert(0, Payload(PAYLOAD, KIND, ROLE_CODE, data))
         c.codec_state = {"weighting": weighting, "snr_db": round(alloc.snr_db, 4),
                          "scale": alloc.scale}
+        extra = {}
+        if alloc.change_nsr is not None and alloc.change_nsr > 0:
+            extra["change_snr_db"] = snr_db(alloc.change_nsr)
+            c.codec_state["change_snr_db"] = round(extra["change_snr_db"], 4)
         return Encoded(c, report={"train_s": time.perf_counter() - t0, "latent_bytes": len(data),
+                                  **extra,
                                   "weighting": weighting, "snr_db": alloc.snr_db,
                                   "search_passes": alloc.evaluations,
                                   "rounding": s.rounding,
                                   "nonzero_fraction": _nonzero(alloc.ints)})
 
     def _allocate(self, arrays: list[np.ndarray], sens: list[float], c: Container,
-                  energies: list[float] | None) -> Allocation:
+                  energies: list[float] | None, change: list[bool] | None) -> Allocation:
         s = self.settings
         if not s.size:
-            return allocate(arrays, sens, snr=s.snr, rounding=s.rounding, energies=energies)
+            return allocate(arrays, sens, snr=s.snr, rounding=s.rounding, energies=energies,
+                            change=change, change_snr=s.change_snr)
         budget = s.size - len(dumps(c)) - SIZE_MARGIN
         if budget <= 0:
             raise UserError(f"vae-rd-free: size {s.size:,} B is smaller than the file's header "
