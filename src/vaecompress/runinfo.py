@@ -90,8 +90,13 @@ def auto_threads(force: bool = False) -> int:
     return n
 
 
-# Allocations of this size or more get a mapping of their own, given back when freed.
-MMAP_THRESHOLD = 2**20
+# Allocations of this size or more get a mapping of their own, given back when freed: glibc's
+# own starting threshold (128 KiB), held there. At 1 MiB (before), tensors of 128 KiB to 1 MiB
+# (MiniLM's 384 x 384 attention matrices, their decoded weights and gradients, a step's
+# temporaries) came from the heap, which kept what they freed between live blocks: 24.3 bytes
+# a parameter at the task-aware codec's peak on MiniLM, 23.4 at 128 KiB
+# (`benchmarks/results/warm_memory.json`).
+MMAP_THRESHOLD = 2**17
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
