@@ -25,12 +25,14 @@ run (`TUNED`); the RNN, the LSTM and MiniLM's lr 3e-5 run (another learning rate
 held out, and reported apart. Each member is coded as the command line codes it when the
 architecture is known (the model run on synthetic inputs weighs the tensors) and from the
 weights alone, and once alone by the default, for the bytes `--base` saves.
-Results: `OUT/delta_default.json` (with the run's environment) and `OUT/delta_default.md`.
+Results: `OUT/delta_default.json` (with the run's environment) and `OUT/delta_default.md`
+(`--report` redraws it from the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -186,6 +188,45 @@ def _fmt_fid(p: dict[str, Any]) -> str:
     return f"{h['cos_mean']:.5f} / {100 * h['nn_same']:.1f}%"
 
 
+def _worst(points: list[dict[str, Any]]) -> str:
+    if "drop" in points[0]:
+        drop = max(p["drop"] for p in points)
+        return f"loses up to {drop:.2f} points" if drop > 0 else "loses nothing"
+    cos = min(p["heldout"]["cos_mean"] for p in points)
+    nn = min(p["heldout"]["nn_same"] for p in points)
+    return f"cosine {cos:.5f}, {100 * nn:.1f}% neighbours"
+
+
+def summary_table(results: dict[str, Any]) -> list[str]:
+    """Per model and weighting, over its fine-tunes: the bytes and the worst fidelity of the
+    default alone, of the weights' target alone against the base (change_snr 0, the default
+    before), and of the default against the base."""
+    default = results["default_change_snr"]
+    lines = ["| model (fine-tunes) | tuned on | weighting | the default alone | against the "
+             "base, the weights' 30 dB alone | the default against the base (change "
+             f"{default:g} dB) |", "|---|---|---|---|---|---|"]
+    models = list(dict.fromkeys(r["model"].split(" lr ")[0] for r in results["rows"]))
+    for model in models:
+        rows = [r for r in results["rows"] if r["model"].split(" lr ")[0] == model]
+        tuned = ("all" if all(r["tuned"] for r in rows) else
+                 "none" if not any(r["tuned"] for r in rows) else
+                 ", ".join(r["member"] for r in rows if r["tuned"]))
+        for weighting, label in WEIGHTINGS.items():
+            cells = []
+            for how, cs in (("alone", None), ("base", 0.0), ("base", default)):
+                pts = [next(p for p in r["points"] if p["how"] == how and
+                            p["weighting"] == weighting and p["change_snr"] == cs)
+                       for r in rows]
+                ok = all(p["near_lossless"] for p in pts)
+                change = [p["change_snr_db"] for p in pts if p.get("change_snr_db") is not None]
+                cells.append(f"{sum(p['file_bytes'] for p in pts):,} B, {_worst(pts)}"
+                             + (f", change from {min(change):.1f} dB" if change else "")
+                             + (" (**near-lossless**)" if ok else " (not near-lossless)"))
+            lines.append(f"| {model} ({len(rows)}) | {tuned} | {label} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = [
@@ -197,6 +238,8 @@ def render(results: dict[str, Any]) -> str:
         "(MNIST, on the member's own test set), or mean cosine / nearest neighbours kept on "
         "the held-out text (MiniLM). Bytes: the member's file given the base. `*`: "
         "near-lossless (0.1 point; 0.999 and 97%).", "",
+        *summary_table(results), "",
+        "Member by member, at every `change_snr`:", "",
         "| model | member | tuned on | weighting | alone (default) | "
         + " | ".join(f"change_snr {cs:g}" for cs in CHANGE_SNRS) + " |",
         "|---|---|---|---|---|" + "---|" * len(CHANGE_SNRS),
@@ -232,7 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MNIST_MODELS) + ",minilm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", action="store_true",
+                   help="redraw OUT/delta_default.md from OUT/delta_default.json, run nothing")
     args = p.parse_args(argv)
+    if args.report:
+        src = Path(args.out) / "delta_default.json"
+        if not src.is_file():
+            print(f"delta_default.py: no results at {src}: run without --report first",
+                  file=sys.stderr)
+            return 2
+        atomic_write_text(Path(args.out) / "delta_default.md",
+                          render(json.loads(src.read_text())))
+        return 0
     auto_threads()
     seed_everything(args.seed)
     out = Path(args.out)

@@ -64,6 +64,8 @@ MINILM_DATAFREE = (
 )
 DEFAULT = ("results/default/default.md",
            "python benchmarks/default_codec.py --out results/default")
+DELTA_DEFAULT = ("results/delta-default/delta_default.md",
+                 "python benchmarks/delta_default.py --out results/delta-default")
 FAMILIES = (  # (results file, the command that made it)
     ("results/families/families.json",
      "python -m vaecompress.experiments.families --out results/families"),
@@ -396,6 +398,19 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
     return [*out, ""]
 
 
+def _delta_default_section(md: str) -> list[str]:
+    """Issue 20's `--base` with no settings: the summary table of `delta_default.md`."""
+    lines = md.splitlines()
+    made = next(line for line in lines if line.startswith("Made by"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("| model (fine-tunes)"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")),
+               len(lines))
+    return ["#### The default against a base (`compress FT --base BASE`, no settings)", "",
+            f"From [`{DELTA_DEFAULT[0]}`]({DELTA_DEFAULT[0]}), made by `{DELTA_DEFAULT[1]}`. "
+            + "At git " + made.split(" at git ", 1)[1],
+            "", *lines[start:end], ""]
+
+
 def render(root: Path = ROOT) -> str:
     parts: list[str] = []
     datafree = _load(root, DATAFREE[0])
@@ -418,6 +433,9 @@ def render(root: Path = ROOT) -> str:
     found = [(res, rel, cmd) for rel, cmd in FAMILIES if (res := _load(root, rel)) is not None]
     if found:
         parts += _families_section(found)
+    ddmd = root / DELTA_DEFAULT[0]
+    if ddmd.is_file():
+        parts += _delta_default_section(ddmd.read_text())
     parts += _speed_section(*(_load(root, rel) for rel in SPEED))
     for rel, cmd in (REPRODUCE, QUICK):
         res = _load(root, rel)

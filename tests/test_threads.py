@@ -45,6 +45,18 @@ def test_omp_num_threads_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
     assert auto_threads(force=True) == 2 and torch.get_num_threads() == 2
 
 
+def _mib_kept(script: str, mode: str) -> float:
+    """The MiB a script run in a fresh process reports as kept (its last line), glibc's
+    threshold variable unset."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", script, mode], check=True,
+                         capture_output=True, text=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 _RSS_AFTER_FREES = """
 import sys
 import numpy as np
@@ -70,14 +82,8 @@ def test_the_command_lines_allocator_policy_gives_large_frees_back() -> None:
     """`runinfo.release_large_frees` (what the command line sets): a freed 16 MiB block goes
     back to the system; under glibc's default its heap keeps it (the control, in a process of
     its own as well, shows that the measure tells them apart)."""
-    import subprocess
-    import sys
-
-    def kept(policy: str) -> float:
-        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREES, policy], check=True,
-                             capture_output=True, text=True, env=env)
-        return float(out.stdout.strip().splitlines()[-1])
+    def kept(mode: str) -> float:
+        return _mib_kept(_RSS_AFTER_FREES, mode)
 
     assert kept("cli") < 2.0
     assert kept("glibc") > 8.0
@@ -110,14 +116,8 @@ def test_freed_blocks_between_live_ones_go_back_too() -> None:
     the command line's policy each had a mapping of its own and goes back (16 MiB resident, the
     live half); under glibc's default, once a large block was freed, they come from the heap,
     which keeps the holes (32 MiB)."""
-    import subprocess
-    import sys
-
-    def kept(policy: str) -> float:
-        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_HOLES, policy], check=True,
-                             capture_output=True, text=True, env=env)
-        return float(out.stdout.strip().splitlines()[-1])
+    def kept(mode: str) -> float:
+        return _mib_kept(_RSS_AFTER_HOLES, mode)
 
     assert kept("cli") < 20.0
     assert kept("glibc") > 28.0
@@ -175,19 +175,13 @@ def test_trimming_gives_back_what_the_linear_algebra_kept() -> None:
     """After the rounding with feedback's float64 factorizations and products, `trim_memory`
     leaves next to nothing resident; without MKL's buffers freed (the control) about 15 MiB
     stay. Where torch has no MKL there is nothing to measure."""
-    import subprocess
-    import sys
-
     from vaecompress.runinfo import free_linalg_buffers
 
     if not free_linalg_buffers():
         pytest.skip("this torch has no MKL service layer")
 
     def kept(mode: str) -> float:
-        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_LINALG, mode], check=True,
-                             capture_output=True, text=True, env=env)
-        return float(out.stdout.strip().splitlines()[-1].split()[-1])
+        return _mib_kept(_RSS_AFTER_LINALG, mode)
 
     assert kept("free") < 4.0
     assert kept("keep") > 8.0
