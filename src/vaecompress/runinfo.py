@@ -94,8 +94,8 @@ def auto_threads(force: bool = False) -> int:
 # own starting threshold (128 KiB), held there. At 1 MiB (before), tensors of 128 KiB to 1 MiB
 # (MiniLM's 384 x 384 attention matrices, their decoded weights and gradients, a step's
 # temporaries) came from the heap, which kept what they freed between live blocks: 24.3 bytes
-# a parameter at the task-aware codec's peak on MiniLM, 23.4 at 128 KiB
-# (`benchmarks/results/warm_memory.json`).
+# a parameter at the task-aware codec's peak on MiniLM (1572b02), 23.1 at 128 KiB (089df63;
+# `benchmarks/results/warm_memory.json`), for about 15% more time than glibc's default.
 MMAP_THRESHOLD = 2**17
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -106,7 +106,7 @@ def release_large_frees() -> bool:
     moving the threshold). By default glibc raises the threshold to the largest block freed so
     far (up to 32 MiB on 64-bit), so that after the first large tensors are freed the next ones
     come from the heap, and the heap keeps what a training step freed under what the next
-    step allocates. On MiniLM's warm-started `vae-rd` the peak is 24.3 bytes a parameter above
+    step allocates. On MiniLM's warm-started `vae-rd` the peak is 23.1 bytes a parameter above
     the loaded model with it and 38.6 without, the same bytes out
     (`benchmarks/results/warm_memory.json`). Process-wide: the command line sets it when it
     starts; a program that uses the library may call it. Nothing where glibc is not the
