@@ -95,7 +95,8 @@ def auto_threads(force: bool = False) -> int:
 # (MiniLM's 384 x 384 attention matrices, their decoded weights and gradients, a step's
 # temporaries) came from the heap, which kept what they freed between live blocks: 24.3 bytes
 # a parameter at the task-aware codec's peak on MiniLM (1572b02), 23.1 at 128 KiB (089df63;
-# `benchmarks/results/warm_memory.json`), for about 15% more time than glibc's default.
+# `benchmarks/results/warm_memory.json`), for roughly 15% more time than glibc's default there
+# (about 9% at 1 MiB; measured by that benchmark, not interleaved).
 MMAP_THRESHOLD = 2**17
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
