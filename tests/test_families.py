@@ -15,7 +15,7 @@ from vaecompress.experiments import families as fam
 TINY = fam.FamiliesConfig(tasks=("rotated", "digits-0-4"), finetune_epochs=1, run_epochs=1,
                           snrs_alone=(10.0,), snrs_delta=(10.0,), snrs_series=(10.0,),
                           task_epochs=0.05, task_lams_alone=(7.0,), task_lams_delta=(2.0,),
-                          task_lams_series=(4.0,), nncodec_qps=(-20,))
+                          task_lams_series=(4.0,), nncodec_qps=(-20,), change_snrs=(3.0,))
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,11 @@ def test_every_family_is_coded_every_way_and_reported(run: tuple[Path, dict]) ->
         ("alone", "vae-rd-free"), ("alone", "vae-rd"), ("series", "vae-rd-free"),
         ("series", "vae-rd"), ("series", "zstd")}
     assert {r["how"] for r in ck["runs"]} == {"alone", "series"}
+    for info, how in ((ft, "base"), (ck, "series")):  # the weights' target, the change's, both
+        free = [r["settings"] for r in info["runs"] if (r["how"], r["codec"]) ==
+                (how, "vae-rd-free")]
+        assert free == [{"snr": 10.0, "change_snr": 0.0},
+                        {"snr": fam.CHANGE_SWEEP_SNR, "change_snr": 3.0}, {}]
     from vaecompress.codecs import REGISTRY
 
     if REGISTRY["nncodec"].available() is None:  # the data-free peer, alone

@@ -80,6 +80,9 @@ class FamiliesConfig:
     snrs_alone: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0)
     snrs_delta: tuple[float, ...] = (10.0, 16.0, 20.0, 22.0, 24.0, 28.0)
     snrs_series: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 14.0, 20.0)
+    # against a base or the checkpoint before: the change's own SNR (`change_snr`) swept too,
+    # with the weights' target out of the way (`CHANGE_SWEEP_SNR`)
+    change_snrs: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)
     task_epochs: float = 1.0  # vae-rd (the task-aware codec): its epochs on each member
     # up to a rate where some member loses more than the tolerance on the FNN and the CNN
     task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0, 10.0, 14.0)
@@ -155,13 +158,21 @@ def checkpoints(cfg: FamiliesConfig, train: MnistSplit, test: MnistSplit, device
 # ------------------------------------------------------------------ coding them
 
 
-def free_points(snrs: tuple[float, ...], delta: bool = False) -> list[tuple[str, dict[str, Any]]]:
-    """vae-rd-free at the weights' SNRs `snrs`; against a base (`delta`), with the change held
-    to nothing (a sweep of the weights' target alone), and the default besides (the change held
-    to its own `change_snr` too)."""
-    swept = [("vae-rd-free", {"snr": snr, **({"change_snr": 0.0} if delta else {})})
-             for snr in snrs]
-    return [*swept, ("vae-rd-free", {})] if delta else swept
+# A sweep of the change's own target alone sets the weights' to this, which no change target
+# of the sweeps lets bind (a weights' SNR of 1 dB is an error of 80% of the weights' energy).
+CHANGE_SWEEP_SNR = 1.0
+
+
+def free_points(snrs: tuple[float, ...], delta: bool = False,
+                change_snrs: tuple[float, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """vae-rd-free at the weights' SNRs `snrs`; against a base (`delta`): with the change held to
+    nothing (a sweep of the weights' target alone), at the change's SNRs `change_snrs` (a sweep
+    of the change's target alone, `CHANGE_SWEEP_SNR`), and the default (both targets)."""
+    if not delta:
+        return [("vae-rd-free", {"snr": snr}) for snr in snrs]
+    return [*[("vae-rd-free", {"snr": snr, "change_snr": 0.0}) for snr in snrs],
+            *[("vae-rd-free", {"snr": CHANGE_SWEEP_SNR, "change_snr": c}) for c in change_snrs],
+            ("vae-rd-free", {})]
 
 
 def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -178,10 +189,11 @@ def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, 
     alone = [("alone", c, s) for c, s in [*fixed, ("int4", {}), *free(cfg.snrs_alone), *peer,
                                           *task(cfg.task_lams_alone)]]
     if family == "checkpoints":
-        return alone + [("series", c, s) for c, s in [*fixed, *free(cfg.snrs_series, True),
+        return alone + [("series", c, s) for c, s in [*fixed, *free(cfg.snrs_series, True,
+                                                                    cfg.change_snrs),
                                                       *task(cfg.task_lams_series)]]
     return alone + [("base", c, s) for c, s in [*fixed, ("bitdelta", {}),
-                                                *free(cfg.snrs_delta, True),
+                                                *free(cfg.snrs_delta, True, cfg.change_snrs),
                                                 *task(cfg.task_lams_delta)]]
 
 
@@ -225,7 +237,7 @@ def measure_family(cfg: FamiliesConfig, family: str, members: list[dict[str, Any
         return make_finetuner(cfg.model, member["train"], device=device, seed=cfg.seed)
 
     made_by = {k: v for k, v in asdict(cfg).items()
-               if k != "tolerance" and not k.startswith(("snrs_", "task_", "nncodec_"))}
+               if k != "tolerance" and not k.startswith(("snrs_", "task_", "nncodec_", "change_"))}
     return measure_members(family, members, base, methods(cfg, family), store,
                            made_by=made_by, score=score, task=task, tolerance=cfg.tolerance,
                            device=device, seed=cfg.seed, progress=progress, score_key="accuracy")

@@ -78,6 +78,9 @@ class MiniLMFamiliesConfig:
     snrs_alone: tuple[float, ...] = (16.0, 20.0, 24.0, 27.0, 30.0)
     snrs_delta: tuple[float, ...] = (16.0, 20.0, 24.0, 27.0, 30.0, 36.0, 39.0, 42.0, 45.0,
                                      48.0, 54.0, 60.0)
+    # and the change's own SNR swept, the weights' target out of the way
+    # (`families.CHANGE_SWEEP_SNR`)
+    change_snrs: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0)
     tolerance: float = 0.001  # of the mean cosine to the member it replaces
     seed: int = 0
 
@@ -172,14 +175,15 @@ def run(cfg: MiniLMFamiliesConfig, out: Path, *, device: torch.device, progress:
     alone = [("alone", c, s) for c, s in [("int8", {}), *free(cfg.snrs_alone)]]
     ways = {
         "checkpoints": alone + [("series", c, s) for c, s in
-                                [("zstd", {}), ("int8", {}), *free(cfg.snrs_delta, True)]],
+                                [("zstd", {}), ("int8", {}),
+                                 *free(cfg.snrs_delta, True, cfg.change_snrs)]],
         "fine-tunes": alone + [("base", c, s) for c, s in
                                [("zstd", {}), ("int8", {}), ("bitdelta", {}),
-                                *free(cfg.snrs_delta, True)]],
+                                *free(cfg.snrs_delta, True, cfg.change_snrs)]],
     }
     members = {"checkpoints": runs[0], "fine-tunes": [r[-1] for r in runs]}
     made_by = {k: v for k, v in asdict(cfg).items()
-               if k != "tolerance" and not k.startswith("snrs")}
+               if k != "tolerance" and not k.startswith(("snrs", "change_"))}
     results: dict[str, Any] = {"environment": environment(device, cfg.seed),
                                "config": asdict(cfg), "metric": METRIC, "families": {}}
     for family in families:
