@@ -14,11 +14,11 @@ download:
 
 Each family is coded (a) member by member alone, by the data-free codecs of the bench (NNCodec
 at a sweep of qp when it is installed) and by the task-aware vae-rd (trained on each member's
-own task); (b) for the fine-tunes, against the base
-(`api.compress(base=...)`) by vae-rd-free (the default codec, closed form, at a sweep of
-fidelities), int8, zstd (lossless, on the XOR delta), bitdelta (BitDelta's 1-bit delta,
-data-free) and vae-rd; (c) for the checkpoints, as one series file (`family.series`), each
-member coded against the previous rebuilt one by the same codecs. Every byte counted is what
+own task); (b) for the fine-tunes, against the base (`api.compress(base=...)`) by vae-rd-free
+(the default codec, closed form, at a sweep of the weights' SNR, at a sweep of the change's own
+SNR, and at its defaults), int8, zstd (lossless, on the XOR delta), bitdelta (BitDelta's 1-bit
+delta, data-free) and vae-rd; (c) for the checkpoints, as one series file (`family.series`),
+each member coded against the previous rebuilt one by the same codecs. Every byte counted is what
 rebuilds the member given the base; a method passes when every member keeps its accuracy within
 `tolerance` points.
 Results: `families.json` (with the run's environment and git revision) and `families.md`, a

@@ -22,8 +22,10 @@ held-out sentences (`tasks/data/heldout.txt`, Jane Austen's prose, which neither
 nor any codec default saw); a coding passes when every member keeps a mean cosine of at least
 `1 - tolerance` (0.999) to the member it replaces. Members are coded alone, against the base
 (the packaged model, which every MiniLM user has: `api.compress(base=...)`), and the checkpoints
-as one series file against the base (`family.series`), by the data-free codecs: `vae-rd-free` at
-a sweep of weights SNRs, int8, zstd (lossless; the XOR delta against a base) and bitdelta. The
+as one series file against the base (`family.series`), by the data-free codecs: `vae-rd-free`
+(alone at a sweep of weights SNRs; against a base at two weights SNRs, at a sweep of the
+change's own SNR, and at its defaults), int8, zstd (lossless; the XOR delta against a base) and
+bitdelta. The
 task-aware `vae-rd` is not run here: one MiniLM compression by it takes about 8 minutes on the
 2-core machine (`results/minilm`), so a family's sweep would take hours.
 Results: `families.json` (with the run's environment and git revision) and `families.md`
