@@ -189,8 +189,9 @@ def methods(cfg: FamiliesConfig, family: str) -> list[tuple[str, str, dict[str, 
     alone = [("alone", c, s) for c, s in [*fixed, ("int4", {}), *free(cfg.snrs_alone), *peer,
                                           *task(cfg.task_lams_alone)]]
     if family == "checkpoints":
-        return alone + [("series", c, s) for c, s in [*fixed, *free(cfg.snrs_series, True,
-                                                                    cfg.change_snrs),
+        # no change sweep: the run's first checkpoint has no base, and is coded alone at the
+        # sweep's weights target (1 dB)
+        return alone + [("series", c, s) for c, s in [*fixed, *free(cfg.snrs_series, True),
                                                       *task(cfg.task_lams_series)]]
     return alone + [("base", c, s) for c, s in [*fixed, ("bitdelta", {}),
                                                 *free(cfg.snrs_delta, True, cfg.change_snrs),
