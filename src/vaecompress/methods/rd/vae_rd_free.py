@@ -194,7 +194,8 @@ class VAERDFreeCodec(Codec):
             model = ctx.reference
             weights = [model[k].detach().to("cpu", torch.float32).numpy() for k in live]
             energies = [float(np.square(w, dtype=np.float64).sum()) for w in weights]
-            change = [k in set(ctx.change) for k in live]
+            changed = set(ctx.change)
+            change = [k in changed for k in live]
         if weighting == "fisher":
             sens = tensor_sensitivities(ctx.probe, model, list(live), weights, ctx.seed)
         else:
