@@ -216,14 +216,17 @@ def warm_memory(path: Path) -> list[str]:
     r = json.loads(path.read_text())
     goal = r["goal_bytes_per_param"]
     phases = [p for p in r["points"][0]["added_bytes_per_param"] if p != "all"]
-    head = ["snr, steps, allocator", "peak above the loaded model", *phases]
+    head = ["snr, steps, allocator", "peak above the loaded model", "compress s (median)",
+            *phases]
     rows = []
     for pt in r["points"]:
         a = pt["added_bytes_per_param"]
+        times = sorted(pt.get("compress_s_reps", [pt["compress_s"]]))
         rows.append([f"{pt['snr']:g} dB, {pt['steps']}"
                      + (f", {pt['allocator']}" if "allocator" in pt else ""),
                      f"{(pt['peak_rss_bytes'] - pt['base_rss_bytes']) / 2**20:,.0f} MiB = "
                      f"**{a['all']:.1f}** B/param",
+                     f"{times[len(times) // 2]:.0f} ({', '.join(f'{t:.0f}' for t in times)})",
                      *(f"{a[p]:.1f}" for p in phases)])
     spread = "; ".join(
         f"{pt['snr']:g} dB{', ' + pt['allocator'] if 'allocator' in pt else ''}: "

@@ -14,10 +14,13 @@ counts what the allocator keeps after a phase frees it, so a phase's figure is t
 mark while it ran, not what it alone allocated. The goal (issue 19): under 4 float32 copies of
 the parameters plus Adam's two moments, 24 bytes a parameter above the loaded model.
 
-Each point runs under two allocator policies (`--allocator`): `cli`, what the command line
-sets when it starts (`runinfo.release_large_frees`: every block of 1 MiB or more its own
-mapping, given back when freed), and `glibc`, glibc's default (its mmap threshold rising to the
-largest block freed, so that freed tensors stay in the heap).
+Each point runs under allocator policies (`--allocator`): `cli`, what the command line
+sets when it starts (`runinfo.release_large_frees`: every block of `runinfo.MMAP_THRESHOLD`,
+128 KiB, or more its own mapping, given back when freed), `cli-1mib`, the same at 1 MiB (the
+command line's policy before 089df63), and `glibc`, glibc's default (its mmap threshold rising
+to the largest block freed, so that freed tensors stay in the heap). The policies' processes
+are interleaved (round-robin, the order rotated every round), so that their times compare
+within the run.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def child(snr: float, steps: int, allocator: str) -> dict[str, Any]:
 
     if allocator == "cli":  # what the command line sets when it starts
         assert release_large_frees()
+    elif allocator == "cli-1mib":  # the same policy at the threshold it had before 089df63
+        assert ctypes.CDLL("libc.so.6").mallopt(-3, 2**20)  # M_MMAP_THRESHOLD
     torch.set_num_threads(1)
     task = SentenceTask(torch.device("cpu"))
     state = minilm.load_state()
@@ -147,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--reps", type=int, default=3, help="fresh processes per point (median)")
     p.add_argument("--out", default="benchmarks/results/warm_memory.json")
-    p.add_argument("--allocator", nargs="+", default=["cli", "glibc"],
+    p.add_argument("--allocator", nargs="+", default=["cli", "cli-1mib", "glibc"],
                    help="cli: large frees given back (runinfo.release_large_frees, as the "
-                        "command line runs); glibc: its default policy")
+                        "command line runs); cli-1mib: the same at 1 MiB; glibc: its default "
+                        "policy")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -159,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     points = []
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     for snr in args.snr:  # fresh processes: resident memory only grows in a process, and the
-        for allocator in args.allocator:  # allocator's layout differs a few bytes a parameter
-            reps = []
-            for _ in range(args.reps):
+        # allocator's layout differs a few bytes a parameter; the policies interleaved
+        runs: dict[str, list[dict[str, Any]]] = {a: [] for a in args.allocator}
+        for i in range(args.reps):
+            k = i % len(args.allocator)
+            for allocator in args.allocator[k:] + args.allocator[:k]:
                 out = subprocess.run([sys.executable, __file__, "--child", "--snr", str(snr),
                                       "--steps", str(args.steps), "--allocator", allocator],
                                      check=True, capture_output=True, text=True, env=env)
-                reps.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                runs[allocator].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for allocator, reps in runs.items():
             med = sorted(reps, key=lambda r: r["added_bytes_per_param"]["all"])[len(reps) // 2]
             points.append({**med, "reps": [r["added_bytes_per_param"] for r in reps],
                            "compress_s_reps": [r["compress_s"] for r in reps]})
