@@ -93,10 +93,9 @@ def auto_threads(force: bool = False) -> int:
 # Allocations of this size or more get a mapping of their own, given back when freed: glibc's
 # own starting threshold (128 KiB), held there. At 1 MiB (before), tensors of 128 KiB to 1 MiB
 # (MiniLM's 384 x 384 attention matrices, their decoded weights and gradients, a step's
-# temporaries) came from the heap, which kept what they freed between live blocks: 24.3 bytes
-# a parameter at the task-aware codec's peak on MiniLM (1572b02), 23.1 at 128 KiB (089df63;
-# `benchmarks/results/warm_memory.json`), for roughly 15% more time than glibc's default there
-# (about 9% at 1 MiB; measured by that benchmark, not interleaved).
+# temporaries) came from the heap, which kept what they freed between live blocks: at the
+# task-aware codec's peak on MiniLM 24.5 bytes a parameter at 1 MiB, 23.0 at 128 KiB, for about
+# 11% more time (`benchmarks/results/warm_memory.json`, the policies interleaved).
 MMAP_THRESHOLD = 2**17
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -107,8 +106,8 @@ def release_large_frees() -> bool:
     moving the threshold). By default glibc raises the threshold to the largest block freed so
     far (up to 32 MiB on 64-bit), so that after the first large tensors are freed the next ones
     come from the heap, and the heap keeps what a training step freed under what the next
-    step allocates. On MiniLM's warm-started `vae-rd` the peak is 23.1 bytes a parameter above
-    the loaded model with it and 38.6 without, the same bytes out
+    step allocates. On MiniLM's warm-started `vae-rd` the peak is 23.0 bytes a parameter above
+    the loaded model with it and 39.5 without, the same bytes out
     (`benchmarks/results/warm_memory.json`). Process-wide: the command line sets it when it
     starts; a program that uses the library may call it. Nothing where glibc is not the
     allocator, or where `MALLOC_MMAP_THRESHOLD_` is set (the user's choice). True when it was
