@@ -36,13 +36,14 @@ from safetensors.torch import load_file, save_file
 HIDDEN, MLP, VOCAB = 2048, 8192, 32000
 BASE_CODE = ("import torch, safetensors.torch, vaecompress.api, vaecompress.cli.compress, "
              "vaecompress.sharded.stream, vaecompress.runinfo; "
-             "vaecompress.runinfo.release_large_frees()")
+             "vaecompress.runinfo.release_large_frees("
+             "vaecompress.runinfo.COMPRESS_MMAP_THRESHOLD)")
 WHOLE_CODE = """\
 import json, sys
 from vaecompress import api
 from vaecompress.folders import FOLDER_KEY, read_folder
-from vaecompress.runinfo import release_large_frees
-release_large_frees()  # as the command line does
+from vaecompress.runinfo import COMPRESS_MMAP_THRESHOLD, release_large_frees
+release_large_frees(COMPRESS_MMAP_THRESHOLD)  # as the command line's compress does
 state, layout = read_folder(sys.argv[1])
 res = api.compress(state, sys.argv[3], ctx=api.CodecContext(progress=False),
                    meta={FOLDER_KEY: layout.to_json()}, **json.loads(sys.argv[4]))

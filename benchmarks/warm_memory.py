@@ -14,10 +14,11 @@ counts what the allocator keeps after a phase frees it, so a phase's figure is t
 mark while it ran, not what it alone allocated. The goal (issue 19): under 4 float32 copies of
 the parameters plus Adam's two moments, 24 bytes a parameter above the loaded model.
 
-Each point runs under allocator policies (`--allocator`): `cli`, what the command line
-sets when it starts (`runinfo.release_large_frees`: every block of `runinfo.MMAP_THRESHOLD`,
-128 KiB, or more its own mapping, given back when freed), `cli-1mib`, the same at 1 MiB (the
-command line's policy before 089df63), and `glibc`, glibc's default (its mmap threshold rising
+Each point runs under allocator policies (`--allocator`): `cli`, what the command line's
+`compress` sets when it starts (`runinfo.release_large_frees`: every block of
+`runinfo.COMPRESS_MMAP_THRESHOLD`, 128 KiB, or more its own mapping, given back when freed),
+`cli-1mib`, the same at 1 MiB (`runinfo.MMAP_THRESHOLD`, what the other commands set, and
+`compress` before 089df63), and `glibc`, glibc's default (its mmap threshold rising
 to the largest block freed, so that freed tensors stay in the heap). The policies' processes
 are interleaved (round-robin, the order rotated every round), so that their times compare
 within the run.
@@ -111,12 +112,12 @@ def child(snr: float, steps: int, allocator: str) -> dict[str, Any]:
 
     from vaecompress.api import compress
     from vaecompress.codecs import CodecContext
-    from vaecompress.runinfo import release_large_frees
+    from vaecompress.runinfo import COMPRESS_MMAP_THRESHOLD, release_large_frees
     from vaecompress.tasks.sentence import SentenceTask
     from vaecompress.zoo import minilm
 
-    if allocator == "cli":  # what the command line sets when it starts
-        assert release_large_frees()
+    if allocator == "cli":  # what the command line's `compress` sets when it starts
+        assert release_large_frees(COMPRESS_MMAP_THRESHOLD)
     elif allocator == "cli-1mib":  # the same policy at the threshold it had before 089df63
         assert ctypes.CDLL("libc.so.6").mallopt(-3, 2**20)  # M_MMAP_THRESHOLD
     torch.set_num_threads(1)

@@ -92,13 +92,15 @@ def test_the_command_lines_allocator_policy_gives_large_frees_back() -> None:
 _RSS_AFTER_HOLES = """
 import sys
 import numpy as np
-from vaecompress.runinfo import release_large_frees
+from vaecompress.runinfo import COMPRESS_MMAP_THRESHOLD, release_large_frees
 
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
 
-if sys.argv[1] == "cli":
+if sys.argv[1] == "compress":
+    assert release_large_frees(COMPRESS_MMAP_THRESHOLD)
+elif sys.argv[1] == "cli":
     assert release_large_frees()
 a = np.ones(2**21)  # 16 MiB freed first: glibc's default then serves blocks under it from the heap
 del a
@@ -113,13 +115,14 @@ print((rss() - start) / 2**20)
                     reason="resident memory read from /proc, glibc's allocator")
 def test_freed_blocks_between_live_ones_go_back_too() -> None:
     """Blocks of 128 KiB to 1 MiB (MiniLM's 384 x 384 matrices) freed between live ones: under
-    the command line's policy each had a mapping of its own and goes back (16 MiB resident, the
-    live half); under glibc's default, once a large block was freed, they come from the heap,
-    which keeps the holes (32 MiB)."""
+    `compress`'s policy each had a mapping of its own and goes back (16 MiB resident, the live
+    half); under the other commands' (1 MiB) and glibc's default, once a large block was freed,
+    they come from the heap, which keeps the holes (32 MiB)."""
     def kept(mode: str) -> float:
         return _mib_kept(_RSS_AFTER_HOLES, mode)
 
-    assert kept("cli") < 20.0
+    assert kept("compress") < 20.0
+    assert kept("cli") > 28.0
     assert kept("glibc") > 28.0
 
 
@@ -130,14 +133,18 @@ def test_a_command_that_computes_sets_the_allocator_policy(
     from vaecompress.io import save_weights_file
 
     calls: list[int] = []
-    monkeypatch.setattr(runinfo, "release_large_frees", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runinfo, "release_large_frees",
+                        lambda threshold=runinfo.MMAP_THRESHOLD: calls.append(threshold) or True)
     src = os.path.join(tmp_path, "m.safetensors")
     save_weights_file(src, {"w": torch.randn(8, 8)}, {})
     assert main(["compress", src, "-o", os.path.join(tmp_path, "m.vaec"), "--codec", "int8",
                  "--quiet"]) == 0
-    assert calls == [1]
+    assert calls == [runinfo.COMPRESS_MMAP_THRESHOLD]  # compress: smaller blocks given back too
     assert main(["inspect", os.path.join(tmp_path, "m.vaec")]) == 0
-    assert calls == [1]  # reading a header computes nothing
+    assert calls == [runinfo.COMPRESS_MMAP_THRESHOLD]  # reading a header computes nothing
+    assert main(["decompress", os.path.join(tmp_path, "m.vaec"), "-o",
+                 os.path.join(tmp_path, "r.safetensors")]) == 0
+    assert calls[-1] == runinfo.MMAP_THRESHOLD  # the other commands keep 1 MiB (time)
 
 
 _RSS_AFTER_LINALG = """

@@ -90,26 +90,30 @@ def auto_threads(force: bool = False) -> int:
     return n
 
 
-# Allocations of this size or more get a mapping of their own, given back when freed: glibc's
-# own starting threshold (128 KiB), held there. At 1 MiB (before), tensors of 128 KiB to 1 MiB
-# (MiniLM's 384 x 384 attention matrices, their decoded weights and gradients, a step's
-# temporaries) came from the heap, which kept what they freed between live blocks: at the
-# task-aware codec's peak on MiniLM 24.5 bytes a parameter at 1 MiB, 23.0 at 128 KiB, for about
-# 11% more time (`benchmarks/results/warm_memory.json`, the policies interleaved).
-MMAP_THRESHOLD = 2**17
+# Allocations of this size or more get a mapping of their own, given back when freed.
+MMAP_THRESHOLD = 2**20
+# `compress`'s: glibc's own starting threshold (128 KiB), held there. At 1 MiB, tensors of
+# 128 KiB to 1 MiB (MiniLM's 384 x 384 attention matrices, their decoded weights and gradients,
+# a step's temporaries) come from the heap, which keeps what they freed between live blocks:
+# at the task-aware codec's peak on MiniLM 24.5 bytes a parameter at 1 MiB, 23.0 at 128 KiB,
+# for about 11% more time (`benchmarks/results/warm_memory.json`, the policies interleaved).
+# Every allocation of that size is then a mapping of its own, faulted in page by page: a zoo
+# model's training took about 12% longer in a side run, so the other commands keep 1 MiB.
+COMPRESS_MMAP_THRESHOLD = 2**17
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
-def release_large_frees() -> bool:
-    """Have glibc serve every allocation of `MMAP_THRESHOLD` bytes or more with a mapping of
+def release_large_frees(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Have glibc serve every allocation of `threshold` bytes or more with a mapping of
     its own, unmapped when freed (`mallopt(M_MMAP_THRESHOLD)`, which also stops glibc from
     moving the threshold). By default glibc raises the threshold to the largest block freed so
     far (up to 32 MiB on 64-bit), so that after the first large tensors are freed the next ones
     come from the heap, and the heap keeps what a training step freed under what the next
     step allocates. On MiniLM's warm-started `vae-rd` the peak is 23.0 bytes a parameter above
-    the loaded model with it and 39.5 without, the same bytes out
-    (`benchmarks/results/warm_memory.json`). Process-wide: the command line sets it when it
-    starts; a program that uses the library may call it. Nothing where glibc is not the
+    the loaded model with it at `COMPRESS_MMAP_THRESHOLD` (24.5 at `MMAP_THRESHOLD`) and 39.5
+    without, the same bytes out (`benchmarks/results/warm_memory.json`). Process-wide: the
+    command line sets it when it starts (`compress` at `COMPRESS_MMAP_THRESHOLD`); a program
+    that uses the library may call it. Nothing where glibc is not the
     allocator, or where `MALLOC_MMAP_THRESHOLD_` is set (the user's choice). True when it was
     set."""
     import contextlib
@@ -118,7 +122,7 @@ def release_large_frees() -> bool:
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     with contextlib.suppress(OSError, AttributeError):
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, threshold))
     return False
 
 

@@ -92,10 +92,18 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.func not in (models.cmd_zoo, decompress.cmd_inspect):  # commands that compute
-            from vaecompress.runinfo import auto_threads, release_large_frees
+            from vaecompress.runinfo import (
+                COMPRESS_MMAP_THRESHOLD,
+                MMAP_THRESHOLD,
+                auto_threads,
+                release_large_frees,
+            )
 
             auto_threads()
-            release_large_frees()  # a training's freed tensors are not kept under the next
+            # a training's freed tensors are not kept under the next; `compress` gives back
+            # smaller blocks too, for its memory, at some of its time (runinfo)
+            release_large_frees(COMPRESS_MMAP_THRESHOLD if args.func is compress.cmd_compress
+                                else MMAP_THRESHOLD)
         with warnings.catch_warnings(), _process_group(args):
             warnings.showwarning = _one_line_warning
             # A library's deprecations are its users' business, not this command's: hidden as
