@@ -64,6 +64,8 @@ MINILM_DATAFREE = (
 )
 DEFAULT = ("results/default/default.md",
            "python benchmarks/default_codec.py --out results/default")
+MAX_DROP = ("results/max-drop/max_drop.md",
+            "python benchmarks/max_drop.py --out results/max-drop")
 DELTA_DEFAULT = ("results/delta-default/delta_default.md",
                  "python benchmarks/delta_default.py --out results/delta-default")
 FAMILIES = (  # (results file, the command that made it)
@@ -398,6 +400,15 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
     return [*out, ""]
 
 
+def _max_drop_section(md: str) -> list[str]:
+    """Issue 18's `--max-drop`: the tables of `max_drop.md`, under its own words."""
+    body = md.splitlines()[2:]  # past its title
+    return ["#### `--max-drop D`: the smallest file that loses at most D, chosen on validation "
+            "data", "", f"From [`{MAX_DROP[0]}`]({MAX_DROP[0]}), made by `{MAX_DROP[1]}`. "
+            "How the search works: [`docs/default-codec.md`](docs/default-codec.md).", "",
+            *body, ""]
+
+
 def _delta_default_section(md: str) -> list[str]:
     """Issue 20's `--base` with no settings: the summary table of `delta_default.md`."""
     lines = md.splitlines()
@@ -418,6 +429,9 @@ def render(root: Path = ROOT) -> str:
         dmd = root / DEFAULT[0]
         parts += _datafree_section(datafree, _load(root, MINILM_DATAFREE[0]),
                                    dmd.read_text() if dmd.is_file() else None)
+    mdmd = root / MAX_DROP[0]
+    if mdmd.is_file():
+        parts += _max_drop_section(mdmd.read_text())
     bench = _load(root, BENCH[0])
     if bench is not None:
         parts += _bench_section(bench)

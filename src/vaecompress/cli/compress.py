@@ -109,6 +109,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     one_model = len(args.input) == 1 and is_model_folder(args.input[0])  # a Hugging Face folder
     files = None if one_model else series_inputs(args.input)
+    if files is not None and args.max_drop is not None:
+        raise UserError("--max-drop searches the file of one model; a checkpoint series "
+                        "takes --snr or --set")
     if files is not None:  # a run's checkpoints: one series file
         return compress_series_command(args, files, read_base(args), args.codec or DEFAULT_CODEC,
                                        codec_settings(args))
@@ -124,6 +127,9 @@ def _compress_one(args: argparse.Namespace) -> int:
     plan = _plan(args)
     distill = args.distill or args.sentences is not None
     sentences = sentences_of(args)  # checked before any work
+    if args.max_drop is not None and not (args.model or args.arch):
+        raise UserError("--max-drop needs the model's task: --model (a zoo model, or minilm "
+                        "with its sentences) or --arch module:Class (yours)")
     if _streams(args, plan, distill):
         return _compress_sharded(args, plan)
     if plan.codec.uses_task and not (args.finetune or distill) and not args.quiet:
@@ -139,9 +145,19 @@ def _compress_one(args: argparse.Namespace) -> int:
     task = compress_task(args, state, meta, sentences, device, distill=distill)
     if task.finetune_desc and not args.quiet:
         print(f"vaecompress: {task.finetune_desc}", file=sys.stderr)
-    res = compress(state, plan.codec, fallback=plan.auto, ctx=_context(args, device, task),
-                   meta=_kept_meta(meta, folder), base=base,
-                   evaluate=task.evaluate if is_main() else None)  # rank 0 reports
+    ctx = _context(args, device, task)
+    evaluate = task.evaluate if is_main() else None  # rank 0 reports
+    if args.max_drop is not None:
+        from vaecompress.target import check_max_drop, compress_within
+
+        check_max_drop(args.max_drop, task.validation.unit)
+        res = compress_within(state, None if plan.auto else plan.codec.name,
+                              max_drop=args.max_drop, validation=task.validation, ctx=ctx,
+                              meta=_kept_meta(meta, folder), base=base, evaluate=evaluate,
+                              **codec_settings(args))
+    else:
+        res = compress(state, plan.codec, fallback=plan.auto, ctx=ctx,
+                       meta=_kept_meta(meta, folder), base=base, evaluate=evaluate)
     if res.fallback:
         print(f"vaecompress: {res.fallback}", file=sys.stderr)
     if not is_main():  # one of several processes under torchrun: rank 0 writes and reports
@@ -196,6 +212,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
     settings = codec_settings(args)
     outs = _external_outs(args, name, settings)
     codec = make_codec(name, **settings)  # bad settings fail here, before any work
+    if args.max_drop is not None:
+        from vaecompress.target import check_max_drop, knob_of
+
+        knob_of(name, settings, delta=args.base is not None)  # a knob, not fixed by settings
+        check_max_drop(args.max_drop, "points")
     # Every output is checked before the work: never the input, never a non-file, a folder
     # that exists and is writable. Externals not named go beside the output.
     targets = [args.output, *outs.values()]
@@ -240,8 +261,9 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
     a = res.accounting
     if args.json:
         extra = {"finetune": task.finetune_desc} if task.finetune_desc else {}
+        target = {"target": res.report["target"]} if res.report.get("target") else {}
         print_json(a.to_json() | {"compress_s": res.compress_s, "codec": res.codec}
-                   | _fidelity_json(res) | evals | extra)
+                   | _fidelity_json(res) | evals | extra | target)
         return
     print(
         f"{args.output}: {a.params:,} params, {a.orig_bytes:,} B -> file {a.file_bytes:,} B"
@@ -253,8 +275,19 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
         f"   [{res.compress_s:.1f} s]"
     )
     print(f"{res.codec}{_chosen(res)}: {describe(res.fidelity)}")
+    target = res.report.get("target")
+    if target:
+        print(_searched(target))
     if line:
         print(line)
+
+
+def _searched(t: dict[str, Any]) -> str:
+    """What the search of --max-drop chose, and on what."""
+    lost = (f"{t['drop']:.2f} points of accuracy" if t["unit"] == "points"
+            else f"{t['drop']:.5f} of mean cosine")
+    return (f"--max-drop {t['max_drop']:g}: chose {t['knob']} {t['value']:g}, the smallest of "
+            f"{t['tries']} files tried that keeps it ({lost} lost on {t['validation']})")
 
 
 def _chosen(res: Any) -> str:

@@ -203,6 +203,13 @@ def _codec_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--size", metavar="BYTES",
                     help="a budget for the file instead, e.g. 200KB, 1.5MiB or 50000: the "
                     "finest quantization that fits (default codec): --set size=N")
+    sp.add_argument("--max-drop", type=float, metavar="D",
+                    help="the most the rebuilt model may lose on validation data of its task "
+                    "(MNIST classifiers: points of accuracy on 20,000 training images; --model "
+                    "minilm: 1 - mean cosine on 500 training sentences, or --sentences): the "
+                    "codec's fidelity setting (vae-rd-free: snr; vae-rd: lam; nncodec: qp) is "
+                    "searched for the smallest file that keeps it. Needs the task: a zoo model, "
+                    "--arch or --model minilm")
 
 
 def _setting_flags(sp: argparse.ArgumentParser) -> None:

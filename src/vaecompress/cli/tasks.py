@@ -1,5 +1,6 @@
 """What `compress` knows of the model's task, from its flags: what the codecs retrain on (and
-the line that says so), the probe of the data-free codec, and how the rebuilt model is measured.
+the line that says so), the probe of the data-free codec, how the rebuilt model is measured, and
+the validation data the search of `--max-drop` reads.
 Two tasks: MiniLM's sentence embeddings (--model minilm, --sentences) and MNIST classification
 (a zoo model or --arch), both built by `tasks/`; this module only reads flags and words lines.
 """
@@ -28,6 +29,8 @@ class Task:
     # The rebuilt model's measure (`api.compress(evaluate=...)`), and the line that reports it.
     evaluate: Callable[[Any], dict[str, Any]] | None = None
     describe: Callable[[dict[str, Any]], str] | None = None
+    # With --max-drop: the data the search judges each try on (`tasks.validation`).
+    validation: Any = None
 
 
 def _steps(n: int) -> str:
@@ -83,6 +86,9 @@ def sentence_task(args: argparse.Namespace, state: Any, sentences: list[str] | N
     task = SentenceTask(device, n_eval=0 if args.no_eval else None, reference=state,
                         source=args.input)
     out = Task(probe=task.probe(seed=args.seed))
+    if args.max_drop is not None:
+        out.validation = (task.validation(seed=args.seed) if sentences is None else
+                          task.validation(sentences, seed=args.seed, source=args.sentences))
     if retrain:
         out.finetune = task.distiller(sentences, seed=args.seed)
         where = (f"{len(sentences):,} sentences of {args.sentences}" if sentences is not None
@@ -108,12 +114,19 @@ def mnist_task(args: argparse.Namespace, state: Any, meta: dict[str, str], devic
     distillation from the input model with --distill), the probe on noise images, and the
     test accuracy of the rebuilt model."""
     retrain = args.finetune or distill
-    arch = _mnist_arch(args, state, meta, device, retrain=retrain)
+    search = args.max_drop is not None
+    arch = _mnist_arch(args, state, meta, device, retrain=retrain or search)
     out = Task(probe=_probe(arch, state, device, args.seed))
     train = test = None
-    if arch is not None and (retrain or not args.no_eval):
+    if search and arch is None:
+        raise UserError("--max-drop needs the model's task: --model (a zoo model, or minilm "
+                        "with its sentences) or --arch module:Class (yours); the file does "
+                        "not name one")
+    if arch is not None and (retrain or search or not args.no_eval):
         # The task is known: its data is loaded before the work, to measure the rebuilt model.
-        train, test = _mnist_data(args, retrain=retrain)
+        train, test = _mnist_data(args, retrain=retrain or search)
+    if search:
+        out.validation = _mnist_validation(args, arch, train, device)
     if retrain:
         # Retraining codecs (prune, deep-compression) need the task: MNIST and the architecture.
         if arch is None:
@@ -125,6 +138,18 @@ def mnist_task(args: argparse.Namespace, state: Any, meta: dict[str, str], devic
     if test is not None and not args.no_eval:
         out.evaluate, out.describe = _accuracy_measure(args, arch, state, test, device)
     return out
+
+
+def _mnist_validation(args: argparse.Namespace, arch: Any, train: Any, device: Any) -> Any:
+    """The accuracy on a seeded draw of the training images, which `--max-drop` reads."""
+    from vaecompress.tasks.mnist import mnist_validation
+    from vaecompress.zoo.arch import load_network
+
+    def network(state: Any) -> Any:
+        return load_network(arch, state, source=args.input).to(device)
+
+    return mnist_validation(network, train, seed=args.seed, device=device,
+                            normalize=arch.normalize)
 
 
 def _mnist_arch(args: argparse.Namespace, state: Any, meta: dict[str, str], device: Any, *,

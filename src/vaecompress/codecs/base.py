@@ -15,6 +15,9 @@ The contract, all of it on the class so that nothing outside `codecs/` names a c
 - `externals`: names of the files the codec may write beside the container and read back
   (`Encoded.externals` / `decode(..., externals)`, keyed by these names);
 - `operating_points(preset)`: the settings the bench measures ("quick", "full");
+- `fidelity_knob(settings)`: the setting that trades size for fidelity (`Knob`), which
+  `target.compress_within` searches for the smallest file that keeps a task's fidelity
+  (`--max-drop`); None: the codec has none;
 - `uses_task`: whether its quality depends on fine-tuning with the task (`CodecContext.finetune`);
 - `lossless`, `exact_decode`: what the checks of `api` may expect of its decoding;
 - `streams()`, `for_part(part, total)`: whether a large model's shards may be coded one at a
@@ -47,6 +50,26 @@ from vaecompress.tasks.probe import Probe
 from vaecompress.training.finetune import Finetuner
 
 PASSTHROUGH = "passthrough"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A codec's setting that trades size for fidelity, as `target.compress_within` searches
+    it: values in [lo, hi]; `finer` +1 when a larger value keeps more (an SNR), -1 when a smaller
+    one does (a rate weight, NNCodec's qp); searched on log2 of the value when `log`, on
+    integers when `integer`; the search first moves `step` (in those units) from the codec's
+    default and stops when the bracket is `resolution` wide. `alongside`: settings the search
+    holds at these values while it moves the knob (unless the caller set them)."""
+
+    name: str
+    lo: float
+    hi: float
+    finer: int
+    step: float
+    resolution: float
+    log: bool = False
+    integer: bool = False
+    alongside: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -153,6 +176,13 @@ class Codec(ABC):
         if preset == "datafree":  # the methods that need the weights alone, swept densely
             return [] if cls.uses_task else [{}]
         return [{}] if preset in ("quick", "full") else []
+
+    @classmethod
+    def fidelity_knob(cls, settings: Mapping[str, Any], *, delta: bool = False) -> Knob | None:
+        """The setting that trades size for fidelity under these settings (`Knob`; `delta`:
+        coding a model against a base), or None (the default: a codec with nothing to search,
+        a lossless one, a fixed bit width)."""
+        return None
 
     def streams(self) -> bool:
         """Whether the parts of a model (the shards of a folder) may be coded one at a time,

@@ -46,6 +46,7 @@ from vaecompress.codecs.base import (
     Codec,
     CodecContext,
     Encoded,
+    Knob,
     add_passthrough,
     join_passthrough,
     register,
@@ -227,6 +228,14 @@ class NNCodecCodec(Codec):
         if float(settings.get("prune", 0) or 0) > 0:
             return "nncodec+prune", True
         return cls.name, False
+
+    @classmethod
+    def fidelity_knob(cls, settings: Mapping[str, Any], *, delta: bool = False) -> Knob | None:
+        # qp, every step (a step is 2**(1/4) of the quantization step at qp_density 2); none
+        # where a fixed bit depth sets the step
+        if settings.get("bitdepth") is not None:
+            return None
+        return Knob("qp", -60, -2, finer=-1, step=6, resolution=1, integer=True)
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:

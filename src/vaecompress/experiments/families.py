@@ -55,6 +55,7 @@ from vaecompress.family.delta import base_sha256
 from vaecompress.family.series import compress_series
 from vaecompress.files import atomic_write_json, atomic_write_text
 from vaecompress.io import StateDict
+from vaecompress.methods.rd.vae_rd_free import CHANGE_ONLY_SNR
 from vaecompress.runinfo import environment, git_revision, resolve_device
 from vaecompress.tasks.mnist import make_finetuner
 from vaecompress.training.finetune import Finetuner
@@ -159,8 +160,9 @@ def checkpoints(cfg: FamiliesConfig, train: MnistSplit, test: MnistSplit, device
 
 
 # A sweep of the change's own target alone sets the weights' to this, which no change target
-# of the sweeps lets bind (a weights' SNR of 1 dB is an error of 80% of the weights' energy).
-CHANGE_SWEEP_SNR = 1.0
+# of the sweeps lets bind (a weights' SNR of 1 dB is an error of 80% of the weights' energy);
+# the codec's own search of `--max-drop` against a base does the same.
+CHANGE_SWEEP_SNR = CHANGE_ONLY_SNR
 
 
 def free_points(snrs: tuple[float, ...], delta: bool = False,

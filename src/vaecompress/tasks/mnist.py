@@ -3,7 +3,8 @@ it is one, its predictions and accuracy (the fidelity of a rebuilt model), and w
 retrain it on: cross-entropy with the labels (`make_finetuner`), or without them, distillation
 from the original model (`mnist_distiller`), on seeded shuffled batches of the training images;
 for the codecs that weigh tensors without data, the classifier run on noise images
-(`mnist_probe`).
+(`mnist_probe`); for the search of `--max-drop`, the accuracy on a seeded draw of the training
+images (`mnist_validation`), never the test images the rebuilt model is judged on.
 
 Boundary: the images, the loss and the measure. Which network is run is the caller's (a zoo
 name is built with `zoo.build_model`); how the zoo's networks were trained is `zoo.train`'s, and
@@ -12,9 +13,10 @@ how a codec trains on a `Finetuner` is `training.finetune`'s.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,7 @@ from vaecompress.data import MnistSplit, to_tensors
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import distiller
 from vaecompress.tasks.probe import Probe, classifier_probe
+from vaecompress.tasks.validation import Validation
 from vaecompress.training.finetune import Finetuner, ModuleLoss
 from vaecompress.zoo.models import build_model
 from vaecompress.zoo.train import ZOO_NORMALIZE
@@ -32,6 +35,7 @@ from vaecompress.zoo.train import ZOO_NORMALIZE
 # [N, 10] logits.
 IMAGE_SHAPE = (1, 28, 28)
 N_CLASSES = 10
+VALIDATION_IMAGES = 20_000  # `mnist_validation`: training images drawn for `--max-drop`
 
 
 def check_classifier(model: nn.Module, *, device: torch.device | str = "cpu",
@@ -150,3 +154,21 @@ def mnist_probe(net: nn.Module, *, normalize: tuple[float, float] | None = ZOO_N
     with."""
     return classifier_probe(net, IMAGE_SHAPE, normalize=normalize, prefix=prefix, seed=seed,
                             device=device)
+
+
+def mnist_validation(network: Callable[[Mapping[str, torch.Tensor]], nn.Module],
+                     train: MnistSplit, *, n: int = VALIDATION_IMAGES, seed: int = 0,
+                     device: torch.device | str = "cpu",
+                     normalize: tuple[float, float] | None = ZOO_NORMALIZE) -> Validation:
+    """The accuracy (points) of the classifier `network(state)` on `n` training images drawn
+    with `seed`, for the search of `--max-drop` (`target`): the test images stay for judging
+    what it chose. The model was trained on these images, so its accuracy there is higher
+    than on the test set; the search reads only the drop."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(train), size=min(n, len(train)),
+                                                      replace=False))
+    split = MnistSplit(train.images[pick], train.labels[pick])
+
+    def score(state: Mapping[str, torch.Tensor]) -> float:
+        return accuracy(network(state), split, device=device, normalize=normalize)
+
+    return Validation(score, "points", f"{len(split):,} MNIST training images (seed {seed})")

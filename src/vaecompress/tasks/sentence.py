@@ -45,6 +45,7 @@ from torch.utils.checkpoint import checkpoint
 from vaecompress.errors import UserError
 from vaecompress.tasks.distill import distiller
 from vaecompress.tasks.probe import Probe
+from vaecompress.tasks.validation import Validation
 from vaecompress.training.finetune import Finetuner
 from vaecompress.zoo import minilm
 from vaecompress.zoo.arch import fit_state, wrapper_prefix
@@ -53,6 +54,7 @@ DATA = Path(__file__).resolve().parent / "data"
 EVAL_BATCH = 64
 TRAIN_BATCH = 32
 VALIDATION = 128  # training sentences kept apart for early stopping
+VALIDATION_SENTENCES = 500  # `SentenceTask.validation`: sentences drawn for `--max-drop`
 HELD_EVERY = 16  # `distiller`: one batch in this many kept apart for early stopping
 SETS = ("eval", "train", "heldout")
 EVAL_SETS = ("eval", "heldout")  # the sets fidelity is measured on
@@ -261,6 +263,26 @@ class SentenceTask:
         same = nearest_neighbours(emb) == fs.nn
         return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
                 "nn_same": float(same.float().mean()), "n_sentences": len(emb)}
+
+    def validation(self, sentences: Sequence[str] | None = None, *,
+                   n: int = VALIDATION_SENTENCES, seed: int = 0,
+                   source: str = "tasks/data/train.txt") -> Validation:
+        """The mean cosine of a model's embeddings to the original's on `n` sentences drawn with
+        `seed` from `sentences` (default: the training set, `source` naming where they come
+        from), for the search of `--max-drop` (`target`; the drop is 1 - mean cosine): the
+        fidelity sets stay for judging what it chose."""
+        pool = list(self.train_sentences if sentences is None else sentences)
+        pick = sorted(random.Random(f"max-drop-{seed}").sample(range(len(pool)),
+                                                               min(n, len(pool))))
+        chosen = [pool[i] for i in pick]
+        batches = self._batches(chosen, EVAL_BATCH)
+        ref = self.embed(self.reference, batches)
+
+        def score(state: Mapping[str, torch.Tensor]) -> float:
+            emb = self.embed(state, batches)
+            return float((emb * ref).sum(1).clamp(-1.0, 1.0).mean())
+
+        return Validation(score, "cosine", f"{len(chosen):,} sentences of {source} (seed {seed})")
 
     def probe(self, *, batches: int = 8, batch_size: int = 16, length: int = 32,
               seed: int = 0) -> Probe:

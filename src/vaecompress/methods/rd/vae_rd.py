@@ -33,6 +33,7 @@ from vaecompress.codecs.base import (
     Codec,
     CodecContext,
     Encoded,
+    Knob,
     add_passthrough,
     join_passthrough,
     read_passthrough,
@@ -124,6 +125,14 @@ class VAERDCodec(Codec):
         if s.snr and (s.decoder != "tensor" or s.latents != "direct"):
             raise UserError("vae-rd: a warm start (snr > 0) needs decoder=tensor and "
                             "latents=direct")
+
+    @classmethod
+    def fidelity_knob(cls, settings: Mapping[str, Any], *, delta: bool = False) -> Knob | None:
+        # the rate's weight, by factors of about 1.4 (each try a training): `lam`, or with a
+        # warm start (snr > 0) `slope`, from which lam follows
+        name = "slope" if float(settings.get("snr", 0) or 0) > 0 else "lam"
+        lo, hi = (1e-3, 100.0) if name == "slope" else (0.05, 500.0)
+        return Knob(name, lo, hi, finer=-1, step=1.0, resolution=0.5, log=True)
 
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ from vaecompress.codecs.base import (
     Codec,
     CodecContext,
     Encoded,
+    Knob,
     add_passthrough,
     join_passthrough,
     register,
@@ -78,6 +79,9 @@ KIND = "rd-latents"
 # checked in docs/default-codec.md).
 DEFAULT_SNR = 30.0
 DEFAULT_CHANGE_SNR = 10.0
+# The weights' SNR that leaves the change's target alone to bind (an error of 80% of the
+# weights' energy): a search or sweep of `change_snr` sets it.
+CHANGE_ONLY_SNR = 1.0
 WEIGHTINGS = ("auto", "relative", "fisher")
 SOLVERS = ("closed", "adam")
 # The bytes of the file besides the latents that the size budget leaves room for: the
@@ -105,6 +109,19 @@ class VAERDFreeCodec(Codec):
     version = 1
     Settings = VAERDFreeSettings
     reads_version = SHARED_VERSION  # a family's member coded under a shared prior
+
+    @classmethod
+    def fidelity_knob(cls, settings: Mapping[str, Any], *, delta: bool = False) -> Knob | None:
+        # The closed form's SNR, to half a dB (the trained form's knob is `lam`). Against a
+        # base, the change's own SNR, the weights' target out of the way (`CHANGE_ONLY_SNR`)
+        # unless set: where a fine-tune's change is small against the weights, it says what
+        # matters directly (docs/families.md); with `change_snr` set, the weights' SNR.
+        if settings.get("solver", "closed") == "adam":
+            return Knob("lam", 1e-4, 10.0, finer=-1, step=1.0, resolution=0.25, log=True)
+        if delta and "change_snr" not in settings:
+            return Knob("change_snr", 0.25, 60.0, finer=1, step=4.0, resolution=0.25,
+                        alongside=(("snr", CHANGE_ONLY_SNR),))
+        return Knob("snr", 1.0, 60.0, finer=1, step=8.0, resolution=0.5)
 
     def validate(self) -> None:
         s = self.settings
