@@ -28,7 +28,8 @@ SAME_LAYER_OK = {("tasks", "zoo"), ("api", "family"), ("family", "api"),
                  ("inspection", "family"), ("api", "inspection"),
                  ("api", "sharded"), ("sharded", "api"), ("inspection", "sharded"),
                  ("codecs", "methods"), ("methods", "codecs"),
-                 ("__init__", "api"), ("target", "api"), ("cli", "experiments")}
+                 ("__init__", "api"), ("__init__", "target"), ("target", "api"),
+                 ("cli", "experiments")}
 
 
 def _unit(path: Path) -> str:

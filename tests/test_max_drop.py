@@ -272,3 +272,11 @@ def test_command_line_task_aware_codec_searches_lam(fnn_file: Path, toy_mnist_di
     meta = c.meta[TARGET_KEY]
     assert meta["knob"] == "lam" and meta["drop"] <= 3
     assert c.codec["settings"]["lam"] == meta["value"] and meta["tries"] <= 8
+
+
+def test_top_level_names() -> None:
+    import vaecompress
+
+    assert vaecompress.compress_within is compress_within
+    assert vaecompress.Validation is Validation
+    assert {"compress_within", "Validation"} <= set(vaecompress.__all__)

@@ -26,9 +26,14 @@ if TYPE_CHECKING:
         load,
         save,
     )
+    from vaecompress.target import compress_within
+    from vaecompress.tasks.validation import Validation
 
 _API = ("CodecContext", "CompressResult", "DistillLoss", "Finetuner", "ModuleLoss", "compress",
         "decompress", "distiller", "inspect", "load", "save")
+# `--max-drop` from Python: the search, and what a task gives it to judge a rebuilt model on
+_ELSEWHERE = {"compress_within": "vaecompress.target",
+              "Validation": "vaecompress.tasks.validation"}
 
 __all__ = [
     "CodecContext",
@@ -39,8 +44,10 @@ __all__ = [
     "ModuleLoss",
     "UserError",
     "VaecompressError",
+    "Validation",
     "__version__",
     "compress",
+    "compress_within",
     "decompress",
     "distiller",
     "inspect",
@@ -54,4 +61,8 @@ def __getattr__(name: str) -> Any:
         from vaecompress import api
 
         return getattr(api, name)
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
     raise AttributeError(f"module 'vaecompress' has no attribute {name!r}")
