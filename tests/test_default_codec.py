@@ -297,3 +297,23 @@ def test_the_weights_fidelity_sums_every_slice(monkeypatch: pytest.MonkeyPatch) 
     assert sliced["snr_db"] == pytest.approx(whole["snr_db"], abs=1e-9)
     assert sliced["worst_tensor"] == whole["worst_tensor"]
     assert sliced["worst_snr_db"] == pytest.approx(whole["worst_snr_db"], abs=1e-9)
+
+
+def test_tensors_rebuilt_as_zeros_are_counted_apart() -> None:
+    """The summed relative SNR counts a tiny tensor dropped as much as a large one; the
+    fidelity says how many were lost, their share of the energy, and the others' SNR."""
+    from vaecompress.fidelity import describe
+
+    g = torch.Generator().manual_seed(0)
+    orig = {"big": torch.randn(100, 100, generator=g), "tiny": 1e-4 * torch.randn(8, generator=g),
+            "steps": torch.tensor(3)}
+    rebuilt = {"big": orig["big"] * (1 + 1e-2), "tiny": torch.zeros(8), "steps": torch.tensor(3)}
+    fid = weights_fidelity(orig, rebuilt)
+    assert fid["worst_tensor"] == "tiny" and fid["snr_db"] < 0
+    assert fid["lost_tensors"] == 1 and 0 < fid["lost_energy"] < 1e-9
+    assert fid["others_snr_db"] == pytest.approx(40.0, abs=1e-3)
+    line = describe(fid)
+    assert "1 tensor holding under 0.0001% of the weights' energy rebuilt as zeros or worse" in line
+    assert line.endswith("the others at 40.0 dB")
+    kept = weights_fidelity(orig, {**rebuilt, "tiny": orig["tiny"]})
+    assert kept["lost_tensors"] == 0 and "rebuilt as zeros" not in describe(kept)

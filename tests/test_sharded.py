@@ -131,14 +131,19 @@ def test_combined_fidelity_is_that_of_the_whole() -> None:
     a = {f"t{i}": torch.randn(20, 10, generator=g) for i in range(6)}
     b = {k: v + 0.01 * (i + 1) * torch.randn(v.shape, generator=g)
          for i, (k, v) in enumerate(a.items())}
+    a["t2"] = a["t2"] * 1e-3  # a small tensor, lost: counted apart
+    b["t2"] = torch.zeros_like(a["t2"])
     keys = list(a)
     parts = [weights_fidelity({k: a[k] for k in ks}, {k: b[k] for k in ks})
              for ks in (keys[:1], keys[1:4], keys[4:])]
     whole = weights_fidelity(a, b)
     got = combined(parts)
     assert got["snr_db"] == pytest.approx(whole["snr_db"], abs=1e-9)
-    assert got["worst_tensor"] == whole["worst_tensor"] == "t5"
+    assert got["worst_tensor"] == whole["worst_tensor"] == "t2"
     assert got["exact"] is False
+    assert got["lost_tensors"] == whole["lost_tensors"] == 1
+    for key in ("lost_energy", "others_snr_db", "energy"):
+        assert got[key] == pytest.approx(whole[key], rel=1e-9)
 
 
 def _alive(refs: list[weakref.ref]) -> int:

@@ -5,7 +5,11 @@ they moved. Each floating tensor's relative squared error `|w_hat - w|^2 / |w|^2
 signal-to-noise ratio; the model's SNR is that of their relative
 errors summed over tensors (the data-free codec's own measure with its `relative` weighting,
 `methods.rd.allocate`: the errors of the layers add up along the network), and the worst tensor is
-named, so that one destroyed layer is never hidden by many exact ones.
+named, so that one destroyed layer is never hidden by many exact ones. The tensors rebuilt with
+an error as large as themselves (as zeros, or worse) are counted apart too, with their share of
+the weights' energy and the SNR of the others: a sum over tensors counts a tiny tensor dropped
+(MiniLM's attention key biases, which the softmax cancels) as much as a large one, and the
+reader should see which it is.
 
 A model coded against a base (`--base`) is also measured against its change from the base
 (`change_fidelity`): a codec may keep the weights within its SNR and still lose the change,
@@ -36,9 +40,13 @@ def nsr_of_db(snr: float) -> float:
 
 def weights_fidelity(orig: Mapping[str, torch.Tensor],
                      rebuilt: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """{"snr_db", "worst_tensor", "worst_snr_db", "exact"} over the floating tensors of `orig`
-    (SNRs are inf where nothing was lost; a tensor of zeros counts by its absolute error)."""
+    """{"snr_db", "worst_tensor", "worst_snr_db", "exact", "lost_tensors", "lost_energy",
+    "others_snr_db", "energy"} over the floating tensors of `orig` (SNRs are inf where nothing
+    was lost; a tensor of zeros counts by its absolute error): `lost_tensors` rebuilt with a
+    relative error of 1 or more, holding `lost_energy` of the weights' `energy` (a share), and
+    the summed SNR of the others."""
     rel: dict[str, float] = {}
+    energies: dict[str, float] = {}
     exact = True
     for k, w in orig.items():
         if not w.is_floating_point() or not w.numel():
@@ -47,12 +55,22 @@ def weights_fidelity(orig: Mapping[str, torch.Tensor],
         noise, energy = _noise_and_energy(w, rebuilt[k])
         exact = exact and noise == 0.0
         rel[k] = noise / energy if energy > 0 else (0.0 if noise == 0 else math.inf)
+        energies[k] = energy
     if not rel:
         return {"snr_db": math.inf, "worst_tensor": None, "worst_snr_db": math.inf,
-                "exact": exact}
+                "exact": exact, **_lost({}, {})}
     worst = max(rel, key=lambda k: rel[k])
     return {"snr_db": snr_db(sum(rel.values())), "worst_tensor": worst,
-            "worst_snr_db": snr_db(rel[worst]), "exact": exact}
+            "worst_snr_db": snr_db(rel[worst]), "exact": exact, **_lost(rel, energies)}
+
+
+def _lost(rel: Mapping[str, float], energies: Mapping[str, float]) -> dict[str, Any]:
+    lost = [k for k, r in rel.items() if r >= 1.0]
+    total = sum(energies.values())
+    return {"lost_tensors": len(lost),
+            "lost_energy": sum(energies[k] for k in lost) / total if total > 0 else 0.0,
+            "others_snr_db": snr_db(sum(r for k, r in rel.items() if r < 1.0)),
+            "energy": total}
 
 
 # Under this SNR of the change from the base, most of the change's energy is lost (at 3 dB the
@@ -82,11 +100,17 @@ def combined(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     NSRs do; the worst tensor is the worst part's."""
     if not parts:
         return {"snr_db": math.inf, "worst_tensor": None, "worst_snr_db": math.inf,
-                "exact": True}
+                "exact": True, **_lost({}, {})}
     worst = min(parts, key=lambda p: p["worst_snr_db"])
+    total = sum(p["energy"] for p in parts)
     return {"snr_db": snr_db(sum(nsr_of_db(p["snr_db"]) for p in parts)),
             "worst_tensor": worst["worst_tensor"], "worst_snr_db": worst["worst_snr_db"],
-            "exact": all(bool(p["exact"]) for p in parts)}
+            "exact": all(bool(p["exact"]) for p in parts),
+            "lost_tensors": sum(p["lost_tensors"] for p in parts),
+            "lost_energy": (sum(p["lost_energy"] * p["energy"] for p in parts) / total
+                            if total > 0 else 0.0),
+            "others_snr_db": snr_db(sum(nsr_of_db(p["others_snr_db"]) for p in parts)),
+            "energy": total}
 
 
 CHUNK = 2**20  # elements summed in float64 at a time: a large tensor costs no float64 copy
@@ -111,6 +135,11 @@ def describe(fid: Mapping[str, Any]) -> str:
         return "weights rebuilt exactly"
     line = (f"weights SNR {_db(fid['snr_db'])} (relative errors summed over tensors), worst "
             f"tensor '{fid['worst_tensor']}' {_db(fid['worst_snr_db'])}")
+    lost = fid.get("lost_tensors", 0)
+    if lost:
+        line += (f"; {lost} tensor{'s' if lost > 1 else ''} holding "
+                 f"{_share(fid['lost_energy'])} of the weights' energy rebuilt as zeros or "
+                 f"worse, the others at {_db(fid['others_snr_db'])}")
     change = fid.get("change_snr_db")
     if change is None:
         return line
@@ -120,6 +149,10 @@ def describe(fid: Mapping[str, Any]) -> str:
                  "close to the base, not to the model given): a fidelity of the change's own "
                  "keeps it (--set change_snr=DB, with the default codec)")
     return line
+
+
+def _share(x: float) -> str:
+    return f"{100 * x:.2g}%" if x >= 1e-6 else "under 0.0001%"
 
 
 def _db(x: float) -> str:

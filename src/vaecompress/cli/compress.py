@@ -308,4 +308,6 @@ def _fidelity_json(res: Any) -> dict[str, Any]:
     change = {"change_snr_db": finite(f["change_snr_db"])} if "change_snr_db" in f else {}
     return {"weights_snr_db": finite(f.get("snr_db")), "worst_tensor": f.get("worst_tensor"),
             "worst_snr_db": finite(f.get("worst_snr_db")), "exact": f.get("exact"), **change,
+            "lost_tensors": f.get("lost_tensors"), "lost_energy": f.get("lost_energy"),
+            "others_snr_db": finite(f.get("others_snr_db")),
             "fallback": res.fallback}
