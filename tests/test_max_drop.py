@@ -280,3 +280,23 @@ def test_top_level_names() -> None:
     assert vaecompress.compress_within is compress_within
     assert vaecompress.Validation is Validation
     assert {"compress_within", "Validation"} <= set(vaecompress.__all__)
+
+
+def test_command_line_against_a_base(fnn_file: Path, toy_mnist_dir: Path,
+                                     tmp_path: Path) -> None:
+    """`--base --max-drop`: the change's own SNR searched; the file decodes with the base."""
+    from vaecompress.io import load_weights_file, save_weights_file
+
+    base, _ = load_weights_file(fnn_file)
+    gen = torch.Generator().manual_seed(3)
+    ft = {k: v + 0.1 * v.std() * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+    ft_file = tmp_path / "ft.safetensors"
+    save_weights_file(ft_file, ft)
+    out = tmp_path / "ft.vrd"
+    assert main(["compress", str(ft_file), "-o", str(out), "--model", "fnn", "--quiet",
+                 "--base", str(fnn_file), "--max-drop", "1",
+                 "--data-dir", str(toy_mnist_dir)]) == 0
+    meta = loads(out.read_bytes()).meta[TARGET_KEY]
+    assert meta["knob"] == "change_snr" and meta["drop"] <= 1
+    back = tmp_path / "back.safetensors"
+    assert main(["decompress", str(out), "--base", str(fnn_file), "-o", str(back)]) == 0
