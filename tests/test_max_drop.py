@@ -186,6 +186,8 @@ def test_command_line_searches_and_says_so(fnn_file: Path, toy_mnist_dir: Path,
     assert "--max-drop 1: chose snr " in text and "MNIST training images" in text
     meta = loads(out.read_bytes()).meta[TARGET_KEY]
     assert meta["drop"] <= 1 and meta["unit"] == "points"
+    assert main(["inspect", str(out)]) == 0
+    assert f"chosen by --max-drop 1: snr {meta['value']}" in capsys.readouterr().out
     assert main(["compress", str(fnn_file), "-o", str(tmp_path / "j.vrd"), "--model", "fnn",
                  "--quiet", "--json", "--max-drop", "1",
                  "--data-dir", str(toy_mnist_dir)]) == 0

@@ -103,4 +103,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(
         f"ratio_paper {fmt_ratio(a['ratio_paper'])}   ratio_honest {fmt_ratio(a['ratio_honest'])}"
     )
+    target = info["meta"].get("vaecompress.target")  # target.TARGET_KEY (target imports torch)
+    if isinstance(target, dict):  # informational: shown, never trusted
+        t = {k: _shown(target.get(k)) for k in
+             ("max_drop", "knob", "value", "drop", "unit", "validation", "tries")}
+        print(f"chosen by --max-drop {t['max_drop']}: {t['knob']} {t['value']} ({t['drop']} "
+              f"{t['unit']} lost on {t['validation']}, {t['tries']} files tried)")
     return 0
+
+
+def _shown(x: object) -> str:
+    """A header field for a person: a number to 4 digits, anything else cut to 80 chars."""
+    if isinstance(x, int | float) and not isinstance(x, bool):
+        return f"{x:.4g}"
+    return str(x)[:80]
