@@ -197,7 +197,6 @@ def test_command_line_searches_and_says_so(fnn_file: Path, toy_mnist_dir: Path,
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--max-drop", "0.5"], "needs the model's task"),
     (["--model", "fnn", "--max-drop", "-2"], ">= 0"),
     (["--model", "fnn", "--max-drop", "0.5", "--snr", "20"], "not both"),
     (["--model", "fnn", "--max-drop", "0.5", "--size", "20KB"], "two targets"),
@@ -213,6 +212,26 @@ def test_command_line_bad_requests(fnn_file: Path, toy_mnist_dir: Path, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_command_line_without_a_task(fnn_file: Path, toy_mnist_dir: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that names its model (`vaecompress train` writes it) has its task; a bare one
+    needs --model or --arch."""
+    from vaecompress.io import load_weights_file, save_weights_file
+
+    state, meta = load_weights_file(fnn_file)
+    assert meta.get("vaecompress.model") == "fnn"
+    bare = tmp_path / "bare.safetensors"
+    save_weights_file(bare, state)
+    capsys.readouterr()
+    out = tmp_path / "x.vrd"
+    assert main(["compress", str(bare), "-o", str(out), "--quiet", "--max-drop", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs the model's task" in err[0] and not out.exists()
+    assert main(["compress", str(fnn_file), "-o", str(out), "--quiet", "--no-eval",
+                 "--max-drop", "2", "--data-dir", str(toy_mnist_dir)]) == 0
+    assert loads(out.read_bytes()).meta[TARGET_KEY]["knob"] == "snr"
 
 
 def test_command_line_series_refuses(fnn_file: Path, tmp_path: Path,

@@ -127,9 +127,6 @@ def _compress_one(args: argparse.Namespace) -> int:
     plan = _plan(args)
     distill = args.distill or args.sentences is not None
     sentences = sentences_of(args)  # checked before any work
-    if args.max_drop is not None and not (args.model or args.arch):
-        raise UserError("--max-drop needs the model's task: --model (a zoo model, or minilm "
-                        "with its sentences) or --arch module:Class (yours)")
     if _streams(args, plan, distill):
         return _compress_sharded(args, plan)
     if plan.codec.uses_task and not (args.finetune or distill) and not args.quiet:
@@ -169,11 +166,12 @@ def _compress_one(args: argparse.Namespace) -> int:
 
 def _streams(args: argparse.Namespace, plan: _Plan, distill: bool) -> bool:
     """Whether the input is a model folder of several shards to code one at a time: the
-    codec can (`Codec.streams`) and nothing needs the whole model (a task, a probe, a base)."""
+    codec can (`Codec.streams`) and nothing needs the whole model (a task, a probe, a base, the
+    search of --max-drop)."""
     from vaecompress.folders import is_model_folder, shard_files
 
     if not is_model_folder(args.input) or args.base or args.finetune or distill \
-            or args.model or args.arch or not plan.codec.streams():
+            or args.model or args.arch or args.max_drop is not None or not plan.codec.streams():
         return False
     return len(shard_files(Path(args.input))) > 1
 
