@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -34,6 +34,7 @@ from vaecompress.api import CompressResult, compress
 from vaecompress.codecs import DEFAULT_CODEC, CodecContext, Knob, get_codec_class
 from vaecompress.errors import UserError
 from vaecompress.format import dumps, loads
+from vaecompress.io import StateDict
 from vaecompress.progress import progress
 from vaecompress.tasks.validation import Validation
 
@@ -87,7 +88,7 @@ def compress_within(
     ctx: CodecContext | None = None,
     meta: Mapping[str, Any] | None = None,
     base: Mapping[str, torch.Tensor] | None = None,
-    evaluate: Any = None,
+    evaluate: Callable[[StateDict], Mapping[str, Any]] | None = None,
     **settings: Any,
 ) -> CompressResult:
     """The smallest file of `codec` (default: the library's default codec) whose rebuilt
@@ -153,7 +154,7 @@ def _start(codec: str, knob: Knob, settings: Mapping[str, Any]) -> float:
     return min(max(value, knob.lo), knob.hi)
 
 
-def _search(knob: Knob, start: float, ok: Any) -> None:
+def _search(knob: Knob, start: float, ok: Callable[[float], bool]) -> None:
     """Run `ok(value)` (True: the drop holds) at the values the search needs (module
     docstring), in the knob's units: log2 of the value for a log knob, rounded for an integer
     one."""
@@ -190,6 +191,7 @@ def _search(knob: Knob, start: float, ok: Any) -> None:
                 good = nxt
                 break
             bad, step = nxt, step * 2
+    assert good is not None and bad is not None  # bracketed: one passes, one fails
     while abs(bad - good) > knob.resolution:
         mid = to_u(value((good + bad) / 2))
         if mid in (good, bad):
