@@ -62,14 +62,15 @@ NNCODEC_RECORDS = ROOT / "results" / "datafree" / "records"
 
 
 def sweep(net: torch.nn.Module, norm: Any, state: dict[str, torch.Tensor], test: Any,
-          snrs: tuple[float, ...], seed: int) -> tuple[float, list[dict[str, Any]]]:
+          snrs: tuple[float, ...], seed: int,
+          roundings: tuple[str, ...] = ROUNDINGS) -> tuple[float, list[dict[str, Any]]]:
     acc0 = accuracy(net, test, normalize=norm)
     probe = mnist_probe(net, normalize=norm, seed=seed)
     rows = []
     for weighting in WEIGHTINGS:
         ctx = CodecContext(progress=False, seed=seed,
                            probe=probe if weighting == "auto" else None)
-        for rounding in ROUNDINGS:
+        for rounding in roundings:
             for snr in snrs:
                 t0 = time.perf_counter()
                 res = compress(state, "vae-rd-free", ctx=ctx, snr=snr, weighting=weighting,
@@ -115,7 +116,8 @@ def best(points: list[dict[str, Any]], level: float) -> float | None:
     return max(ok) if ok else None
 
 
-def minilm_rows(seed: int) -> dict[str, Any] | None:
+def minilm_rows(seed: int, roundings: tuple[str, ...] = ROUNDINGS,
+                snrs: tuple[float, ...] = MINILM_SNRS) -> dict[str, Any] | None:
     from vaecompress.zoo import minilm
 
     if minilm.missing() is not None:
@@ -126,15 +128,18 @@ def minilm_rows(seed: int) -> dict[str, Any] | None:
     task = SentenceTask("cpu")
     probe = task.probe(seed=seed)
     rows = []
-    for snr in MINILM_SNRS:
-        for rounding in ROUNDINGS:
+    for snr in snrs:
+        for rounding in roundings:
             t0 = time.perf_counter()
             res = compress(state, "vae-rd-free", ctx=CodecContext(progress=False, seed=seed,
                                                                   probe=probe),
                            snr=snr, rounding=rounding)
             seconds = time.perf_counter() - t0
-            held = task.fidelity(decompress(res.data, res.externals), eval_set="heldout")
+            rebuilt = decompress(res.data, res.externals)
+            held = task.fidelity(rebuilt, eval_set="heldout")
+            fid = task.fidelity(rebuilt)
             rows.append({"snr": snr, "rounding": rounding, "snr_db": res.report["snr_db"],
+                         "cos_mean": fid["cos_mean"], "nn_same": fid["nn_same"],
                          "file_bytes": res.accounting.file_bytes,
                          "ratio_honest": res.accounting.ratio_honest, "compress_s": seconds,
                          "heldout_cos_mean": held["cos_mean"], "heldout_nn_same":
@@ -145,17 +150,17 @@ def minilm_rows(seed: int) -> dict[str, Any] | None:
 
 
 def equal_bytes_delta(rows: list[dict[str, Any]], weighting: str, max_snr: float = 16.0,
-                      max_drop: float = 2.0) -> float | None:
-    """The mean over RDOQ's points at `snr <= max_snr` of its accuracy drop minus nearest
-    rounding's at the same file size (nearest's drop interpolated linearly in log bytes between
-    its two points around it), where nearest's drop there is at most `max_drop` points (below,
-    the models fall off a cliff, and one point would outweigh the rest): < 0 where RDOQ keeps
-    more accuracy per byte."""
+                      max_drop: float = 2.0, other: str = "rdoq") -> float | None:
+    """The mean over `other`'s points (RDOQ's) at `snr <= max_snr` of its accuracy drop minus
+    nearest rounding's at the same file size (nearest's drop interpolated linearly in log
+    bytes between its two points around it), where nearest's drop there is at most `max_drop`
+    points (below, the models fall off a cliff, and one point would outweigh the rest): < 0
+    where `other` keeps more accuracy per byte."""
     near = sorted((math.log(p["file_bytes"]), p["acc_drop"]) for p in rows
                   if p["weighting"] == weighting and p["rounding"] == "nearest")
     diffs = []
     for p in rows:
-        if p["weighting"] != weighting or p["rounding"] != "rdoq" or p["snr"] > max_snr:
+        if p["weighting"] != weighting or p["rounding"] != other or p["snr"] > max_snr:
             continue
         x = math.log(p["file_bytes"])
         for (x0, y0), (x1, y1) in itertools.pairwise(near):

@@ -32,7 +32,9 @@ optimized rounding under each tensor's own order-0 table (`methods.rd.rdoq`, at 
 bit the equal slope gives); the search then finds the largest `c` whose RDOQ latents meet the
 target. It starts from the nearest rounding's scale, which bounds it from above (RDOQ only adds
 error at a given scale), so it costs a few more passes, each a few searches of a small table per
-weight.
+weight. With `rounding="tcq"` the latents are dependent quantization's levels (`methods.rd.tcq`:
+two quantizers of twice the step, chosen along each row by a trellis), searched the same way:
+its points are some of the nearest rounding's grid, so it too only adds error at a given scale.
 
 When the tensors are a model's difference from a base (`family.delta`), the weights' NSR is
 relative to the model's energies (`energies`), and the change itself can be held to a fidelity
@@ -56,11 +58,13 @@ from typing import NamedTuple
 import numpy as np
 
 from vaecompress.fidelity import nsr_of_db, snr_db
+from vaecompress.methods.rd import tcq
+from vaecompress.methods.rd.latents import grid
 from vaecompress.methods.rd.rdoq import LAMBDA, rdoq
 
 MAX_SNR = 120.0  # the finest fidelity a codec accepts, in dB: float32 weights hold about 140
 BISECTIONS = 28  # halvings of the log-scale interval: c is found to about 1e-7 relative
-ROUNDINGS = ("nearest", "rdoq")
+ROUNDINGS = ("nearest", "rdoq", "tcq")
 # RDOQ's search for an SNR: from the nearest rounding's scale down, until the NSR lies within
 # this fraction below the target (the SNR within 0.005 dB above it), in at most RDOQ_TRIES
 # passes. For a byte budget: a bisection in [c / RDOQ_RANGE, c] (RDOQ's extra error is far less
@@ -147,14 +151,21 @@ class _Problem:
         self.evaluations += 1
         steps = self.steps(c)
         ints, noise, change_noise = [], 0.0, 0.0
-        for w, d, s, f in zip(self.w32, steps, self.sens, self.change, strict=True):
+        for w, d, s, f, shape in zip(self.w32, steps, self.sens, self.change, self.shapes,
+                                     strict=True):
             # A tensor without sensitivity has nothing to trade its bits against: nearest.
             rd = self.rounding == "rdoq" and s > 0
-            z = rdoq(w / d, lam=self.lam) if rd else np.rint(w / d)
+            if self.rounding == "tcq" and w.size:  # dependent quantization, row by row
+                x = (w / d).reshape(grid(shape))
+                z = tcq.quantize(x).reshape(-1)
+                rec = tcq.reconstruct(z.reshape(x.shape)).reshape(-1)
+            else:
+                z = rdoq(w / d, lam=self.lam) if rd else np.rint(w / d)
+                rec = z.astype(np.float32)
             if s > 0 or f:
                 # numpy's own pairwise sum, not BLAS: the same on every machine, so the
                 # search takes the same decisions and writes the same bytes everywhere.
-                err = float(np.square((z.astype(np.float32) * d - w).astype(np.float64)).sum())
+                err = float(np.square((rec * d - w).astype(np.float64)).sum())
                 noise += s * err
                 change_noise += err if f else 0.0
             ints.append(z)
@@ -235,10 +246,11 @@ def allocate(tensors: Sequence[np.ndarray], sens: Sequence[float], *,
     # the coarsest scale that meets the SNR, or the finest whose file fits
     largest = snr is not None
     c = _search(lo, hi, ok, largest=largest)
-    if rounding == "rdoq" and lo < c < hi:
-        # At any scale RDOQ adds error and removes bits, so its scale lies below the nearest
-        # rounding's, for either target.
-        prob.rounding = "rdoq"
+    if rounding in ("rdoq", "tcq") and lo < c < hi:
+        # At any scale RDOQ and TCQ add error (TCQ's points are some of the nearest rounding's
+        # grid) and remove bits, so their scale lies below the nearest rounding's, for either
+        # target.
+        prob.rounding = rounding
         if snr is not None:
             c = _approach(prob, c, lo, nsr_of_db(snr))
             if not ok(c):  # RDOQ's extra error broke the change's target: finer

@@ -13,6 +13,9 @@ varints; a signed one is zigzag-coded.
                     table of a prior shared by a family of files (`recode_shared`;
                     `coding.entropy.encode_with`: a count, then the ANS words), kept in
                     the family's prior file, not in the record (codec version 2)
+                    bit 5: dependent (trellis-coded) quantization: the latents are the levels
+                    of `methods.rd.tcq`, each row a chain, and decode to `step * rec` with
+                    `rec` its reconstruction (`tcq.reconstruct`) (codec version 3)
       steps         float32 LE, one or `rows` of them (must be finite)
       offset        signed varint: the smallest latent; symbols are latent - offset
       [col mask]    varint length, then a symbol stream of `cols` 0/1 flags
@@ -46,8 +49,12 @@ from vaecompress.coding.entropy import (
     write_varint,
 )
 from vaecompress.errors import FormatError
+from vaecompress.methods.rd import tcq
 
-COL_MASK, ROW_MASK, ROW_STEPS, FIXED, SHARED = 1, 2, 4, 8, 16
+COL_MASK, ROW_MASK, ROW_STEPS, FIXED, SHARED, TCQ = 1, 2, 4, 8, 16, 32
+# The codecs' version of a file whose records use TCQ; the newest a reader of these records
+# reads (a family's member under a shared prior is version 2: `methods.rd.shared`).
+TCQ_VERSION = 3
 MAX_LATENT = 2**31 - 1  # |latent| bound a reader accepts
 _SLICE = 2**20  # latents converted at a time when decoding
 
@@ -68,9 +75,13 @@ def grid(shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
     return int(shape[0]), n // int(shape[0])
 
 
-def decode_affine(z: np.ndarray, steps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 weights of integer latents: one step, or one per row."""
-    return _scale(z.astype(np.float32).reshape(grid(shape)), steps).reshape(shape)
+def decode_affine(z: np.ndarray, steps: np.ndarray, shape: tuple[int, ...], *,
+                  trellis: bool = False) -> np.ndarray:
+    """float32 weights of integer latents: one step, or one per row; `trellis`: the latents
+    are dependent quantization's levels (`methods.rd.tcq`)."""
+    m = z.reshape(grid(shape))
+    zf = tcq.reconstruct(m) if trellis else m.astype(np.float32)
+    return _scale(zf, steps).reshape(shape)
 
 
 def _stream(out: bytearray, blob: bytes) -> None:
@@ -99,8 +110,9 @@ def _body(z: np.ndarray, rows: np.ndarray | None, cols: np.ndarray | None, fixed
 
 
 def encode_tensor(z: np.ndarray, steps: np.ndarray, *, entropy: bool = True,
-                  masks: bool = True) -> bytes:
-    """One tensor's record: `z` its integer latents (its own shape), `steps` float32 (1 or rows)."""
+                  masks: bool = True, trellis: bool = False) -> bytes:
+    """One tensor's record: `z` its integer latents (its own shape), `steps` float32 (1 or rows);
+    `trellis`: the latents are dependent quantization's levels (flag TCQ)."""
     shape = z.shape
     r, c = grid(shape)
     m = np.asarray(z).reshape(r, c)
@@ -115,7 +127,8 @@ def encode_tensor(z: np.ndarray, steps: np.ndarray, *, entropy: bool = True,
     steps = np.asarray(steps, dtype="<f4").reshape(-1)
     if steps.size not in (1, r) or not np.isfinite(steps).all():
         raise ValueError("steps must be finite, one per tensor or one per row")
-    flags = (ROW_STEPS if steps.size > 1 else 0) | (0 if entropy else FIXED)
+    flags = (ROW_STEPS if steps.size > 1 else 0) | (0 if entropy else FIXED) \
+        | (TCQ if trellis else 0)
     offset = int(m.min(initial=0))
     best: tuple[int, bytes] | None = None
     nonzero = m != 0
@@ -177,7 +190,7 @@ def _parse(data: memoryview, pos: int, shape: tuple[int, ...]) -> _Record:
         raise FormatError("latent records end before the manifest's tensors do")
     flags = data[pos]
     start = pos = pos + 1
-    if flags & ~(COL_MASK | ROW_MASK | ROW_STEPS | FIXED | SHARED) or \
+    if flags & ~(COL_MASK | ROW_MASK | ROW_STEPS | FIXED | SHARED | TCQ) or \
             (flags & FIXED and flags & SHARED):
         raise FormatError(f"latent record has unknown flags {flags:#x}")
     n_steps = r if flags & ROW_STEPS else 1
@@ -254,6 +267,8 @@ def decode_tensor(data: memoryview, pos: int, shape: tuple[int, ...],
         m[rec.rows] = sub
     else:
         m = sub
+    if rec.flags & TCQ:  # the levels' reconstructions, each row's chain over all its columns
+        m = tcq.reconstruct(m.astype(np.int64))
     w = _scale(m, rec.steps).reshape(shape)
     if not np.isfinite(w).all():
         raise FormatError("latent record decodes to non-finite weights")
@@ -325,9 +340,10 @@ def _scale(zf: np.ndarray, steps: np.ndarray) -> np.ndarray:
 
 
 def encode_model(ints: list[np.ndarray], steps: list[np.ndarray], *, entropy: bool = True,
-                 masks: bool = True) -> bytes:
-    """The records of every coded tensor, back to back (the order is the manifest's)."""
-    return b"".join(encode_tensor(z, s, entropy=entropy, masks=masks)
+                 masks: bool = True, trellis: bool = False) -> bytes:
+    """The records of every coded tensor, back to back (the order is the manifest's);
+    `trellis`: every tensor's latents are dependent quantization's levels."""
+    return b"".join(encode_tensor(z, s, entropy=entropy, masks=masks, trellis=trellis)
                     for z, s in zip(ints, steps, strict=True))
 
 

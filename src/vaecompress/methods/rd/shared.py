@@ -95,5 +95,6 @@ def recode(c: Container, tables: list[Table | None], prior: bytes) -> Container 
     payloads = [Payload(p.name, p.kind, p.role, data) if p.name == PAYLOAD else p
                 for p in c.payloads]
     ext = External(PRIOR, PRIOR_KIND, ROLE_MODEL, hashlib.sha256(prior).hexdigest(), len(prior))
-    return replace(c, codec={**c.codec, "version": SHARED_VERSION}, payloads=payloads,
+    version = max(int(c.codec.get("version", 1)), SHARED_VERSION)  # TCQ's 3 stays 3
+    return replace(c, codec={**c.codec, "version": version}, payloads=payloads,
                    externals=[*c.externals, ext], meta=dict(c.meta))

@@ -16,6 +16,11 @@ every model:
   (`family.delta`, `methods.rd.allocate`). Not with `size` (a budget is a budget) or
   `solver=adam`.
 
+`rounding`: how the latents are chosen at the steps the search tries: `nearest` (the default),
+`rdoq` (rate-distortion optimized, `methods.rd.rdoq`) or `tcq` (dependent, trellis-coded
+quantization, `methods.rd.tcq`: another reconstruction rule, files of the codec's version 3;
+measured in `results/tcq`).
+
 The sensitivity (`weighting`) is the mean Fisher information of each tensor when the model can
 be run (`CodecContext.probe`: the network on synthetic inputs, no data; `tasks.probe`), else
 `relative`: each tensor's squared error relative to its own energy, which no rescaling of a
@@ -65,9 +70,14 @@ from vaecompress.methods.rd.allocate import (
     allocate,
     relative_sensitivities,
 )
-from vaecompress.methods.rd.latents import decode_model, encode_model, estimate_model_bytes
+from vaecompress.methods.rd.latents import (
+    TCQ_VERSION,
+    decode_model,
+    encode_model,
+    estimate_model_bytes,
+)
 from vaecompress.methods.rd.settings import RDSettings
-from vaecompress.methods.rd.shared import SHARED_VERSION, tables_of
+from vaecompress.methods.rd.shared import tables_of
 from vaecompress.methods.rd.train import check_finite, rd_report, train_rd
 from vaecompress.tasks.probe import tensor_sensitivities
 
@@ -98,7 +108,9 @@ class VAERDFreeSettings(RDSettings):
     size: int = 0  # a budget in bytes for the whole file instead of `snr` (0: none)
     weighting: str = "auto"  # auto (fisher with a probe, else relative) | relative | fisher
     solver: str = "closed"  # closed (methods.rd.allocate) | adam (methods.rd.train, lam)
-    rounding: str = "nearest"  # closed: nearest | rdoq (rate-distortion optimized, methods.rd.rdoq)
+    # closed: nearest | rdoq (rate-distortion optimized, methods.rd.rdoq) | tcq (dependent,
+    # trellis-coded quantization, methods.rd.tcq; files of codec version 3)
+    rounding: str = "nearest"
     lam: float = 0.03  # adam: weight of the rate (bits per parameter) against the error
     steps: int = 1500  # adam: optimizer steps, each over the whole model
 
@@ -108,7 +120,7 @@ class VAERDFreeCodec(Codec):
     name = "vae-rd-free"
     version = 1
     Settings = VAERDFreeSettings
-    reads_version = SHARED_VERSION  # a family's member coded under a shared prior
+    reads_version = TCQ_VERSION  # a shared prior's member (2), dependent quantization (3)
 
     @classmethod
     def fidelity_knob(cls, settings: Mapping[str, Any], *, delta: bool = False) -> Knob | None:
@@ -218,8 +230,12 @@ class VAERDFreeCodec(Codec):
         else:
             sens = relative_sensitivities(weights)
         alloc = self._allocate(arrays, sens, c, energies, change)
-        data = encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks)
+        trellis = s.rounding == "tcq"
+        data = encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks,
+                            trellis=trellis)
         c.payloads.insert(0, Payload(PAYLOAD, KIND, ROLE_CODE, data))
+        if trellis:  # a reader of version 1 or 2 refuses the file instead of misreading it
+            c.codec["version"] = TCQ_VERSION
         c.codec_state = {"weighting": weighting, "snr_db": round(alloc.snr_db, 4),
                          "scale": alloc.scale}
         extra = {}
@@ -248,7 +264,8 @@ class VAERDFreeCodec(Codec):
             return estimate_model_bytes(ints) + 4 * len(steps) <= budget
 
         alloc = allocate(arrays, sens, fits=fits, rounding=s.rounding, energies=energies)
-        got = len(encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks))
+        got = len(encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks,
+                                trellis=s.rounding == "tcq"))
         if got > budget:
             raise UserError(f"vae-rd-free: no quantization of this model fits in {s.size:,} B "
                             f"(the smallest takes about {s.size - budget + got:,} B)")
