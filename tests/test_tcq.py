@@ -93,6 +93,8 @@ def test_the_codec_meets_its_target_and_decodes_what_it_measured(snr: float) -> 
     c = loads(res.data)
     assert c.codec["version"] == TCQ_VERSION and c.codec["settings"]["rounding"] == "tcq"
     assert snr <= res.report["snr_db"] <= snr + 0.5
+    # what the search measured is what the file decodes to (relative weighting: the same sum)
+    assert res.fidelity["snr_db"] == pytest.approx(res.report["snr_db"], abs=1e-3)
     out = decompress(res.data)
     assert res.rebuilt is not None
     assert all(torch.equal(out[k], res.rebuilt[k]) for k in state)
