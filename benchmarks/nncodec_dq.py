@@ -36,14 +36,18 @@ from vaecompress.zoo.train import preset_config
 QPS = (-16, -14)
 
 
-def _levels(w: np.ndarray, step: float) -> tuple[np.ndarray, float]:
-    """The integers and grid of a rebuilt matrix: its values over `step`, or over half of it
-    when they are not all on the first."""
+def _levels(w: np.ndarray) -> tuple[np.ndarray, float]:
+    """The integers and grid of a rebuilt matrix: its values over its smallest magnitude (its
+    step: NNCodec's step for a qp is not 2**(qp/4) at every qp), or over half of it."""
+    nonzero = np.abs(w[w != 0])
+    if not nonzero.size:
+        return np.zeros(w.shape, dtype=np.int64), 1.0
+    step = float(nonzero.min())
     for grid in (step, step / 2):
         z = w / grid
         if np.abs(z - np.rint(z)).max() < 1e-3:
             return np.rint(z).astype(np.int64), grid
-    raise ValueError("the rebuilt values lie on neither grid")
+    raise ValueError("the rebuilt values lie on no grid of their smallest magnitude")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             net.load_state_dict(rebuilt)
             ints, grids = [], []
             for k in matrices:
-                z, grid = _levels(rebuilt[k].numpy().astype(np.float64), 2.0 ** (qp / 4))
+                z, grid = _levels(rebuilt[k].numpy().astype(np.float64))
                 ints.append(z)
                 grids.append(np.array([grid], dtype=np.float32))
             rows.append({"qp": qp, "use_dq": dq, "file_bytes": len(res.data),
