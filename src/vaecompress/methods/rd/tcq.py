@@ -10,9 +10,9 @@ together, by the Viterbi algorithm over the four states, for the least squared e
 
 Why: each weight's level is that of a quantizer twice as coarse as the grid (fewer bits), and
 the trellis still reaches every point of the fine grid along a row (the union of two lattices:
-a denser packing than either). NNCodec's own runs on the zoo's FNN (`docs/default-codec.md`)
-show the difference it makes: at qp -16 its files are 25% smaller with it than without, at
-about the same accuracy.
+a denser packing than either). NNCodec's own runs on the zoo's FNN show the difference it
+makes (`results/nncodec-dq`, `docs/default-codec.md`): at qp -16 its files are 25% smaller
+with it than without, at about the same accuracy.
 
 The state machine over bits: with the state `s = 2 b1 + b0`, a level of parity `p` moves it to
 `b1' = b0 xor p, b0' = b1`, so `b1` at column `n` is the exclusive or of the parities at
