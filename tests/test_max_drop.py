@@ -321,3 +321,25 @@ def test_command_line_against_a_base(fnn_file: Path, toy_mnist_dir: Path,
     assert meta["knob"] == "change_snr" and meta["drop"] <= 1
     back = tmp_path / "back.safetensors"
     assert main(["decompress", str(out), "--base", str(fnn_file), "-o", str(back)]) == 0
+
+
+def test_lost_change_under_max_drop_names_max_drop(fnn_file: Path, toy_mnist_dir: Path,
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A generous `--max-drop` against a base may keep little of the change; the warning then
+    points at `--max-drop`, not at `--set change_snr` (which would replace the search's knob)."""
+    from vaecompress.io import load_weights_file, save_weights_file
+
+    base, _ = load_weights_file(fnn_file)
+    gen = torch.Generator().manual_seed(4)
+    ft = {k: v + 0.01 * v.std() * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+    ft_file = tmp_path / "ft.safetensors"
+    save_weights_file(ft_file, ft)
+    out = tmp_path / "ft.vrd"
+    assert main(["compress", str(ft_file), "-o", str(out), "--model", "fnn",
+                 "--base", str(fnn_file), "--max-drop", "50",
+                 "--data-dir", str(toy_mnist_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: most of the change from the base is lost" in printed
+    assert "a smaller --max-drop keeps more of the change" in printed
+    assert "--set change_snr" not in printed

@@ -128,9 +128,16 @@ def _noise_and_energy(w: torch.Tensor, rebuilt: torch.Tensor) -> tuple[float, fl
     return noise, energy
 
 
-def describe(fid: Mapping[str, Any]) -> str:
+# What keeps more of a change from the base, said when most of it is lost (`describe`).
+CHANGE_REMEDY = ("a fidelity of the change's own keeps it (--set change_snr=DB, with the default "
+                 "codec)")
+
+
+def describe(fid: Mapping[str, Any], *, remedy: str = CHANGE_REMEDY) -> str:
     """For a person: the model's SNR and its worst tensor's; against a base, the SNR of the
-    change from it, and a second line, a warning, when most of the change is lost."""
+    change from it, and a second line, a warning, when most of the change is lost, ending with
+    `remedy` (what keeps more of it: a caller whose knob was chosen for it, as `--max-drop`'s
+    search chose `change_snr`, says its own)."""
     if fid.get("exact"):
         return "weights rebuilt exactly"
     line = (f"weights SNR {_db(fid['snr_db'])} (relative errors summed over tensors), worst "
@@ -146,8 +153,7 @@ def describe(fid: Mapping[str, Any]) -> str:
     line += f"; the change from the base kept at SNR {_db(change)}"
     if change < CHANGE_WARN_DB:
         line += ("\nwarning: most of the change from the base is lost (the rebuilt model is "
-                 "close to the base, not to the model given): a fidelity of the change's own "
-                 "keeps it (--set change_snr=DB, with the default codec)")
+                 f"close to the base, not to the model given): {remedy}")
     return line
 
 

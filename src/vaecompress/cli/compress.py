@@ -272,8 +272,12 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
         f"ratio_honest {fmt_ratio(a.ratio_honest)} (all bytes needed to decode)"
         f"   [{res.compress_s:.1f} s]"
     )
-    print(f"{res.codec}{_chosen(res)}: {describe(res.fidelity)}")
     target = res.report.get("target")
+    # Under --max-drop the change's fidelity was the searched knob: --set change_snr would
+    # replace the search's knob, not help it (`Codec.fidelity_knob`).
+    remedy = ({"remedy": "the task lost at most --max-drop on the validation data; a smaller "
+               "--max-drop keeps more of the change"} if target else {})
+    print(f"{res.codec}{_chosen(res)}: {describe(res.fidelity, **remedy)}")
     if target:
         print(_searched(target))
     if line:
