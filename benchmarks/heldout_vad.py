@@ -27,8 +27,11 @@ share of the original's decisions the rebuilt model changes (which bounds the po
 lose, where the net drop is noisy) and its mean change of probability.
 
 **What runs.** As `vaecompress compress vad.safetensors` runs it: a bare weights file, the
-architecture unknown (the weights alone weigh the tensors). The default (no settings); the
-default codec's `snr` swept; NNCodec at every qp step from -44 to -10 and at its own default
+architecture unknown (the weights alone weigh the tensors): the default (no settings), and the
+default codec's `snr` swept. As a Python user who has the network runs it
+(`CodecContext(probe=...)`): the same, its tensors weighed by the detector run on noise audio
+(`noise_probe`, the counterpart of the noise images an MNIST classifier is probed with). Then
+NNCodec at every qp step from -44 to -10 and at its own default
 (-38); int8 per channel; HQQ at 3, 4 and 8 bits; ZipNN and zstd (lossless). Results:
 `OUT/heldout_vad.json` (with the run's environment, the espeak-ng version and the weights'
 sha256) and `OUT/heldout_vad.md` drawn from it.
@@ -54,10 +57,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaecompress.api import compress, decompress
-from vaecompress.codecs import REGISTRY
+from vaecompress.codecs import REGISTRY, CodecContext
 from vaecompress.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vaecompress.io import load_state_dict
 from vaecompress.runinfo import auto_threads, environment, seed_everything
+from vaecompress.tasks.probe import Probe
+from vaecompress.training.finetune import ModuleLoss
 
 PACKAGE = "silero-vad==6.2.3"
 MEMBER = "silero_vad/data/silero_vad_16k.safetensors"
@@ -78,6 +83,7 @@ TOLERANCES = (0.1, 0.5, 1.0)  # points of chunk accuracy, or per cent of decisio
 SNRS = (40.0, 36.0, 33.0, 30.0, 27.0, 24.0, 21.0, 18.0, 15.0, 12.0, 10.0, 8.0, 6.0, 4.0, 2.0)
 NNCODEC_QPS = tuple(range(-44, -9))
 NNCODEC_DEFAULT_QP = -38
+PROBE_BATCHES, PROBE_STREAMS = 8, 4
 
 
 class VoiceDetector(nn.Module):
@@ -94,7 +100,6 @@ class VoiceDetector(nn.Module):
         self.lstm_cell = nn.LSTMCell(128, 128)
         self.final_conv = nn.Conv1d(128, 1, 1)
 
-    @torch.no_grad()
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """[streams, samples] (a multiple of CHUNK) -> speech probability per chunk. Each chunk
         with its context is framed at once (the convolutions see one chunk at a time); only the
@@ -190,7 +195,27 @@ def test_audio(seed: int) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
 def _measure(net: VoiceDetector, state: dict[str, torch.Tensor], wav: torch.Tensor
              ) -> np.ndarray:
     net.load_state_dict(state)
-    return net(wav).numpy()
+    with torch.no_grad():
+        return net(wav).numpy()
+
+
+def noise_probe(seed: int) -> Probe:
+    """The detector run on synthetic audio, as `vaecompress` weighs a known architecture's
+    tensors without data (`tasks.probe`; noise images for an MNIST classifier): white noise
+    whose level is drawn per stream over six nepers (about -52 to 0 dB), `PROBE_BATCHES` batches
+    of `PROBE_STREAMS` streams of two seconds. Its outputs are the logits of the two classes
+    (not speech: 0, speech: logit p)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(PROBE_BATCHES, PROBE_STREAMS, 2 * RATE // CHUNK * CHUNK, generator=gen)
+    x *= torch.exp(torch.empty(PROBE_BATCHES, PROBE_STREAMS, 1).uniform_(-6.0, 0.0,
+                                                                          generator=gen))
+
+    def logits(p: torch.Tensor, _target: Any) -> torch.Tensor:
+        p = p.reshape(-1).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.zeros_like(p), torch.log(p) - torch.log1p(-p)], dim=1)
+
+    run = ModuleLoss(VoiceDetector(), logits)
+    return Probe(lambda state, i: run(state, (x[i], None)), PROBE_BATCHES, "logits")
 
 
 def _fidelity(p: np.ndarray, p0: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -209,10 +234,13 @@ def _fidelity(p: np.ndarray, p0: np.ndarray, labels: np.ndarray) -> dict[str, fl
 
 
 def run_codecs(state: dict[str, torch.Tensor], wav: torch.Tensor, labels: np.ndarray,
-               p0: np.ndarray) -> tuple[list[dict[str, Any]], dict[str, str]]:
+               p0: np.ndarray, probe: Probe) -> tuple[list[dict[str, Any]], dict[str, str]]:
     net = VoiceDetector().eval()
+    known = CodecContext(progress=False, probe=probe)
     grid: list[tuple[str, str, dict[str, Any]]] = [("default", "", {})]
     grid += [("vae-rd-free", f"snr={s:g}", {"snr": s}) for s in SNRS]
+    grid += [("default, architecture known", "", {})]
+    grid += [("vae-rd-free, architecture known", f"snr={s:g}", {"snr": s}) for s in SNRS]
     grid += [("nncodec", f"qp={q}", {"qp": q}) for q in NNCODEC_QPS]
     grid += [("int8", "per channel", {"granularity": "channel", "entropy": True})]
     grid += [("hqq", f"{b} bits, group 64", {"bits": b, "group_size": 64}) for b in (3, 4, 8)]
@@ -220,14 +248,15 @@ def run_codecs(state: dict[str, torch.Tensor], wav: torch.Tensor, labels: np.nda
     skipped: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     for method, label, settings in grid:
-        codec = None if method == "default" else method
+        codec = None if method.startswith("default") else method.split(",")[0]
+        ctx = known if method.endswith("architecture known") else None
         if codec is not None:
             hint = REGISTRY[codec].available()
             if hint is not None:
                 skipped[codec] = hint
                 continue
         t0 = time.perf_counter()
-        res = compress(state, codec, **settings)
+        res = compress(state, codec, ctx=ctx, **settings)
         seconds = time.perf_counter() - t0
         rebuilt = decompress(res.data, res.externals)
         p = _measure(net, rebuilt, wav)
@@ -265,7 +294,6 @@ def _best_table(rows: list[dict[str, Any]], measure: str) -> list[str]:
 def render(res: dict[str, Any]) -> str:
     env, audio = res["environment"], res["audio"]
     rows = res["rows"]
-    default = next(r for r in rows if r["method"] == "default")
     lines = ["# The default on a held-out real model: Silero VAD (16 kHz)", "",
              f"git {env['git_revision']}, torch {env['torch']}, {env['time_utc']}; "
              f"{res['run_s']:.0f} s. Made by `benchmarks/heldout_vad.py`. Weights: "
@@ -290,17 +318,20 @@ def render(res: dict[str, Any]) -> str:
              *_best_table(rows, "drop")]
     nn_default = next((r for r in rows if r["method"] == "nncodec"
                        and r["settings"] == f"qp={NNCODEC_DEFAULT_QP}"), None)
-    lines += ["", "## The default", "",
-              f"`vaecompress compress` with no settings ({default['codec']}): "
-              f"{default['ratio_honest']:.2f}x ({default['file_bytes']:,} B), drop "
-              f"{default['drop']:+.2f} +- {default['drop_se']:.2f} points, "
-              f"{default['kept']:.2f}% of the original's "
-              f"decisions kept, mean change of probability {default['mean_abs_change']:.4f}, "
-              f"weights SNR {default['weights_snr_db']:.1f} dB, {default['compress_s']:.1f} s."]
+    lines += ["", "## The default", ""]
+    for method, how in (("default", "`vaecompress compress` with no settings, a bare file"),
+                        ("default, architecture known", "the same with the architecture "
+                         "known (its tensors weighed on noise audio, `noise_probe`)")):
+        d = next(r for r in rows if r["method"] == method)
+        lines.append(f"- {how} ({d['codec']}): {d['ratio_honest']:.2f}x "
+                     f"({d['file_bytes']:,} B), drop {d['drop']:+.2f} +- {d['drop_se']:.2f} "
+                     f"points, {d['changed']:.2f}% of the original's decisions changed, mean "
+                     f"change of probability {d['mean_abs_change']:.4f}, weights SNR "
+                     f"{d['weights_snr_db']:.1f} dB, {d['compress_s']:.1f} s.")
     if nn_default is not None:
-        lines.append(f"NNCodec at its default qp {NNCODEC_DEFAULT_QP}: "
+        lines.append(f"- NNCodec at its default qp {NNCODEC_DEFAULT_QP}: "
                      f"{nn_default['ratio_honest']:.2f}x, drop {nn_default['drop']:+.2f}, "
-                     f"{nn_default['kept']:.2f}% kept.")
+                     f"{nn_default['changed']:.2f}% changed.")
     for codec, hint in res["skipped"].items():
         lines.append(f"Not installed, skipped: {codec} ({hint}).")
     lines += ["", "## Every point", "",
@@ -330,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     p0 = _measure(net, state, wav)
     acc0 = 100.0 * float(((p0 >= 0.5) == labels).mean())
     print(f"original: {acc0:.2f}% of {labels.size:,} chunks", flush=True)
-    rows, skipped = run_codecs(state, wav, labels, p0)
+    rows, skipped = run_codecs(state, wav, labels, p0, noise_probe(args.seed))
     results = {"environment": environment(torch.device("cpu"), args.seed),
                "weights_sha256": WEIGHTS_SHA256, "package": PACKAGE,
                "params": sum(v.numel() for v in state.values()),
