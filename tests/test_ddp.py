@@ -188,3 +188,26 @@ def test_task_aware_codec_shards_its_batches_under_torchrun(tmp_path: Path) -> N
     assert (tmp_path / "rank0.bin").read_bytes() == (tmp_path / "rank1.bin").read_bytes()
     rebuilt = decompress_file(tmp_path / "rank0.bin")
     assert set(rebuilt) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_max_drop_two_processes_match_one(tmp_path: Path, toy_mnist_dir: Path) -> None:
+    """`--max-drop` under torchrun: every process searches the same knob on the same validation
+    data and so makes the same choices; one report, one file, and it is the one a single
+    process writes (byte for byte: the data-free codec's closed form has no float sums that
+    the processes split)."""
+    assert main(["train", "fnn", "-o", str(tmp_path / "fnn.safetensors"), "--epochs", "1",
+                 "--quiet", "--data-dir", str(toy_mnist_dir)]) == 0
+    args = ["compress", "fnn.safetensors", "--model", "fnn", "--max-drop", "1",
+            "--data-dir", str(toy_mnist_dir)]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main([*args, "--quiet", "-o", "one.vrd"]) == 0
+    finally:
+        os.chdir(cwd)
+    done = _launch([*args, "-o", "two.vrd"], 2, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("--max-drop 1: chose snr ") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fnn.safetensors", "one.vrd",
+                                                         "two.vrd"]
+    assert (tmp_path / "one.vrd").read_bytes() == (tmp_path / "two.vrd").read_bytes()
