@@ -51,70 +51,79 @@ def reconstruct(levels: np.ndarray) -> np.ndarray:
 
 def _best(x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """For each quantizer (Q0, Q1) and parity (0, 1): the level of that parity nearest to
-    `x` (in units of the fine step) and its squared error; index `2 q + p`."""
-    levels: list[np.ndarray] = []
-    errors: list[np.ndarray] = []
-    # Q0: 2k; floor(x / 2) and the next are the nearest of their parities
+    `x` (in units of the fine step) and its squared error; index `2 q + p`. Of candidates at
+    the same error the first in the order below is kept."""
+    # Q0: 2k; of floor(x / 2) and the next, one has each parity, and it is that parity's
+    # nearest
     a = np.floor(x / 2.0)
-    q0 = [a, a + 1.0]
-    # Q1: 2k - sgn(k) (0, +-1, +-3, ...): the two odd points around x and zero
+    a_odd = np.remainder(a, 2.0) == 1
+    even = np.where(a_odd, a + 1.0, a)
+    odd = np.where(a_odd, a, a + 1.0)
+    levels = [even, odd]
+    errors = [(x - 2.0 * even) ** 2, (x - 2.0 * odd) ** 2]
+    # Q1: 2k - sgn(k) (0, +-1, +-3, ...): the two odd points around x and zero, in this order
     o = 2.0 * np.floor((x - 1.0) / 2.0) + 1.0  # the odd point at or below x
     cands = [np.where(o > 0, (o + 1.0) / 2.0, (o - 1.0) / 2.0),
-             np.where(o + 2.0 > 0, (o + 3.0) / 2.0, (o + 1.0) / 2.0), np.zeros_like(x)]
-    for q, group in ((0, q0), (1, cands)):
-        for p in (0, 1):
-            best_k = np.zeros_like(x)
-            best_e = np.full(x.shape, np.inf)
-            for k in group:
-                rec = 2.0 * k if q == 0 else 2.0 * k - np.sign(k)
-                e = (x - rec) ** 2
-                take = (np.remainder(k, 2.0) == p) & (e < best_e)
-                best_k = np.where(take, k, best_k)
-                best_e = np.where(take, e, best_e)
-            levels.append(best_k)
-            errors.append(best_e)
+             np.where(o + 2.0 > 0, (o + 3.0) / 2.0, (o + 1.0) / 2.0)]
+    errs = [(x - (2.0 * k - np.sign(k))) ** 2 for k in cands]
+    pars = [np.remainder(k, 2.0) == 1 for k in cands]
+    zero_err = x * x  # the third candidate, 0, is even
+    for p in (False, True):
+        best_k = np.zeros_like(x)
+        best_e = np.full(x.shape, np.inf)
+        for k, e, par in zip(cands, errs, pars, strict=True):
+            take = (par == p) & (e < best_e)
+            best_k = np.where(take, k, best_k)
+            best_e = np.where(take, e, best_e)
+        if not p:  # zero: kept where strictly better (its level is already best_k's default)
+            take = zero_err < best_e
+            best_k = np.where(take, 0.0, best_k)
+            best_e = np.where(take, zero_err, best_e)
+        levels.append(best_k)
+        errors.append(best_e)
     return levels, errors
 
 
 # Each next state's two predecessors (state, parity): index 0 or 1 is the backpointer.
 _FROM = {0: ((0, 0), (1, 1)), 2: ((0, 1), (1, 0)), 1: ((2, 0), (3, 1)), 3: ((2, 1), (3, 0))}
+# The same as tables indexed [state, backpointer]: the state before, and the level's parity.
+_PREV = np.array([[_FROM[t][b][0] for b in (0, 1)] for t in range(4)], dtype=np.int64)
+_PARITY = np.array([[_FROM[t][b][1] for b in (0, 1)] for t in range(4)], dtype=np.int64)
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
     """int64 (rows, cols): the levels of least squared error `sum (x - d * rec)^2 / d^2` along
-    each row (`x` the weights over the fine step), by Viterbi over the four states."""
-    x = np.asarray(x, dtype=np.float64)
-    rows, cols = x.shape
-    cost = np.full((rows, 4), np.inf)
-    cost[:, 0] = 0.0
+    each row (`x` the weights over the fine step), by Viterbi over the four states. The trellis
+    runs along the columns, each over every row at once, so the columns are laid out
+    contiguously first."""
+    xt = np.ascontiguousarray(np.asarray(x, dtype=np.float64).T)  # (cols, rows)
+    cols, rows = xt.shape
+    cost = np.full((4, rows), np.inf)  # per state, each row's least error so far
+    cost[0] = 0.0
     back = np.zeros((cols, rows), dtype=np.uint8)  # bit t: next state t came from its second
     for j in range(cols):
-        _, err = _best(x[:, j])
+        _, err = _best(xt[j])
         new = np.empty_like(cost)
         bits = np.zeros(rows, dtype=np.uint8)
         for t, ((s0, p0), (s1, p1)) in _FROM.items():
             q = 1 if s0 >= 2 else 0  # both predecessors use the same quantizer
-            c0 = cost[:, s0] + err[2 * q + p0]
-            c1 = cost[:, s1] + err[2 * q + p1]
+            c0 = cost[s0] + err[2 * q + p0]
+            c1 = cost[s1] + err[2 * q + p1]
             second = c1 < c0
-            new[:, t] = np.where(second, c1, c0)
+            new[t] = np.where(second, c1, c0)
             bits |= second.astype(np.uint8) << t
         cost = new
         back[j] = bits
-    out = np.zeros((rows, cols), dtype=np.int64)
-    state = np.argmin(cost, axis=1)
+    out = np.zeros((cols, rows), dtype=np.int64)
+    state = np.argmin(cost, axis=0)
     idx = np.arange(rows)
     for j in range(cols - 1, -1, -1):
-        levels, _ = _best(x[:, j])
+        levels, _ = _best(xt[j])
         second = (back[j] >> state.astype(np.uint8)) & 1
-        prev = np.empty(rows, dtype=np.int64)
-        par = np.empty(rows, dtype=np.int64)
-        for t, ((s0, p0), (s1, p1)) in _FROM.items():
-            at = state == t
-            prev[at] = np.where(second[at] == 1, s1, s0)
-            par[at] = np.where(second[at] == 1, p1, p0)
+        prev = _PREV[state, second]
+        par = _PARITY[state, second]
         q = (prev >= 2).astype(np.int64)
         stacked = np.stack(levels)  # [4, rows]: index 2 q + p
-        out[:, j] = stacked[2 * q + par, idx].astype(np.int64)
+        out[j] = stacked[2 * q + par, idx].astype(np.int64)
         state = prev
-    return out
+    return out.T
