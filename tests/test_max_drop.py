@@ -303,16 +303,23 @@ def test_top_level_names() -> None:
     assert {"compress_within", "Validation"} <= set(vaecompress.__all__)
 
 
+def _fine_tune(base_file: Path, folder: Path, *, scale: float, seed: int) -> Path:
+    """A stand-in fine-tune of the model in `base_file`: each tensor moved by Gaussian noise of
+    `scale` times its own spread, saved as `folder/ft.safetensors`."""
+    from vaecompress.io import load_weights_file, save_weights_file
+
+    base, _ = load_weights_file(base_file)
+    gen = torch.Generator().manual_seed(seed)
+    ft = {k: v + scale * v.std() * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+    path = folder / "ft.safetensors"
+    save_weights_file(path, ft)
+    return path
+
+
 def test_command_line_against_a_base(fnn_file: Path, toy_mnist_dir: Path,
                                      tmp_path: Path) -> None:
     """`--base --max-drop`: the change's own SNR searched; the file decodes with the base."""
-    from vaecompress.io import load_weights_file, save_weights_file
-
-    base, _ = load_weights_file(fnn_file)
-    gen = torch.Generator().manual_seed(3)
-    ft = {k: v + 0.1 * v.std() * torch.randn(v.shape, generator=gen) for k, v in base.items()}
-    ft_file = tmp_path / "ft.safetensors"
-    save_weights_file(ft_file, ft)
+    ft_file = _fine_tune(fnn_file, tmp_path, scale=0.1, seed=3)
     out = tmp_path / "ft.vrd"
     assert main(["compress", str(ft_file), "-o", str(out), "--model", "fnn", "--quiet",
                  "--base", str(fnn_file), "--max-drop", "1",
@@ -328,13 +335,7 @@ def test_lost_change_under_max_drop_names_max_drop(fnn_file: Path, toy_mnist_dir
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """A generous `--max-drop` against a base may keep little of the change; the warning then
     points at `--max-drop`, not at `--set change_snr` (which would replace the search's knob)."""
-    from vaecompress.io import load_weights_file, save_weights_file
-
-    base, _ = load_weights_file(fnn_file)
-    gen = torch.Generator().manual_seed(4)
-    ft = {k: v + 0.01 * v.std() * torch.randn(v.shape, generator=gen) for k, v in base.items()}
-    ft_file = tmp_path / "ft.safetensors"
-    save_weights_file(ft_file, ft)
+    ft_file = _fine_tune(fnn_file, tmp_path, scale=0.01, seed=4)
     out = tmp_path / "ft.vrd"
     assert main(["compress", str(ft_file), "-o", str(out), "--model", "fnn",
                  "--base", str(fnn_file), "--max-drop", "50",
