@@ -112,3 +112,30 @@ def test_compress_without_reachable_mnist_still_compresses(
     assert main(argv) == 0 and out.is_file()
     assert "will not be measured" in capsys.readouterr().err
     assert main([*argv, "--finetune", "--codec", "prune"]) == 2
+
+
+def test_inspect_shows_what_the_codec_chose(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The SNR reached and the weighting of vae-rd-free, read from the header by `inspect` (in
+    a line, and whole in --json); a state a file was given by anyone is shown, cut short."""
+    from vaecompress.cli.decompress import STATE_SHOWN, _state_line
+
+    src = tmp_path / "m.safetensors"
+    save_weights_file(src, {"w": torch.randn(64, 64) * 0.1, "b": torch.randn(64) * 0.01})
+    out = tmp_path / "m.vrd"
+    assert main(["compress", str(src), "-o", str(out), "--snr", "20", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines()
+                if ln.startswith("codec state: "))
+    assert "snr_db 20" in line and "weighting relative" in line
+    assert main(["inspect", str(out), "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)["codec_state"]
+    assert state["weighting"] == "relative" and abs(state["snr_db"] - 20) < 0.5
+    hostile = {f"k{i}": i for i in range(STATE_SHOWN + 3)} | {"nested": {"a": 1},
+                                                               "long": "x" * 500}
+    shown = _state_line(hostile)
+    assert "nested" not in shown and shown.endswith("(4 more)")  # 12 scalars, 8 shown
+    assert "x" * 80 in _state_line({"long": "x" * 500}) and "x" * 81 not in _state_line(
+        {"long": "x" * 500})
+    assert _state_line(["not", "a", "dict"]) == "" and _state_line({}) == ""

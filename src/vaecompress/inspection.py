@@ -56,6 +56,9 @@ def _summary(c: Container, sizes: Sizes, file_bytes: int,
     acc = account(c, file_bytes, [(role, n) for _, _, role, n in sizes])
     info: dict[str, Any] = {
         "codec": c.codec,
+        # what the codec chose and stored beside its settings (e.g. the SNR reached, the
+        # weighting, the scale of vae-rd-free): informational, shown, never trusted
+        "codec_state": c.codec_state,
         "tensors": len(c.tensors),
         "payloads": [{"name": name, "kind": kind, "role": role, "bytes": n}
                      for name, kind, role, n in sizes],

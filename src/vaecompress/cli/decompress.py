@@ -103,6 +103,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(
         f"ratio_paper {fmt_ratio(a['ratio_paper'])}   ratio_honest {fmt_ratio(a['ratio_honest'])}"
     )
+    state = _state_line(info.get("codec_state"))
+    if state:
+        print(f"codec state: {state}")
     target = info["meta"].get("vaecompress.target")  # target.TARGET_KEY (target imports torch)
     if isinstance(target, dict):  # informational: shown, never trusted
         t = {k: _shown(target.get(k)) for k in
@@ -110,6 +113,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"chosen by --max-drop {t['max_drop']}: {t['knob']} {t['value']} ({t['drop']} "
               f"{t['unit']} lost on {t['validation']}, {t['tries']} files tried)")
     return 0
+
+
+STATE_SHOWN = 8  # codec-state entries `inspect` prints (all of them are in --json)
+
+
+def _state_line(state: object) -> str:
+    """The codec's stored state for a person: its scalar entries (numbers to 4 digits, text
+    cut short), at most STATE_SHOWN of them, in the header's order; '' when there are none."""
+    if not isinstance(state, dict):
+        return ""
+    items = [(str(k)[:40], v) for k, v in state.items()
+             if isinstance(v, str | int | float | bool) or v is None]
+    shown = ", ".join(f"{k} {_shown(v)}" for k, v in items[:STATE_SHOWN])
+    return shown + (f", ... ({len(items) - STATE_SHOWN} more)" if len(items) > STATE_SHOWN
+                    else "")
 
 
 def _shown(x: object) -> str:
