@@ -317,3 +317,27 @@ def test_tensors_rebuilt_as_zeros_are_counted_apart() -> None:
     assert line.endswith("the others at 40.0 dB")
     kept = weights_fidelity(orig, {**rebuilt, "tiny": orig["tiny"]})
     assert kept["lost_tensors"] == 0 and "rebuilt as zeros" not in describe(kept)
+    assert "warning" not in line  # a negligible share is reported, not warned about
+
+
+def test_a_large_share_rebuilt_as_zeros_is_a_warning(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Over LOST_WARN of the weights' energy in tensors rebuilt as zeros, the fidelity line is
+    followed by a warning (unless the task measured the damage, as --max-drop does); a byte
+    budget far too small for the model says so on the command line."""
+    from vaecompress.fidelity import LOST_WARN, describe
+
+    g = torch.Generator().manual_seed(0)
+    orig = {"a": torch.randn(50, 50, generator=g), "b": torch.randn(50, 50, generator=g)}
+    fid = weights_fidelity(orig, {"a": orig["a"], "b": torch.zeros(50, 50)})
+    assert fid["lost_energy"] > LOST_WARN
+    assert "\nwarning: tensors holding 49% of the weights' energy" in describe(fid)
+    assert "warning: tensors" not in describe(fid, measured=True)
+    # a tensor far larger than the other, in a budget that cannot hold it: it is dropped
+    src = tmp_path / "m.safetensors"
+    save_weights_file(src, {"big": torch.randn(300, 300, generator=g),
+                            "small": torch.randn(20, 20, generator=g)})
+    assert main(["compress", str(src), "-o", str(tmp_path / "m.vrd"), "--size", "600"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: tensors holding 100% of the weights' energy" in printed
+    assert "e+" not in printed  # shares in per cent, never in exponent form

@@ -128,16 +128,23 @@ def _noise_and_energy(w: torch.Tensor, rebuilt: torch.Tensor) -> tuple[float, fl
     return noise, energy
 
 
+# Over this share of the weights' energy in tensors rebuilt as zeros or worse, `describe` warns
+# that the model may not work (a few tensors of negligible energy, such as attention key biases
+# a model ignores, are only reported).
+LOST_WARN = 0.01
 # What keeps more of a change from the base, said when most of it is lost (`describe`).
 CHANGE_REMEDY = ("a fidelity of the change's own keeps it (--set change_snr=DB, with the default "
                  "codec)")
 
 
-def describe(fid: Mapping[str, Any], *, remedy: str = CHANGE_REMEDY) -> str:
+def describe(fid: Mapping[str, Any], *, remedy: str = CHANGE_REMEDY,
+             measured: bool = False) -> str:
     """For a person: the model's SNR and its worst tensor's; against a base, the SNR of the
-    change from it, and a second line, a warning, when most of the change is lost, ending with
-    `remedy` (what keeps more of it: a caller whose knob was chosen for it, as `--max-drop`'s
-    search chose `change_snr`, says its own)."""
+    change from it. A warning line follows when tensors holding more than LOST_WARN of the
+    weights' energy are rebuilt as zeros or worse (not when the damage was `measured` on the
+    task and accepted, as `--max-drop` does), and one when most of the change is lost, ending
+    with `remedy` (what keeps more of it: a caller whose knob was chosen for it, as
+    `--max-drop`'s search chose `change_snr`, says its own)."""
     if fid.get("exact"):
         return "weights rebuilt exactly"
     line = (f"weights SNR {_db(fid['snr_db'])} (relative errors summed over tensors), worst "
@@ -147,6 +154,10 @@ def describe(fid: Mapping[str, Any], *, remedy: str = CHANGE_REMEDY) -> str:
         line += (f"; {lost} tensor{'s' if lost > 1 else ''} holding "
                  f"{_share(fid['lost_energy'])} of the weights' energy rebuilt as zeros or "
                  f"worse, the others at {_db(fid['others_snr_db'])}")
+    if lost and fid["lost_energy"] > LOST_WARN and not measured:
+        line += (f"\nwarning: tensors holding {_share(fid['lost_energy'])} of the weights' "
+                 "energy are rebuilt as zeros or worse, and the rebuilt model may not work: a "
+                 "finer fidelity keeps them (--snr, a larger --size)")
     change = fid.get("change_snr_db")
     if change is None:
         return line
@@ -158,7 +169,10 @@ def describe(fid: Mapping[str, Any], *, remedy: str = CHANGE_REMEDY) -> str:
 
 
 def _share(x: float) -> str:
-    return f"{100 * x:.2g}%" if x >= 1e-6 else "under 0.0001%"
+    """A share in per cent to two digits ("0.012%", "78%", "100%"), never in exponent form."""
+    if x < 1e-6:
+        return "under 0.0001%"
+    return f"{100 * x:.0f}%" if x >= 0.1 else f"{100 * x:.2g}%"
 
 
 def _db(x: float) -> str:

@@ -276,7 +276,7 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
     # Under --max-drop the change's fidelity was the searched knob: --set change_snr would
     # replace the search's knob, not help it (`Codec.fidelity_knob`).
     remedy = ({"remedy": "the task lost at most --max-drop on the validation data; a smaller "
-               "--max-drop keeps more of the change"} if target else {})
+               "--max-drop keeps more of the change", "measured": True} if target else {})
     print(f"{res.codec}{_chosen(res)}: {describe(res.fidelity, **remedy)}")
     if target:
         print(_searched(target))
