@@ -1,6 +1,6 @@
 """The default codec on a real model nobody here trained or tuned on: Silero's voice detector.
 
-    .venv/bin/python benchmarks/heldout_vad.py --out results/heldout-vad   # about 10 minutes
+    .venv/bin/python benchmarks/heldout_vad.py --out results/heldout-vad   # about 12 minutes
 
 Needs `espeak-ng` (Debian: `apt-get install espeak-ng`) to speak the test audio, and the
 Python package index once, to fetch the weights (`pip download silero-vad==6.2.3 --no-deps`:
