@@ -35,6 +35,12 @@ NNCodec at every qp step from -44 to -10 and at its own default
 (-38); int8 per channel; HQQ at 3, 4 and 8 bits; ZipNN and zstd (lossless). Results:
 `OUT/heldout_vad.json` (with the run's environment, the espeak-ng version and the weights'
 sha256) and `OUT/heldout_vad.md` drawn from it.
+
+**`--max-drop`.** Then what a user with some data of their own gets: `compress_within` (what
+`--max-drop` runs) for the default (on the bare file and with the architecture known) and for
+NNCodec, the drop being the share of the original's decisions changed on validation audio
+(`VAL_UTTERANCES` other held-out sentences, spoken the same way), each chosen file judged on
+the test audio.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import tempfile
 import time
 import wave
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +68,9 @@ from vaecompress.codecs import REGISTRY, CodecContext
 from vaecompress.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vaecompress.io import load_state_dict
 from vaecompress.runinfo import auto_threads, environment, seed_everything
+from vaecompress.target import compress_within
 from vaecompress.tasks.probe import Probe
+from vaecompress.tasks.validation import Validation
 from vaecompress.training.finetune import ModuleLoss
 
 PACKAGE = "silero-vad==6.2.3"
@@ -84,6 +93,10 @@ SNRS = (40.0, 36.0, 33.0, 30.0, 27.0, 24.0, 21.0, 18.0, 15.0, 12.0, 10.0, 8.0, 6
 NNCODEC_QPS = tuple(range(-44, -9))
 NNCODEC_DEFAULT_QP = -38
 PROBE_BATCHES, PROBE_STREAMS = 8, 4
+# `--max-drop`: the most of the original's decisions (per cent) a file may change on the
+# validation audio, `VAL_UTTERANCES` other sentences spoken the same way
+MAX_DROPS = (0.1, 0.5, 1.0)
+VAL_UTTERANCES = 64
 
 
 class VoiceDetector(nn.Module):
@@ -151,12 +164,19 @@ def _speak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     return np.interp(t, np.arange(len(x)) / rate, x)
 
 
-def test_audio(seed: int) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
-    """(waveforms [STREAMS, samples], speech labels [STREAMS, chunks], what was made)."""
+def test_audio(seed: int, utterances: int = UTTERANCES, exclude: frozenset[int] = frozenset()
+               ) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+    """(waveforms [STREAMS, samples], speech labels [STREAMS, chunks], what was made: its
+    `lines` are the sentences spoken, by their index in the text). `exclude`: sentences not
+    to speak (the validation audio of `--max-drop` leaves out the test audio's)."""
     rng = np.random.default_rng(seed)
     lines = [s.strip() for s in HELDOUT_TEXT.read_text(encoding="utf-8").splitlines()
              if s.strip() and not s.startswith("#")]
-    chosen = rng.choice(len(lines), size=UTTERANCES, replace=False)
+    if exclude:
+        chosen = rng.choice(np.array([i for i in range(len(lines)) if i not in exclude]),
+                            size=utterances, replace=False)
+    else:
+        chosen = rng.choice(len(lines), size=utterances, replace=False)
     streams: list[list[np.ndarray]] = [[] for _ in range(STREAMS)]
     spans: list[list[tuple[int, int]]] = [[] for _ in range(STREAMS)]
     lengths = [0] * STREAMS
@@ -185,7 +205,8 @@ def test_audio(seed: int) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
         for a, b in spans[s]:
             labels[s] |= (centres >= a) & (centres <= b)
     wav += rng.normal(0.0, FLOOR, wav.shape)
-    made = {"utterances": UTTERANCES, "streams": STREAMS, "seconds": STREAMS * total / RATE,
+    made = {"utterances": utterances, "streams": STREAMS, "seconds": STREAMS * total / RATE,
+            "lines": sorted(int(k) for k in chosen),
             "chunks": int(labels.size), "speech_share": float(labels.mean()),
             "espeak_ng": subprocess.run(["espeak-ng", "--version"], check=True,
                                         capture_output=True, text=True).stdout.strip()}
@@ -270,6 +291,61 @@ def run_codecs(state: dict[str, torch.Tensor], wav: torch.Tensor, labels: np.nda
     return rows, skipped
 
 
+def decisions_kept(wav: torch.Tensor, p0: np.ndarray) -> Validation:
+    """`--max-drop`'s judge: the share (per cent) of the original's speech / non-speech
+    decisions on `wav` a state of the detector keeps; its drop is the share it changes."""
+    net = VoiceDetector().eval()
+    said0 = p0 >= 0.5
+
+    def score(state: Mapping[str, torch.Tensor]) -> float:
+        return 100.0 * float(((_measure(net, dict(state), wav) >= 0.5) == said0).mean())
+
+    return Validation(score, "points", f"the decisions on {VAL_UTTERANCES} other sentences' "
+                      "audio")
+
+
+def run_max_drop(state: dict[str, torch.Tensor], wav: torch.Tensor, labels: np.ndarray,
+                 p0: np.ndarray, val: Validation, probe: Probe) -> list[dict[str, Any]]:
+    """`compress_within` (what `--max-drop` runs) for the default, on the bare file and with
+    the architecture known, and for NNCodec, each file judged on the test audio."""
+    net = VoiceDetector().eval()
+    rows: list[dict[str, Any]] = []
+    for method, codec, ctx in (
+            ("default", None, CodecContext(progress=False)),
+            ("default, architecture known", None, CodecContext(progress=False, probe=probe)),
+            ("nncodec", "nncodec", CodecContext(progress=False))):
+        if codec is not None and REGISTRY[codec].available() is not None:
+            continue
+        for d in MAX_DROPS:
+            t0 = time.perf_counter()
+            res = compress_within(state, codec, max_drop=d, validation=val, ctx=ctx)
+            seconds = time.perf_counter() - t0
+            t = res.report["target"]
+            p = _measure(net, decompress(res.data, res.externals), wav)
+            rows.append({"method": method, "max_drop": d, "knob": t["knob"], "value": t["value"],
+                         "validation_changed": t["drop"], "tries": t["tries"],
+                         "file_bytes": len(res.data),
+                         "ratio_honest": res.accounting.ratio_honest, "search_s": seconds,
+                         **_fidelity(p, p0, labels)})
+            print(f"--max-drop {d:g} {method}: {t['knob']} {t['value']:g}, "
+                  f"{rows[-1]['ratio_honest']:.2f}x, test changed {rows[-1]['changed']:.2f}%",
+                  flush=True)
+    return rows
+
+
+def _max_drop_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["| D (% changed) | method | chosen | ratio_honest | validation: changed | test: "
+           "changed, drop | within D on the test audio | tries, s |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["max_drop"], r["method"])):
+        out.append(f"| {r['max_drop']:g} | {r['method']} | {r['knob']} {r['value']:g} | "
+                   f"{r['ratio_honest']:.2f}x | {r['validation_changed']:.2f}% | "
+                   f"{r['changed']:.2f}%, {r['drop']:+.2f} | "
+                   f"{'yes' if r['changed'] <= r['max_drop'] else 'no'} | "
+                   f"{r['tries']}, {r['search_s']:.0f} |")
+    return out
+
+
 def best_within(rows: list[dict[str, Any]], method: str, tol: float,
                 measure: str) -> dict[str, Any] | None:
     """The method's largest ratio whose `measure` (`changed` or `drop`) is at most `tol`."""
@@ -332,6 +408,12 @@ def render(res: dict[str, Any]) -> str:
         lines.append(f"- NNCodec at its default qp {NNCODEC_DEFAULT_QP}: "
                      f"{nn_default['ratio_honest']:.2f}x, drop {nn_default['drop']:+.2f}, "
                      f"{nn_default['changed']:.2f}% changed.")
+    if res.get("max_drop"):
+        lines += ["", "## `--max-drop D`: chosen on validation audio, judged on the test audio",
+                  "", f"`vaecompress.compress_within` (what `--max-drop` runs) with the share "
+                  f"of the original's decisions changed on {VAL_UTTERANCES} other held-out "
+                  "sentences, spoken the same way, as the drop (`decisions_kept`); each file "
+                  "then judged on the test audio above.", "", *_max_drop_table(res["max_drop"])]
     for codec, hint in res["skipped"].items():
         lines.append(f"Not installed, skipped: {codec} ({hint}).")
     lines += ["", "## Every point", "",
@@ -361,12 +443,18 @@ def main(argv: list[str] | None = None) -> int:
     p0 = _measure(net, state, wav)
     acc0 = 100.0 * float(((p0 >= 0.5) == labels).mean())
     print(f"original: {acc0:.2f}% of {labels.size:,} chunks", flush=True)
-    rows, skipped = run_codecs(state, wav, labels, p0, noise_probe(args.seed))
+    probe = noise_probe(args.seed)
+    rows, skipped = run_codecs(state, wav, labels, p0, probe)
+    val_wav, _, val_audio = test_audio(args.seed + 1, VAL_UTTERANCES,
+                                       exclude=frozenset(audio["lines"]))
+    val = decisions_kept(val_wav, _measure(net, state, val_wav))
+    max_drop = run_max_drop(state, wav, labels, p0, val, probe)
     results = {"environment": environment(torch.device("cpu"), args.seed),
                "weights_sha256": WEIGHTS_SHA256, "package": PACKAGE,
                "params": sum(v.numel() for v in state.values()),
                "float_bytes": sum(v.numel() * v.element_size() for v in state.values()),
-               "audio": audio, "accuracy_orig": acc0, "rows": rows, "skipped": skipped,
+               "audio": audio, "validation_audio": val_audio, "accuracy_orig": acc0,
+               "rows": rows, "max_drop": max_drop, "skipped": skipped,
                "run_s": time.perf_counter() - t0}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
