@@ -87,3 +87,7 @@ def test_the_committed_result_was_made_from_a_clean_tree(vad: ModuleType) -> Non
     assert res["weights_sha256"] == vad.WEIGHTS_SHA256
     methods = {r["method"] for r in res["rows"]}
     assert {"default", "vae-rd-free", "default, architecture known", "nncodec"} <= methods
+    searched = {(r["method"], r["max_drop"]) for r in res["max_drop"]}
+    assert {("default", d) for d in vad.MAX_DROPS} <= searched
+    # the validation audio speaks none of the test audio's sentences
+    assert not set(res["validation_audio"]["lines"]) & set(res["audio"]["lines"])
