@@ -3,13 +3,18 @@ in minutes on 2 cores and never downloads MNIST (tests on the real data are mark
 
 from __future__ import annotations
 
+import importlib.util
 import struct
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Settings that train a VAE on a tiny state_dict in a second or two.
 FAST_VAE = {
@@ -88,3 +93,16 @@ def mnist_accuracy(weights: Path, model: str, data_dir: Path) -> float:
     with torch.no_grad():
         pred = torch.cat([net(x[i : i + 500]).argmax(1) for i in range(0, len(y), 500)])
     return 100.0 * float((pred == y).float().mean())
+
+
+def load_script(path: str, name: str | None = None) -> ModuleType:
+    """A development script of the repository (`scripts/`, `benchmarks/`; not part of the
+    package), loaded by its path under the repository root. Registered in `sys.modules` under
+    `name` (its file's stem by default), where dataclasses and pickling look their module up."""
+    name = name or Path(path).stem
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    assert spec is not None and spec.loader is not None, path
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -3,21 +3,18 @@ and every result committed there was measured on a committed, clean tree."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 from types import ModuleType
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _render() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_render", ROOT / "benchmarks/render.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/render.py", "bench_render")
 
 
 def test_generated_blocks_match_the_results() -> None:

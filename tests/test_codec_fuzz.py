@@ -8,7 +8,6 @@ run's counts are in docs/format.md); here hypothesis draws a few dozen cases per
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import sys
 from pathlib import Path
@@ -17,13 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import load_script
+
 _DIR = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(_DIR))
-_spec = importlib.util.spec_from_file_location("vaecompress_fuzz_codecs", _DIR / "fuzz_codecs.py")
-assert _spec is not None and _spec.loader is not None
-fuzz_codecs = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = fuzz_codecs  # dataclasses look their module up there
-_spec.loader.exec_module(fuzz_codecs)
+fuzz_codecs = load_script("scripts/fuzz_codecs.py", "vaecompress_fuzz_codecs")
 
 # nncodec decodes in a worker process (a third of a second a file): fewer cases.
 CASES = {"nncodec": 4}

@@ -7,23 +7,18 @@ here hypothesis draws and shrinks them, a few hundred cases in the default suite
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import load_script
 from vaecompress.errors import FormatError
 from vaecompress.format import loads
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz.py"
-_spec = importlib.util.spec_from_file_location("vaecompress_fuzz_script", _SCRIPT)
-assert _spec is not None and _spec.loader is not None
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
+fuzz = load_script("scripts/fuzz.py", "vaecompress_fuzz_script")
 
 FILES = fuzz.base_files()
 # database=None: no .hypothesis/ folder in the working tree; a failure prints its example.

@@ -5,7 +5,6 @@ here; what it computes from them is."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -16,16 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def vad() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("heldout_vad", ROOT / "benchmarks/heldout_vad.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/heldout_vad.py")
 
 
 def _chunk_by_chunk(net: torch.nn.Module, wav: torch.Tensor, chunk: int, context: int

@@ -6,7 +6,6 @@ are not files. The crafted files are made by `scripts/hostile.py` (no committed 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,17 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import load_script
 from vaecompress.api import DECODED_KEY, compress, decompress
 from vaecompress.cli import main
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import Payload, dumps, loads
 from vaecompress.io import load_weights_file, save_weights_file
 
-_DIR = Path(__file__).resolve().parent.parent / "scripts"
-_spec = importlib.util.spec_from_file_location("vaecompress_hostile", _DIR / "hostile.py")
-assert _spec is not None and _spec.loader is not None
-hostile = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hostile)
+hostile = load_script("scripts/hostile.py", "vaecompress_hostile")
 
 MB = 2**20
 

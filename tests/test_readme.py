@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from conftest import load_script
 from vaecompress.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "README.md").read_text()
 
 
-def _script(path: str) -> ModuleType:
-    """A development script of the repository (not part of the package), loaded by path."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-readme = _script("scripts/readme.py")
+readme = load_script("scripts/readme.py")
 
 
 def _bash_blocks() -> list[str]:

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(path: str):  # type: ignore[no-untyped-def]
-    """A development script of the repository (not part of the package), loaded by path."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
-
-
-readme = _script("scripts/readme.py")
-scaling_report = _script("benchmarks/scaling_report.py")
+readme = load_script("scripts/readme.py")
+scaling_report = load_script("benchmarks/scaling_report.py")
 growth_table, rows_table = scaling_report.growth_table, scaling_report.rows_table
 
 
 @pytest.fixture(scope="module")
 def scaling():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("scaling", ROOT / "benchmarks/scaling.py")
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_script("benchmarks/scaling.py")
 
 
 def test_slope_is_one_for_linear_growth_and_two_for_quadratic(scaling) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ $VAECOMPRESS_AUSTEN_DEB names a downloaded r-cran-janeaustenr_1.0.0-1_all.deb.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import struct
 import subprocess
@@ -18,15 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from vaecompress.tasks.sentence import DATA, EVAL_SETS, read_sentences
 from vaecompress.zoo import minilm
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("vaecompress_make_sentences",
-                                               ROOT / "scripts/make_sentences.py")
-assert _spec is not None and _spec.loader is not None
-make = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make)
+make = load_script("scripts/make_sentences.py", "vaecompress_make_sentences")
 
 needs_minilm = pytest.mark.skipif(minilm.missing() is not None,
                                   reason="optional extra 'minilm' not installed")
