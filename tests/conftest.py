@@ -98,8 +98,12 @@ def mnist_accuracy(weights: Path, model: str, data_dir: Path) -> float:
 def load_script(path: str, name: str | None = None) -> ModuleType:
     """A development script of the repository (`scripts/`, `benchmarks/`; not part of the
     package), loaded by its path under the repository root. Registered in `sys.modules` under
-    `name` (its file's stem by default), where dataclasses and pickling look their module up."""
+    `name` (its file's stem by default), where dataclasses and pickling look their module up;
+    its folder is put on sys.path, where it finds its sibling modules."""
     name = name or Path(path).stem
+    folder = str((ROOT / path).parent)  # its sibling modules, as `python path` would see them
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / path)
     assert spec is not None and spec.loader is not None, path
     mod = importlib.util.module_from_spec(spec)
