@@ -194,6 +194,8 @@ def test_command_line_searches_and_says_so(fnn_file: Path, toy_mnist_dir: Path,
     got = json.loads(capsys.readouterr().out)
     assert got["target"]["value"] == meta["value"]  # the same search, the same choice
     assert got["target"]["tries"] == len(got["target"]["all"])
+    # the search's record (resumed by a killed run) is gone once it has ended
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fnn.vrd", "j.vrd"]
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -344,3 +346,115 @@ def test_lost_change_under_max_drop_names_max_drop(fnn_file: Path, toy_mnist_dir
     assert "warning: most of the change from the base is lost" in printed
     assert "a smaller --max-drop keeps more of the change" in printed
     assert "--set change_snr" not in printed
+
+
+class _Killed(Exception):
+    """Stands for the kill of a search in the middle of a try."""
+
+
+def _killed_after(val: Validation, scores: int) -> Validation:
+    """`val`, whose score raises after `scores` calls (the first is the original's)."""
+    calls = [0]
+
+    def score(state: Mapping[str, torch.Tensor]) -> float:
+        calls[0] += 1
+        if calls[0] > scores:
+            raise _Killed
+        return val.score(state)
+
+    return Validation(score, val.unit, val.data)
+
+
+def _counting(val: Validation) -> tuple[Validation, list[int]]:
+    calls = [0]
+
+    def score(state: Mapping[str, torch.Tensor]) -> float:
+        calls[0] += 1
+        return val.score(state)
+
+    return Validation(score, val.unit, val.data), calls
+
+
+@pytest.mark.parametrize("when", ["first", "middle", "after the best"])
+def test_a_killed_search_resumes_and_gives_the_same_file(tmp_path: Path, when: str) -> None:
+    """Killed in its first try, a middle one, or one after the try of the file it keeps, the
+    search run again takes the tries before from its record, runs only the others, and writes
+    the uninterrupted search's file (in the last case the value it keeps was measured before
+    the kill, and is compressed again); the record is gone at the end."""
+    state = _state()
+    val = _error_points(state)
+    for max_drop in (5.0, 0.5, 30.0):  # one whose search tries on after its best
+        whole = compress_within(state, max_drop=max_drop, validation=val, ctx=CTX)
+        target = whole.report["target"]
+        best = [a["value"] for a in target["all"]].index(target["value"])
+        if when != "after the best" or best < target["tries"] - 1:
+            break
+    else:
+        raise AssertionError("every search here ends on the file it keeps")
+    tries = target["tries"]
+    kill_after = {"first": 1, "middle": tries // 2, "after the best": best + 2}[when]
+    ctx = CodecContext(progress=False, checkpoint=tmp_path / ".m.vrd.checkpoint")
+    record = tmp_path / ".m.vrd.checkpoint.search"
+    with pytest.raises(_Killed):
+        compress_within(state, max_drop=max_drop, validation=_killed_after(val, kill_after),
+                        ctx=ctx)
+    assert record.is_file() == (kill_after > 1)  # a try measured, recorded
+    counted, calls = _counting(val)
+    res = compress_within(state, max_drop=max_drop, validation=counted, ctx=ctx)
+    assert res.data == whole.data
+    assert res.report["target"]["all"] == target["all"]
+    # the original's score, and the tries the killed run had not measured
+    assert calls[0] == 1 + tries - (kill_after - 1)
+    assert not record.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_record_of_another_search_is_ignored(tmp_path: Path) -> None:
+    state = _state()
+    val = _error_points(state)
+    ctx = CodecContext(progress=False, checkpoint=tmp_path / ".m.vrd.checkpoint")
+    with pytest.raises(_Killed):
+        compress_within(state, max_drop=5.0, validation=_killed_after(val, 4), ctx=ctx)
+    counted, calls = _counting(val)
+    with pytest.warns(UserWarning, match="other settings or inputs"):
+        res = compress_within(state, max_drop=0.5, validation=counted, ctx=ctx)
+    assert calls[0] == 1 + res.report["target"]["tries"]  # every try run afresh
+    assert res.data == compress_within(state, max_drop=0.5, validation=val, ctx=CTX).data
+
+
+@pytest.mark.parametrize("damage", ["garbage", "not a list", "nan", "negative"])
+def test_a_damaged_record_is_ignored(tmp_path: Path, damage: str) -> None:
+    from vaecompress.checkpoint import Checkpoint, fingerprint
+    from vaecompress.target import _search_record
+
+    state = _state()
+    val = _error_points(state)
+    ctx = CodecContext(progress=False, checkpoint=tmp_path / ".m.vrd.checkpoint")
+    record = tmp_path / ".m.vrd.checkpoint.search"
+    if damage == "garbage":
+        record.write_bytes(b"\x80\x02not a checkpoint")
+    else:
+        # a record of this very search (its fingerprint), holding what no run writes
+        good = _search_record(ctx, "vae-rd-free", {}, 5.0, val, 100.0, state, None, None)
+        rows: object = {"not a list": "tries", "nan": [{"value": math.nan, "drop": 0.0,
+                                                        "bytes": 10}],
+                        "negative": [{"value": 20.0, "drop": 0.0, "bytes": -1}]}[damage]
+        Checkpoint(record, kind="max_drop", fingerprint=good.fingerprint).save({"tries": rows})
+        assert good.fingerprint != fingerprint("max_drop", {})
+    counted, calls = _counting(val)
+    with pytest.warns(UserWarning, match="ignoring checkpoint"):
+        res = compress_within(state, max_drop=5.0, validation=counted, ctx=ctx)
+    assert calls[0] == 1 + res.report["target"]["tries"]
+    assert not record.exists()
+
+
+def test_an_unreachable_target_removes_the_record(tmp_path: Path) -> None:
+    state = _state()
+
+    def score(s: Mapping[str, torch.Tensor]) -> float:
+        return 100.0 if all(torch.equal(s[k], v) for k, v in state.items()) else 0.0
+
+    ctx = CodecContext(progress=False, checkpoint=tmp_path / ".m.vrd.checkpoint")
+    with pytest.raises(UserError, match="no snr"):
+        compress_within(state, max_drop=1.0, validation=Validation(score, "points", "exact"),
+                        ctx=ctx)
+    assert not list(tmp_path.iterdir())

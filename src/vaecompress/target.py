@@ -17,6 +17,17 @@ vae-rd-free costs seconds a try (about eight tries); a codec that trains pays a 
 The file records the search (`meta["vaecompress.target"]`: the knob, the value chosen, the
 drop asked for and the drop measured, the validation data, the number of tries); the codec's
 settings in the header hold the value chosen, as for any setting.
+
+A search that is killed resumes (`ctx.checkpoint`, the command line's hidden file beside the
+output): every try, once measured, is added to a record of the search (`SEARCH_SUFFIX` after
+the checkpoint's name; `checkpoint.Checkpoint`, its fingerprint over the codec, its settings,
+the drop asked for, the weights and the validation data's name and original score), and the
+try in progress keeps the training checkpoint of its codec, as a single run does. Run again,
+the search takes the tries it recorded without running them, and the try that was killed
+resumes its training. Its result is the same file as an uninterrupted search's; the one
+difference: when the value it keeps was measured before the kill, that value is compressed
+once more at the end (the record holds the measurements, not the files). The record is removed
+when the search ends, whether or not a value keeps the drop.
 """
 
 from __future__ import annotations
@@ -24,21 +35,25 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from vaecompress.accounting import account
 from vaecompress.api import CompressResult, compress
+from vaecompress.checkpoint import Checkpoint, CheckpointError, fingerprint, number, read_field
 from vaecompress.codecs import DEFAULT_CODEC, CodecContext, Knob, get_codec_class
 from vaecompress.errors import UserError
 from vaecompress.format import dumps, loads
 from vaecompress.io import StateDict
 from vaecompress.progress import progress
 from vaecompress.tasks.validation import Validation
+from vaecompress.training.distributed import group
 
 TARGET_KEY = "vaecompress.target"
+SEARCH_SUFFIX = ".search"  # the search's record: the training checkpoint's name and this
+MAX_TRIES = 1000  # a record longer than any search is not one this module wrote
 
 
 @dataclass(frozen=True)
@@ -95,46 +110,65 @@ def compress_within(
     model's score on `validation` is at most `max_drop` under the original's (module
     docstring). `settings` are the codec's other settings; `ctx`, `meta`, `base` and
     `evaluate` are `api.compress`'s. The result's `compress_s` is the whole search's, its
-    `report["target"]` the search (every try), and the file records it."""
+    `report["target"]` the search (every try), and the file records it. With
+    `ctx.checkpoint`, a killed search run again resumes (module docstring)."""
     name = DEFAULT_CODEC if codec is None else codec
     knob = knob_of(name, settings, delta=base is not None)
     check_max_drop(max_drop, validation.unit)
     settings = {**dict(knob.alongside), **settings}
-    ctx = replace(ctx or CodecContext(), checkpoint=None)  # each try is a different run
+    ctx = ctx or CodecContext()
     t0 = time.perf_counter()
     original = validation.score(state)
+    record = _search_record(ctx, name, settings, max_drop, validation, original, state, base,
+                            meta)
+    recorded = _recorded_tries(record)
     tries: dict[float, Try] = {}
     best: list[Any] = [None, None]  # (Try, CompressResult) of the smallest passing file
     bar = progress(None, desc=f"--max-drop {max_drop:g}: {name} {knob.name}", unit="try",
                    enabled=ctx.progress)
 
-    def run(value: float) -> bool:
-        if value in tries:
-            return tries[value].drop <= max_drop
+    def measure(value: float) -> tuple[Try, CompressResult]:
         res = compress(state, codec, ctx=ctx, meta=meta, base=base,
                        **{**settings, knob.name: value})
         assert res.rebuilt is not None
-        drop = original - validation.score(res.rebuilt)
-        got = Try(value, drop, len(res.data))
+        return Try(value, original - validation.score(res.rebuilt), len(res.data)), res
+
+    def run(value: float) -> bool:
+        if value in tries:
+            return tries[value].drop <= max_drop
+        res = None
+        if value in recorded:  # measured before the run was killed
+            got = recorded[value]
+        else:
+            got, res = measure(value)
         tries[value] = got
-        bar.set_status(f"{knob.name}={value:g}: {drop:.4g} {validation.unit} lost, "
-                       f"{got.bytes:,} B")
+        record.save({"tries": [t.to_json() for t in tries.values()]})
+        bar.set_status(f"{knob.name}={value:g}: {got.drop:.4g} {validation.unit} lost, "
+                       f"{got.bytes:,} B" + (" (resumed)" if res is None else ""))
         bar.update()
-        ok = drop <= max_drop
+        ok = got.drop <= max_drop
         if ok and (best[0] is None or got.bytes < best[0].bytes):
             best[0], best[1] = got, res
-        res.rebuilt = None if best[1] is not res else res.rebuilt  # keep one model's memory
+        if res is not None and best[1] is not res:
+            res.rebuilt = None  # keep one model's memory
         return ok
 
     with bar:
         _search(knob, _start(name, knob, settings), run)
-    if best[1] is None:
+    record.finish()
+    if best[0] is None:
         finest = min(tries.values(), key=lambda t: -knob.finer * t.value)
         raise UserError(
             f"--max-drop {max_drop:g}: no {knob.name} of {name} keeps it; the finest tried, "
             f"{knob.name}={finest.value:g}, loses {finest.drop:.4g} {validation.unit} on "
             f"{validation.data}")
     chosen, res = best
+    if res is None:  # kept from before a kill: its file again (the same bytes)
+        res = compress(state, codec, ctx=ctx, meta=meta, base=base,
+                       **{**settings, knob.name: chosen.value})
+        if len(res.data) != chosen.bytes:
+            raise RuntimeError(f"--max-drop: {knob.name}={chosen.value:g} gave "
+                               f"{len(res.data):,} B resumed, {chosen.bytes:,} B before")
     record = {"knob": knob.name, "value": chosen.value, "max_drop": max_drop,
               "drop": chosen.drop, "unit": validation.unit, "validation": validation.data,
               "tries": len(tries)}
@@ -144,6 +178,52 @@ def compress_within(
     if evaluate is not None and res.rebuilt is not None:
         res.evaluation = dict(evaluate(res.rebuilt))
     return res
+
+
+def _search_record(ctx: CodecContext, codec: str, settings: Mapping[str, Any],
+                   max_drop: float, validation: Validation, original: float,
+                   state: Mapping[str, torch.Tensor],
+                   base: Mapping[str, torch.Tensor] | None,
+                   meta: Mapping[str, Any] | None) -> Checkpoint:
+    """The record of this search beside the training checkpoint of `ctx` (none without it),
+    fingerprinted over what decides the search (module docstring)."""
+    if ctx.checkpoint is None:
+        return Checkpoint(None, kind="max_drop", fingerprint="")
+    config = {"codec": codec, "settings": dict(settings), "max_drop": max_drop,
+              "unit": validation.unit, "validation": validation.data, "original": original,
+              "seed": ctx.seed, "meta": dict(meta or {}), "base": base is not None}
+    data = [list(state), *state.values(), *(base or {}).values()]
+    path = ctx.checkpoint.with_name(ctx.checkpoint.name + SEARCH_SUFFIX)
+    # saved after every try: a try costs seconds to minutes, the record a few bytes
+    return Checkpoint(path, kind="max_drop", fingerprint=fingerprint("max_drop", config, data),
+                      every_s=0.0, writes=group().main)
+
+
+def _recorded_tries(record: Checkpoint) -> dict[float, Try]:
+    """The tries a killed run of this same search measured (none where there is no record or
+    one to ignore)."""
+    saved = record.load()
+    if saved is None:
+        return {}
+    try:
+        rows = read_field(saved, "tries", list)
+        if len(rows) > MAX_TRIES:
+            raise CheckpointError(f"{len(rows)} tries")
+        out: dict[float, Try] = {}
+        for row in rows:
+            if not isinstance(row, dict):
+                raise CheckpointError("a try is not a record")
+            size = read_field(row, "bytes", int)
+            if size < 0:
+                raise CheckpointError("a try of negative size")
+            value, drop = number(row, "value"), number(row, "drop")
+            if not (math.isfinite(value) and math.isfinite(drop)):
+                raise CheckpointError("a try that is not a finite number")
+            out[value] = Try(value, drop, size)
+        return out
+    except CheckpointError as e:
+        record.reject(str(e))
+        return {}
 
 
 def _start(codec: str, knob: Knob, settings: Mapping[str, Any]) -> float:
