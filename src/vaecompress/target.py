@@ -126,6 +126,7 @@ def compress_within(
     best: list[Any] = [None, None]  # (Try, CompressResult) of the smallest passing file
     bar = progress(None, desc=f"--max-drop {max_drop:g}: {name} {knob.name}", unit="try",
                    enabled=ctx.progress)
+    unit = "" if validation.unit == "score" else f" {validation.unit}"  # a score names itself
 
     def measure(value: float) -> tuple[Try, CompressResult]:
         res = compress(state, codec, ctx=ctx, meta=meta, base=base,
@@ -143,7 +144,7 @@ def compress_within(
             got, res = measure(value)
         tries[value] = got
         record.save({"tries": [t.to_json() for t in tries.values()]})
-        bar.set_status(f"{knob.name}={value:g}: {got.drop:.4g} {validation.unit} lost, "
+        bar.set_status(f"{knob.name}={value:g}: {got.drop:.4g}{unit} lost, "
                        f"{got.bytes:,} B" + (" (resumed)" if res is None else ""))
         bar.update()
         ok = got.drop <= max_drop
@@ -160,7 +161,7 @@ def compress_within(
         finest = min(tries.values(), key=lambda t: -knob.finer * t.value)
         raise UserError(
             f"--max-drop {max_drop:g}: no {knob.name} of {name} keeps it; the finest tried, "
-            f"{knob.name}={finest.value:g}, loses {finest.drop:.4g} {validation.unit} on "
+            f"{knob.name}={finest.value:g}, loses {finest.drop:.4g}{unit} on "
             f"{validation.data}")
     chosen, res = best
     if res is None:  # kept from before a kill: its file again (the same bytes)

@@ -167,11 +167,12 @@ def _compress_one(args: argparse.Namespace) -> int:
 def _streams(args: argparse.Namespace, plan: _Plan, distill: bool) -> bool:
     """Whether the input is a model folder of several shards to code one at a time: the
     codec can (`Codec.streams`) and nothing needs the whole model (a task, a probe, a base, the
-    search of --max-drop)."""
+    search of --max-drop, --score)."""
     from vaecompress.folders import is_model_folder, shard_files
 
     if not is_model_folder(args.input) or args.base or args.finetune or distill \
-            or args.model or args.arch or args.max_drop is not None or not plan.codec.streams():
+            or args.model or args.arch or args.max_drop is not None or args.score is not None \
+            or not plan.codec.streams():
         return False
     return len(shard_files(Path(args.input))) > 1
 
@@ -286,8 +287,8 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
 
 def _searched(t: dict[str, Any]) -> str:
     """What the search of --max-drop chose, and on what."""
-    lost = (f"{t['drop']:.2f} points of accuracy" if t["unit"] == "points"
-            else f"{t['drop']:.5f} of mean cosine")
+    lost = {"points": f"{t['drop']:.2f} points of accuracy",
+            "cosine": f"{t['drop']:.5f} of mean cosine"}.get(t["unit"], f"{t['drop']:.4g}")
     return (f"--max-drop {t['max_drop']:g}: chose {t['knob']} {t['value']:g}, the smallest of "
             f"{t['tries']} files tried that keeps it ({lost} lost on {t['validation']})")
 

@@ -110,8 +110,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if isinstance(target, dict):  # informational: shown, never trusted
         t = {k: _shown(target.get(k)) for k in
              ("max_drop", "knob", "value", "drop", "unit", "validation", "tries")}
-        print(f"chosen by --max-drop {t['max_drop']}: {t['knob']} {t['value']} ({t['drop']} "
-              f"{t['unit']} lost on {t['validation']}, {t['tries']} files tried)")
+        unit = "" if t["unit"] == "score" else f" {t['unit']}"  # a score names itself
+        print(f"chosen by --max-drop {t['max_drop']}: {t['knob']} {t['value']} ({t['drop']}"
+              f"{unit} lost on {t['validation']}, {t['tries']} files tried)")
     return 0
 
 

@@ -209,7 +209,13 @@ def _codec_flags(sp: argparse.ArgumentParser) -> None:
                     "minilm: 1 - mean cosine on 500 training sentences, or --sentences): the "
                     "codec's fidelity setting (vae-rd-free: snr; vae-rd: lam; nncodec: qp) is "
                     "searched for the smallest file that keeps it. Needs the task: a zoo model, "
-                    "--arch or --model minilm")
+                    "--arch, --model minilm, or --score (then D is in your score's units)")
+    sp.add_argument("--score", metavar="MODULE:FUNCTION",
+                    help="your measure of the model, on any model: a function of a state_dict "
+                    "(names -> tensors) returning a number, higher better (e.g. accuracy in "
+                    "percent on your validation data), imported from the working directory or "
+                    "PYTHONPATH; compress prints it for the rebuilt model beside the input's, "
+                    "and --max-drop D keeps its loss at most D")
 
 
 def _setting_flags(sp: argparse.ArgumentParser) -> None:

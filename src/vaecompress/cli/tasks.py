@@ -2,7 +2,9 @@
 the line that says so), the probe of the data-free codec, how the rebuilt model is measured, and
 the validation data the search of `--max-drop` reads.
 Two tasks: MiniLM's sentence embeddings (--model minilm, --sentences) and MNIST classification
-(a zoo model or --arch), both built by `tasks/`; this module only reads flags and words lines.
+(a zoo model or --arch), both built by `tasks/`; and on any model the user's own score of the
+weights (--score), which then measures the rebuilt model and judges --max-drop's tries. This
+module only reads flags and words lines.
 """
 
 from __future__ import annotations
@@ -39,10 +41,29 @@ def _steps(n: int) -> str:
 
 def compress_task(args: argparse.Namespace, state: Any, meta: dict[str, str],
                   sentences: list[str] | None, device: Any, *, distill: bool) -> Task:
-    """The task of the model being compressed: MiniLM's, else MNIST's."""
+    """The task of the model being compressed: MiniLM's, else MNIST's; with --score, the
+    rebuilt model measured and --max-drop judged by the user's function instead."""
+    if args.score is not None and args.no_eval:
+        raise UserError("--score measures the rebuilt model and --no-eval says not to: give "
+                        "one")
     if sentence_model(args):
-        return sentence_task(args, state, sentences, device, retrain=args.finetune or distill)
-    return mnist_task(args, state, meta, device, distill=distill)
+        task = sentence_task(args, state, sentences, device, retrain=args.finetune or distill)
+    else:
+        task = mnist_task(args, state, meta, device, distill=distill)
+    if args.score is not None:
+        from vaecompress.tasks.user import UserScore, user_score
+
+        score = user_score(args.score, state)
+        score.input_score()  # the user's function runs once before the work
+        task.evaluate, task.describe = score.evaluate, UserScore.describe
+        if args.max_drop is not None:
+            task.validation = score.validation()
+    return task
+
+
+def _searched_by_task(args: argparse.Namespace) -> bool:
+    """--max-drop judged on the task's own validation data (not on --score)."""
+    return args.max_drop is not None and args.score is None
 
 
 def sentence_model(args: argparse.Namespace) -> bool:
@@ -83,10 +104,11 @@ def sentence_task(args: argparse.Namespace, state: Any, sentences: list[str] | N
     rebuilt embeddings on the bundled fidelity set."""
     from vaecompress.tasks.sentence import SentenceTask
 
-    task = SentenceTask(device, n_eval=0 if args.no_eval else None, reference=state,
+    measured = not args.no_eval and args.score is None  # else --score measures it, or nothing
+    task = SentenceTask(device, n_eval=None if measured else 0, reference=state,
                         source=args.input)
     out = Task(probe=task.probe(seed=args.seed))
-    if args.max_drop is not None:
+    if _searched_by_task(args):
         out.validation = (task.validation(seed=args.seed) if sentences is None else
                           task.validation(sentences, seed=args.seed, source=args.sentences))
     if retrain:
@@ -96,7 +118,7 @@ def sentence_task(args: argparse.Namespace, state: Any, sentences: list[str] | N
         out.finetune_desc = (f"distilling minilm from the input model (the teacher): 1 - cosine "
                              f"of the embeddings, on {where} "
                              f"({_steps(out.finetune.steps_per_epoch)} an epoch)")
-    if not args.no_eval:
+    if measured:
         def describe(fid: dict[str, Any]) -> str:
             return (f"sentence embeddings rebuilt from the file: mean cosine "
                     f"{fid['cos_mean']:.5f} to the input model's (worst {fid['cos_min']:.4f})"
@@ -114,15 +136,17 @@ def mnist_task(args: argparse.Namespace, state: Any, meta: dict[str, str], devic
     distillation from the input model with --distill), the probe on noise images, and the
     test accuracy of the rebuilt model."""
     retrain = args.finetune or distill
-    search = args.max_drop is not None
+    search = _searched_by_task(args)
+    measured = not args.no_eval and args.score is None  # else --score measures it, or nothing
     arch = _mnist_arch(args, state, meta, device, retrain=retrain or search)
     out = Task(probe=_probe(arch, state, device, args.seed))
     train = test = None
     if search and arch is None:
-        raise UserError("--max-drop needs the model's task: --model (a zoo model, or minilm "
-                        "with its sentences) or --arch module:Class (yours); the file does "
-                        "not name one")
-    if arch is not None and (retrain or search or not args.no_eval):
+        raise UserError("--max-drop needs the model's task: --score module:function (your "
+                        "measure of the weights), --model (a zoo model, or minilm with its "
+                        "sentences) or --arch module:Class (your MNIST classifier); the file "
+                        "does not name one")
+    if arch is not None and (retrain or search or measured):
         # The task is known: its data is loaded before the work, to measure the rebuilt model.
         train, test = _mnist_data(args, retrain=retrain or search)
     if search:
@@ -135,7 +159,7 @@ def mnist_task(args: argparse.Namespace, state: Any, meta: dict[str, str], devic
                             "or --arch module:Class (yours); the file does not name one")
         out.finetune, out.finetune_desc = _mnist_finetuner(args, arch, state, train, device,
                                                            distill=distill)
-    if test is not None and not args.no_eval:
+    if test is not None and measured:
         out.evaluate, out.describe = _accuracy_measure(args, arch, state, test, device)
     return out
 

@@ -13,13 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-UNITS = ("points", "cosine")  # accuracy in percentage points; 1 - mean cosine of embeddings
+# accuracy in percentage points; 1 - mean cosine of embeddings; the user's own score
+# (`tasks.user`, in its own units)
+UNITS = ("points", "cosine", "score")
 
 
 @dataclass(frozen=True)
 class Validation:
     """`score(state)`: the model with the tensors `state` on the validation data (accuracy in
-    percent for `points`, the mean cosine of its embeddings to the original's for `cosine`);
+    percent for `points`, the mean cosine of its embeddings to the original's for `cosine`,
+    the user's function's number for `score`);
     the drop of a rebuilt model is the original's score minus its own. `data`: what the score
     reads, in words (for the report and the file)."""
 

@@ -20,9 +20,6 @@ the task's (`tasks.mnist`: accuracy, `make_finetuner`).
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +29,7 @@ from torch import nn
 
 from vaecompress.errors import UserError
 from vaecompress.io import StateDict
+from vaecompress.usercode import first_line, import_named
 from vaecompress.zoo.models import get_spec
 from vaecompress.zoo.train import ZOO_NORMALIZE
 
@@ -54,37 +52,15 @@ def zoo_arch(name: str) -> Arch:
     return Arch(spec.name, spec.build, ZOO_NORMALIZE, zoo=True)
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
-
-
 def import_arch(spec: str, *, kwargs: Mapping[str, Any] | None = None,
                 normalize: tuple[float, float] | None = None) -> Arch:
     """The class (or factory) `module.path:Name` of the user's code, found now (UserError if
     it cannot be imported, is missing or is not an nn.Module class) and built by `Arch.build`.
     The working directory is put on `sys.path` first, as for `python -c`."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UserError(f"an architecture is named module.path:ClassName (e.g. my_mlp:MyMLP), "
-                        f"got '{spec}'")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    importlib.invalidate_caches()
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and (module_name == e.name or module_name.startswith(f"{e.name}.")):
-            raise UserError(f"cannot import '{spec}': no module named '{e.name}' in the working "
-                            "directory or on PYTHONPATH") from None
-        raise UserError(f"cannot import '{spec}': {_first_line(e)}") from None
-    except Exception as e:  # the user's module failed while being imported
-        raise UserError(f"importing {module_name} for '{spec}' failed: {type(e).__name__}: "
-                        f"{_first_line(e)}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UserError(f"cannot import '{spec}': {module_name} has no '{attr}'")
-        obj = getattr(obj, part)
+        obj = import_named(spec, "ClassName", "my_mlp:MyMLP")
+    except UserError as e:
+        raise UserError(f"--arch: {e}") from None
     if isinstance(obj, type) and not issubclass(obj, nn.Module):
         raise UserError(f"'{spec}' is a class but not a torch.nn.Module")
     if not callable(obj):
@@ -97,7 +73,7 @@ def import_arch(spec: str, *, kwargs: Mapping[str, Any] | None = None,
         except Exception as e:  # the user's constructor refused its arguments
             shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
             raise UserError(f"building {spec}({shown}) failed: {type(e).__name__}: "
-                            f"{_first_line(e)}") from None
+                            f"{first_line(e)}") from None
         if not isinstance(net, nn.Module):
             raise UserError(f"'{spec}' made a {type(net).__name__}, not a torch.nn.Module")
         return net
@@ -151,5 +127,5 @@ def load_network(arch: Arch, state: Mapping[str, torch.Tensor], *, source: str) 
     try:
         net.load_state_dict(fitted)
     except RuntimeError as e:  # e.g. a tensor whose dtype cannot be copied into the network's
-        raise UserError(f"{source} does not load into {arch.name}: {_first_line(e)}") from None
+        raise UserError(f"{source} does not load into {arch.name}: {first_line(e)}") from None
     return net.eval()
