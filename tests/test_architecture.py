@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaecompress"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "__version__", "progress", "runinfo", "checksum", "format", "files",
                "io", "torchfile", "params", "checkpoint", "accounting", "folders",
-               "data"}),  # core
+               "data", "usercode"}),  # core
     frozenset({"coding"}),  # bytes from numbers and back
     frozenset({"training"}),  # the training loop, its hooks, torch.distributed, fine-tuning
     frozenset({"zoo", "tasks", "fidelity"}),  # networks, tasks, what the weights lost
