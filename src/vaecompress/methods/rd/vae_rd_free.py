@@ -97,6 +97,9 @@ SOLVERS = ("closed", "adam")
 # The bytes of the file besides the latents that the size budget leaves room for: the
 # checksum `api.compress` records after encoding, and the varints of the payload lengths.
 SIZE_MARGIN = 256
+# Searches for a byte budget, each aiming lower by what the coded latents overshot the last
+# one's estimate (`_allocate`).
+SIZE_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -260,16 +263,21 @@ class VAERDFreeCodec(Codec):
             raise UserError(f"vae-rd-free: size {s.size:,} B is smaller than the file's header "
                             f"and exact tensors alone ({len(dumps(c)):,} B)")
 
-        def fits(ints: list[np.ndarray], steps: list[np.float32]) -> bool:
-            return estimate_model_bytes(ints) + 4 * len(steps) <= budget
+        # The search reads an estimate of the latents' bytes; the real coding can come out a
+        # few bytes above it. Then the search runs again for that much less, coarser.
+        aim = budget
+        for _ in range(SIZE_TRIES):
+            def fits(ints: list[np.ndarray], steps: list[np.float32], aim: int = aim) -> bool:
+                return estimate_model_bytes(ints) + 4 * len(steps) <= aim
 
-        alloc = allocate(arrays, sens, fits=fits, rounding=s.rounding, energies=energies)
-        got = len(encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks,
-                                trellis=s.rounding == "tcq"))
-        if got > budget:
-            raise UserError(f"vae-rd-free: no quantization of this model fits in {s.size:,} B "
-                            f"(the smallest takes about {s.size - budget + got:,} B)")
-        return alloc
+            alloc = allocate(arrays, sens, fits=fits, rounding=s.rounding, energies=energies)
+            got = len(encode_model(alloc.ints, alloc.steps, entropy=s.entropy, masks=s.masks,
+                                   trellis=s.rounding == "tcq"))
+            if got <= budget:
+                return alloc
+            aim -= got - budget
+        raise UserError(f"vae-rd-free: no quantization of this model fits in {s.size:,} B "
+                        f"(the smallest takes about {s.size - budget + got:,} B)")
 
     def _encode_adam(self, c: Container, live: dict[str, torch.Tensor],
                      ctx: CodecContext) -> Encoded:
