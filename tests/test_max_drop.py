@@ -419,6 +419,15 @@ def test_a_record_of_another_search_is_ignored(tmp_path: Path) -> None:
         res = compress_within(state, max_drop=0.5, validation=counted, ctx=ctx)
     assert calls[0] == 1 + res.report["target"]["tries"]  # every try run afresh
     assert res.data == compress_within(state, max_drop=0.5, validation=val, ctx=CTX).data
+    # the same search, said by its caller to read other data (the command line: other flags)
+    with pytest.raises(_Killed):
+        compress_within(state, max_drop=5.0, validation=_killed_after(val, 4), ctx=ctx,
+                        identity={"distill": False})
+    counted, calls = _counting(val)
+    with pytest.warns(UserWarning, match="other settings or inputs"):
+        res = compress_within(state, max_drop=5.0, validation=counted, ctx=ctx,
+                              identity={"distill": True})
+    assert calls[0] == 1 + res.report["target"]["tries"]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "not a list", "nan", "negative"])

@@ -21,7 +21,8 @@ settings in the header hold the value chosen, as for any setting.
 A search that is killed resumes (`ctx.checkpoint`, the command line's hidden file beside the
 output): every try, once measured, is added to a record of the search (`SEARCH_SUFFIX` after
 the checkpoint's name; `checkpoint.Checkpoint`, its fingerprint over the codec, its settings,
-the drop asked for, the weights and the validation data's name and original score), and the
+the drop asked for, the weights, the validation data's name and original score, and what the
+caller says decides the tries besides: the command line's flags), and the
 try in progress keeps the training checkpoint of its codec, as a single run does. Run again,
 the search takes the tries it recorded without running them, and the try that was killed
 resumes its training. Its result is the same file as an uninterrupted search's; the one
@@ -104,6 +105,7 @@ def compress_within(
     meta: Mapping[str, Any] | None = None,
     base: Mapping[str, torch.Tensor] | None = None,
     evaluate: Callable[[StateDict], Mapping[str, Any]] | None = None,
+    identity: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> CompressResult:
     """The smallest file of `codec` (default: the library's default codec) whose rebuilt
@@ -111,7 +113,9 @@ def compress_within(
     docstring). `settings` are the codec's other settings; `ctx`, `meta`, `base` and
     `evaluate` are `api.compress`'s. The result's `compress_s` is the whole search's, its
     `report["target"]` the search (every try), and the file records it. With
-    `ctx.checkpoint`, a killed search run again resumes (module docstring)."""
+    `ctx.checkpoint`, a killed search run again resumes (module docstring); `identity` (JSON
+    values) is what else decides its tries, such as the task's training data, for the
+    record's fingerprint: the command line gives its flags."""
     name = DEFAULT_CODEC if codec is None else codec
     knob = knob_of(name, settings, delta=base is not None)
     check_max_drop(max_drop, validation.unit)
@@ -119,9 +123,9 @@ def compress_within(
     ctx = ctx or CodecContext()
     t0 = time.perf_counter()
     original = validation.score(state)
-    record = _search_record(ctx, name, settings, max_drop, validation, original, state, base,
-                            meta)
-    recorded = _recorded_tries(record)
+    journal = _search_record(ctx, name, settings, max_drop, validation, original, state, base,
+                             meta, identity)
+    recorded = _recorded_tries(journal)
     tries: dict[float, Try] = {}
     best: list[Any] = [None, None]  # (Try, CompressResult) of the smallest passing file
     bar = progress(None, desc=f"--max-drop {max_drop:g}: {name} {knob.name}", unit="try",
@@ -143,7 +147,7 @@ def compress_within(
         else:
             got, res = measure(value)
         tries[value] = got
-        record.save({"tries": [t.to_json() for t in tries.values()]})
+        journal.save({"tries": [t.to_json() for t in tries.values()]})
         bar.set_status(f"{knob.name}={value:g}: {got.drop:.4g}{unit} lost, "
                        f"{got.bytes:,} B" + (" (resumed)" if res is None else ""))
         bar.update()
@@ -156,7 +160,7 @@ def compress_within(
 
     with bar:
         _search(knob, _start(name, knob, settings), run)
-    record.finish()
+    journal.finish()
     if best[0] is None:
         finest = min(tries.values(), key=lambda t: -knob.finer * t.value)
         raise UserError(
@@ -185,14 +189,17 @@ def _search_record(ctx: CodecContext, codec: str, settings: Mapping[str, Any],
                    max_drop: float, validation: Validation, original: float,
                    state: Mapping[str, torch.Tensor],
                    base: Mapping[str, torch.Tensor] | None,
-                   meta: Mapping[str, Any] | None) -> Checkpoint:
+                   meta: Mapping[str, Any] | None,
+                   identity: Mapping[str, Any] | None = None) -> Checkpoint:
     """The record of this search beside the training checkpoint of `ctx` (none without it),
     fingerprinted over what decides the search (module docstring)."""
     if ctx.checkpoint is None:
         return Checkpoint(None, kind="max_drop", fingerprint="")
     config = {"codec": codec, "settings": dict(settings), "max_drop": max_drop,
               "unit": validation.unit, "validation": validation.data, "original": original,
-              "seed": ctx.seed, "meta": dict(meta or {}), "base": base is not None}
+              "seed": ctx.seed, "meta": dict(meta or {}), "base": base is not None,
+              "probe": ctx.probe is not None, "finetune": ctx.finetune is not None,
+              "identity": dict(identity or {})}
     data = [list(state), *state.values(), *(base or {}).values()]
     path = ctx.checkpoint.with_name(ctx.checkpoint.name + SEARCH_SUFFIX)
     # saved after every try: a try costs seconds to minutes, the record a few bytes
@@ -200,10 +207,10 @@ def _search_record(ctx: CodecContext, codec: str, settings: Mapping[str, Any],
                       every_s=0.0, writes=group().main)
 
 
-def _recorded_tries(record: Checkpoint) -> dict[float, Try]:
+def _recorded_tries(journal: Checkpoint) -> dict[float, Try]:
     """The tries a killed run of this same search measured (none where there is no record or
     one to ignore)."""
-    saved = record.load()
+    saved = journal.load()
     if saved is None:
         return {}
     try:
@@ -223,7 +230,7 @@ def _recorded_tries(record: Checkpoint) -> dict[float, Try]:
             out[value] = Try(value, drop, size)
         return out
     except CheckpointError as e:
-        record.reject(str(e))
+        journal.reject(str(e))
         return {}
 
 

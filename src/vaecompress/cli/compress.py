@@ -151,7 +151,7 @@ def _compress_one(args: argparse.Namespace) -> int:
         res = compress_within(state, None if plan.auto else plan.codec.name,
                               max_drop=args.max_drop, validation=task.validation, ctx=ctx,
                               meta=_kept_meta(meta, folder), base=base, evaluate=evaluate,
-                              **codec_settings(args))
+                              identity=_flags(args), **codec_settings(args))
     else:
         res = compress(state, plan.codec, fallback=plan.auto, ctx=ctx,
                        meta=_kept_meta(meta, folder), base=base, evaluate=evaluate)
@@ -222,6 +222,15 @@ def _plan(args: argparse.Namespace) -> _Plan:
     targets += [str(external_path(args.output, n)) for n in type(codec).externals if n not in outs]
     check_outputs(targets, inputs=[args.input, *([args.base] if args.base else [])])
     return _Plan(codec, auto_codec, outs)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """What the command line was given that decides the work (the task's data, the flags of
+    the task, the device), for the fingerprint of a resumable search: its plain values, not
+    how it reports."""
+    plain = (str, int, float, bool, type(None), list, tuple)
+    return {k: v for k, v in sorted(vars(args).items())
+            if k not in ("quiet", "json") and isinstance(v, plain)}
 
 
 def _context(args: argparse.Namespace, device: Any, task: Task) -> Any:
