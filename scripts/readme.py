@@ -66,6 +66,8 @@ DEFAULT = ("results/default/default.md",
            "python benchmarks/default_codec.py --out results/default")
 HELDOUT_VAD = ("results/heldout-vad/heldout_vad.md",
                "python benchmarks/heldout_vad.py --out results/heldout-vad")
+HELDOUT_PITCH = ("results/heldout-pitch/heldout_pitch.md",
+                 "python benchmarks/heldout_pitch.py --out results/heldout-pitch")
 MAX_DROP = ("results/max-drop/max_drop.md",
             "python benchmarks/max_drop.py --out results/max-drop")
 DELTA_DEFAULT = ("results/delta-default/delta_default.md",
@@ -413,6 +415,22 @@ def _heldout_vad_section(md: str) -> list[str]:
             f"`{HELDOUT_VAD[1]}`.", "", *body, ""]
 
 
+def _heldout_pitch_section(md: str) -> list[str]:
+    """The default on a second real model: `heldout_pitch.md` without its tables of every
+    point, its headings under the README's."""
+    body, skipping = [], False
+    for line in md.splitlines()[2:]:
+        if line.startswith("#"):
+            skipping = line == "### Every point"
+            if line.startswith(("## ", "### ")):
+                line = "###" + line
+        if not skipping:
+            body.append(line)
+    return ["#### The default on a second real model nobody here tuned on: a pitch tracker", "",
+            f"From [`{HELDOUT_PITCH[0]}`]({HELDOUT_PITCH[0]}) (every point there), made by "
+            f"`{HELDOUT_PITCH[1]}`.", "", *body, ""]
+
+
 def _max_drop_section(md: str) -> list[str]:
     """Issue 18's `--max-drop`: the tables of `max_drop.md`, under its own words."""
     body = md.splitlines()[2:]  # past its title
@@ -445,6 +463,9 @@ def render(root: Path = ROOT) -> str:
     vmd = root / HELDOUT_VAD[0]
     if vmd.is_file():
         parts += _heldout_vad_section(vmd.read_text())
+    pmd = root / HELDOUT_PITCH[0]
+    if pmd.is_file():
+        parts += _heldout_pitch_section(pmd.read_text())
     mdmd = root / MAX_DROP[0]
     if mdmd.is_file():
         parts += _max_drop_section(mdmd.read_text())

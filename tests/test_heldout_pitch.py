@@ -96,3 +96,21 @@ def test_the_probe_weighs_every_tensor_of_the_model(pitch: ModuleType) -> None:
     names = [k for k in state if k.endswith(("weight", "bias", "running_mean", "running_var"))]
     f = fisher(probe, state, names)
     assert set(f) == set(names) and all(v > 0 for v in f.values())
+
+
+def test_the_committed_result_was_made_from_a_clean_tree(pitch: ModuleType) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = json.loads((root / "results/heldout-pitch/heldout_pitch.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{40}", res["environment"]["git_revision"])
+    assert [m["size"] for m in res["models"]] == ["tiny", "full"]
+    for m in res["models"]:
+        assert m["weights_sha256"] == pitch.WEIGHTS_SHA256[m["size"]]
+        assert {"default", "default, architecture known", "nncodec"} <= {
+            r["method"] for r in m["rows"]}
+    assert {(r["method"], r["max_drop"]) for r in res["models"][0]["max_drop"]} == {
+        (meth, d) for meth in ("default", "nncodec") for d in pitch.MAX_DROPS}
+    assert (root / "results/heldout-pitch/heldout_pitch.md").read_text() == pitch.render(res)
