@@ -139,3 +139,12 @@ def test_bad_requests(model: Path, capsys: pytest.CaptureFixture[str], argv: lis
     assert main(["compress", str(model), "-o", "o.vrd", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_series_refuses_a_score(model: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compress", str(model), str(model), "-o", "s.vrd", "--score", "x:f",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--score measures one model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.vrd").exists()

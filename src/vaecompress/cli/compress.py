@@ -112,6 +112,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if files is not None and args.max_drop is not None:
         raise UserError("--max-drop searches the file of one model; a checkpoint series "
                         "takes --snr or --set")
+    if files is not None and args.score is not None:
+        raise UserError("--score measures one model; compress a checkpoint of the series "
+                        "alone to score it")
     if files is not None:  # a run's checkpoints: one series file
         return compress_series_command(args, files, read_base(args), args.codec or DEFAULT_CODEC,
                                        codec_settings(args))
