@@ -170,7 +170,7 @@ def max_drop_table(rows: list[dict[str, Any]], test: str) -> list[str]:
     return out
 
 
-def environment_extra(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+def weights_size(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """The parameters and float bytes of the original weights."""
     return {"params": sum(v.numel() for v in state.values()),
             "float_bytes": sum(v.numel() * v.element_size() for v in state.values())}

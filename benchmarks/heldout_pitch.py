@@ -216,7 +216,7 @@ def run_model(size: str, seed: int, *, max_drop: bool) -> dict[str, Any]:
     grid = sweep_grid(SNRS, NNCODEC_QPS) if size == "tiny" else full_grid()
     known = CodecContext(progress=False, probe=noise_probe(seed))
     rows, skipped = run_grid(state, grid, _judge(frames, truth, act0), known)
-    out = {"size": size, "weights_sha256": WEIGHTS_SHA256[size], **heldout.environment_extra(
+    out = {"size": size, "weights_sha256": WEIGHTS_SHA256[size], **heldout.weights_size(
         state), "frames": len(frames), "accuracy_orig": acc0, "frame_s": frame_s,
            "rows": rows, "skipped": skipped, "max_drop": []}
     if max_drop:

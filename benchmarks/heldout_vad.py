@@ -371,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     max_drop = run_max_drop(state, wav, labels, p0, val, probe)
     results = {"environment": environment(torch.device("cpu"), args.seed),
                "weights_sha256": WEIGHTS_SHA256, "package": PACKAGE,
-               "params": sum(v.numel() for v in state.values()),
-               "float_bytes": sum(v.numel() * v.element_size() for v in state.values()),
+               **heldout.weights_size(state),
                "audio": audio, "validation_audio": val_audio, "accuracy_orig": acc0,
                "rows": rows, "max_drop": max_drop, "skipped": skipped,
                "run_s": time.perf_counter() - t0}
