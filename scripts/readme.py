@@ -385,17 +385,19 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
         for family, info in res["families"].items():
             comps = {c["codecs"]: c for c in comparisons(info)}
             for label, c in comps.items():
-                bd = info["summary"].get("bitdelta")
+                # data-free, and in the task-aware row with its scales refined on the task
+                bd = info["summary"].get("bitdelta" if label.startswith("data-free")
+                                         else "bitdelta_refined")
                 rows.append(
                     f"| {model} | {family} ({len(info['members'])}) | {label} | "
                     f"{_coding(c['alone'])} | {_coding(c['family'])} | "
                     + (f"**{c['family_vs_alone']:.2f}x**" if c["family_vs_alone"] else "-")
                     + " | "
-                    + (f"{bd['total_bytes']:,} B, " + lost.format(bd["max_drop"])
-                       if bd and label.startswith("data-free") else "")
+                    + (f"{bd['total_bytes']:,} B, " + lost.format(bd["max_drop"]) if bd else "")
                     + " |")
     out += ["| model | family (members) | codecs | smallest passing alone | smallest passing "
-            "as a family | family vs alone | bitdelta (1 bit a weight) |",
+            "as a family | family vs alone | bitdelta (1 bit a weight; scales refined where "
+            "task-aware) |",
             "|---|---|---|---|---|---|---|", *rows, ""]
     for res, rel, cmd in found:
         out.append(f"- {res['config']['model']}: [`{rel}`]({rel}) (tables: "

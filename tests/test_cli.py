@@ -290,3 +290,17 @@ def test_task_codec_without_data_warns_before_the_work(
     assert "without --finetune" in capsys.readouterr().err
     assert main(["compress", str(src), "-o", str(tmp_path / "o2"), "--codec", "vae-rd"]) == 2
     assert "needs its data" in capsys.readouterr().err
+
+
+def test_the_retraining_warning_is_for_settings_that_retrain(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kmeans and bitdelta retrain on the task only with finetune_epochs > 0: without it there
+    is nothing to warn of; with it and without --finetune, the warning says so."""
+    capsys.readouterr()
+    assert main(["compress", str(weights), "-o", str(tmp_path / "k.vaec"),
+                 "--codec", "kmeans"]) == 0
+    assert "retrains on the task" not in capsys.readouterr().err
+    assert main(["compress", str(weights), "-o", str(tmp_path / "b.vaec"), "--codec",
+                 "bitdelta", "--set", "finetune_epochs=1"]) == 0
+    assert "bitdelta retrains on the task" in capsys.readouterr().err

@@ -62,8 +62,14 @@ def test_every_family_is_coded_every_way_and_reported(run: tuple[Path, dict]) ->
 
     if REGISTRY["nncodec"].available() is None:  # the data-free peer, alone
         assert ("alone", "nncodec") in {(r["how"], r["codec"]) for r in ft["runs"] + ck["runs"]}
-    for r in ft["runs"] + ck["runs"]:  # only the task-aware codec used the data
-        assert r["data"] == (r["codec"] == "vae-rd")
+    for r in ft["runs"] + ck["runs"]:  # only the task-aware codecs used the data
+        assert r["data"] == (r["codec"] == "vae-rd" or r["settings"].get("finetune_epochs", 0) > 0)
+    # BitDelta data-free and refined on each member's task (the peer at its best)
+    assert [r["settings"] for r in ft["runs"] if r["codec"] == "bitdelta"] == [
+        {}, *[{"finetune_epochs": TINY.task_epochs, "lr": lr} for lr in TINY.bitdelta_lrs]]
+    assert {"bitdelta", "bitdelta_refined"} <= set(ft["summary"])
+    refined = [r for r in ft["runs"] if r["codec"] == "bitdelta" and r["data"]]
+    assert ft["summary"]["bitdelta_refined"]["total_bytes"] in {r["total_bytes"] for r in refined}
     for info in (ft, ck):
         for r in info["runs"]:
             assert len(r["bytes"]) == len(r["accuracy"]) == len(info["members"])

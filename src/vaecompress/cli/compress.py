@@ -132,7 +132,9 @@ def _compress_one(args: argparse.Namespace) -> int:
     sentences = sentences_of(args)  # checked before any work
     if _streams(args, plan, distill):
         return _compress_sharded(args, plan)
-    if plan.codec.uses_task and not (args.finetune or distill) and not args.quiet:
+    # whether these settings retrain on the task (kmeans and bitdelta only with finetune_epochs)
+    trains = type(plan.codec).method(plan.codec.settings_json())[1]
+    if trains and not (args.finetune or distill) and not args.quiet:
         print(
             f"vaecompress: warning: {plan.codec.name} retrains on the task to keep accuracy; "
             "without --finetune (or --distill) it runs without retraining and the rebuilt model "
