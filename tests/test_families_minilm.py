@@ -71,3 +71,18 @@ def test_a_fine_tune_run_keeps_its_checkpoints_and_is_reproducible() -> None:
     assert all(torch.equal(again[1]["state"][k], v) for k, v in run[1]["state"].items())
     other = fm.fine_tune_run(task, base, cfg, 3e-5, 1, progress=False)
     assert not torch.equal(other[1]["state"][name], second)
+
+
+@needs_minilm
+def test_bitdeltas_distillation_teaches_the_member_not_the_base() -> None:
+    """The task bitdelta's scales are refined on: the member's own embeddings, zero at the
+    member, above zero at the base."""
+    base = minilm.load_state()
+    member = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v)
+              for k, v in base.items()}
+    ft = fm.member_distiller({"label": "m", "state": member}, torch.device("cpu"), 0,
+                             n_train=64)
+    batch = next(ft.batches())
+    with torch.no_grad():
+        assert float(ft.loss(member, batch)) == 0.0
+        assert float(ft.loss(base, batch)) > 1e-4
