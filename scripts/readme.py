@@ -23,7 +23,7 @@ from vaecompress.experiments.bench_report import (
     write_ablation_table,
     write_summary_table,
 )
-from vaecompress.experiments.families import comparisons
+from vaecompress.experiments.families import comparisons, per_member
 from vaecompress.experiments.prose import honest_finding
 from vaecompress.experiments.report import ours_table
 from vaecompress.experiments.selection import select
@@ -399,6 +399,24 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
             "as a family | family vs alone | bitdelta (1 bit a weight; scales refined where "
             "task-aware) |",
             "|---|---|---|---|---|---|---|", *rows, ""]
+    each_rows = []
+    for res, _rel, _cmd in found:
+        key = res.get("metric", {}).get("key", "accuracy")
+        for family, info in res["families"].items():
+            for c in comparisons(info):
+                each = per_member(info, res["config"]["tolerance"], key,
+                                  c["codecs"] == "data-free")
+                if each is not None:
+                    each_rows.append(
+                        f"| {res['config']['model']} | {family} ({len(info['members'])}) | "
+                        f"{c['codecs']} | {each['alone_bytes']:,} B | "
+                        f"{each['family_bytes']:,} B | **{each['family_vs_alone']:.2f}x** |")
+    if each_rows:
+        out += ["The same sweeps with each member at its own smallest passing coding (what "
+                "compressing each fine-tune with its own `--max-drop` would pick), alone and "
+                "against the base:", "",
+                "| model | family (members) | codecs | each alone | each against the base | "
+                "family vs alone |", "|---|---|---|---|---|---|", *each_rows, ""]
     for res, rel, cmd in found:
         out.append(f"- {res['config']['model']}: [`{rel}`]({rel}) (tables: "
                    f"[`{rel.replace('.json', '.md')}`]({rel.replace('.json', '.md')})), made "

@@ -102,3 +102,31 @@ def test_the_shifted_tasks() -> None:
     assert len(subset) == 10 and subset.labels.max() == 4
     with pytest.raises(fam.UserError, match="unknown task"):
         fam.shift(split, "upside-down", 0)
+
+
+def test_each_member_at_its_own_smallest_passing_coding() -> None:
+    """per_member picks, member by member, the smallest coding that keeps that member within
+    the tolerance, alone and against the base; None where a member passes under nothing or
+    the family has no base codings (a series)."""
+    members = [{"label": "a", "accuracy": 90.0}, {"label": "b", "accuracy": 80.0}]
+
+    def run(how: str, codec: str, nbytes: list[int], acc: list[float],
+            data: bool = False) -> dict:
+        return {"how": how, "codec": codec, "settings": {}, "bytes": nbytes, "accuracy": acc,
+                "data": data}
+
+    info = {"members": members, "runs": [
+        run("alone", "x", [100, 100], [89.9, 79.9]),
+        run("alone", "y", [50, 40], [89.0, 79.8]),  # member a loses 1.0: not for a
+        run("base", "x", [30, 20], [89.6, 79.0]),  # member b loses 1.0: not for b
+        run("base", "z", [10, 25], [89.6, 79.7], data=True),
+    ]}
+    each = fam.per_member(info, 0.5, "accuracy", data_free=False)
+    assert [p["bytes"] for p in each["alone"]] == [100, 40]
+    assert [(p["codec"], p["bytes"]) for p in each["family"]] == [("z", 10), ("z", 25)]
+    assert each["alone_bytes"] == 140 and each["family_bytes"] == 35
+    assert each["family_vs_alone"] == 4.0
+    free = fam.per_member(info, 0.5, "accuracy", data_free=True)
+    assert free is None  # member b passes against the base only with the task's data
+    series = {"members": members, "runs": [r for r in info["runs"] if r["how"] == "alone"]}
+    assert fam.per_member(series, 0.5, "accuracy", data_free=False) is None

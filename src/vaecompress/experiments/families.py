@@ -340,6 +340,30 @@ def summarize(info: dict[str, Any], orig_total: int) -> dict[str, Any]:
     return out
 
 
+def per_member(info: dict[str, Any], tolerance: float, score_key: str,
+               data_free: bool) -> dict[str, Any] | None:
+    """Each member at its own smallest passing coding of the sweep, alone and against the base
+    (what compressing each fine-tune with its own `--max-drop` would pick), among the data-free
+    codings or all: the family's bytes when its members need not share one setting. None for
+    a family not coded against a base (a series' members depend on the ones before) or where
+    some member passes under no coding."""
+    originals = [m[score_key] for m in info["members"]]
+    picks: dict[str, list[dict[str, Any]]] = {}
+    for how in ("alone", "base"):
+        picks[how] = []
+        for i, orig in enumerate(originals):
+            fits = [r for r in info["runs"] if r["how"] == how
+                    and (not data_free or not r["data"]) and orig - r[score_key][i] <= tolerance]
+            if not fits:
+                return None
+            r = min(fits, key=lambda r: r["bytes"][i])
+            picks[how].append({"codec": r["codec"], "settings": r["settings"],
+                               "bytes": r["bytes"][i], "drop": orig - r[score_key][i]})
+    alone, family = (sum(p["bytes"] for p in picks[h]) for h in ("alone", "base"))
+    return {"alone": picks["alone"], "family": picks["base"], "alone_bytes": alone,
+            "family_bytes": family, "family_vs_alone": alone / family}
+
+
 # ------------------------------------------------------------------ the report
 
 
@@ -391,6 +415,14 @@ def render(results: dict[str, Any]) -> str:
                          if f else "none")
                       + (f": {c['family_vs_alone']:.2f}x fewer bytes than alone."
                          if c["family_vs_alone"] else ".")]
+            each = per_member(info, cfg["tolerance"], key, c["codecs"] == "data-free")
+            if each is not None:
+                lines += ["", f"Each member at its own smallest passing coding, {c['codecs']}: "
+                          f"alone {each['alone_bytes']:,} B ("
+                          + ", ".join(f"{_short(p)} {p['bytes']:,} B" for p in each["alone"])
+                          + f"); as a family {each['family_bytes']:,} B ("
+                          + ", ".join(f"{_short(p)} {p['bytes']:,} B" for p in each["family"])
+                          + f"): {each['family_vs_alone']:.2f}x fewer bytes than alone."]
         for bd_key, how in (("bitdelta", "data-free"),
                             ("bitdelta_refined", "its scales refined on the task")):
             if bd_key in s:
