@@ -403,10 +403,13 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
     for res, _rel, _cmd in found:
         key = res.get("metric", {}).get("key", "accuracy")
         for family, info in res["families"].items():
+            shown: list[tuple[int, int]] = []
             for c in comparisons(info):
                 each = per_member(info, res["config"]["tolerance"], key,
                                   c["codecs"] == "data-free")
-                if each is not None:
+                # a task-aware row that picks the data-free codings again is not repeated
+                if each is not None and (each["alone_bytes"], each["family_bytes"]) not in shown:
+                    shown.append((each["alone_bytes"], each["family_bytes"]))
                     each_rows.append(
                         f"| {res['config']['model']} | {family} ({len(info['members'])}) | "
                         f"{c['codecs']} | {each['alone_bytes']:,} B | "
