@@ -101,8 +101,9 @@ def test_max_drop_is_judged_by_the_score(model: Path, tmp_path: Path,
     assert f"lost on your score {mod}:accuracy" in out
     # the printed score is the searched one: the same function on the same rebuilt weights
     assert f"(lost {meta['drop']:.4g})" in out
-    # the input was scored once, each try once, the file kept once more to print it
-    assert len(sys.modules[mod].CALLS) == 1 + meta["tries"] + 1
+    # the input was scored once, each try once; the file kept is printed with the score its
+    # try measured, not scored again
+    assert len(sys.modules[mod].CALLS) == 1 + meta["tries"]
     assert main(["inspect", "o.vrd"]) == 0
     assert (f"({meta['drop']:.4g} lost on your score {mod}:accuracy, {meta['tries']} files tried)"
             in capsys.readouterr().out)
@@ -148,3 +149,33 @@ def test_a_checkpoint_series_refuses_a_score(model: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert "--score measures one model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s.vrd").exists()
+
+
+def test_a_score_is_remembered_only_for_the_same_tensors() -> None:
+    """The same tensor objects are not scored twice; equal values in other tensors are, and a
+    state that was freed leaves nothing behind."""
+    from vaecompress.tasks.user import UserScore
+
+    calls: list[int] = []
+
+    def fn(state: dict) -> float:
+        calls.append(1)
+        return float(sum(v.sum() for v in state.values()))
+
+    original = {"w": torch.ones(3)}
+    user = UserScore("m:fn", fn, original)
+    rebuilt = {"w": torch.full((3,), 0.5)}
+    assert user.score(rebuilt) == 1.5 and user.score(dict(rebuilt)) == 1.5
+    assert len(calls) == 1
+    assert user.score({"w": torch.full((3,), 0.5)}) == 1.5  # equal values, other tensors
+    assert len(calls) == 2
+    rebuilt["w"].fill_(0.25)  # the same tensor changed in place: remembered (documented)
+    assert user.score(rebuilt) == 1.5 and len(calls) == 2
+    del rebuilt
+    import gc
+
+    gc.collect()
+    kept = {"w": torch.zeros(2)}
+    user.score(kept)
+    assert len(user._seen) == 1 and user._seen[0][0][0]() is kept["w"]
+    assert user.score(original) == 3.0 and user.score(original) == 3.0 and len(calls) == 4

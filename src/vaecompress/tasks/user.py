@@ -17,8 +17,9 @@ Boundary: a score of weights; the search and the printing are the caller's.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,16 +31,30 @@ from vaecompress.usercode import first_line, import_named
 
 @dataclass
 class UserScore:
-    """The user's function `spec`, and the input's score, measured once."""
+    """The user's function `spec`, and the input's score, measured once. A state whose tensors
+    are the very tensor objects of one scored before (the file `--max-drop` keeps, printed
+    after its search scored it) is not scored again: the scores are remembered by weak
+    references to the tensors, so remembering keeps no model alive."""
 
     spec: str
     fn: Callable[[dict[str, torch.Tensor]], Any]
     original: Mapping[str, torch.Tensor]
     _original_score: float | None = None
+    _seen: list[tuple[list[weakref.ref[torch.Tensor]], float]] = field(default_factory=list)
+
+    def _recall(self, state: Mapping[str, torch.Tensor]) -> float | None:
+        tensors = list(state.values())
+        for refs, value in self._seen:
+            if len(refs) == len(tensors) and all(r() is t for r, t in zip(refs, tensors,
+                                                                          strict=True)):
+                return value
+        return None
 
     def score(self, state: Mapping[str, torch.Tensor]) -> float:
         if state is self.original and self._original_score is not None:
             return self._original_score
+        if (known := self._recall(state)) is not None:
+            return known
         try:
             got = self.fn(dict(state))
         except UserError:
@@ -53,6 +68,9 @@ class UserScore:
                             f"{str(got)[:60]!r}, not a finite number")
         if state is self.original:
             self._original_score = value
+        else:  # the dead entries go: a state freed since can never match again
+            self._seen = [e for e in self._seen if all(r() is not None for r in e[0])]
+            self._seen.append(([weakref.ref(t) for t in state.values()], value))
         return value
 
     def input_score(self) -> float:
