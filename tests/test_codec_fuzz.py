@@ -8,6 +8,7 @@ run's counts are in docs/format.md); here hypothesis draws a few dozen cases per
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import load_script
+from vaecompress.api import decompress
 
 _DIR = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(_DIR))
@@ -28,7 +30,13 @@ FILES = {f.codec: f for f in fuzz_codecs.base_files()}
 
 
 def _fuzz(codec: str) -> None:
-    f = FILES[codec]
+    # The unmutated file decoded again now: a decoder with float reductions (vae-paper's
+    # network, `exact_decode` False) gives other last bits under another torch thread count,
+    # and the files were made at collection, before other tests changed it (a CI run failed
+    # so: "a mutation behind the CRC decoded to other tensors", for a mutation that changed no
+    # byte).
+    base = FILES[codec]
+    f = dataclasses.replace(base, decoded=decompress(base.data, base.externals))
 
     @settings(max_examples=CASES.get(codec, 40), deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow])
