@@ -130,3 +130,23 @@ def test_each_member_at_its_own_smallest_passing_coding() -> None:
     assert free is None  # member b passes against the base only with the task's data
     series = {"members": members, "runs": [r for r in info["runs"] if r["how"] == "alone"]}
     assert fam.per_member(series, 0.5, "accuracy", data_free=False) is None
+
+
+def test_the_summary_gives_bitdelta_at_its_best() -> None:
+    """Refined BitDelta: the smallest passing run when one passes, else the one that loses
+    least; the data-free one apart."""
+    members = [{"label": "a", "accuracy": 90.0}]
+
+    def run(settings: dict, nbytes: int, drop: float, data: bool) -> dict:
+        return {"how": "base", "codec": "bitdelta", "settings": settings, "bytes": [nbytes],
+                "total_bytes": nbytes, "accuracy": [90.0 - drop], "max_drop": drop,
+                "data": data, "ok": drop <= 0.5}
+
+    runs = [run({}, 100, 3.0, False), run({"lr": 1}, 101, 0.9, True),
+            run({"lr": 2}, 102, 0.4, True), run({"lr": 3}, 103, 0.1, True)]
+    s = fam.summarize({"members": members, "runs": runs}, 1000)
+    assert s["bitdelta"]["settings"] == {} and s["bitdelta"]["max_drop"] == 3.0
+    assert s["bitdelta_refined"]["settings"] == {"lr": 2}  # the smallest that passes
+    s = fam.summarize({"members": members, "runs": [*runs[:2], run({"lr": 4}, 99, 0.7, True)]},
+                      1000)
+    assert s["bitdelta_refined"]["settings"] == {"lr": 4}  # none passes: the least loss
