@@ -37,7 +37,8 @@ from typing import Any
 
 from vaecompress.errors import FormatError
 from vaecompress.format import Container, External, Payload, dumps, file_sha256, loads
-from vaecompress.format.container import HEADER_ZDICT, PREAMBLE_SIZE
+from vaecompress.format.container import PREAMBLE_SIZE
+from vaecompress.format.zdict import header_zdict
 
 # -------------------------------------------------------------------------- valid files
 
@@ -84,13 +85,14 @@ def split(data: bytes) -> tuple[int, bytes, bytes]:
     text = (
         stored
         if version == 1
-        else zlib.decompressobj(-15, zdict=HEADER_ZDICT).decompress(stored[4:])
+        else zlib.decompressobj(-15, zdict=header_zdict(version)).decompress(stored[4:])
     )
     return version, text, data[PREAMBLE_SIZE + n :]
 
 
-def deflate(text: bytes) -> bytes:
-    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_ZDICT)
+def deflate(text: bytes, version: int) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY,
+                         header_zdict(version))
     return struct.pack("<I", len(text)) + z.compress(text) + z.flush()
 
 
@@ -102,7 +104,7 @@ def assemble(version: int, stored: bytes, section: bytes) -> bytes:
 
 def with_text(data: bytes, text: bytes) -> bytes:
     version, _, section = split(data)
-    return assemble(version, text if version == 1 else deflate(text), section)
+    return assemble(version, text if version == 1 else deflate(text, version), section)
 
 
 # -------------------------------------------------------------------------- mutations
@@ -233,11 +235,12 @@ def m_value(data: bytes, rng: random.Random) -> bytes:
 
 
 def m_stored(data: bytes, rng: random.Random) -> bytes:
-    """Version 2's stored header: json_len or deflate bytes changed, CRC recomputed."""
+    """The stored header of version 2 and later: json_len or deflate bytes changed, CRC
+    recomputed."""
     version, text, section = split(data)
     if version == 1:
         return m_text(data, rng)
-    s = bytearray(deflate(text))
+    s = bytearray(deflate(text, version))
     if rng.random() < 0.5:
         lengths = [0, len(text) - 1, len(text) + 1, 2**26 + 1, 2**32 - 1]
         struct.pack_into("<I", s, 0, rng.choice(lengths))

@@ -13,7 +13,8 @@ import torch
 import vaecompress.experiments.bench as bench_mod
 import vaecompress.experiments.bench_zoo as zoo_mod
 from vaecompress.experiments.bench import BenchConfig, Subject, bench, record_key
-from vaecompress.experiments.bench_report import best_within, write_bench_report
+from vaecompress.experiments.bench_report import best_within, record_formats, write_bench_report
+from vaecompress.format import FORMAT_VERSION
 from vaecompress.training.finetune import Finetuner
 
 FIELDS = (
@@ -36,6 +37,7 @@ FIELDS = (
     "compress_s_per_mparam",
     "codec_settings",
     "git_revision",
+    "format_version",
     "compress_s_inside_worker",
     "decompress_s_inside_worker",
 )
@@ -148,6 +150,16 @@ def test_zoo_record_key_is_unchanged() -> None:
     assert record_key("8479061916e9", "int8", resolved, 0, torch.device("cpu")) == "aa1d55f1971e"
 
 
+def test_the_report_names_the_formats_its_records_were_written_in() -> None:
+    """Records are reused across revisions and their key leaves the container format out, so
+    the report says which formats its files were written in (a record without the field was
+    written before records kept it, in format 3)."""
+    assert record_formats([{"format_version": 4}]) == "files written in format 4"
+    both = record_formats([{"format_version": 4}, {}])
+    assert both.startswith("files written in format 3, 4 (format 4 writes the same payloads")
+    assert "results/header-bytes" in both
+
+
 # ------------------------------------------------------------------ the runner, on a fake task
 
 
@@ -212,6 +224,7 @@ def test_runner_measures_every_point_and_writes_what_made_it(tmp_path: Path) -> 
     by = {r["codec"]: r for r in res["records"]}
     assert list(by) == ["zstd", "int8", "prune"]
     assert by["zstd"]["max_err"] == 0.0 < by["int8"]["max_err"]
+    assert {r["format_version"] for r in res["records"]} == {FORMAT_VERSION}
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["records"] == res["records"]
     assert saved["config"] == {"preset": "fake", "task": "fake", "models": ["m"],

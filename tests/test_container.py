@@ -1,8 +1,10 @@
-"""Tests for vaecompress.format.container and .header: round trip, golden bytes of versions 1
-and 2, determinism, every reader error, hostile headers, the size caps, and atomic save."""
+"""Tests for vaecompress.format.container, .header and .zdict: round trip, golden bytes of
+versions 1 and 2, version 4's dictionary, determinism, every reader error, hostile headers, the
+size caps, and atomic save."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,7 +18,6 @@ from vaecompress import files
 from vaecompress.errors import FormatError, UserError
 from vaecompress.format import container as fc
 from vaecompress.format.container import (
-    HEADER_ZDICT,
     MAGIC,
     MAX_DECODED_BYTES,
     PREAMBLE_SIZE,
@@ -31,6 +32,12 @@ from vaecompress.format.container import (
     load,
     loads,
     save,
+)
+from vaecompress.format.zdict import (
+    HEADER_ZDICT,
+    HEADER_ZDICT_V4,
+    HEADER_ZDICT_V4_SHA256,
+    header_zdict,
 )
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
@@ -78,9 +85,11 @@ def rich() -> Container:
     )
 
 
-def deflate(text: bytes) -> bytes:
-    """Version 2's stored header for a JSON text: u32 length, raw deflate with the zdict."""
-    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_ZDICT)
+def deflate(text: bytes, version: int = fc.FORMAT_VERSION) -> bytes:
+    """A stored header (version 2 or later) for a JSON text: u32 length, raw deflate with the
+    version's preset dictionary."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY,
+                         header_zdict(version))
     return struct.pack("<I", len(text)) + z.compress(text) + z.flush()
 
 
@@ -90,7 +99,7 @@ def header_text(data: bytes) -> bytes:
     stored = data[PREAMBLE_SIZE : PREAMBLE_SIZE + n]
     if version == 1:
         return stored
-    return zlib.decompressobj(-15, zdict=HEADER_ZDICT).decompress(stored[4:])
+    return zlib.decompressobj(-15, zdict=header_zdict(version)).decompress(stored[4:])
 
 
 def header_of(data: bytes) -> dict:
@@ -162,12 +171,32 @@ def test_v1_round_trip_and_v2_is_smaller() -> None:
     v1, v2 = dumps(c, version=1), dumps(c, version=2)
     assert loads(v1) == loads(v2) == c
     assert len(v2) < len(v1)
-    v3 = dumps(c)
+    v3 = dumps(c, version=3)
     # version 3 has version 2's layout (a few bits more: the preset dictionary spells a 2)
     assert v3[8:10] == b"\x03\x00" and len(v2) <= len(v3) <= len(v2) + 8
     assert loads(v3) == c and loads(v3).format_version == 3 and loads(v2).format_version == 2
-    with pytest.raises(ValueError, match="cannot write format version 4"):
-        dumps(c, version=4)
+    v4 = dumps(c)  # the default: version 3's layout and header, another preset dictionary
+    assert v4[8:10] == b"\x04\x00" and loads(v4) == c and loads(v4).format_version == 4
+    assert header_text(v4) == header_text(v3).replace(b'"format_version":3',
+                                                      b'"format_version":4')
+    n3, n4 = (struct.unpack_from("<I", d, 12)[0] for d in (v3, v4))
+    assert v4[PREAMBLE_SIZE + n4:] == v3[PREAMBLE_SIZE + n3:]  # the same payload section
+    assert n4 < n3  # the dictionary holds more of what headers repeat
+    with pytest.raises(ValueError, match="cannot write format version 5"):
+        dumps(c, version=5)
+
+
+def test_zdict_v4_is_fixed_and_documented() -> None:
+    """Version 4's dictionary is part of the format: its bytes never change (a reader with
+    other bytes cannot inflate a single header written with these)."""
+    assert hashlib.sha256(HEADER_ZDICT_V4).hexdigest() == HEADER_ZDICT_V4_SHA256
+    assert HEADER_ZDICT_V4_SHA256 == (
+        "8b919fb3fa67cb47faa7653aa1ed7c0925a74e7673608499673098382bf35ad1")
+    assert HEADER_ZDICT_V4.startswith(HEADER_ZDICT) and len(HEADER_ZDICT_V4) <= 32768
+    HEADER_ZDICT_V4.decode("ascii")
+    assert HEADER_ZDICT_V4_SHA256 in DOC.read_text(encoding="utf-8")
+    assert header_zdict(2) == header_zdict(3) == HEADER_ZDICT
+    assert header_zdict(4) == HEADER_ZDICT_V4
 
 
 def test_typical_header_is_compact() -> None:
@@ -191,9 +220,11 @@ def test_typical_header_is_compact() -> None:
         meta={"vaecompress.model": "fnn", "test_accuracy": "97.12"},
     )
     h1 = struct.unpack_from("<I", dumps(c, version=1), 12)[0]
-    h2 = struct.unpack_from("<I", dumps(c), 12)[0]
+    h2 = struct.unpack_from("<I", dumps(c, version=2), 12)[0]
+    h4 = struct.unpack_from("<I", dumps(c), 12)[0]
     assert h1 == 1228
     assert h2 < 400, h2  # 353 with CPython's zlib 1.2.13
+    assert h4 < h2, (h4, h2)
 
 
 def test_deterministic() -> None:
@@ -245,7 +276,7 @@ def test_bad_magic() -> None:
             loads(bad)
 
 
-@pytest.mark.parametrize("version", [0, 4, 65535])
+@pytest.mark.parametrize("version", [0, 5, 65535])
 def test_other_version(version: int) -> None:
     data = bytearray(dumps(tiny()))
     struct.pack_into("<H", data, 8, version)
@@ -253,7 +284,7 @@ def test_other_version(version: int) -> None:
         loads(bytes(data))
     assert str(e.value) == (
         f"format version {version} is not supported by this vaecompress "
-        "(reads 1, 2, 3); upgrade vaecompress"
+        "(reads 1, 2, 3, 4); upgrade vaecompress"
     )
 
 
@@ -352,7 +383,7 @@ def test_header_version_must_match_preamble() -> None:
     data = dumps(tiny())
     h = header_of(data)
     h["format_version"] = 1
-    with pytest.raises(FormatError, match=r"format_version 1 does not match the preamble \(3\)"):
+    with pytest.raises(FormatError, match=r"format_version 1 does not match the preamble \(4\)"):
         loads(with_header(data, h))
 
 

@@ -20,7 +20,7 @@ from conftest import load_script
 from vaecompress.api import DECODED_KEY, compress, decompress
 from vaecompress.cli import main
 from vaecompress.errors import FormatError, UserError
-from vaecompress.format import Payload, dumps, loads
+from vaecompress.format import FORMAT_VERSION, Payload, dumps, loads
 from vaecompress.io import load_weights_file, save_weights_file
 
 hostile = load_script("scripts/hostile.py", "vaecompress_hostile")
@@ -155,9 +155,13 @@ def test_header_edits_with_recomputed_crc_are_refused(edit, which: str, zstd_fil
 def test_current_files_without_the_checksum_are_refused(which: str, zstd_file: bytes,
                                                         vae_file: bytes) -> None:
     data = zstd_file if which == "zstd" else vae_file
-    assert loads(data).format_version == 3
+    assert loads(data).format_version == FORMAT_VERSION
     with pytest.raises(FormatError, match="no checksum"):
         decompress(_edit(data, lambda c: c.meta.pop(DECODED_KEY)))
+    c = loads(data)  # format 3, which first required it, the same
+    c.meta.pop(DECODED_KEY)
+    with pytest.raises(FormatError, match="no checksum"):
+        decompress(dumps(c, version=3))
 
 
 def test_version_2_files_keep_their_own_check(zstd_file: bytes) -> None:

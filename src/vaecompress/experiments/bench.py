@@ -40,6 +40,7 @@ from vaecompress.experiments.common import (
     remove_if_empty,
 )
 from vaecompress.files import atomic_write_json
+from vaecompress.format import FORMAT_VERSION
 from vaecompress.io import StateDict
 from vaecompress.runinfo import (
     environment,
@@ -305,8 +306,11 @@ def _record(cfg: BenchConfig, task: BenchTask, store: RecordStore, subject: Subj
     )
     rec = measure(task, subject, codec, point, ctx)
     rec["codec_settings"] = resolved
-    # Records are reused across invocations: each keeps the revision that measured it.
+    # Records are reused across invocations: each keeps the revision that measured it, and
+    # the container format its file was written in (not in the key: a new format that only
+    # shrinks the header would otherwise measure every record again; the report names them).
     rec["git_revision"] = git_revision()
+    rec["format_version"] = FORMAT_VERSION
     store.put(key, rec)
     return rec
 

@@ -16,6 +16,22 @@ import matplotlib.pyplot as plt
 
 from vaecompress.experiments.formatting import fmt_ratio3, fmt_seconds, fmt_settings
 from vaecompress.files import atomic_write, atomic_write_text
+from vaecompress.format import FORMAT_VERSION
+
+# Records made before a record kept its format were written in format 3.
+FORMAT_BEFORE = 3
+
+
+def record_formats(recs: list[dict[str, Any]]) -> str:
+    """Which container formats the records' files were written in, for a report's provenance
+    line: a record is reused across revisions, and an older format's header may be larger
+    (docs/format.md, version 4)."""
+    found = sorted({int(r.get("format_version", FORMAT_BEFORE)) for r in recs})
+    text = f"files written in format {', '.join(map(str, found))}"
+    if found and found[0] < FORMAT_VERSION:
+        text += (f" (format {FORMAT_VERSION} writes the same payloads under a smaller header: "
+                 "results/header-bytes)")
+    return text
 
 TOLERANCES = (0.5, 1.0)
 # The data-free sweep also asks what is near-lossless (issue 18).
@@ -238,7 +254,8 @@ def write_bench_report(results: dict[str, Any], out: Path) -> str:
         "",
     ]
     revs = sorted({str(r.get("git_revision")) for r in recs})
-    lines += [f"Records measured at revision(s): {', '.join(revs)}.", ""]
+    lines += [f"Records measured at revision(s): {', '.join(revs)}; {record_formats(recs)}.",
+              ""]
     for codec, hint in results.get("skipped", {}).items():
         lines.append(f"- skipped `{codec}`: {hint}")
     models = list(dict.fromkeys(r["model"] for r in recs))

@@ -55,6 +55,7 @@ from vaecompress.experiments.common import (
 from vaecompress.family.delta import base_sha256
 from vaecompress.family.series import compress_series
 from vaecompress.files import atomic_write_json, atomic_write_text
+from vaecompress.format import FORMAT_VERSION
 from vaecompress.io import StateDict
 from vaecompress.methods.rd.vae_rd_free import CHANGE_ONLY_SNR
 from vaecompress.runinfo import environment, git_revision, resolve_device
@@ -276,9 +277,11 @@ def measure_members(family: str, members: list[dict[str, Any]], base: StateDict 
     ident = config_hash({"family": family, "members": made_by, "torch": torch.__version__,
                          "weights": [base_sha256(s) for s in states]})
     for how, codec, settings in ways:
-        # Keyed by every resolved setting: a codec whose default changes is measured again.
+        # Keyed by every resolved setting (a codec whose default changes is measured again)
+        # and the container's format version (which changes the bytes written).
         resolved = make_codec(codec, **settings).settings_json()
-        key = config_hash({"family": ident, "how": how, "codec": codec, "settings": resolved})
+        key = config_hash({"family": ident, "how": how, "codec": codec, "settings": resolved,
+                           "format": FORMAT_VERSION})
         rec = store.get(key)
         if rec is None:
             ctx = CodecContext(device=device, seed=seed, progress=progress,

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from vaecompress.experiments.bench_report import method_of
+from vaecompress.experiments.bench_report import method_of, record_formats
 from vaecompress.experiments.formatting import fmt_ratio3, fmt_seconds, fmt_settings
 from vaecompress.files import atomic_write, atomic_write_text
 
@@ -127,7 +127,8 @@ def provenance(results: dict[str, Any]) -> str:
     return (f"all-MiniLM-L6-v2, {results['config']['params']:,} parameters; fidelity over {n:,} "
             f"sentences. Seed {env.get('seed')}, device {env.get('device')} with "
             f"{env.get('torch_threads')} torch thread(s), torch {env.get('torch')}, "
-            f"{env.get('time_utc')}; records measured at revision(s) {', '.join(revs)}.")
+            f"{env.get('time_utc')}; records measured at revision(s) {', '.join(revs)}; "
+            f"{record_formats(results['records'])}.")
 
 
 def plot_rate_fidelity(results: dict[str, Any], path: Path) -> None:

@@ -1,7 +1,7 @@
 """The vaecompress file container (spec: docs/format.md).
 
 Boundary: this module turns a `Container` (codec description, tensor manifest, codec state,
-named byte payloads, external references, meta) into bytes and back (format versions 1-3;
+named byte payloads, external references, meta) into bytes and back (format versions 1-4;
 the header's field checks live in `header.py`), and reads and writes files (atomically, through
 `files.py`). It never
 interprets payload bytes, knows no codec, and does not import torch; compression ratios
@@ -33,32 +33,22 @@ from vaecompress.format.header import ROLE_CODE as ROLE_CODE
 from vaecompress.format.header import ROLE_MODEL as ROLE_MODEL
 from vaecompress.format.header import ROLES as ROLES
 from vaecompress.format.header import check_header, decoded_bytes
+from vaecompress.format.zdict import HEADER_ZDICT as HEADER_ZDICT
+from vaecompress.format.zdict import header_zdict
 
 MAGIC = b"VAECOMP\x00"
 # Version 3 has version 2's layout; a version 3 file must carry the checksum that binds each
-# rebuilt tensor's name, dtype, shape and order to its bytes (`vaecompress.checksum`).
-FORMAT_VERSION = 3  # what dumps writes by default
-READ_VERSIONS = (1, 2, 3)
-KNOWN_FLAGS = 0  # versions 1-3 define no flag bits
+# rebuilt tensor's name, dtype, shape and order to its bytes (`vaecompress.checksum`). Version 4
+# is version 3 with another preset dictionary for the stored header (`zdict.HEADER_ZDICT_V4`).
+FORMAT_VERSION = 4  # what dumps writes by default
+READ_VERSIONS = (1, 2, 3, 4)
+KNOWN_FLAGS = 0  # versions 1-4 define no flag bits
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # the header JSON, and in version 2 also its stored form
 
 # magic, u16 version, u16 flags, u32 header_len, u32 header crc32; little-endian, no padding
 _PREAMBLE = struct.Struct("<8sHHII")
 PREAMBLE_SIZE = _PREAMBLE.size  # 20
 _U32 = struct.Struct("<I")
-
-# Version 2 stores the header JSON as raw deflate (RFC 1951) with this preset dictionary: the
-# skeleton every header shares, so that its keys cost a few bits instead of ~100 bytes. Part of
-# format version 2: never change these bytes (docs/format.md shows them).
-HEADER_ZDICT = (
-    b'"role":"aux","role":"model","kind":"safetensors","kind":"raw-f32","kind":"bytes",'
-    b'"dtype":"int64","dtype":"float16","dtype":"bfloat16",".running_mean",".running_var",'
-    b'".num_batches_tracked",{"codec":{"name":"","settings":{},"version":1},"codec_state":{},'
-    b'"externals":[],"format_version":2,"meta":{},"payloads":[{"kind":"","length":0,"name":"",'
-    b'"role":"code","sha256":""}],"tensors":[{"dtype":"float32","name":".weight","shape":[]},'
-    b'{"dtype":"float32","name":".bias","shape":[]}]}'
-)
-
 
 @dataclass(frozen=True)
 class Payload:
@@ -144,8 +134,8 @@ def payload_entry(name: str, kind: str, role: str, data: bytes) -> dict[str, Any
 def dumps(c: Container, *, version: int = FORMAT_VERSION) -> bytes:
     """Serialize `c`; the same container always gives byte-identical output.
 
-    `version` 3 (the default) and 2 store the header compressed; 1 writes the old, plain
-    layout for readers that predate version 2."""
+    `version` 4 (the default), 3 and 2 store the header compressed (4 with the larger preset
+    dictionary); 1 writes the old, plain layout for readers that predate version 2."""
     blobs = [bytes(p.data) for p in c.payloads]
     entries = [payload_entry(p.name, p.kind, p.role, b) for p, b in zip(c.payloads, blobs,
                                                                         strict=True)]
@@ -159,7 +149,8 @@ def dumps_head(c: Container, entries: list[dict[str, Any]], *,
     that makes its payloads one at a time (`sharded`) spools them and writes this first; the
     payloads of `c` itself are ignored."""
     if version not in READ_VERSIONS:
-        raise ValueError(f"cannot write format version {version} (writes 1 and 2)")
+        raise ValueError(f"cannot write format version {version} "
+                         f"(writes {', '.join(map(str, READ_VERSIONS))})")
     entries = [dict(e) for e in entries]
     if version == 1:
         offset = 0
@@ -191,7 +182,7 @@ def dumps_head(c: Container, entries: list[dict[str, Any]], *,
             f"cannot write container: header is {len(header_bytes)} bytes, "
             f"more than {MAX_HEADER_BYTES}"
         )
-    stored = header_bytes if version == 1 else _deflate_header(header_bytes)
+    stored = header_bytes if version == 1 else _deflate_header(header_bytes, version)
     return _PREAMBLE.pack(MAGIC, version, 0, len(stored), zlib.crc32(stored)) + stored
 
 
@@ -205,10 +196,11 @@ def as_read(c: Container) -> Container:
                                for e, p in zip(header["payloads"], c.payloads, strict=True)])
 
 
-def _deflate_header(header_bytes: bytes) -> bytes:
+def _deflate_header(header_bytes: bytes, version: int) -> bytes:
     # Fixed parameters (level 9, 32 KiB window, memLevel 9, default strategy) keep the output
     # a function of the header alone for a given zlib.
-    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_ZDICT)
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY,
+                         header_zdict(version))
     return _U32.pack(len(header_bytes)) + z.compress(header_bytes) + z.flush()
 
 
@@ -394,7 +386,7 @@ def _head(data: bytes) -> tuple[dict[str, Any], int]:
     stored = data[PREAMBLE_SIZE:header_end]
     if zlib.crc32(stored) != crc:
         raise FormatError("corrupt header (CRC-32 mismatch)")
-    header_bytes = stored if version == 1 else _inflate_header(stored)
+    header_bytes = stored if version == 1 else _inflate_header(stored, version)
     header = _parse_json(header_bytes)
     check_header(header, version)
     return header, header_end
@@ -435,10 +427,11 @@ def _container(header: dict[str, Any], payloads: list[Payload]) -> Container:
     )
 
 
-def _inflate_header(stored: bytes) -> bytes:
-    """Version 2's stored header: u32 json_len, then raw deflate of exactly json_len bytes.
-    json_len is checked against the limit before inflating, and inflating stops there, so a
-    decompression bomb costs at most MAX_HEADER_BYTES of memory."""
+def _inflate_header(stored: bytes, version: int) -> bytes:
+    """The stored header of version 2 and later: u32 json_len, then raw deflate (with the
+    version's preset dictionary) of exactly json_len bytes. json_len is checked against the
+    limit before inflating, and inflating stops there, so a decompression bomb costs at most
+    MAX_HEADER_BYTES of memory."""
     if len(stored) < _U32.size:
         raise FormatError("bad header: stored header is shorter than its 4-byte length")
     (json_len,) = _U32.unpack_from(stored, 0)
@@ -447,7 +440,7 @@ def _inflate_header(stored: bytes) -> bytes:
             f"bad header: header JSON length {json_len} exceeds the limit of "
             f"{MAX_HEADER_BYTES} bytes"
         )
-    z = zlib.decompressobj(-15, zdict=HEADER_ZDICT)
+    z = zlib.decompressobj(-15, zdict=header_zdict(version))
     try:
         # max_length json_len + 1: one byte too many is enough to see a lying length.
         out = z.decompress(stored[_U32.size :], json_len + 1)
