@@ -3,10 +3,10 @@ original container or fails with FormatError, never another exception.
 
     python scripts/fuzz.py 10000 [--seed 0] [--mem-mb 1024]
 
-Each case takes one of a few valid files (versions 1 and 2) and applies one mutation: bit flips,
-truncation, appended or overwritten random bytes, preamble field edits, or edits of the header
-(its JSON text or parsed value, or version 2's json_len/deflate stream) stored back with the CRC
-recomputed, so that they reach the checks behind the CRC. Outcomes:
+Each case takes one of a few valid files (versions 1, 2 and 4) and applies one mutation: bit
+flips, truncation, appended or overwritten random bytes, preamble field edits, or edits of the
+header (its JSON text or parsed value, or the json_len/deflate stream of versions 2 and 4)
+stored back with the CRC recomputed, so that they reach the checks behind the CRC. Outcomes:
 
 - `same`: loads returned a container equal to the original;
 - `rejected`: FormatError (counted by message prefix with --by-message);
@@ -71,7 +71,7 @@ def base_containers() -> list[Container]:
 
 
 def base_files() -> list[tuple[Container, bytes]]:
-    return [(c, dumps(c, version=v)) for c in base_containers() for v in (1, 2)]
+    return [(c, dumps(c, version=v)) for c in base_containers() for v in (1, 2, 4)]
 
 
 # -------------------------------------------------------------------------- header access
