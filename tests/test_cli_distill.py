@@ -215,3 +215,46 @@ def test_minilm_distilled_on_a_sentence_file(tmp_path: Path,
     assert (f"distilling minilm from the input model (the teacher): 1 - cosine of the "
             f"embeddings, on 4 sentences of {sentences} (1 step an epoch)") in cap.err
     assert "step 2/2" in cap.err and "ratio_honest" in cap.out
+
+
+def test_bitdelta_refined_by_distillation_against_a_base(fnn: Path, tmp_path: Path,
+                                                         data: list[str],
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """BitDelta's own recipe from the command line: a fine-tune's delta from its base as sign
+    bits and scales, the scales refined by distilling the fine-tune (the input model, the
+    teacher) into base + delta (`--distill --base`). The refined file has the same bytes
+    but for its settings, and rebuilds predictions closer to the fine-tune's."""
+    from vaecompress.data import load_mnist
+    from vaecompress.data.mnist import to_tensors
+    from vaecompress.io import load_weights_file
+    from vaecompress.zoo.arch import load_network, zoo_arch
+
+    base, _ = load_weights_file(fnn)
+    g = torch.Generator().manual_seed(0)
+    tuned = {k: v + 0.2 * v.std() * torch.randn(v.shape, generator=g) if v.dim() == 2 else v
+             for k, v in base.items()}  # a dense change of every matrix, as a fine-tune's
+    ft = tmp_path / "ft.safetensors"
+    save_weights_file(ft, tuned)
+    arch = zoo_arch("fnn")
+    _, test = load_mnist(Path(data[1]))
+    x, _ = to_tensors(test, normalize=arch.normalize)
+    with torch.no_grad():
+        want = load_network(arch, tuned, source="t")(x).log_softmax(-1)
+
+    def kl(epochs: int) -> tuple[float, int]:
+        out = tmp_path / f"e{epochs}.bd"
+        extra = ["--distill"] if epochs else []
+        assert main(["compress", str(ft), "-o", str(out), "--model", "fnn", "--base", str(fnn),
+                     "--codec", "bitdelta", "--set", f"finetune_epochs={epochs}", "--set",
+                     "lr=0.05", "--quiet", *extra, *data]) == 0
+        rebuilt = tmp_path / f"e{epochs}.safetensors"
+        assert main(["decompress", str(out), "-o", str(rebuilt), "--base", str(fnn)]) == 0
+        with torch.no_grad():
+            got = load_network(arch, load_weights_file(rebuilt)[0], source="r")(x)
+        return (float(torch.nn.functional.kl_div(got.log_softmax(-1), want, log_target=True,
+                                                 reduction="batchmean")), out.stat().st_size)
+
+    (refined, n_refined), (plain, n_plain) = kl(5), kl(0)
+    assert refined < 0.9 * plain, (refined, plain)
+    assert abs(n_refined - n_plain) <= 8  # the same payloads; the settings differ
