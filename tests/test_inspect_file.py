@@ -37,6 +37,19 @@ def test_in_place_is_the_summary_of_the_bytes(tmp_path: Path) -> None:
         assert inspect_file(path) == inspect(path.read_bytes())
 
 
+def test_inspect_names_the_format_version(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A file written before format 4 reads as its own version (an older reader refuses a newer
+    file: the version says why)."""
+    path = _file(tmp_path / "m.vrd", 4096)
+    old = tmp_path / "old.vrd"
+    old.write_bytes(container.dumps(loads(path.read_bytes()), version=3))
+    for p, version in ((path, container.FORMAT_VERSION), (old, 3)):
+        assert inspect_file(p)["format_version"] == version
+        assert main(["inspect", str(p)]) == 0
+        assert f" B (format {version})\n" in capsys.readouterr().out
+
+
 def test_a_sharded_file_in_place_is_the_summary_of_its_bytes(tmp_path: Path) -> None:
     _folder(tmp_path / "hf")
     packed = tmp_path / "m.vrd"

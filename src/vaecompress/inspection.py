@@ -55,6 +55,7 @@ def _summary(c: Container, sizes: Sizes, file_bytes: int,
              members: list[tuple[Container, Sizes, int]] | None) -> dict[str, Any]:
     acc = account(c, file_bytes, [(role, n) for _, _, role, n in sizes])
     info: dict[str, Any] = {
+        "format_version": c.format_version,
         "codec": c.codec,
         # what the codec chose and stored beside its settings (e.g. the SNR reached, the
         # weighting, the scale of vae-rd-free): informational, shown, never trusted

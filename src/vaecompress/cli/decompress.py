@@ -90,7 +90,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     total = f"{a['file_bytes']:,} B"
     if info["externals"]:
         total += f" + externals {ext:,} B = {a['file_bytes'] + ext:,} B to decode"
-    print(f"file {total}")
+    print(f"file {total} (format {info['format_version']})")
     if "series" in info:
         se = info["series"]
         print(f"checkpoint series of {se['members']} members: {se['orig_bytes']:,} B -> "
