@@ -150,3 +150,26 @@ def test_the_summary_gives_bitdelta_at_its_best() -> None:
     s = fam.summarize({"members": members, "runs": [*runs[:2], run({"lr": 4}, 99, 0.7, True)]},
                       1000)
     assert s["bitdelta_refined"]["settings"] == {"lr": 4}  # none passes: the least loss
+
+
+def test_a_record_is_measured_again_in_another_file_format(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A family's files are a few hundred bytes, a third of them header: a record measured in
+    another container format (another header size) is not reused; one in the same format is."""
+    from vaecompress.experiments.common import RecordStore
+
+    store = RecordStore(tmp_path / "records")
+    members = [{"label": "m", "state": {"w": torch.randn(8, 8)}}]
+
+    def measure() -> int:
+        fam.measure_members("fine-tunes", members, None, [("alone", "zstd", {})], store,
+                            made_by={}, score=lambda m, s: 1.0, task=lambda m: None,
+                            tolerance=0.5, device=torch.device("cpu"), seed=0, progress=False,
+                            score_key="accuracy")
+        return len(list((tmp_path / "records").glob("*.json")))
+
+    assert measure() == 1
+    assert measure() == 1  # reused
+    monkeypatch.setattr(fam, "FORMAT_VERSION", fam.FORMAT_VERSION + 1)
+    assert measure() == 2
