@@ -177,10 +177,13 @@ def _name(variant: str, snr: float) -> str:
 
 def report(result: dict[str, Any]) -> str:
     cov = result["coverage"]
+    revs = sorted({r["environment"]["git_revision"] for r in result["points"]})
     lines = [
         "# What vae-rd's distillation on MiniLM reaches (issue 19)", "",
-        f"`{COMMAND}`; each point's revision in `distill_coverage.json`. vae-rd as the bench runs",
-        f"it: warm-started at the SNR, {DISTILL_STEPS} steps of 32 training sentences. Losses:",
+        f"Made by `{COMMAND}`, the points at git {', '.join(f'`{r}`' for r in revs)} (cpu, "
+        "1 torch thread, two points at a time on the shared 2-core machine).", "",
+        f"vae-rd as the bench runs it: warm-started at the SNR, {DISTILL_STEPS} steps of 32 "
+        "training sentences (the standard library's docstrings). Losses:",
         "`pooled` the bench's (1 - cos of the sentence embeddings), `tokens` plus 1 - cos of",
         f"every token's last hidden state, `synthetic` plus 1 - cos of the embeddings of "
         f"{SYNTHETIC} sequences of {SYNTHETIC_LEN} random tokens a step.", "",

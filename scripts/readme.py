@@ -54,6 +54,8 @@ MINILM_ABLATION = (
     "results/minilm-ablation/bench.json",
     "vaecompress bench --preset minilm-ablation --out results/minilm-ablation",
 )
+DISTILL_COVERAGE = ("results/distill-coverage/distill_coverage.md",
+                    "python benchmarks/distill_coverage.py --out results/distill-coverage")
 DATAFREE = (
     "results/datafree/bench.json",
     "vaecompress bench --preset datafree --out results/datafree",
@@ -256,6 +258,16 @@ def _warm_ablation_section(abl: dict[str, Any], mini: dict[str, Any],
             "distillation steps "
             "each ([`docs/vae-rd.md`](docs/vae-rd.md)); the first two rows are from the "
             "benches above.", "", "\n".join(lines), ""]
+
+
+def _distill_coverage_section(md: str) -> list[str]:
+    """Issue 19: what vae-rd's distillation on MiniLM reaches (`distill_coverage.md` under the
+    README's headings)."""
+    body = ["#" * 3 + line if line.startswith("## ") else line
+            for line in md.splitlines()[2:]]
+    return ["#### What the distillation reaches: the training sentences' vocabulary", "",
+            f"From [`{DISTILL_COVERAGE[0]}`]({DISTILL_COVERAGE[0]}). Why and what it shows: "
+            "[`docs/minilm.md`](docs/minilm.md).", "", *body, ""]
 
 
 def _minilm_section(res: dict[str, Any], scaling: dict[str, Any] | None) -> list[str]:
@@ -504,6 +516,9 @@ def render(root: Path = ROOT) -> str:
         abl_mini = _load(root, MINILM_ABLATION[0])
         if abl_mini is not None:
             parts += _warm_ablation_section(abl_mini, mini, _load(root, MINILM_DATAFREE[0]))
+        dcmd = root / DISTILL_COVERAGE[0]
+        if dcmd.is_file():
+            parts += _distill_coverage_section(dcmd.read_text())
     found = [(res, rel, cmd) for rel, cmd in FAMILIES if (res := _load(root, rel)) is not None]
     if found:
         parts += _families_section(found)

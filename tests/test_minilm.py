@@ -361,3 +361,40 @@ def test_every_codec_rebuilds_minilm(codec: str, task) -> None:  # type: ignore[
     out = decompress(res.data, res.externals)
     assert torch.equal(out["embeddings.position_ids"], task.reference["embeddings.position_ids"])
     assert task.fidelity(out)["cos_mean"] > 0.5
+
+
+@needs_minilm
+def test_distill_coverage_losses(task) -> None:  # type: ignore[no-untyped-def]
+    """benchmarks/distill_coverage.py: every variant's loss is zero at the original weights,
+    the wider ones add a positive term off them on the same batch, validation is scored by the
+    bench's own loss, and the random-token sequences are seeded and hold no special token
+    but their [CLS] and [SEP]."""
+    from conftest import load_script
+
+    dc = load_script("benchmarks/distill_coverage.py", "distill_coverage")
+    ref = task.reference
+    gen = torch.Generator().manual_seed(0)
+    off = {k: v + 0.01 * v.std() * torch.randn(v.shape, generator=gen)
+           if v.is_floating_point() else v for k, v in ref.items()}
+    fts = {v: dc.finetuner(task, v) for v in dc.VARIANTS}
+    pooled = fts["pooled"]
+    real = next(pooled.batches())
+    losses = {}
+    for variant, ft in fts.items():
+        batch = next(ft.batches())
+        assert float(ft.loss(ref, batch)) < 1e-6
+        losses[variant] = float(ft.loss(off, batch))
+        assert float(ft.loss(off, ft.validation[0])) == float(pooled.loss(off, ft.validation[0]))
+        if variant != "pooled":
+            real_b, ids = batch
+            assert torch.equal(real_b.inputs["input_ids"], real.inputs["input_ids"])
+            if variant == "synthetic":
+                assert ids.shape == (dc.SYNTHETIC, dc.SYNTHETIC_LEN + 2)
+                inner = set(ids[:, 1:-1].reshape(-1).tolist())
+                assert not inner & set(task.tokenizer.all_special_ids)
+                assert torch.equal(ids, next(dc.finetuner(task, variant).batches())[1])
+    assert losses["tokens"] > losses["pooled"] > 0
+    assert losses["synthetic"] > losses["pooled"]
+    cov = dc.coverage(task)
+    for name in ("eval", "heldout"):
+        assert 0 < cov[name]["distinct_seen"] <= cov[name]["tokens_seen"] <= 1
