@@ -83,7 +83,8 @@ def coverage(task: Any) -> dict[str, Any]:
                 if i not in special]
 
     seen = set(ids("train"))
-    out: dict[str, Any] = {"train_distinct_tokens": len(seen)}
+    out: dict[str, Any] = {"train_distinct_tokens": len(seen),
+                           "vocabulary": task.tokenizer.vocab_size}
     for name in ("eval", "heldout"):
         tokens = ids(name)
         distinct = set(tokens)
@@ -189,7 +190,7 @@ def report(result: dict[str, Any]) -> str:
         f"{SYNTHETIC} sequences of {SYNTHETIC_LEN} random tokens a step.", "",
         "## The training sentences' vocabulary", "",
         f"{cov['train_distinct_tokens']:,} distinct tokens occur in the training sentences "
-        "(of 30,522).", "",
+        f"(of the {cov['vocabulary']:,} of the vocabulary).", "",
         "| fidelity set | tokens | distinct | tokens seen in training | distinct seen |",
         "|---|---|---|---|---|",
     ]
