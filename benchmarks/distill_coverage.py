@@ -36,6 +36,7 @@ keeps the revision that measured it).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -234,8 +235,6 @@ def main() -> int:
     for variant, snr in wanted:
         path = records / f"{_name(variant, snr)}.json"
         if path.exists() and args.only is None:
-            import json
-
             points.append(json.loads(path.read_text()))
             continue
         rec = measure_point(task, variant, snr)
