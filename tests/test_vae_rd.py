@@ -156,6 +156,37 @@ def test_interpolated_rate_has_gradients_for_latents_and_prior() -> None:
     assert prior.log_scales.grad is not None and float(prior.log_scales.grad.abs().sum()) > 0
 
 
+def test_wide_range_rate_evaluates_only_occupied_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few latents over a wide range (a small tensor at a fine SNR): the table is evaluated
+    at no more than two points a latent, and value and gradients are the whole grid's."""
+    import vaecompress.methods.rd.prior as prior_mod
+
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.cat([torch.randn(300, generator=g) * 4, torch.tensor([-3000.2, 2500.7])])
+    results = []
+    for sparse_min in (prior_mod.SPARSE_MIN, 10**9):  # the occupied points, the whole grid
+        monkeypatch.setattr(prior_mod, "SPARSE_MIN", sparse_min)
+        prior = MixturePrior(1, 3)
+        with torch.no_grad():
+            prior.means[0] = torch.tensor([0.0, 40.0, -900.0])
+        sizes: list[int] = []
+        mass = prior.mass
+        monkeypatch.setattr(prior, "mass", lambda x, grp, sizes=sizes, mass=mass:
+                            sizes.append(x.numel()) or mass(x, grp))
+        z = z0.clone().requires_grad_(True)
+        bits = prior.bits_fast(z, 0)
+        bits.backward()
+        results.append((float(bits), z.grad.clone(), prior.means.grad.clone(),
+                        prior.log_scales.grad.clone(), sizes[0]))
+    (b_s, gz_s, gm_s, gl_s, n_s), (b_f, gz_f, gm_f, gl_f, n_f) = results
+    assert n_s <= 2 * z0.numel() < n_f  # the whole grid: (5502 bins) * 16 points
+    assert b_s == pytest.approx(b_f, rel=1e-6)
+    assert float(prior.bits(z0, 0)) == pytest.approx(b_f, rel=1e-3)
+    torch.testing.assert_close(gz_s, gz_f)
+    torch.testing.assert_close(gm_s, gm_f, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gl_s, gl_f, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------- training
 
 

@@ -21,6 +21,10 @@ import torch
 from torch import nn
 
 _TINY = 1e-9  # the smallest bin mass used in the rate; keeps log2 finite
+# `bits_fast` evaluates its table only at the occupied grid points above this many points (and
+# twice the latents): below it the whole grid is a few hundred kilobytes of graph and cheaper
+# than the sort that finds them.
+SPARSE_MIN = 4096
 
 
 class MixturePrior(nn.Module):
@@ -72,26 +76,42 @@ class MixturePrior(nn.Module):
         of `z` and linearly interpolated. A model has hundreds of thousands of latents but they
         span a few hundred bins: the mixture is evaluated a few thousand times instead of once
         per latent (8x faster on the FNN), and gradients still reach both `z` and the prior.
-        At resolution 16 the interpolation error of the code length is far below 0.01 bit."""
+        At resolution 16 the interpolation error of the code length is far below 0.01 bit.
+
+        Where the grid has more points than twice the latents (a small tensor with a wide range:
+        MiniLM's `token_type_embeddings` spans 0.53 million points for 768 latents at 30 dB,
+        `benchmarks/results/rate_grid.json`), the table is evaluated only at the points next to
+        a latent, the same values, so that its graph, kept for the backward pass, grows with the
+        latents and not with their range."""
         flat = z.reshape(-1)
-        if flat.numel() == 0:
+        n = flat.numel()
+        if n == 0:
             return torch.zeros((), device=z.device)
         with torch.no_grad():
             lo = math.floor(float(flat.min())) - 1
             hi = math.ceil(float(flat.max())) + 1
-        grid = torch.arange(lo * resolution, hi * resolution + 1, device=z.device,
-                            dtype=flat.dtype) / resolution
-        table = -torch.log2(self.mass(grid, group))
+            points = (hi - lo) * resolution + 1
         pos = (flat - lo) * resolution
         with torch.no_grad():
-            i0 = pos.floor().clamp(0, table.numel() - 2).long()
+            i0 = pos.floor().clamp(0, points - 2).long()
             frac = pos - i0.to(pos.dtype)
+            if points > max(SPARSE_MIN, 2 * n):
+                # The occupied grid points, and each latent's two neighbours among them.
+                at, inv = torch.unique(torch.cat([i0, i0 + 1]), return_inverse=True)
+                j0, j1 = inv[:n], inv[n:]
+                grid = (at + lo * resolution).to(flat.dtype) / resolution
+            else:
+                j0, j1 = i0, i0 + 1
+                grid = torch.arange(lo * resolution, hi * resolution + 1, device=z.device,
+                                    dtype=flat.dtype) / resolution
+        table = -torch.log2(self.mass(grid, group))
+        with torch.no_grad():
             # How much of each latent falls on each grid point: a soft histogram. Its dot
             # product with the table is the interpolated code length and carries the prior's
             # gradient; bincount is deterministic, unlike the scatter-add of a gather's backward.
-            hist = torch.bincount(i0, weights=1 - frac, minlength=table.numel()) + \
-                torch.bincount(i0 + 1, weights=frac, minlength=table.numel())
-            slope = (table[i0 + 1] - table[i0]).detach()
+            hist = torch.bincount(j0, weights=1 - frac, minlength=table.numel()) + \
+                torch.bincount(j1, weights=frac, minlength=table.numel())
+            slope = (table[j1] - table[j0]).detach()
         value = (table * hist.to(table.dtype)).sum()
         # The latents' gradient is the slope of the interpolation at each latent.
         through_z = (slope * pos).sum()
