@@ -31,16 +31,6 @@ T = TypeVar("T")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "VAECOMPRESS_THREADS")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _mem_total_bytes() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -52,6 +42,8 @@ def _mem_total_bytes() -> int | None:
 
 
 def machine() -> dict[str, Any]:
+    from vaecompress.runinfo import cpu_model
+
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

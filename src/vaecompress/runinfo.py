@@ -167,6 +167,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_model() -> str:
+    """The processor's name (Linux: /proc/cpuinfo): a model trained with the same seed and
+    settings on another processor can come out different in its last bits, and so can every
+    figure measured on it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(
     device: torch.device | str | None = None, seed: int | None = None
 ) -> dict[str, Any]:
@@ -179,6 +192,7 @@ def environment(
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(dev) if dev is not None else None,
