@@ -258,3 +258,22 @@ def test_bitdelta_refined_by_distillation_against_a_base(fnn: Path, tmp_path: Pa
     (refined, n_refined), (plain, n_plain) = kl(5), kl(0)
     assert refined < 0.9 * plain, (refined, plain)
     assert abs(n_refined - n_plain) <= 8  # the same payloads; the settings differ
+
+
+def test_vae_rd_without_data_distils_on_inputs_made_from_the_model(
+        fnn: Path, tmp_path: Path, data: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """`--set synthetic=true`: no --distill, no warning that it runs without retraining, the
+    rebuilt model measured; a bare weights file has no classifier to invert: one line, exit 2."""
+    out = tmp_path / "fnn.vrd"
+    capsys.readouterr()
+    assert main(["compress", str(fnn), "-o", str(out), "--codec", "vae-rd", "--set",
+                 "synthetic=true", "--set", "snr=4", *data]) == 0
+    cap = capsys.readouterr()
+    assert "retrains on the task" not in cap.err and "distilling" not in cap.err
+    assert "distilled without data, on 18 batches of inputs made from the model" in cap.out
+    assert "rebuilt from the file" in cap.out  # the rebuilt model's accuracy, measured
+    plain = tmp_path / "plain.safetensors"
+    save_weights_file(plain, {"w": torch.randn(8, 8)})
+    assert main(["compress", str(plain), "-o", str(tmp_path / "p.vrd"), "--codec", "vae-rd",
+                 "--set", "synthetic=true", "--set", "snr=4", *data]) == 2
+    assert "needs its architecture" in _err_line(capsys)

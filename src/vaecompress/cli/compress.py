@@ -275,8 +275,10 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
     if args.json:
         extra = {"finetune": task.finetune_desc} if task.finetune_desc else {}
         target = {"target": res.report["target"]} if res.report.get("target") else {}
+        made = ({"synthetic": {k: res.report[k] for k in ("synthetic_batches", "synthesize_s")}}
+                if "synthesize_s" in res.report else {})
         print_json(a.to_json() | {"compress_s": res.compress_s, "codec": res.codec}
-                   | _fidelity_json(res) | evals | extra | target)
+                   | _fidelity_json(res) | evals | extra | target | made)
         return
     print(
         f"{args.output}: {a.params:,} params, {a.orig_bytes:,} B -> file {a.file_bytes:,} B"
@@ -293,6 +295,10 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
     remedy = ({"remedy": "the task lost at most --max-drop on the validation data; a smaller "
                "--max-drop keeps more of the change", "measured": True} if target else {})
     print(f"{res.codec}{_chosen(res)}: {describe(res.fidelity, **remedy)}")
+    if "synthesize_s" in res.report:
+        print(f"{res.codec}: distilled without data, on {res.report['synthetic_batches']} "
+              f"batches of inputs made from the model by inversion "
+              f"({res.report['synthesize_s']:.1f} s to make them)")
     if target:
         print(_searched(target))
     if line:

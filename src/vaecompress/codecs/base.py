@@ -199,7 +199,15 @@ class Codec(ABC):
         return self
 
     def settings_json(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self.settings))
+        """The settings as the header and the bench's record keys hold them. A setting a
+        codec's `Settings` names in `LATER` (one added after files were written, that changes
+        only how the encoder works, never how a file is read) is left out at its default, so
+        that a file or a record written before it existed is still what these settings make."""
+        out = _jsonable(dataclasses.asdict(self.settings))
+        for f in dataclasses.fields(self.settings):
+            if f.name in getattr(self.settings, "LATER", ()) and out.get(f.name) == f.default:
+                del out[f.name]
+        return out
 
     def new_container(self, state: Mapping[str, torch.Tensor]) -> Container:
         manifest = [

@@ -59,7 +59,9 @@ REPORT_FIELDS = ("vae_epochs", "vae_train_s", "train_s", "nonzero_fraction", "we
                  "snr_db",
                  # the warm-started vae-rd: where its time goes, and where it stopped
                  "warm_start_s", "task_s", "rate_s", "validation_s", "warm_snr_db",
-                 "best_step", "steps_run", "feedback_tensors")
+                 "best_step", "steps_run", "feedback_tensors",
+                 # vae-rd without data: the inputs made from the model
+                 "synthesize_s", "synthetic_batches")
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,9 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Subject:
-    """A model the bench compresses: its name in records, what decides its weights (part of
-    every record's key) and its tensors."""
+    """A model the bench compresses: its name in records, what identifies it (part of every
+    record's key: for a model the bench trained, its training's configuration and its
+    weights' sha256, `experiments.common.TrainedModel.identity`) and its tensors."""
 
     name: str
     key: str

@@ -67,6 +67,7 @@ class ZooBench:
         self.data_dir = data_dir
         self._data: tuple[MnistSplit, MnistSplit] | None = None
         self._trained: dict[str, TrainedModel] = {}
+        self._probes: dict[str, Probe] = {}
 
     def model_preset(self) -> str:
         return "quick" if self.preset == "quick" else "paper"
@@ -91,14 +92,19 @@ class ZooBench:
                                 train, test, device=self.device, progress=self.progress,
                                 checkpoints=checkpoints)
         self._trained[name] = trained
-        return Subject(name, trained.key, trained.state)
+        return Subject(name, trained.identity, trained.state)
 
     def finetuner(self, name: str) -> Finetuner:
         return make_finetuner(name, self._mnist()[0], device=self.device, seed=self.seed)
 
     def probe(self, name: str) -> Probe:
-        return classifier_probe(build_model(name), (1, 28, 28), normalize=ZOO_NORMALIZE,
-                                seed=self.seed, device=self.device)
+        # one per model, so that the inputs it makes by inversion (`Probe.synthesize`) are made
+        # once for all the points of a sweep
+        if name not in self._probes:
+            self._probes[name] = classifier_probe(build_model(name), (1, 28, 28),
+                                                  normalize=ZOO_NORMALIZE, seed=self.seed,
+                                                  device=self.device)
+        return self._probes[name]
 
     def fidelity(self, name: str, rebuilt: StateDict) -> dict[str, Any]:
         acc, _ = evaluate_state(name, rebuilt, self._mnist()[1], device=self.device)

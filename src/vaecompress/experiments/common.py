@@ -12,6 +12,7 @@ by the same keys, until they end (`vaecompress.checkpoint`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from vaecompress.data import MnistSplit, cache_dir
+from vaecompress.family.delta import base_sha256
 from vaecompress.files import atomic_write_json
 from vaecompress.io import load_weights_file, save_weights_file
 from vaecompress.tasks.mnist import accuracy, predict
@@ -40,7 +42,15 @@ class TrainedModel:
     accuracy: float
     train_s: float
     path: Path
-    key: str
+    key: str  # the training's configuration: names the cached file
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """The key of what is measured on this model: its training's configuration and its
+        weights' sha256. Training is not bit-reproducible across machines (other CPUs, other
+        kernels), so the same configuration can give other weights; a record measured on
+        one model is never reused for another."""
+        return config_hash({"model": self.key, "weights": base_sha256(self.state)})
 
 
 def trained_model(

@@ -307,7 +307,7 @@ def _paper_records(run: _Run, jobs: list[tuple[str, int, str]],
             models[name] = str(publish_model(trained.path, out, name).relative_to(out))
         key = config_hash(
             {
-                "model": trained.key,
+                "model": trained.identity,
                 "latent": latent,
                 "vae": asdict(cfg.vae),
                 "seed": cfg.seed,
@@ -332,7 +332,7 @@ def _ours_records(run: _Run, bar: Any) -> list[dict[str, Any]]:
         trained = run.trained(name)
         for codec, settings in cfg.ours:
             bar.set_status(f"{name} {codec}")
-            key = config_hash({"model": trained.key, "codec": codec,
+            key = config_hash({"model": trained.identity, "codec": codec,
                                "settings": make_codec(codec, **settings).settings_json(),
                                "seed": cfg.seed, "device": run.device.type})
             rec = run.store.get(key)

@@ -15,12 +15,17 @@ on a random Gaussian direction), so the mean of the squared batch gradients over
 divided by the batch size, is an unbiased estimate of the per-sample Fisher at the cost of one
 backward pass per batch.
 
+A classifier's probe can also make inputs closer to its data than noise, from the model alone
+(`Probe.synthesize`, by inversion: `tasks.inversion`), and any probe's inputs can be distilled
+on (`probe_distiller`): the data-free form of `vae-rd` (`synthetic`).
+
 Boundary: a `Probe` is a function of tensors (the model run functionally on its own synthetic
 inputs); this module knows neither codecs nor files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,20 +35,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaecompress.training.finetune import ModuleLoss
+from vaecompress.tasks.distill import distiller
+from vaecompress.tasks.inversion import Inversion, invert
+from vaecompress.training.finetune import Finetuner, ModuleLoss
 
 KINDS = ("logits", "embedding")
+# The steps an epoch of distillation on made inputs counts (`probe_distiller`): vae-rd's default
+# of two epochs is then 400 steps, about 23 passes over the 2,048 images distilled on.
+SYNTHETIC_EPOCH = 200
+SYNTHETIC_BATCH = 128  # the made inputs' batch
 Outputs = Callable[[Mapping[str, torch.Tensor], int], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Probe:
     """`outputs(state, i)`: the outputs ([B, K]) of the network run with the tensors `state`
-    on synthetic batch `i` of `batches` (the same inputs for the same `i` in every call)."""
+    on synthetic batch `i` of `batches` (the same inputs for the same `i` in every call).
+    `synthesize(state, seed)`, where the probe can make them: a probe of the same network on
+    inputs made from the model with tensors `state` itself (`tasks.inversion`), closer to its
+    data than noise, for a codec that distils without data (`vae-rd` with `synthetic`)."""
 
     outputs: Outputs
     batches: int
     kind: str  # "logits" (a classifier) or "embedding" (any vector output)
+    synthesize: Callable[[Mapping[str, torch.Tensor], int], Probe] | None = None
 
 
 def fisher(probe: Probe, state: Mapping[str, torch.Tensor], names: Sequence[str], *,
@@ -80,20 +95,73 @@ def fisher(probe: Probe, state: Mapping[str, torch.Tensor], names: Sequence[str]
 def classifier_probe(net: nn.Module, input_shape: Sequence[int], *,
                      normalize: tuple[float, float] | None, prefix: str = "",
                      batches: int = 8, batch_size: int = 32, seed: int = 0,
-                     device: torch.device | str = "cpu") -> Probe:
+                     device: torch.device | str = "cpu",
+                     inversion: Inversion | None = None) -> Probe:
     """An image classifier on uniform-noise images in [0, 1) of `input_shape` (one image),
-    normalized as its training data was (`normalize` = (mean, std) or None)."""
+    normalized as its training data was (`normalize` = (mean, std) or None); `synthesize`
+    makes images by `inversion` (`tasks.inversion`; its defaults when None), in batches of
+    128."""
+    inversion = inversion or Inversion()
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batches * batch_size, *input_shape, generator=gen)
     if normalize is not None:
         x = (x - normalize[0]) / normalize[1]
     x = x.to(device)
     run = ModuleLoss(net, lambda out, _target: out, prefix=prefix)
+    made: dict[tuple[str, int], Probe] = {}  # the inverted inputs of a state, made once
 
     def outputs(state: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
         return run(state, (x[i * batch_size:(i + 1) * batch_size], None))
 
-    return Probe(outputs, batches, "logits")
+    def synthesize(state: Mapping[str, torch.Tensor], seed: int) -> Probe:
+        key = (state_digest(state), seed)
+        if key not in made:
+            fixed = {k: v.detach() for k, v in state.items()}
+            classes = int(run(fixed, (x[:1], None)).shape[-1])
+            with torch.enable_grad():
+                images = invert(lambda xb: run(fixed, (xb, None)), tuple(input_shape),
+                                classes=classes, normalize=normalize, cfg=inversion,
+                                seed=seed, device=device)
+            made[key] = _probe_of(run, images, SYNTHETIC_BATCH)
+        return made[key]
+
+    return Probe(outputs, batches, "logits", synthesize)
+
+
+def _probe_of(run: ModuleLoss, x: torch.Tensor, batch_size: int) -> Probe:
+    """The classifier run by `run` on the inputs `x`, in batches of `batch_size`."""
+    def outputs(state: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
+        return run(state, (x[i * batch_size:(i + 1) * batch_size], None))
+
+    return Probe(outputs, math.ceil(len(x) / batch_size), "logits")
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A sha256 of the tensors' names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def probe_distiller(probe: Probe, state: Mapping[str, torch.Tensor], *,
+                    validation: int = 2, steps_per_epoch: int = SYNTHETIC_EPOCH,
+                    seed: int = 0) -> Finetuner:
+    """Distillation on a probe's inputs (`tasks.distill`): the network with `state` (the
+    original) the teacher, on every batch of `probe` but its last `validation` ones, which are
+    kept apart for early stopping. The teacher's outputs are computed once per batch. An epoch
+    is `steps_per_epoch` steps, whatever the number of batches: the inputs are few and made, not
+    a dataset whose passes mean something."""
+    if probe.batches <= validation:
+        raise ValueError(f"a probe of {probe.batches} batches leaves none to distil on after "
+                         f"{validation} kept for validation")
+    kind = "logits" if probe.kind == "logits" else "embedding"
+    train = list(range(probe.batches - validation))
+    held = list(range(probe.batches - validation, probe.batches))
+    return distiller(probe.outputs, train, state=state, output=kind, cache=True, seed=seed,
+                     steps_per_epoch=steps_per_epoch, validation=held or None)
 
 
 def tensor_sensitivities(probe: Probe, state: Mapping[str, torch.Tensor], names: Sequence[str],

@@ -14,7 +14,10 @@ where training from the first step does not get far (docs/vae-rd.md); `lam` then
 `slope` and the warm start's own task loss.
 
 Needs the task's training data at compression time, like Deep Compression (`ctx.finetune`);
-`vae-rd-free` is the data-free sibling. Decoding needs only the file.
+`vae-rd-free` is the data-free sibling. With `synthetic` it needs no data either: it distils
+on inputs made from the model itself (`tasks.inversion`, through the classifier's probe,
+`tasks.probe.probe_distiller`), a data-free method of its own in the bench's tables. Decoding
+needs only the file.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from vaecompress.methods.rd.shared import SHARED_VERSION, tables_of
 from vaecompress.methods.rd.train import RDResult, check_finite, rd_report, train_rd
 from vaecompress.methods.rd.warm import train_warm
 from vaecompress.runinfo import trim_memory
-from vaecompress.tasks.probe import tensor_sensitivities
+from vaecompress.tasks.probe import probe_distiller, tensor_sensitivities
 from vaecompress.training.finetune import Finetuner
 from vaecompress.training.grams import linear_input_grams
 
@@ -76,6 +79,10 @@ WARM_ROUNDINGS = ("feedback", "nearest")
 # such layer at once) and the rounding grow with the square and the cube of its width; wider
 # layers start at w / step.
 FEEDBACK_MAX_INPUTS = 4096
+# The datafree sweep of `synthetic`: the warm start's fidelity, from near-lossless to past
+# where the zoo's classifiers lose a point without distillation
+VALIDATION = 0
+SYNTHETIC_SNRS = (16.0, 12.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,11 @@ class VAERDSettings(RDSettings):
     # "nearest"; `gram_batches` training batches measure those inputs
     rounding: str = "feedback"
     gram_batches: int = 16
+    # distil on inputs made from the model by inversion (`tasks.inversion`), not on data: a
+    # classifier whose architecture is known (its probe); needs the warm start (snr > 0)
+    synthetic: bool = False
+    # in the header (and the bench's keys) only when not at their default (`Codec.settings_json`)
+    LATER: ClassVar[tuple[str, ...]] = ("synthetic",)
 
 
 @register
@@ -122,9 +134,18 @@ class VAERDCodec(Codec):
                             f"got {s.rounding!r}")
         if not 1 <= s.gram_batches <= 10**4:
             raise UserError(f"vae-rd: gram_batches must be in 1..10000, got {s.gram_batches}")
+        if s.synthetic and not s.snr:
+            raise UserError("vae-rd: synthetic=true distils from the data-free closed form; "
+                            "give it a fidelity to start from (snr > 0, e.g. snr=3)")
         if s.snr and (s.decoder != "tensor" or s.latents != "direct"):
             raise UserError("vae-rd: a warm start (snr > 0) needs decoder=tensor and "
                             "latents=direct")
+
+    @classmethod
+    def method(cls, settings: Mapping[str, Any]) -> tuple[str, bool]:
+        if settings.get("synthetic", False) is True:
+            return f"{cls.name} (synthetic inputs)", False
+        return cls.name, True
 
     @classmethod
     def fidelity_knob(cls, settings: Mapping[str, Any], *, delta: bool = False) -> Knob | None:
@@ -143,9 +164,14 @@ class VAERDCodec(Codec):
         if preset == "ablation":  # the reference first, then one ingredient changed at a time
             base = {"lam": 10.0}
             return [base, *({**base, **v} for v in ABLATION)]
+        if preset == "datafree":  # without data: distilled on inputs made from the model
+            return [{"synthetic": True, "snr": snr} for snr in SYNTHETIC_SNRS]
         return []
 
     def encode(self, state: StateDict, ctx: CodecContext) -> Encoded:
+        extra: dict[str, Any] = {}
+        if self.settings.synthetic:
+            ctx, extra = self._synthetic(state, ctx)
         if ctx.finetune is None:
             raise UserError(
                 "vae-rd trains on the task and needs its data (CLI: --finetune or --distill "
@@ -164,9 +190,9 @@ class VAERDCodec(Codec):
         steps = max(1, round(self.settings.epochs * ctx.finetune.steps_per_epoch))
         cfg = self.settings.rd_config(steps=steps, distortion="task", seed=ctx.seed)
         desc = f"vae-rd {ctx.label}".strip()
-        extra: dict[str, Any] = {}
         if self.settings.snr:
-            res, extra = self._warm(state, live, fixed, cfg, ctx, desc)
+            res, warm = self._warm(state, live, fixed, cfg, ctx, desc)
+            extra |= warm
             trim_memory()  # the training's freed tensors, not kept under the coding that follows
         else:
             res = train_rd(live, cfg, fixed=fixed,
@@ -179,6 +205,26 @@ class VAERDCodec(Codec):
         c.payloads.append(Payload(PAYLOAD, KIND, ROLE_CODE, data))
         add_passthrough(c, raw)
         return Encoded(c, report={**rd_report(res, data), **extra})
+
+    def _synthetic(self, state: StateDict,
+                   ctx: CodecContext) -> tuple[CodecContext, dict[str, Any]]:
+        """The context with the task made without data: distillation on inputs made from the
+        model by its probe (`tasks.probe.Probe.synthesize`), the original the teacher."""
+        if ctx.finetune is not None:
+            raise UserError("vae-rd: synthetic=true distils on inputs made from the model, not "
+                            "on data; drop --finetune/--distill, or synthetic")
+        if ctx.reference is not None:
+            raise UserError("vae-rd: synthetic=true codes a model alone, not its change from a "
+                            "base (--base)")
+        if ctx.probe is None or ctx.probe.synthesize is None:
+            raise UserError("vae-rd: synthetic=true makes its inputs by inverting a "
+                            "classifier, which needs its architecture (a zoo model or --arch); "
+                            "this model has no such probe")
+        t0 = time.perf_counter()
+        made = ctx.probe.synthesize(state, ctx.seed)
+        task = probe_distiller(made, state, seed=ctx.seed, validation=VALIDATION)
+        return replace(ctx, finetune=task), {"synthesize_s": time.perf_counter() - t0,
+                                             "synthetic_batches": made.batches}
 
     def _warm(self, state: StateDict, live: dict[str, torch.Tensor],
               fixed: dict[str, torch.Tensor], cfg: RDConfig, ctx: CodecContext,
