@@ -67,7 +67,7 @@ def _output_nsr(net: MLP, state: dict[str, torch.Tensor]) -> float:
     return float((z - y).square().sum() / (y - y.mean(0)).square().sum())
 
 
-@pytest.mark.parametrize("snr", [12.0, 20.0, 30.0, 45.0])
+@pytest.mark.parametrize("snr", [-3.0, 0.0, 12.0, 20.0, 30.0, 45.0])
 def test_the_knob_reaches_its_target_and_no_more_than_needed(snr: float) -> None:
     state = _mlp().state_dict()
     res = compress(state, snr=snr, ctx=CTX)
@@ -227,7 +227,7 @@ def test_compress_prints_what_the_weights_lost(tmp_path: Path, capsys) -> None: 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--snr", "-3"], "snr is a fidelity in dB"),
+    (["--snr", "-31"], "snr is a fidelity in dB"),
     (["--snr", "500"], "snr is a fidelity in dB"),
     (["--snr", "nan"], "snr is a fidelity in dB"),
     (["--size", "12QB"], "--size expects a number of bytes"),

@@ -63,6 +63,10 @@ from vaecompress.methods.rd.latents import grid
 from vaecompress.methods.rd.rdoq import LAMBDA, rdoq
 
 MAX_SNR = 120.0  # the finest fidelity a codec accepts, in dB: float32 weights hold about 140
+# The coarsest: the NSR sums the tensors' weighted errors, so every latent zero is an SNR of
+# -10 log10(T) dB for T tensors (-20 dB at a hundred); a model of many tensors can keep its
+# task below 0 dB (the zoo's LSTM within a point at 0.5 dB)
+MIN_SNR = -30.0
 BISECTIONS = 28  # halvings of the log-scale interval: c is found to about 1e-7 relative
 ROUNDINGS = ("nearest", "rdoq", "tcq")
 # RDOQ's search for an SNR: from the nearest rounding's scale down, until the NSR lies within
@@ -173,7 +177,7 @@ class _Problem:
                           change_noise / self.change_energy if self.change_energy > 0 else 0.0)
 
     def bounds(self) -> tuple[float, float]:
-        """A scale whose steps round every weight to zero (NSR 1), and the finest scale worth
+        """A scale whose steps round every weight to zero (NSR T), and the finest scale worth
         trying: one whose steps are at least 1e-7 of each tensor's largest weight, so that no
         latent exceeds 1e7 (float32 holds 24 bits)."""
         hi = lo = 0.0
@@ -302,7 +306,7 @@ def _search(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool)
     (`largest`) or the finest, or the end that comes nearest when none is accepted."""
     if largest:
         if ok(hi):
-            return hi  # a target of 0 dB or less: every latent zero meets it
+            return hi  # a target of -10 log10(T) dB or less: every latent zero meets it
         if not ok(lo):
             return lo  # a target beyond float32: the finest scale there is
     else:

@@ -65,6 +65,7 @@ from vaecompress.format import ROLE_CODE, Container, Payload, dumps
 from vaecompress.io import StateDict
 from vaecompress.methods.rd.allocate import (
     MAX_SNR,
+    MIN_SNR,
     ROUNDINGS,
     Allocation,
     allocate,
@@ -136,16 +137,17 @@ class VAERDFreeCodec(Codec):
         if delta and "change_snr" not in settings:
             return Knob("change_snr", 0.25, 60.0, finer=1, step=4.0, resolution=0.25,
                         alongside=(("snr", CHANGE_ONLY_SNR),))
-        return Knob("snr", 1.0, 60.0, finer=1, step=8.0, resolution=0.5)
+        return Knob("snr", MIN_SNR, 60.0, finer=1, step=8.0, resolution=0.5)
 
     def validate(self) -> None:
         s = self.settings
         s.check(self.name)
         if not 1 <= s.steps <= 10**7:
             raise UserError(f"vae-rd-free: steps must be in 1..10**7, got {s.steps}")
-        if not (math.isfinite(s.snr) and 0 < s.snr <= MAX_SNR):
-            raise UserError(f"vae-rd-free: snr is a fidelity in dB in (0, {MAX_SNR:g}], got "
-                            f"{s.snr} (30 is near-lossless, 20 coarse)")
+        if not (math.isfinite(s.snr) and MIN_SNR <= s.snr <= MAX_SNR):
+            raise UserError(f"vae-rd-free: snr is a fidelity in dB in [{MIN_SNR:g}, "
+                            f"{MAX_SNR:g}], got {s.snr} (30 is near-lossless, 20 coarse; the "
+                            "tensors' errors add up, so a model of many tensors may go below 0)")
         if not (math.isfinite(s.change_snr) and 0 <= s.change_snr <= MAX_SNR):
             raise UserError(f"vae-rd-free: change_snr is a fidelity in dB in [0, {MAX_SNR:g}] "
                             f"(0: none), got {s.change_snr}")
