@@ -173,3 +173,39 @@ def test_records_are_keyed_by_the_weights_not_only_the_training_config(tmp_path)
                          tmp_path / "a", "cfg")
     assert a.identity == same.identity != other.identity
     assert a.identity != TrainedModel("fnn", state, 97.0, 1.0, tmp_path / "a", "cfg2").identity
+
+
+def test_the_held_out_benchmark_sweeps_and_reports_every_method() -> None:
+    from conftest import load_script
+
+    bench = load_script("benchmarks/synthetic_heldout.py")
+    points = bench._points()
+    methods = {m for m, _, _ in points}
+    assert {"vae-rd (synthetic inputs)", "vae-rd-free"} <= methods
+    assert all(s["synthetic"] and s["snr"] > 0 for m, c, s in points if c == "vae-rd")
+    if _nncodec_installed():
+        qps = [s["qp"] for m, c, s in points if c == "nncodec"]
+        assert qps == list(range(-30, -9))  # every step
+
+    def p(method: str, ratio: float, drop: float, **settings: float) -> dict:
+        return {"method": method, "ratio_honest": ratio, "acc_drop": drop,
+                "settings": settings, "compress_s": 1.0}
+
+    pts = [p("vae-rd (synthetic inputs)", 30.0, 0.4, snr=2.0),
+           p("vae-rd (synthetic inputs)", 40.0, 1.5, snr=1.0),
+           p("vae-rd-free", 20.0, 0.05, snr=8.0), p("nncodec", 25.0, 0.3, qp=-14)]
+    assert bench.best(pts, "vae-rd (synthetic inputs)", 1.0)["ratio_honest"] == 30.0
+    assert bench.best(pts, "nncodec", 0.1) is None
+    text = bench.render({"environment": {"git_revision": "a" * 40, "torch": "t",
+                                         "device": "cpu", "torch_threads": 1,
+                                         "time_utc": "now"},
+                         "models": [{"model": "m", "acc_orig": 98.0, "points": pts}]})
+    assert "| m (98.00%) | 0.5 | 30.0x (snr 2; +0.40) | 20.0x (snr 8; +0.05) | " \
+           "25.0x (qp -14; +0.30) | 1.20 | 1.20 |" in text
+    assert "| m (98.00%) | 0.1 | - | 20.0x (snr 8; +0.05) | - | - | - |" in text
+
+
+def _nncodec_installed() -> bool:
+    from vaecompress.codecs import REGISTRY
+
+    return "nncodec" in REGISTRY and REGISTRY["nncodec"].available() is None
