@@ -185,7 +185,14 @@ def test_the_held_out_benchmark_sweeps_and_reports_every_method() -> None:
     assert all(s["synthetic"] and s["snr"] > 0 for m, c, s in points if c == "vae-rd")
     if _nncodec_installed():
         qps = [s["qp"] for m, c, s in points if c == "nncodec"]
-        assert qps == list(range(-30, -9))  # every step
+        assert qps == list(range(-10, -61, -1))  # every step, coarse to fine
+
+    drops = {-10: 5.0, -11: 2.0, -12: 0.3, -13: 0.08, -14: 0.01}
+    specs = [("vae-rd-free", "vae-rd-free", {"snr": 9.0}),
+             *(("nncodec", "nncodec", {"qp": q}) for q in range(-10, -20, -1))]
+    got = bench.sweep(specs, lambda codec, s: {"acc_drop": drops.get(s.get("qp"), 9.0)})
+    assert [g["method"] for g in got] == ["vae-rd-free", *["nncodec"] * 4]  # stops at -13
+    assert got[-1]["acc_drop"] == 0.08
 
     def p(method: str, ratio: float, drop: float, **settings: float) -> dict:
         return {"method": method, "ratio_honest": ratio, "acc_drop": drop,
