@@ -173,9 +173,9 @@ class VAERDFreeCodec(Codec):
         if preset in ("full", "ablation"):
             return [{"snr": snr} for snr in (40.0, 34.0, 30.0, 26.0, 22.0, 18.0, 14.0, 10.0)]
         if preset == "datafree":  # both weightings, every 2 dB (every dB where the zoo's
-            # classifiers start to lose accuracy, and 1 and 0.5 dB, where the LSTM and the RNN
-            # still keep them within a point at 2 dB); the default is one of them
-            snrs = [0.5, *range(1, 8), *range(8, 42, 2)]
+            # classifiers start to lose accuracy, and down to -3 dB, where the LSTM still
+            # keeps its accuracy within a point at 0.5 dB); the default is one of them
+            snrs = [-3, -2, -1, 0, 0.5, *range(1, 8), *range(8, 42, 2)]
             return [{"snr": float(snr), "weighting": w} for w in ("auto", "relative")
                     for snr in snrs]
         return []
