@@ -70,6 +70,8 @@ HELDOUT_VAD = ("results/heldout-vad/heldout_vad.md",
                "python benchmarks/heldout_vad.py --out results/heldout-vad")
 HELDOUT_PITCH = ("results/heldout-pitch/heldout_pitch.md",
                  "python benchmarks/heldout_pitch.py --out results/heldout-pitch")
+SYNTHETIC_HELDOUT = ("results/synthetic-heldout/synthetic_heldout.md",
+                     "python benchmarks/synthetic_heldout.py --out results/synthetic-heldout")
 MAX_DROP = ("results/max-drop/max_drop.md",
             "python benchmarks/max_drop.py --out results/max-drop")
 DELTA_DEFAULT = ("results/delta-default/delta_default.md",
@@ -488,6 +490,16 @@ def _delta_default_section(md: str) -> list[str]:
             "", *lines[start:end], ""]
 
 
+def _synthetic_heldout_section(text: str) -> list[str]:
+    """`vae-rd` distilled on inputs made from the model (no data) on the held-out
+    classifiers, beside the default and NNCodec."""
+    body = text.split("\n", 2)[2].strip()  # without its title
+    return ["#### `vae-rd` without data (`--set synthetic=true`) on classifiers it was not "
+            "built on", "",
+            f"From [`{SYNTHETIC_HELDOUT[0]}`]({SYNTHETIC_HELDOUT[0]}), made by "
+            f"`{SYNTHETIC_HELDOUT[1]}`. " + body, ""]
+
+
 def render(root: Path = ROOT) -> str:
     parts: list[str] = []
     datafree = _load(root, DATAFREE[0])
@@ -495,6 +507,9 @@ def render(root: Path = ROOT) -> str:
         dmd = root / DEFAULT[0]
         parts += _datafree_section(datafree, _load(root, MINILM_DATAFREE[0]),
                                    dmd.read_text() if dmd.is_file() else None)
+    smd = root / SYNTHETIC_HELDOUT[0]
+    if smd.is_file():
+        parts += _synthetic_heldout_section(smd.read_text())
     vmd = root / HELDOUT_VAD[0]
     if vmd.is_file():
         parts += _heldout_vad_section(vmd.read_text())
