@@ -111,6 +111,30 @@ def test_vae_rd_distils_on_made_inputs_without_data(net: nn.Module) -> None:
     assert again.data == res.data  # the same input, settings and seed give the same bytes
 
 
+def test_batchnorm_statistics_are_kept_exactly() -> None:
+    """As for a distillation on data: the made inputs only read BatchNorm's running statistics,
+    so the codec keeps them as they are (a coded running variance could reach zero)."""
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                       nn.Linear(32, 5))
+    with torch.no_grad():
+        bn[2].running_mean.uniform_(-1, 1)
+        bn[2].running_var.uniform_(0.5, 2)
+    bn.eval()
+    state = _state(bn)
+    probe = classifier_probe(bn, SHAPE, normalize=NORM, batches=2, batch_size=16,
+                             inversion=SMALL)
+    assert probe.synthesize is not None
+    made = probe.synthesize(state, 0)
+    assert made.outputs.buffers >= {"2.running_mean", "2.running_var"}
+    res = compress(state, "vae-rd", ctx=CodecContext(progress=False, probe=probe),
+                   synthetic=True, snr=6.0, epochs=0.1)
+    back = decompress(res.data)
+    for k in ("2.running_mean", "2.running_var"):
+        assert torch.equal(back[k], state[k]), k
+    assert not torch.equal(back["1.weight"], state["1.weight"])  # the weights are coded
+
+
 def test_the_setting_is_in_the_header_only_when_set() -> None:
     """Added after vae-rd files and bench records were written: at its default the header
     and the records' keys are what they were (the golden digests pin the default's)."""

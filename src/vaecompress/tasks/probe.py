@@ -110,9 +110,6 @@ def classifier_probe(net: nn.Module, input_shape: Sequence[int], *,
     run = ModuleLoss(net, lambda out, _target: out, prefix=prefix)
     made: dict[tuple[str, int], Probe] = {}  # the inverted inputs of a state, made once
 
-    def outputs(state: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
-        return run(state, (x[i * batch_size:(i + 1) * batch_size], None))
-
     def synthesize(state: Mapping[str, torch.Tensor], seed: int) -> Probe:
         key = (state_digest(state), seed)
         if key not in made:
@@ -122,18 +119,24 @@ def classifier_probe(net: nn.Module, input_shape: Sequence[int], *,
                 images = invert(lambda xb: run(fixed, (xb, None)), tuple(input_shape),
                                 classes=classes, normalize=normalize, cfg=inversion,
                                 seed=seed, device=device)
-            made[key] = _probe_of(run, images, SYNTHETIC_BATCH)
+            made[key] = Probe(_Batches(run, images, SYNTHETIC_BATCH),
+                              math.ceil(len(images) / SYNTHETIC_BATCH), "logits")
         return made[key]
 
-    return Probe(outputs, batches, "logits", synthesize)
+    return Probe(_Batches(run, x, batch_size), batches, "logits", synthesize)
 
 
-def _probe_of(run: ModuleLoss, x: torch.Tensor, batch_size: int) -> Probe:
-    """The classifier run by `run` on the inputs `x`, in batches of `batch_size`."""
-    def outputs(state: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
-        return run(state, (x[i * batch_size:(i + 1) * batch_size], None))
+class _Batches:
+    """`outputs(state, i)`: the network `run` runs on batch `i` (of `batch_size`) of the
+    inputs `x`. `buffers` names its floating buffers (BatchNorm's statistics), which a
+    distillation on these inputs keeps exactly (`tasks.distill`, `Finetuner.frozen`)."""
 
-    return Probe(outputs, math.ceil(len(x) / batch_size), "logits")
+    def __init__(self, run: ModuleLoss, x: torch.Tensor, batch_size: int) -> None:
+        self.run, self.x, self.batch_size = run, x, batch_size
+        self.buffers = run.buffers
+
+    def __call__(self, state: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
+        return self.run(state, (self.x[i * self.batch_size:(i + 1) * self.batch_size], None))
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
