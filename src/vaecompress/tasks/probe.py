@@ -41,7 +41,7 @@ from vaecompress.training.finetune import Finetuner, ModuleLoss
 
 KINDS = ("logits", "embedding")
 # The steps an epoch of distillation on made inputs counts (`probe_distiller`): vae-rd's default
-# of two epochs is then 400 steps, about 23 passes over the 2,048 images distilled on.
+# of two epochs is then 400 steps, about 22 passes over the 2,304 images distilled on.
 SYNTHETIC_EPOCH = 200
 SYNTHETIC_BATCH = 128  # the made inputs' batch
 Outputs = Callable[[Mapping[str, torch.Tensor], int], torch.Tensor]
