@@ -83,6 +83,11 @@ def _digest(state: Mapping[str, torch.Tensor], *, with_bytes: bool) -> str:
     return h.hexdigest()
 
 
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """The digest of format 3's record: each tensor's name, dtype, shape and bytes, in order."""
+    return _digest(state, with_bytes=True)
+
+
 def bytes_sha256(state: Mapping[str, torch.Tensor]) -> str:
     """Formats 1-2: sha256 of the tensors' own bytes, concatenated in the given order."""
     h = hashlib.sha256()
@@ -194,7 +199,7 @@ def _check_blocks(blocks: Any, state: Mapping[str, torch.Tensor]) -> None:
 
 def record(state: Mapping[str, torch.Tensor], *, exact: bool) -> dict[str, Any]:
     """What `api.compress` stores under DECODED_KEY for the tensors decoding gives."""
-    out: dict[str, Any] = {"sha256": _digest(state, with_bytes=True)}
+    out: dict[str, Any] = {"sha256": state_sha256(state)}
     if not exact:
         out["layout"] = _digest(state, with_bytes=False)
         out["blocks"] = _blocks_record(state)

@@ -25,7 +25,6 @@ inputs); this module knows neither codecs nor files.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaecompress.checksum import state_sha256
 from vaecompress.tasks.distill import distiller
 from vaecompress.tasks.inversion import Inversion, invert
 from vaecompress.training.finetune import Finetuner, ModuleLoss
@@ -111,7 +111,7 @@ def classifier_probe(net: nn.Module, input_shape: Sequence[int], *,
     made: dict[tuple[str, int], Probe] = {}  # the inverted inputs of a state, made once
 
     def synthesize(state: Mapping[str, torch.Tensor], seed: int) -> Probe:
-        key = (state_digest(state), seed)
+        key = (state_sha256(state), seed)
         if key not in made:
             fixed = {k: v.detach() for k, v in state.items()}
             classes = int(run(fixed, (x[:1], None)).shape[-1])
@@ -137,16 +137,6 @@ class _Batches:
 
     def __call__(self, state: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
         return self.run(state, (self.x[i * self.batch_size:(i + 1) * self.batch_size], None))
-
-
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """A sha256 of the tensors' names, shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        v = state[k].detach().to("cpu").contiguous()
-        h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def probe_distiller(probe: Probe, state: Mapping[str, torch.Tensor], *,
