@@ -323,6 +323,10 @@ def _add_reproduce(sub: Subparsers) -> None:
     sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sp.add_argument("--models", default="fnn,cnn,rnn,lstm",
                     help="comma-separated zoo models (default: all four)")
+    sp.add_argument("--retrain", action="store_true",
+                    help="train the zoo's models here, instead of the reference weights the "
+                    "package ships for the paper preset at seed 0 (the same models on every "
+                    "machine; training is not bit-reproducible across machines)")
     _common(sp)
     sp.set_defaults(func=experiments.cmd_reproduce)
 
@@ -345,5 +349,9 @@ def _add_bench(sub: Subparsers) -> None:
     sp.add_argument("--out", default="runs/bench", metavar="DIR",
                     help="results folder (default: runs/bench)")
     sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sp.add_argument("--retrain", action="store_true",
+                    help="train the zoo's models here, instead of the reference weights the "
+                    "package ships for the paper preset at seed 0 (the same models on every "
+                    "machine; training is not bit-reproducible across machines)")
     _common(sp)
     sp.set_defaults(func=experiments.cmd_bench)

@@ -128,8 +128,9 @@ class BenchTask(Protocol):
 
 
 def make_task(preset: str, *, seed: int, device: torch.device, progress: bool,
-              data_dir: str | None) -> BenchTask:
-    """The bench task of `preset` (`PRESETS`); building it reads no data yet."""
+              data_dir: str | None, retrain: bool = False) -> BenchTask:
+    """The bench task of `preset` (`PRESETS`); building it reads no data yet. `retrain`: train
+    the zoo's models here instead of taking the package's reference weights."""
     if preset not in PRESETS:
         raise UserError(f"unknown bench preset '{preset}'; choose from {', '.join(PRESETS)}")
     kind, own = PRESETS[preset]
@@ -137,12 +138,16 @@ def make_task(preset: str, *, seed: int, device: torch.device, progress: bool,
         if data_dir is not None:
             raise UserError(f"--data-dir is the MNIST folder of the zoo presets; preset "
                             f"'{preset}' reads none: leave it out")
+        if retrain:
+            raise UserError(f"--retrain trains the zoo's models; preset '{preset}' trains "
+                            "none: leave it out")
         from vaecompress.experiments.bench_minilm import MiniLMBench
 
         return MiniLMBench(own, seed=seed, device=device, progress=progress)
     from vaecompress.experiments.bench_zoo import ZooBench
 
-    return ZooBench(own, seed=seed, device=device, progress=progress, data_dir=data_dir)
+    return ZooBench(own, seed=seed, device=device, progress=progress, data_dir=data_dir,
+                    retrain=retrain)
 
 
 def record_key(model_key: str, codec: str, resolved: Point, seed: int,
@@ -326,7 +331,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """The `bench` command: the preset's task, its models and codecs checked before any work."""
     device = resolve_device(args.device)
     task = make_task(args.preset, seed=args.seed, device=device, progress=not args.quiet,
-                     data_dir=args.data_dir)
+                     data_dir=args.data_dir, retrain=args.retrain)
     models = task.select_models(_names(args.models))
     codecs = tuple(_names(args.codecs) or task.default_codecs())
     for c in codecs:

@@ -57,10 +57,11 @@ class ZooBench:
 
     def __init__(self, preset: str = "quick", *, seed: int = 0,
                  device: torch.device | str = "cpu", progress: bool = True,
-                 data_dir: str | None = None) -> None:
+                 data_dir: str | None = None, retrain: bool = False) -> None:
         if preset not in PRESETS:
             raise ValueError(f"zoo bench preset must be one of {PRESETS}, not {preset!r}")
         self.preset = preset
+        self.retrain = retrain
         self.seed = seed
         self.device = torch.device(device)
         self.progress = progress
@@ -90,7 +91,7 @@ class ZooBench:
         train, test = self._mnist()
         trained = trained_model(name, preset_config(self.model_preset(), name, self.seed),
                                 train, test, device=self.device, progress=self.progress,
-                                checkpoints=checkpoints)
+                                checkpoints=checkpoints, retrain=self.retrain)
         self._trained[name] = trained
         return Subject(name, trained.identity, trained.state)
 
@@ -112,7 +113,9 @@ class ZooBench:
         return {"acc_orig": orig, "acc_recon": acc, "acc_drop": orig - acc}
 
     def config(self) -> dict[str, Any]:
-        return {"model_preset": self.model_preset()}
+        # where each model's weights came from: the package's reference, or trained here
+        return {"model_preset": self.model_preset(),
+                "weights": {n: t.source for n, t in self._trained.items()}}
 
     def report(self, results: dict[str, Any], out: Path) -> str:
         from vaecompress.experiments.bench_report import write_bench_report

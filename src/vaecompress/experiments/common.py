@@ -1,6 +1,9 @@
 """What the experiments share: trained models reused by config hash, records written atomically.
 
-A trained model is cached under `cache_dir()/models/<name>-<hash>.safetensors`, the hash taken
+A zoo model whose training configuration ships with the package (`zoo.reference`: the `paper`
+preset at seed 0) is taken from there, the same weights on every machine, unless the run asks
+to train (`retrain`). Any other is trained here; a trained model is cached under
+`cache_dir()/models/<name>-<hash>.safetensors`, the hash taken
 over everything that decides its weights (architecture, training config, seed, torch version), so
 `reproduce` and `bench` reuse each other's models and a re-run trains nothing twice. Each finished
 measurement is one JSON file under the run's `records/`, written atomically: an interrupted run
@@ -26,7 +29,7 @@ from vaecompress.family.delta import base_sha256
 from vaecompress.files import atomic_write_json
 from vaecompress.io import load_weights_file, save_weights_file
 from vaecompress.tasks.mnist import accuracy, predict
-from vaecompress.zoo import build_model
+from vaecompress.zoo import build_model, reference
 from vaecompress.zoo.train import TrainConfig, train_model
 
 
@@ -43,6 +46,7 @@ class TrainedModel:
     train_s: float
     path: Path
     key: str  # the training's configuration: names the cached file
+    source: str = "trained here"  # or "reference": the weights shipped with the package
 
     @functools.cached_property
     def identity(self) -> str:
@@ -63,12 +67,21 @@ def trained_model(
     progress: bool = True,
     root: Path | None = None,
     checkpoints: Path | None = None,
+    retrain: bool = False,
 ) -> TrainedModel:
-    """Train `name` with `cfg`, or load the cached result of an identical earlier run.
-    `checkpoints`: the folder where the training keeps its resumable state (None: none)."""
+    """The reference weights of `name` trained with `cfg` where the package ships them
+    (`zoo.reference`) and `retrain` is off; else train `name` with `cfg`, or load the cached
+    result of an identical earlier run here. `checkpoints`: the folder where the training
+    keeps its resumable state (None: none)."""
     key = config_hash(
         {"model": name, "train": asdict(cfg), "torch": torch.__version__, "n_train": len(train)}
     )
+    if not retrain:
+        ref = reference.find(name, asdict(cfg), train.images, train.labels)
+        if ref is not None:  # its accuracy measured here, on the test set given
+            acc, _ = evaluate_state(name, ref.state, test, device=device)
+            return TrainedModel(name, ref.state, acc, ref.entry.train_s, ref.path, key,
+                                "reference")
     root = root or cache_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}-{key}.safetensors"

@@ -77,6 +77,7 @@ class ReproduceConfig:
     seed: int = 0
     train_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"limit": N} in tests
     ours: tuple[tuple[str, dict[str, Any]], ...] = ()  # (codec, settings) beside the paper's
+    retrain: bool = False  # train the zoo here, not the package's reference weights
 
     def train_config(self, model: str) -> TrainConfig:
         return replace(preset_config(self.preset, model, self.seed), **self.train_overrides)
@@ -267,6 +268,8 @@ def reproduce(
         "records": records,
         "ours": ours,  # the project's codecs on the same models (`OURS`)
         "models": models,  # the trained classifiers, relative to `out`
+        # where each one's weights came from: the package's reference, or trained here
+        "weights": {n: run.trained(n).source for n in cfg.models},
         # 1-, 5- and 15-minute load averages before and after: what else the machine was doing.
         "load_average": {"start": load_start, "end": _load_average()},
         "run_s": time.perf_counter() - t_start,  # this invocation; reused work costs ~0
@@ -286,11 +289,15 @@ class _Run:
     train: Any
     test: Any
     store: RecordStore
+    models: dict[str, Any] = field(default_factory=dict)  # the trained, by name
 
     def trained(self, name: str) -> Any:
-        return trained_model(name, self.cfg.train_config(name), self.train, self.test,
-                             device=self.device, progress=self.progress,
-                             checkpoints=self.out / "checkpoints")
+        if name not in self.models:
+            self.models[name] = trained_model(
+                name, self.cfg.train_config(name), self.train, self.test, device=self.device,
+                progress=self.progress, checkpoints=self.out / "checkpoints",
+                retrain=self.cfg.retrain)
+        return self.models[name]
 
 
 def _paper_records(run: _Run, jobs: list[tuple[str, int, str]],
@@ -351,7 +358,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     models = tuple(m.strip().lower() for m in args.models.split(",") if m.strip())
     for m in models:
         get_spec(m)
-    cfg = ReproduceConfig.for_preset(args.preset, seed=args.seed, models=models)
+    cfg = replace(ReproduceConfig.for_preset(args.preset, seed=args.seed, models=models),
+                  retrain=args.retrain)
     out = Path(args.out)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
