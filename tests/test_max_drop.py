@@ -16,7 +16,7 @@ from vaecompress.cli import main
 from vaecompress.codecs import CodecContext, Knob, get_codec_class
 from vaecompress.errors import UserError
 from vaecompress.format import loads
-from vaecompress.target import TARGET_KEY, _search, compress_within
+from vaecompress.target import TARGET_KEY, _search, compress_within, knob_of
 from vaecompress.tasks.validation import Validation
 
 CTX = CodecContext(progress=False)
@@ -119,7 +119,12 @@ def test_knobs_of_the_codecs() -> None:
     assert free.fidelity_knob({"change_snr": 3}, delta=True).name == "snr"
     rd = get_codec_class("vae-rd")
     assert rd.fidelity_knob({}).name == "lam"
-    assert rd.fidelity_knob({"snr": 18}).name == "slope"
+    # warm-started: the start's SNR, from the value given (it chose the warm start)
+    warm = rd.fidelity_knob({"snr": 18})
+    assert warm.name == "snr" and warm.given and warm.finer == 1 and warm.lo > 0
+    assert knob_of("vae-rd", {"snr": 18}).name == "snr"  # given, not a conflict
+    with pytest.raises(UserError, match="not both"):
+        knob_of("vae-rd", {"lam": 3.0})
     nnc = get_codec_class("nncodec").fidelity_knob({})
     assert nnc is not None and nnc.integer and nnc.finer == -1
     assert get_codec_class("nncodec").fidelity_knob({"bitdepth": 8}) is None

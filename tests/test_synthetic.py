@@ -240,3 +240,36 @@ def _nncodec_installed() -> bool:
     from vaecompress.codecs import REGISTRY
 
     return "nncodec" in REGISTRY and REGISTRY["nncodec"].available() is None
+
+
+def test_max_drop_moves_the_warm_starts_snr_from_the_value_given(net: nn.Module) -> None:
+    """A warm start's file is the closed form's at its SNR (the rate's weight hardly moves
+    it), so `--max-drop` searches `snr`, starting where the user put it."""
+    from vaecompress.target import compress_within
+    from vaecompress.tasks.validation import Validation
+
+    state = _state(net)
+    probe = classifier_probe(net, SHAPE, normalize=NORM, batches=2, batch_size=16,
+                             inversion=SMALL)
+    ctx = CodecContext(progress=False, probe=probe)
+    x = probe.synthesize(state, 0)
+    with torch.no_grad():
+        want = x.outputs(state, 1).argmax(1)
+
+    def agree(s: dict[str, torch.Tensor]) -> float:  # percent of the original's classes kept
+        with torch.no_grad():
+            return 100.0 * float((x.outputs(s, 1).argmax(1) == want).float().mean())
+
+    val = Validation(agree, "points", "a made batch")
+    res = compress_within(state, "vae-rd", max_drop=10.0, validation=val, ctx=ctx,
+                          synthetic=True, snr=6.0, epochs=0.1)
+    tries = res.report["target"]["all"]
+    assert res.report["target"]["knob"] == "snr"
+    assert tries[0]["value"] == 6.0  # the value given is where the search starts
+    sizes = {t["value"]: t["bytes"] for t in tries}
+    assert len(set(sizes.values())) > 1  # the knob moves the file
+    coarse, fine = min(sizes), max(sizes)
+    assert sizes[coarse] < sizes[fine]
+    assert res.report["target"]["drop"] <= 10.0
+    chosen = res.report["target"]["value"]
+    assert sizes[chosen] == min(t["bytes"] for t in tries if t["drop"] <= 10.0)

@@ -1,7 +1,8 @@
 """The smallest file whose rebuilt model loses at most a given amount on the task: `--max-drop`.
 
 `compress_within(state, codec, max_drop=D, validation=V)` runs the codec at a few values of its
-fidelity knob (`Codec.fidelity_knob`: vae-rd-free's `snr`, vae-rd's `lam`, NNCodec's `qp`),
+fidelity knob (`Codec.fidelity_knob`: vae-rd-free's `snr`, vae-rd's `lam`, or its warm
+start's `snr` from the value given, NNCodec's `qp`),
 measures each rebuilt model on the validation data of the task (`tasks.validation.Validation`:
 data the printed measure does not read) and keeps the smallest file whose drop from the
 original is at most D (points of accuracy, or 1 - mean cosine of embeddings).
@@ -79,7 +80,7 @@ def knob_of(codec: str, settings: Mapping[str, Any], *, delta: bool = False) -> 
         raise UserError(f"--max-drop: {codec} has no fidelity setting to search with these "
                         "settings (vae-rd-free, the default, searches snr; vae-rd lam; "
                         "nncodec qp)")
-    if knob.name in settings:
+    if knob.name in settings and not knob.given:
         raise UserError(f"--max-drop chooses {codec}'s {knob.name}: give --max-drop or "
                         f"{knob.name}, not both")
     if settings.get("size"):
@@ -235,10 +236,14 @@ def _recorded_tries(journal: Checkpoint) -> dict[float, Try]:
 
 
 def _start(codec: str, knob: Knob, settings: Mapping[str, Any]) -> float:
-    """The codec's default value of the knob, within its range."""
+    """The caller's value of a `given` knob, else the codec's default value of the knob,
+    within its range."""
     defaults = get_codec_class(codec).Settings()
-    value = float(getattr(defaults, knob.name)) if knob.name in {
-        f.name for f in fields(defaults)} else knob.lo
+    if knob.given and knob.name in settings:
+        value = float(settings[knob.name])
+    else:
+        value = float(getattr(defaults, knob.name)) if knob.name in {
+            f.name for f in fields(defaults)} else knob.lo
     return min(max(value, knob.lo), knob.hi)
 
 

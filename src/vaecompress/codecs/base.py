@@ -59,7 +59,9 @@ class Knob:
     one does (a rate weight, NNCodec's qp); searched on log2 of the value when `log`, on
     integers when `integer`; the search first moves `step` (in those units) from the codec's
     default and stops when the bracket is `resolution` wide. `alongside`: settings the search
-    holds at these values while it moves the knob (unless the caller set them)."""
+    holds at these values while it moves the knob (unless the caller set them). `given`: the
+    caller's value of the knob's setting is not a conflict but where the search starts (a
+    setting that both chooses a mode and sizes the file, as vae-rd's warm start `snr`)."""
 
     name: str
     lo: float
@@ -70,6 +72,7 @@ class Knob:
     log: bool = False
     integer: bool = False
     alongside: tuple[tuple[str, Any], ...] = ()
+    given: bool = False
 
 
 @dataclass
