@@ -314,8 +314,10 @@ def _add_inspect(sub: Subparsers) -> None:
 
 def _add_reproduce(sub: Subparsers) -> None:
     sp = sub.add_parser("reproduce", help="the paper's experiments, tables and figures",
-                        description="Train the zoo models and run the paper's experiments; "
-                        "writes results JSON, tables and figures under --out.")
+                        description="Train the zoo models (the paper preset takes the "
+                        "reference weights shipped with the package, unless --retrain) and run "
+                        "the paper's experiments; writes results JSON, tables and figures under "
+                        "--out.")
     sp.add_argument("--preset", default="quick", choices=["quick", "paper"],
                     help="quick (minutes to an hour on a CPU) or paper (hours)")
     sp.add_argument("--out", default="runs/reproduce", metavar="DIR",
