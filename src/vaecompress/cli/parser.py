@@ -85,6 +85,13 @@ def _common(sp: argparse.ArgumentParser, *, data: bool = True, device: bool = Tr
     sp.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
 
 
+def _retrain_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--retrain", action="store_true",
+                    help="train the zoo's models here, instead of the reference weights the "
+                    "package ships for the paper preset at seed 0 (the same models on every "
+                    "machine; training is not bit-reproducible across machines)")
+
+
 def _arch_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--arch", metavar="MODULE:CLASS",
                     help="your own MNIST classifier: a torch.nn.Module class (or a function "
@@ -325,10 +332,7 @@ def _add_reproduce(sub: Subparsers) -> None:
     sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sp.add_argument("--models", default="fnn,cnn,rnn,lstm",
                     help="comma-separated zoo models (default: all four)")
-    sp.add_argument("--retrain", action="store_true",
-                    help="train the zoo's models here, instead of the reference weights the "
-                    "package ships for the paper preset at seed 0 (the same models on every "
-                    "machine; training is not bit-reproducible across machines)")
+    _retrain_flag(sp)
     _common(sp)
     sp.set_defaults(func=experiments.cmd_reproduce)
 
@@ -351,9 +355,6 @@ def _add_bench(sub: Subparsers) -> None:
     sp.add_argument("--out", default="runs/bench", metavar="DIR",
                     help="results folder (default: runs/bench)")
     sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    sp.add_argument("--retrain", action="store_true",
-                    help="train the zoo's models here, instead of the reference weights the "
-                    "package ships for the paper preset at seed 0 (the same models on every "
-                    "machine; training is not bit-reproducible across machines)")
+    _retrain_flag(sp)
     _common(sp)
     sp.set_defaults(func=experiments.cmd_bench)
