@@ -4,7 +4,8 @@
 
 Each of the zoo's four models is trained (`zoo.train.train_model`, seed 0, one epoch over the
 first 8,192 training images) in a fresh process under each of these settings, and the sha256
-of its weights is compared:
+of its weights (`family.delta.base_sha256`, what the bench's records are keyed on) is
+compared:
 
 - torch's thread count: 1 (what `runinfo.auto_threads` chooses on 2 cores) and 2 (on 3-4
   cores; 8 threads from 9 cores on);
@@ -25,7 +26,6 @@ Writes `OUT/training_determinism.json` (with the run's environment) and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -35,6 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from vaecompress.family.delta import base_sha256
 from vaecompress.files import atomic_write_json, atomic_write_text
 from vaecompress.runinfo import environment
 
@@ -49,15 +50,6 @@ SETTINGS: tuple[tuple[str, int, bool], ...] = (
 )
 REPEATS = 2
 
-def _digest_of_state(state: dict[str, Any]) -> str:
-    """The worker's digest of a loaded state (names sorted, each name then its bytes)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _worker(name: str, threads: int, preset: str) -> None:
     """In the fresh process: train one model, print its digest as a line of JSON."""
     import torch
@@ -70,7 +62,7 @@ def _worker(name: str, threads: int, preset: str) -> None:
     cfg = (preset_config("paper", name, 0) if preset == "paper"
            else TrainConfig(epochs=1, limit=int(preset)))
     res = train_model(name, train, cfg, progress=False)
-    print(json.dumps({"sha256": _digest_of_state(res.model.state_dict()),
+    print(json.dumps({"sha256": base_sha256(res.model.state_dict()),
                       "capability": torch.backends.cpu.get_cpu_capability(),
                       "train_s": res.train_s, "config": asdict(cfg)}))
 
@@ -150,7 +142,7 @@ def main() -> int:
         "settings": [{"setting": s, "threads": t, "avx2_forced": a} for s, t, a in SETTINGS],
         "runs": runs,
         "reference": {"trained": trained["sha256"], "train_s": trained["train_s"],
-                      "shipped": _digest_of_state(reference.load(entry))},
+                      "shipped": base_sha256(reference.load(entry))},
         "run_s": time.perf_counter() - t0,
     }
     out.mkdir(parents=True, exist_ok=True)

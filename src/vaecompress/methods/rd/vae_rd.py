@@ -158,8 +158,8 @@ class VAERDCodec(Codec):
         # Each try a training. Trained from the first step: the rate's weight `lam`, by
         # factors of about 1.4. Warm-started (snr > 0): the start's SNR, from the value given,
         # to half a dB; the distillation moves each latent about a bin, so the file's size is
-        # the closed form's at that SNR and the rate's weight (`slope`) hardly moves it (the
-        # FNN distilled on made inputs: 35,452 B at slope 1, 35,457 B at slope 100)
+        # the closed form's at that SNR and the rate's weight (`slope`) hardly moves it
+        # (docs/vae-rd.md)
         if float(settings.get("snr", 0) or 0) > 0:
             return Knob("snr", WARM_KNOB_LO, 60.0, finer=1, step=4.0, resolution=0.5,
                         given=True)
