@@ -240,10 +240,13 @@ class NNCodecCodec(Codec):
     @classmethod
     def operating_points(cls, preset: str) -> list[dict[str, Any]]:
         if preset == "full":
-            # Past the one-point line on every zoo model (-14 already costs 2-18 points).
-            plain = [{"qp": q} for q in (-38, -32, -26, -22, -18, -14, -10, -6, -2)]
+            # Every qp step where the zoo's models go from no loss to past the one-point line
+            # (as the datafree preset), and past it; pruned and fine-tuned first (the data
+            # variant, a retraining each), every third step and the last ones.
+            plain = [{"qp": q} for q in (-38, -32, *range(-26, -9), -6, -2)]
             spars = [{"qp": q, "sparsity": sp} for sp in (0.7, 0.9) for q in (-26, -20, -14)]
-            pruned = [{"qp": q, "prune": p} for p in (0.9, 0.95) for q in (-26, -20, -14, -10)]
+            pruned = [{"qp": q, "prune": p} for p in (0.9, 0.95)
+                      for q in (-26, -23, -20, -17, -14, -12, -10)]
             return plain + spars + pruned
         if preset == "datafree":  # every qp step, from no loss on the zoo to past 1 point
             return [{"qp": q} for q in range(-26, -9)]
