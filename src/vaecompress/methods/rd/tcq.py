@@ -1,4 +1,5 @@
-"""Dependent (trellis-coded) quantization of a tensor's latents, as in VVC and NNCodec.
+"""Dependent (trellis-coded) quantization of a tensor's latents, as in VVC (NNCodec's is of the
+same kind, under another state machine: `results/nncodec-dq`).
 
 Two scalar quantizers of step `2 d` share the grid of step `d`: Q0 reconstructs the level `k`
 as `2k` (even multiples of `d`), Q1 as `2k - sgn(k)` (zero and the odd multiples). Which one
