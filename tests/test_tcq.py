@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
 from vaecompress.api import compress, decompress
 from vaecompress.codecs import CodecContext
 from vaecompress.family.shared import share
@@ -152,3 +153,19 @@ def test_golden_bytes() -> None:
 
 
 GOLDEN_TCQ = "f8bcb5e43571d887188c82c318a73ecd61e50c045dbb2afe4545fa2704c992bc"
+
+
+def test_the_level_of_a_reconstruction_needs_no_state() -> None:
+    """`benchmarks/nncodec_dq.py` reads NNCodec's rebuilt weights as trellis levels without
+    its state machine: an odd multiple is Q1's `2k - sgn k`, an even one Q0's `2k`. Whatever
+    the states, the levels so read are the ones that rebuilt them."""
+    dq = load_script("benchmarks/nncodec_dq.py")
+    rng = np.random.default_rng(3)
+    levels = rng.integers(-6, 7, size=(9, 40))
+    rebuilt = tcq.reconstruct(levels).astype(np.int64)
+    assert np.array_equal(dq.trellis_levels(rebuilt), levels)
+    size, share = dq.trellis_stream([rebuilt], [np.array([0.5], np.float32)], [(9, 40)])
+    assert share == 1.0 and size > 0  # our own machine rebuilds its own levels
+    other = rebuilt.copy()
+    other[:, 1] = np.where(other[:, 1] % 2 == 0, other[:, 1] + 1, other[:, 1])  # Q1 where Q0 was
+    assert dq.trellis_stream([other], [np.array([0.5], np.float32)], [(9, 40)])[1] < 1.0
