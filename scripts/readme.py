@@ -158,10 +158,6 @@ def _bench_section(bench: dict[str, Any]) -> list[str]:
         "",
         "**Best method per model.** " + leaders(bench),
         "",
-        "The vae-rd-free column of this table is that codec's former trained form (now "
-        "`--set solver=adam`), measured before the closed-form solver; the data-free bench "
-        "above measures the default as it is.",
-        "",
         f"All operating points, with timings and peak memory: [`{folder}/bench.md`]"
         f"({folder}/bench.md).",
         "",

@@ -361,3 +361,14 @@ def test_a_large_share_rebuilt_as_zeros_is_a_warning(tmp_path: Path,
     printed = capsys.readouterr().out
     assert "warning: tensors holding 100% of the weights' energy" in printed
     assert "e+" not in printed  # shares in per cent, never in exponent form
+
+
+def test_the_full_sweep_of_the_default_goes_past_the_one_point_line() -> None:
+    """bench-full's column of the default is its best within 0.5 and 1 point only if its sweep
+    reaches SNRs where the zoo's classifiers lose more than that (about 0-4 dB, results/datafree):
+    its lowest point is at or below 0 dB, and it keeps the near-lossless default's own point."""
+    from vaecompress.experiments.bench_zoo import grid
+
+    snrs = [p["snr"] for p in grid(DEFAULT_CODEC, "full")]
+    assert min(snrs) <= 0.0 and DEFAULT_SNR in snrs
+    assert snrs == sorted(snrs, reverse=True)
