@@ -124,7 +124,8 @@ def _sharing(recs: list[dict[str, Any]]) -> str:
                 f"tend to {span(lim)}")
         if extra:
             tail += (f", below ratio_paper, since each file carries {span(extra, fmt_int)} "
-                     "bytes besides the codes (header, layout, normalization)")
+                     "bytes besides the codes (header, layout, normalization, the rebuilt "
+                     "weights' checksums)")
         clauses.append(tail)
     if not clauses:
         return ""
