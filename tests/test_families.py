@@ -126,6 +126,12 @@ def test_each_member_at_its_own_smallest_passing_coding() -> None:
     assert [(p["codec"], p["bytes"]) for p in each["family"]] == [("z", 10), ("z", 25)]
     assert each["alone_bytes"] == 140 and each["family_bytes"] == 35
     assert each["family_vs_alone"] == 4.0
+    # alone, member a passes only under x and b best under y, each at its codec's only point:
+    # both picks are their sweep's coarsest; a coarser x that fails both ends that for a
+    assert [p["at_sweep_end"] for p in each["alone"]] == [True, True]
+    info["runs"].append(run("alone", "x", [60, 60], [88.0, 78.0]))  # x coarser: fails both
+    again = fam.per_member(info, 0.5, "accuracy", data_free=False)
+    assert [p["at_sweep_end"] for p in again["alone"]] == [False, True]
     free = fam.per_member(info, 0.5, "accuracy", data_free=True)
     assert free is None  # member b passes against the base only with the task's data
     series = {"members": members, "runs": [r for r in info["runs"] if r["how"] == "alone"]}

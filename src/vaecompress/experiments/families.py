@@ -87,13 +87,14 @@ class FamiliesConfig:
     # with the weights' target out of the way (`CHANGE_SWEEP_SNR`)
     change_snrs: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)
     task_epochs: float = 1.0  # vae-rd (the task-aware codec): its epochs on each member
-    # up to a rate where some member loses more than the tolerance on the FNN and the CNN
-    task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0, 10.0, 14.0)
-    task_lams_delta: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
+    # up to a rate where every member loses more than the tolerance on the FNN and the CNN, so
+    # that each member's own smallest passing coding is found, alone and against the base
+    task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0)
+    task_lams_delta: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 5.5, 7.0, 10.0, 14.0)
     task_lams_series: tuple[float, ...] = (2.0, 4.0, 5.5, 7.0, 10.0)
-    # NNCodec alone (every second qp step, from where the zoo's models keep their accuracy to
-    # past where they lose a point)
-    nncodec_qps: tuple[int, ...] = (-26, -24, -22, -20, -18, -16, -14, -12)
+    # NNCodec alone (every qp step, from where the zoo's models keep their accuracy to past
+    # where they lose a point)
+    nncodec_qps: tuple[int, ...] = tuple(range(-26, -11))
     # bitdelta against the base, data-free and with its scales refined on each member's task
     # for task_epochs (as vae-rd trains) at these learning rates (of each scale's factor): the
     # peer at its best
@@ -349,7 +350,9 @@ def per_member(info: dict[str, Any], tolerance: float, score_key: str,
     (what compressing each fine-tune with its own `--max-drop` would pick), among the data-free
     codings or all: the family's bytes when its members need not share one setting. None for
     a family not coded against a base (a series' members depend on the ones before) or where
-    some member passes under no coding."""
+    some member passes under no coding. A pick is `at_sweep_end` where its codec was tried at
+    no setting that gave that member fewer bytes: a coarser one might pass too, so the sweep
+    may have stopped before the member's own smallest coding."""
     originals = [m[score_key] for m in info["members"]]
     picks: dict[str, list[dict[str, Any]]] = {}
     for how in ("alone", "base"):
@@ -360,8 +363,12 @@ def per_member(info: dict[str, Any], tolerance: float, score_key: str,
             if not fits:
                 return None
             r = min(fits, key=lambda r: r["bytes"][i])
+            same = [q for q in info["runs"] if q["how"] == how and q["codec"] == r["codec"]
+                    and q["data"] == r["data"]]
             picks[how].append({"codec": r["codec"], "settings": r["settings"],
-                               "bytes": r["bytes"][i], "drop": orig - r[score_key][i]})
+                               "bytes": r["bytes"][i], "drop": orig - r[score_key][i],
+                               "at_sweep_end": all(q["bytes"][i] >= r["bytes"][i]
+                                                   for q in same)})
     alone, family = (sum(p["bytes"] for p in picks[h]) for h in ("alone", "base"))
     return {"alone": picks["alone"], "family": picks["base"], "alone_bytes": alone,
             "family_bytes": family, "family_vs_alone": alone / family}
@@ -373,6 +380,12 @@ def per_member(info: dict[str, Any], tolerance: float, score_key: str,
 # How a family's scores read (`results["metric"]`; a results file without one is the zoo's).
 ACCURACY = {"key": "accuracy", "name": "accuracy", "digits": 2, "unit": "%",
             "lost": "points", "command": "python -m vaecompress.experiments.families"}
+
+
+def _end(pick: dict[str, Any]) -> str:
+    """`*` after a member's pick at its codec's coarsest point (`per_member`); results made
+    before the flag existed carry none."""
+    return "*" if pick.get("at_sweep_end") else ""
 
 
 def render(results: dict[str, Any]) -> str:
@@ -420,12 +433,17 @@ def render(results: dict[str, Any]) -> str:
                          if c["family_vs_alone"] else ".")]
             each = per_member(info, cfg["tolerance"], key, c["codecs"] == "data-free")
             if each is not None:
+                ends = any(p["at_sweep_end"] for p in each["alone"] + each["family"])
                 lines += ["", f"Each member at its own smallest passing coding, {c['codecs']}: "
                           f"alone {each['alone_bytes']:,} B ("
-                          + ", ".join(f"{_short(p)} {p['bytes']:,} B" for p in each["alone"])
+                          + ", ".join(f"{_short(p)} {p['bytes']:,} B{_end(p)}"
+                                      for p in each["alone"])
                           + f"); as a family {each['family_bytes']:,} B ("
-                          + ", ".join(f"{_short(p)} {p['bytes']:,} B" for p in each["family"])
-                          + f"): {each['family_vs_alone']:.2f}x fewer bytes than alone."]
+                          + ", ".join(f"{_short(p)} {p['bytes']:,} B{_end(p)}"
+                                      for p in each["family"])
+                          + f"): {each['family_vs_alone']:.2f}x fewer bytes than alone."
+                          + (" `*`: the coarsest point of that codec's sweep; a coarser one "
+                             "might pass too." if ends else "")]
         for bd_key, how in (("bitdelta", "data-free"),
                             ("bitdelta_refined", "its scales refined on the task")):
             if bd_key in s:
