@@ -376,6 +376,12 @@ def _coding(c: dict[str, Any] | None) -> str:
             f"({c['ratio']:.1f}x)")
 
 
+def _sweep_end(picks: list[dict[str, Any]]) -> str:
+    """`*` where a member's pick is its codec's coarsest point (`per_member`'s flag; results
+    made before it carry none)."""
+    return "*" if any(p.get("at_sweep_end") for p in picks) else ""
+
+
 def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]:
     """One table for every family results file: the smallest passing coding of the members
     alone and as a family (against the base, or as a series), data-free and with the task."""
@@ -420,14 +426,17 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
                 # a task-aware row that picks the data-free codings again is not repeated
                 if each is not None and (each["alone_bytes"], each["family_bytes"]) not in shown:
                     shown.append((each["alone_bytes"], each["family_bytes"]))
+                    ends = [_sweep_end(each[k]) for k in ("alone", "family")]
                     each_rows.append(
                         f"| {res['config']['model']} | {family} ({len(info['members'])}) | "
-                        f"{c['codecs']} | {each['alone_bytes']:,} B | "
-                        f"{each['family_bytes']:,} B | **{each['family_vs_alone']:.2f}x** |")
+                        f"{c['codecs']} | {each['alone_bytes']:,} B{ends[0]} | "
+                        f"{each['family_bytes']:,} B{ends[1]} | "
+                        f"**{each['family_vs_alone']:.2f}x** |")
     if each_rows:
         out += ["The same sweeps with each member at its own smallest passing coding (what "
                 "compressing each fine-tune with its own `--max-drop` would pick), alone and "
-                "against the base:", "",
+                "against the base (`*`: some member's pick is the coarsest point its codec "
+                "was tried at, so a coarser one might pass too):", "",
                 "| model | family (members) | codecs | each alone | each against the base | "
                 "family vs alone |", "|---|---|---|---|---|---|", *each_rows, ""]
     for res, rel, cmd in found:
