@@ -377,8 +377,8 @@ def _coding(c: dict[str, Any] | None) -> str:
 
 
 def _sweep_end(picks: list[dict[str, Any]]) -> str:
-    """`*` where a member's pick is its codec's coarsest point (`per_member`'s flag; results
-    made before it carry none)."""
+    """`*` where, for some member, no setting of its pick's codec gave fewer bytes
+    (`per_member`'s `at_sweep_end`)."""
     return "*" if any(p.get("at_sweep_end") for p in picks) else ""
 
 
@@ -435,8 +435,8 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
     if each_rows:
         out += ["The same sweeps with each member at its own smallest passing coding (what "
                 "compressing each fine-tune with its own `--max-drop` would pick), alone and "
-                "against the base (`*`: some member's pick is the coarsest point its codec "
-                "was tried at, so a coarser one might pass too):", "",
+                "against the base (`*`: for some member, no setting its pick's codec was "
+                "tried at gave fewer bytes, so a coarser one might pass too):", "",
                 "| model | family (members) | codecs | each alone | each against the base | "
                 "family vs alone |", "|---|---|---|---|---|---|", *each_rows, ""]
     for res, rel, cmd in found:

@@ -127,7 +127,7 @@ def test_each_member_at_its_own_smallest_passing_coding() -> None:
     assert each["alone_bytes"] == 140 and each["family_bytes"] == 35
     assert each["family_vs_alone"] == 4.0
     # alone, member a passes only under x and b best under y, each at its codec's only point:
-    # both picks are their sweep's coarsest; a coarser x that fails both ends that for a
+    # no other setting gave fewer bytes; a smaller x point (failing both) ends that for a
     assert [p["at_sweep_end"] for p in each["alone"]] == [True, True]
     info["runs"].append(run("alone", "x", [60, 60], [88.0, 78.0]))  # x coarser: fails both
     again = fam.per_member(info, 0.5, "accuracy", data_free=False)
