@@ -41,7 +41,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from vaecompress.codecs.base import split_passthrough  # noqa: E402
+from minilm_arrays import coded_arrays, fidelity  # noqa: E402
+
 from vaecompress.files import atomic_write_json  # noqa: E402
 from vaecompress.methods.rd.allocate import allocate  # noqa: E402
 from vaecompress.methods.rd.feedback import round_with_feedback  # noqa: E402
@@ -55,13 +56,6 @@ FEEDBACK_SNRS = (30.0, 26.0)
 SEPARABLE_SNR = 28.0
 CLIP = 16.0
 GRAM_BATCHES = 16
-
-
-def _fidelity(task: Any, rebuilt: dict[str, torch.Tensor]) -> dict[str, float]:
-    a = task.fidelity(rebuilt, eval_set="eval")
-    b = task.fidelity(rebuilt, eval_set="heldout")
-    return {"cos_mean": a["cos_mean"], "nn_same": a["nn_same"],
-            "heldout_cos_mean": b["cos_mean"], "heldout_nn_same": b["nn_same"]}
 
 
 def _squared_grads(probe: Any, state: dict[str, torch.Tensor], names: list[str],
@@ -156,20 +150,15 @@ def main() -> int:
     torch.set_num_threads(1)
     seed_everything(0)
     task = SentenceTask()
-    state = dict(task.reference)
-    coded, _ = split_passthrough(state)
-    names = [k for k, v in coded.items() if v.numel()]
-    arrays = [coded[k].detach().float().numpy() for k in names]
-    n = sum(a.size for a in arrays)
+    ca = coded_arrays(task)
+    state, names, arrays, n = ca.state, ca.names, ca.arrays, ca.params
     probe = task.probe(seed=0)
     sens = tensor_sensitivities(probe, state, names, arrays, 0)
     points: list[dict[str, Any]] = []
 
     def record(method: str, snr: float, dec: list[np.ndarray], size: int, t0: float) -> None:
-        rebuilt = {**state, **{k: torch.from_numpy(np.ascontiguousarray(w)).reshape(
-            coded[k].shape) for k, w in zip(names, dec, strict=True)}}
         p = {"method": method, "snr": snr, "bytes": size, "ratio": 4 * n / size,
-             "seconds": time.perf_counter() - t0, **_fidelity(task, rebuilt)}
+             "seconds": time.perf_counter() - t0, **fidelity(task, ca.rebuilt(dec))}
         points.append(p)
         print(f"{method:32s} {snr:5.1f} dB {p['ratio']:6.3f}x  cos {p['cos_mean']:.5f} "
               f"nn {100 * p['nn_same']:.1f}%  held-out cos {p['heldout_cos_mean']:.5f} "

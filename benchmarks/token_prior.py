@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from minilm_arrays import coded_arrays, fidelity
 
-from vaecompress.codecs.base import split_passthrough
 from vaecompress.files import atomic_write_json, atomic_write_text
 from vaecompress.methods.rd.allocate import allocate
 from vaecompress.methods.rd.latents import encode_model, encode_tensor
@@ -128,14 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(0)
     t_run = time.perf_counter()
     task = SentenceTask()
-    state = dict(task.reference)
-    coded, _ = split_passthrough(state)
-    names = [k for k, v in coded.items() if v.numel()]
-    arrays = [coded[k].detach().float().numpy() for k in names]
-    n = sum(a.size for a in arrays)
+    ca = coded_arrays(task)
+    names, arrays, n = ca.names, ca.arrays, ca.params
     e = names.index(EMBEDDING)
     vocab = arrays[e].shape[0]
-    sens = tensor_sensitivities(task.probe(seed=0), state, names, arrays, 0)
+    sens = tensor_sensitivities(task.probe(seed=0), ca.state, names, arrays, 0)
     counts = {name: token_counts(task, read_sentences(name), vocab)
               for name in ("train", "eval", "heldout")}
     ids = np.arange(vocab, dtype=np.float64)
@@ -143,14 +140,6 @@ def main(argv: list[str] | None = None) -> int:
               "token id": 1 / (np.maximum(ids - ID_OFFSET, 0) + ID_SCALE),
               "oracle: eval": counts["eval"] + 0.5,
               "oracle: held-out": counts["heldout"] + 0.5}
-
-    def fidelity(dec: list[np.ndarray]) -> dict[str, float]:
-        rebuilt = {**state, **{k: torch.from_numpy(np.ascontiguousarray(w)).reshape(
-            coded[k].shape) for k, w in zip(names, dec, strict=True)}}
-        a = task.fidelity(rebuilt, eval_set="eval")
-        b = task.fidelity(rebuilt, eval_set="heldout")
-        return {"cos_mean": a["cos_mean"], "nn_same": a["nn_same"],
-                "heldout_cos_mean": b["cos_mean"], "heldout_nn_same": b["nn_same"]}
 
     points: list[dict[str, Any]] = []
     for snr in SNRS:
@@ -168,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             pt = {"snr": snr, "prior": label, "embedding_bytes": size,
                   "bytes": total - emb + size, "ratio": 4 * n / (total - emb + size),
-                  **fidelity(d), "seconds": time.perf_counter() - t0}
+                  **fidelity(task, ca.rebuilt(d)), "seconds": time.perf_counter() - t0}
             points.append(pt)
             print(pt, flush=True)
     res = {"environment": environment(torch.device("cpu"), 0),

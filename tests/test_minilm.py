@@ -412,3 +412,25 @@ def test_distill_coverage_losses(task) -> None:  # type: ignore[no-untyped-def]
     cov = dc.coverage(task)
     for name in ("eval", "heldout"):
         assert 0 < cov[name]["distinct_seen"] <= cov[name]["tokens_seen"] <= 1
+
+
+@needs_minilm
+def test_the_benchmarks_arrays_rebuild_the_model(task) -> None:  # type: ignore[no-untyped-def]
+    """`benchmarks/minilm_arrays.py`: the coded tensors as arrays, rebuilt as they are, are the
+    model (fidelity 1 on both texts); one tensor changed moves only that tensor."""
+    from conftest import load_script
+
+    ma = load_script("benchmarks/minilm_arrays.py")
+    ca = ma.coded_arrays(task)
+    assert ca.params == 22_713_216 and "embeddings.position_ids" not in ca.names
+    same = ca.rebuilt(list(ca.arrays))
+    assert all(torch.equal(same[k], v) for k, v in task.reference.items())
+    fid = ma.fidelity(task, same)
+    assert fid["cos_mean"] > 0.99999 and fid["heldout_cos_mean"] > 0.99999
+    assert fid["nn_same"] == fid["heldout_nn_same"] == 1.0
+    e = ca.names.index("embeddings.word_embeddings.weight")
+    arrays = list(ca.arrays)
+    arrays[e] = arrays[e] * 0
+    moved = ca.rebuilt(arrays)
+    assert [k for k in task.reference if not torch.equal(moved[k], task.reference[k])] == \
+        ["embeddings.word_embeddings.weight"]
