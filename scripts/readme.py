@@ -379,7 +379,7 @@ def _coding(c: dict[str, Any] | None) -> str:
 def _sweep_end(picks: list[dict[str, Any]]) -> str:
     """`*` where, for some member, no setting of its pick's codec gave fewer bytes
     (`per_member`'s `at_sweep_end`)."""
-    return "*" if any(p.get("at_sweep_end") for p in picks) else ""
+    return "*" if any(p["at_sweep_end"] for p in picks) else ""
 
 
 def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]:
@@ -436,7 +436,7 @@ def _families_section(found: list[tuple[dict[str, Any], str, str]]) -> list[str]
         out += ["The same sweeps with each member at its own smallest passing coding (what "
                 "compressing each fine-tune with its own `--max-drop` would pick), alone and "
                 "against the base (`*`: for some member, no setting its pick's codec was "
-                "tried at gave fewer bytes, so a coarser one might pass too):", "",
+                "tried at gave fewer bytes, so a smaller coding of it was not tried):", "",
                 "| model | family (members) | codecs | each alone | each against the base | "
                 "family vs alone |", "|---|---|---|---|---|---|", *each_rows, ""]
     for res, rel, cmd in found:

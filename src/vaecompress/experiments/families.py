@@ -351,8 +351,8 @@ def per_member(info: dict[str, Any], tolerance: float, score_key: str,
     codings or all: the family's bytes when its members need not share one setting. None for
     a family not coded against a base (a series' members depend on the ones before) or where
     some member passes under no coding. A pick is `at_sweep_end` where no setting its codec was
-    tried at gave that member fewer bytes: a coarser one might pass too, so the sweep may have
-    stopped before the member's own smallest coding."""
+    tried at gave that member fewer bytes: a smaller coding of it was not tried, so the sweep
+    may have stopped before the member's own smallest passing one."""
     originals = [m[score_key] for m in info["members"]]
     picks: dict[str, list[dict[str, Any]]] = {}
     for how in ("alone", "base"):
@@ -384,8 +384,8 @@ ACCURACY = {"key": "accuracy", "name": "accuracy", "digits": 2, "unit": "%",
 
 def _end(pick: dict[str, Any]) -> str:
     """`*` after a member's pick that no other setting of its codec beat in bytes for that
-    member (`per_member`'s `at_sweep_end`); picks made before the flag existed carry none."""
-    return "*" if pick.get("at_sweep_end") else ""
+    member (`per_member`'s `at_sweep_end`)."""
+    return "*" if pick["at_sweep_end"] else ""
 
 
 def render(results: dict[str, Any]) -> str:
@@ -443,7 +443,8 @@ def render(results: dict[str, Any]) -> str:
                                       for p in each["family"])
                           + f"): {each['family_vs_alone']:.2f}x fewer bytes than alone."
                           + (" `*`: no setting that codec was tried at gave that member "
-                             "fewer bytes; a coarser one might pass too." if ends else "")]
+                             "fewer bytes, so a smaller coding of it was not tried." if ends
+                             else "")]
         for bd_key, how in (("bitdelta", "data-free"),
                             ("bitdelta_refined", "its scales refined on the task")):
             if bd_key in s:
