@@ -148,6 +148,33 @@ def test_prior_mass_sums_to_one_over_the_integers() -> None:
         assert abs(float(prior.mass(ints, g).sum().detach()) - 1.0) < 1e-4
 
 
+def test_the_first_component_stays_centred_on_zero() -> None:
+    """The spike's mean is held at zero: its learned value changes no mass and gets no
+    gradient, so latents clustered at a half-integer (a delta's own mean, in bins) cannot pull
+    it there, where the noisy latents cost nothing and the rounded ones a bit each."""
+    prior = MixturePrior(1, 3)
+    z = torch.arange(-6.0, 7.0)
+    before = prior.mass(z, 0).detach().clone()
+    with torch.no_grad():
+        prior.means[0, 0] = 0.5
+    torch.testing.assert_close(prior.mass(z, 0).detach(), before)
+    with torch.no_grad():
+        prior.means[0, 1] = 0.5  # the other components' means still count
+    assert not torch.allclose(prior.mass(z, 0).detach(), before)
+
+    prior = MixturePrior(1, 3)
+    opt = torch.optim.Adam(prior.parameters(), lr=0.05)
+    half = torch.full((2000,), 0.5) + 0.02 * torch.randn(2000, generator=torch.Generator()
+                                                         .manual_seed(0))
+    for i in range(200):
+        opt.zero_grad()
+        noisy = half + torch.rand(half.shape, generator=torch.Generator().manual_seed(i)) - 0.5
+        prior.bits_fast(noisy, 0).backward()
+        opt.step()
+    assert float(prior.means[0, 0]) == 0.0
+    assert float(prior.means[0, 1:].abs().max()) > 0.05  # where the others do move
+
+
 def test_interpolated_rate_has_gradients_for_latents_and_prior() -> None:
     prior = MixturePrior(1, 2)
     z = (torch.randn(100) * 3).requires_grad_(True)
