@@ -67,7 +67,7 @@ def _raw(t: torch.Tensor) -> memoryview:
     if t.numel() == 0:
         return memoryview(b"")
     flat = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 def _digest(state: Mapping[str, torch.Tensor], *, with_bytes: bool) -> str:
@@ -138,7 +138,7 @@ def _cell(scale: float, dtype: str) -> float:
 
 
 def _grid(state: Mapping[str, torch.Tensor], scales: list[float] | None
-          ) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+          ) -> tuple[list[float], list[np.ndarray], list[torch.Tensor]]:
     """(scales, sums in cell units, per tensor) of the floating, non-empty tensors."""
     out_scales, units = [], []
     floats = [t for t in state.values() if t.is_floating_point() and t.numel()]

@@ -55,7 +55,8 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_output_path(path: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:
+def check_output_path(path: str | os.PathLike[str], *,
+                      inputs: Sequence[str | Path] = ()) -> Path:
     """Refuse, as bad input and before any work, an output that would lose data or cannot be
     written: one of `inputs` (the same file by inode or by resolved path), anything that is not
     a regular file (a symlink, a device node, a FIFO, a folder: never replaced), or a path whose
@@ -136,7 +137,8 @@ def _name_unnamed(f: IO[bytes], path: Path) -> str:
         return tmp
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> int:
+def atomic_write(path: str | os.PathLike[str],
+                 write: Callable[[IO[bytes]], object]) -> int:
     """Call `write(f)` on a temp file beside `path`, fsync, rename it to `path`; returns the
     bytes written. On any error the temp file is removed and `path` is untouched; on Linux the
     temp file has no name until it is complete, so not even a kill -9 leaves one behind. The
@@ -189,7 +191,7 @@ def atomic_write_all(files: Sequence[tuple[str | Path, bytes]]) -> None:
         _fsync_dir(parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> int:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
     return atomic_write(path, lambda f: f.write(data))
 
 

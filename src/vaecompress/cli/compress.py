@@ -292,9 +292,13 @@ def _report(args: argparse.Namespace, res: Any, task: Task) -> None:
     target = res.report.get("target")
     # Under --max-drop the change's fidelity was the searched knob: --set change_snr would
     # replace the search's knob, not help it (`Codec.fidelity_knob`).
-    remedy = ({"remedy": "the task lost at most --max-drop on the validation data; a smaller "
-               "--max-drop keeps more of the change", "measured": True} if target else {})
-    print(f"{res.codec}{_chosen(res)}: {describe(res.fidelity, **remedy)}")
+    if target:
+        fidelity = describe(res.fidelity, remedy="the task lost at most --max-drop on the "
+                            "validation data; a smaller --max-drop keeps more of the change",
+                            measured=True)
+    else:
+        fidelity = describe(res.fidelity)
+    print(f"{res.codec}{_chosen(res)}: {fidelity}")
     if "synthesize_s" in res.report:
         print(f"{res.codec}: distilled without data, on {res.report['synthetic_batches']} "
               f"batches of inputs made from the model by inversion "

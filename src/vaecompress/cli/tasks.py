@@ -224,7 +224,7 @@ def _mnist_finetuner(args: argparse.Namespace, arch: Any, state: Any, train: Any
     return finetune, (f"distilling {arch.name} from the input model (the teacher):"
                       f" KL divergence of the predictions, on {len(train):,} MNIST "
                       f"training images, labels unused "
-                      f"({_steps(finetune.steps_per_epoch)} an epoch)")
+                      f"({_steps(finetune.steps_per_epoch or 0)} an epoch)")
 
 
 def _accuracy_measure(

@@ -265,7 +265,7 @@ class DeepCompressionCodec(Codec):
             if nnz and (_last_position(gaps, n) >= n or int(idx.max()) >= k):
                 raise FormatError(f"deep-compression: stream of '{spec['name']}' is out of range")
             positions = np.cumsum(gaps, dtype=np.uint32 if n <= 2**32 else np.int64)
-            positions += np.arange(nnz, dtype=positions.dtype)
+            np.add(positions, np.arange(nnz, dtype=positions.dtype), out=positions)
             out[spec["name"]] = reconstruct(Clustered(shape, idx, "b", positions), {"b": book})
         if next(rows, None) is not None or pos != len(data):
             raise FormatError("deep-compression payload holds more than the manifest needs")

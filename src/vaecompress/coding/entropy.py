@@ -220,7 +220,7 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int | None = None) -> byt
     words = None
     if best is not None and best[0] < packed_cost:
         words = _ans_words(ranks_of(), best[1])
-    if words is None:
+    if words is None or best is None:
         out.append(MODE_PACKED)
         write_varint(out, n)
         write_varint(out, width)

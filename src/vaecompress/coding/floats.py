@@ -32,7 +32,8 @@ def numel(shape: list[int]) -> int:
 
 def split_floats(state: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict]:
     """(floating tensors, everything else), each in the order of `state`."""
-    floats, other = {}, {}
+    floats: StateDict = {}
+    other: StateDict = {}
     for k, v in state.items():
         (floats if is_float_dtype(str(v.dtype).removeprefix("torch.")) else other)[k] = v
     return floats, other

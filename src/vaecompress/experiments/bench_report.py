@@ -63,9 +63,9 @@ def best_within(records: list[dict[str, Any]], tol: float) -> dict[tuple[str, st
     best: dict[tuple[str, str], dict | None] = {}
     for r in records:
         key = (r["model"], method_of(r)[0])
-        best.setdefault(key, None)
+        current = best.setdefault(key, None)
         if r["acc_drop"] <= tol and (
-            best[key] is None or r["ratio_honest"] > best[key]["ratio_honest"]
+            current is None or r["ratio_honest"] > current["ratio_honest"]
         ):
             best[key] = r
     return best

@@ -53,7 +53,7 @@ class ZooBench:
     """The bench task of the MNIST zoo at one of `PRESETS`; MNIST is read on first use."""
 
     name = "zoo"
-    fidelity_fields = ("acc_orig", "acc_recon", "acc_drop")
+    fidelity_fields: tuple[str, ...] = ("acc_orig", "acc_recon", "acc_drop")
 
     def __init__(self, preset: str = "quick", *, seed: int = 0,
                  device: torch.device | str = "cpu", progress: bool = True,

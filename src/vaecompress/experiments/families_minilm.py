@@ -62,9 +62,9 @@ from vaecompress.io import StateDict
 from vaecompress.runinfo import auto_threads, environment, resolve_device
 from vaecompress.training.finetune import Finetuner
 
-METRIC = {"key": "cos_mean", "name": "mean cosine on the held-out text", "digits": 5,
-          "unit": "", "lost": "",
-          "command": "python -m vaecompress.experiments.families_minilm"}
+METRIC: dict[str, Any] = {"key": "cos_mean", "name": "mean cosine on the held-out text",
+                          "digits": 5, "unit": "", "lost": "",
+                          "command": "python -m vaecompress.experiments.families_minilm"}
 
 
 @dataclass(frozen=True)

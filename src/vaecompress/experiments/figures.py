@@ -73,7 +73,8 @@ def training_curves(rec: Record) -> dict[str, list[float]]:
 
     hist = rec.get("history") or {}
     settings = rec.get("settings") or {}
-    dim, sigma = settings.get("chunk_size"), settings.get("sigma_x")
+    dim: Any = settings.get("chunk_size")  # checked by `_finite` before use
+    sigma: Any = settings.get("sigma_x")
 
     def rms(mse: Sequence[float]) -> list[float]:
         return [math.sqrt(max(m, 1e-30)) if _finite(m) else math.nan for m in mse]
@@ -207,7 +208,7 @@ def fig_params_time(models: Sequence[str], params: Sequence[int | None],
     _bar_labels(a, bars, [f"{v:,}" if v is not None else "n/a" for v in params])
     a.set_title("(a) parameters per model")
     a.set_ylabel("parameters")
-    t = [v if _finite(v) else 0.0 for v in s_per_epoch_per_m]
+    t = [float(v) if v is not None and _finite(v) else 0.0 for v in s_per_epoch_per_m]
     bars = b.bar(x, t, color="#dd8452")
     _bar_labels(b, bars, [f"{v:.3g} s" if _finite(v) else "n/a" for v in s_per_epoch_per_m])
     b.set_title("(b) VAE training time per epoch and parameter")

@@ -42,9 +42,10 @@ def fmt_s(x: Any) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
 
 
-def span(values: Sequence[float], fmt: Any = fmt_ratio) -> str:
-    """"X" when every value formats the same, else "X-Y" (min-max)."""
-    vals = [v for v in values if finite(v)]
+def span(values: Sequence[float | None], fmt: Any = fmt_ratio) -> str:
+    """"X" when every value formats the same, else "X-Y" (min-max); values that are not finite
+    numbers (None among them) are left out."""
+    vals = [v for v in values if v is not None and finite(v)]
     if not vals:
         return "—"
     lo, hi = fmt(min(vals)), fmt(max(vals))

@@ -73,7 +73,8 @@ def summary_table(results: dict[str, Any], prefix: str = "") -> str:
         added = " / ".join(_cost(r, "peak_added_bytes_per_param") for r in costs)
         first = f"| {m}{' (data)' if data else ''} "
         if strict:
-            first += f"| {fmt_ratio3(near[m]['ratio_honest']) if near[m] else '-'} "
+            point = near[m]
+            first += f"| {fmt_ratio3(point['ratio_honest']) if point else '-'} "
         lines.append(first + f"| {ratios} | {kept} | {seconds} | {added} |")
     return "\n".join(lines)
 

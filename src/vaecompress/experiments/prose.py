@@ -4,6 +4,7 @@ never typed by hand, so it cannot disagree with the tables."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vaecompress.accounting import break_even_k, per_model_limit, split_shared
@@ -57,7 +58,7 @@ def honest_finding(sel: Selection) -> str:
     shared = _sharing(recs)
     if shared:
         text.append(shared)
-    drops = [r.get("acc_drop") for r in recs if finite(r.get("acc_drop"))]
+    drops = [float(r["acc_drop"]) for r in recs if finite(r.get("acc_drop"))]
     if drops:
         text.append(accuracy_change(drops, sel.latent))
     sw = [r for r in sel.sweep if finite(r.get("acc_drop"))]
@@ -66,7 +67,7 @@ def honest_finding(sel: Selection) -> str:
     return " ".join(text)
 
 
-def _sizes(sel: Selection, recs: list[dict[str, Any]]) -> str:
+def _sizes(sel: Selection, recs: Sequence[Mapping[str, Any]]) -> str:
     """The codes against the weights, the decoder against the model, and what a user stores."""
     names = ", ".join(model_name(r["model"]) for r in recs)
     rp = [r.get("ratio_paper") for r in recs]
@@ -94,7 +95,7 @@ def _sizes(sel: Selection, recs: list[dict[str, Any]]) -> str:
     return first + ", " + verdict + "."
 
 
-def _sharing(recs: list[dict[str, Any]]) -> str:
+def _sharing(recs: Sequence[Mapping[str, Any]]) -> str:
     """When one decoder shared by many models pays, and the limit of sharing ('' when no
     record says)."""
     pairs = [(r, k) for r in recs if (k := _break_even(r)) is not None]
@@ -133,7 +134,7 @@ def _sharing(recs: list[dict[str, Any]]) -> str:
     return joined[0].upper() + joined[1:] + "."
 
 
-def _sweep(sel: Selection, sw: list[dict[str, Any]]) -> str:
+def _sweep(sel: Selection, sw: Sequence[Mapping[str, Any]]) -> str:
     """How far down the latent sweep the model keeps its accuracy, and what the ratios do."""
     # The smallest latent from which every larger latent also stays within DROP_OK.
     keep = None

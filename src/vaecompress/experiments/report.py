@@ -144,7 +144,8 @@ def _samples_sections(sel: Selection, out: Path, data_dir: str | Path | None,
                       test_split: Any) -> list[str]:
     """MNIST test samples (paper Figures 4 and 5), rebuilt by the CNN and the RNN."""
     md = ["## MNIST test samples (paper Figures 4 and 5)", ""]
-    test, test_error = (test_split, None) if test_split is not None else (None, None)
+    test: Any = test_split
+    test_error: str | None = None
     need = [m for m in ("cnn", "rnn") if m in sel.main]
     if need and test is None:
         test, test_error = _load_test(data_dir)

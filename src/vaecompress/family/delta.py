@@ -35,7 +35,7 @@ import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,6 +44,9 @@ from vaecompress.errors import FormatError, UserError
 from vaecompress.io import StateDict
 from vaecompress.params.vector import dtype_name
 from vaecompress.training.finetune import Finetuner
+
+if TYPE_CHECKING:
+    from vaecompress.codecs.base import Codec
 
 BASE_KEY = "vaecompress.base"
 OPS = ("sub", "xor")  # difference (lossy codecs) or bitwise XOR (lossless codecs)
@@ -157,7 +160,7 @@ def _energy(state: Mapping[str, torch.Tensor]) -> float:
                for t in state.values() if t.is_floating_point())
 
 
-def delta_settings(codec_cls: type, settings: Mapping[str, Any], state: StateDict,
+def delta_settings(codec_cls: type[Codec], settings: Mapping[str, Any], state: StateDict,
                    coded: StateDict) -> tuple[dict[str, Any], dict[str, float]]:
     """The codec's settings for coding `coded` (the delta of `state`), and what was changed:
     `lam` scaled by |w|^2 / |d|^2 for a codec that weighs its rate against an error relative to
@@ -208,7 +211,8 @@ class Plan:
     report: dict[str, float]
 
 
-def plan(codec_cls: type, state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
+def plan(codec_cls: type[Codec], state: Mapping[str, torch.Tensor],
+         base: Mapping[str, torch.Tensor],
          settings: Mapping[str, Any], finetune: Finetuner | None) -> Plan:
     """Code `state` against `base` with the codec `codec_cls` (lossless: XOR, else the
     difference); a lossy codec refuses a base with NaN or Inf where it is used."""

@@ -58,7 +58,7 @@ class Indexed(NamedTuple):
     tuple, so that what fingerprints a batch, `methods.rd.train`'s checkpoint, sees its
     contents)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, which nothing here uses)
     batch: Any
 
 
@@ -253,9 +253,10 @@ def distiller(teacher: nn.Module | Outputs,
     (`Finetuner.validation`).
     """
     if isinstance(teacher, nn.Module):
-        outputs: Outputs = ModuleOutputs(teacher, hidden=hidden, prefix=prefix)
+        module_outputs = ModuleOutputs(teacher, hidden=hidden, prefix=prefix)
+        outputs: Outputs = module_outputs
         if state is None:
-            state = {k: v.detach() for k, v in outputs.run.net.state_dict().items()}
+            state = {k: v.detach() for k, v in module_outputs.run.net.state_dict().items()}
     else:
         if not callable(teacher):
             raise UserError(f"a distillation teacher is an nn.Module or a function "

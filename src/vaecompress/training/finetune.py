@@ -63,8 +63,9 @@ class Finetuner:
         if self.frozen is None:
             self.frozen = frozenset(getattr(self.loss, "buffers", ()))
         if self.steps_per_epoch is None:
-            sized = not callable(self.batches) and isinstance(self.batches, Sized)
-            self.steps_per_epoch = len(self.batches) if sized else DEFAULT_STEPS_PER_EPOCH
+            b = self.batches
+            self.steps_per_epoch = (len(b) if not callable(b) and isinstance(b, Sized)
+                                    else DEFAULT_STEPS_PER_EPOCH)
             if self.steps_per_epoch == 0:
                 raise UserError("Finetuner: the batches are empty")
         if isinstance(self.steps_per_epoch, bool) or not isinstance(self.steps_per_epoch, int) \
@@ -77,6 +78,13 @@ class Finetuner:
                                 "or a collection that can be iterated again (a list, a "
                                 "DataLoader), not a one-shot iterator")
             self.batches = partial(_cycle, self.batches)
+
+    def stream(self) -> Iterator[Any]:
+        """A fresh endless iterator of the training batches (`batches()`, which
+        `__post_init__` made a function whatever it was given)."""
+        if not callable(self.batches):  # only where a caller replaced it after construction
+            raise UserError("Finetuner: batches must be a function returning an iterator")
+        return self.batches()
 
 
 def _cycle(items: Iterable[Any]) -> Iterator[Any]:
@@ -93,6 +101,7 @@ def _bn_eval(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tens
     """BatchNorm in eval mode as plain arithmetic: differentiable in the running statistics,
     which `F.batch_norm` is not."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
+    assert bn.running_mean is not None and bn.running_var is not None  # patched only then
     y = (x - bn.running_mean.reshape(shape)) * torch.rsqrt(bn.running_var.reshape(shape) + bn.eps)
     if bn.weight is not None:
         y = y * bn.weight.reshape(shape)
@@ -154,7 +163,7 @@ def run_finetune(params: dict[str, torch.Tensor],
     if steps <= 0 or not params:
         return []
     opt = torch.optim.Adam(list(params.values()), lr=lr)
-    batches = finetuner.batches()
+    batches = finetuner.stream()
     losses: list[float] = []
     chunk = max(1, steps // 10)
     total = [0.0]
@@ -181,7 +190,8 @@ def run_finetune(params: dict[str, torch.Tensor],
 
 
 def finetune_steps(ctx: TaskContext, epochs: float) -> int:
-    return round(epochs * ctx.finetune.steps_per_epoch) if ctx.finetune and epochs > 0 else 0
+    per_epoch = ctx.finetune.steps_per_epoch if ctx.finetune is not None else None
+    return round(epochs * per_epoch) if per_epoch and epochs > 0 else 0
 
 
 def masked_finetune(state: StateDict, masks: Mapping[str, torch.Tensor], ctx: TaskContext,
@@ -190,11 +200,12 @@ def masked_finetune(state: StateDict, masks: Mapping[str, torch.Tensor], ctx: Ta
     """Retrain every floating tensor of `state`, keeping the masked weights at zero. Returns the
     new state (on the CPU) and the loss curve; unchanged state when there is no finetuner."""
     steps = finetune_steps(ctx, epochs)
-    if steps == 0:
+    finetuner = ctx.finetune
+    if steps == 0 or finetuner is None:
         return dict(state), []
     coded, _ = split_floats(state)
     dev = ctx.device
-    frozen = ctx.finetune.frozen or frozenset()
+    frozen = finetuner.frozen or frozenset()
     params = {k: v.detach().to(dev, torch.float32).clone().requires_grad_(True)
               for k, v in coded.items() if k not in frozen}
     dev_masks = {k: m.to(dev) for k, m in masks.items() if k in params}
@@ -207,7 +218,7 @@ def masked_finetune(state: StateDict, masks: Mapping[str, torch.Tensor], ctx: Ta
         for k, m in dev_masks.items():
             params[k].mul_(m)
 
-    losses = run_finetune(params, lambda: {**fixed, **params}, ctx.finetune, steps, lr,
+    losses = run_finetune(params, lambda: {**fixed, **params}, finetuner, steps, lr,
                           after_step=reapply, desc=f"{desc} {ctx.label}".strip(),
                           progress=ctx.progress)
     out = {k: (params[k].detach().to("cpu").to(v.dtype) if k in params else v)
@@ -224,10 +235,11 @@ def finetune_centroids(state: StateDict, clustered: Mapping[str, Clustered],
     Updates `codebooks` in place; returns the other retrained tensors and the loss curve."""
     steps = finetune_steps(ctx, epochs)
     coded, _ = split_floats(state)
-    if steps == 0:
+    finetuner = ctx.finetune
+    if steps == 0 or finetuner is None:
         return {k: v for k, v in coded.items() if k not in clustered}, []
     dev = ctx.device
-    frozen = ctx.finetune.frozen or frozenset()
+    frozen = finetuner.frozen or frozenset()
     books = {k: torch.tensor(v, dtype=torch.float32, device=dev, requires_grad=True)
              for k, v in codebooks.items()}
     free = {k: v.detach().to(dev, torch.float32).clone().requires_grad_(True)
@@ -250,7 +262,7 @@ def finetune_centroids(state: StateDict, clustered: Mapping[str, Clustered],
         return out
 
     params = {**{f"book:{k}": v for k, v in books.items()}, **free}
-    losses = run_finetune(params, make_state, ctx.finetune, steps, lr,
+    losses = run_finetune(params, make_state, finetuner, steps, lr,
                           desc=f"{desc} {ctx.label}".strip(), progress=ctx.progress)
     for k, v in books.items():
         codebooks[k] = v.detach().to("cpu").numpy().astype(np.float32)

@@ -266,7 +266,9 @@ class _Epochs:
         curves = saved.get("history")
         if not isinstance(curves, dict):
             raise CheckpointError("field 'history' is malformed")
-        hist = VAEHistory(**{k: number_list(curves, k, epoch) for k in _CURVES})
+        hist = VAEHistory()
+        for k in _CURVES:
+            setattr(hist, k, number_list(curves, k, epoch))
         hist.best_epoch = count(saved, "best_epoch", 0, epoch)
         best_loss = saved.get("best_loss")
         if not isinstance(best_loss, float) or math.isnan(best_loss):

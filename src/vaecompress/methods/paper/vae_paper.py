@@ -138,13 +138,13 @@ def _affine(layout: ParamLayout, stats: Any) -> tuple[torch.Tensor, torch.Tensor
         raise FormatError("normalization statistics do not match the tensor manifest")
     stats = {"mean": [_check_stat(x, positive=False) for x in means],
              "std": [_check_stat(x, positive=True) for x in stds]}
-    mean = torch.repeat_interleave(
+    per_mean = torch.repeat_interleave(
         torch.tensor(stats["mean"], dtype=torch.float64), torch.tensor(sizes)
     ).float()
-    std = torch.repeat_interleave(
+    per_std = torch.repeat_interleave(
         torch.tensor(stats["std"], dtype=torch.float64), torch.tensor(sizes)
     ).float()
-    return mean, std
+    return per_mean, per_std
 
 
 @register

@@ -129,7 +129,7 @@ class RDModel(nn.Module):
                     self.prior.fit_scale(i, spread if math.isfinite(spread) else 1.0)
 
     def n_params(self) -> int:
-        return int(self._n)
+        return int(self.get_buffer("_n"))
 
     def orig(self, i: int) -> torch.Tensor:
         return getattr(self, f"orig{i}")

@@ -110,7 +110,8 @@ def _backward_by_tensor(model: RDModel, lam: float, n: int) -> tuple[torch.Tenso
 def _shares(sizes: list[int], processes: int) -> list[list[int]]:
     """The tensors (indices into `sizes`) of each process: the largest first, each to the
     process with the fewest parameters so far."""
-    loads, parts = [0] * processes, [[] for _ in range(processes)]
+    loads = [0] * processes
+    parts: list[list[int]] = [[] for _ in range(processes)]
     for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
         r = min(range(processes), key=lambda r: (loads[r], r))
         parts[r].append(i)

@@ -206,7 +206,7 @@ class VAERDCodec(Codec):
             trim_memory()  # the training's freed tensors, not kept under the coding that follows
         else:
             res = train_rd(live, cfg, fixed=fixed,
-                           task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
+                           task_loss=ctx.finetune.loss, batches=ctx.finetune.stream(),
                            device=ctx.device, progress=ctx.progress, desc=desc,
                            checkpoint=ctx.checkpoint)
         data = encode_model([z.numpy() for z in res.ints], [s.numpy() for s in res.steps],
@@ -248,7 +248,8 @@ class VAERDCodec(Codec):
         weighting = "fisher" if ctx.probe is not None else "relative"
         # Coding a delta: the weighting, the probe and the target are the model's
         # (`reference`), as in vae-rd-free, not the delta's.
-        model, weights, energies = state, arrays, None
+        model: Mapping[str, torch.Tensor] = state
+        weights, energies = arrays, None
         if ctx.reference is not None:
             model = ctx.reference
             weights = [model[k].detach().to("cpu", torch.float32).numpy() for k in live]
@@ -268,7 +269,7 @@ class VAERDCodec(Codec):
         cfg = replace(cfg, rate_sample=s.rate_sample, slope=s.slope, patience=s.patience,
                       validate_every=max(1, cfg.steps // CHECKS))
         res = train_warm(live, cfg, init, init_latents=latents,
-                         task_loss=ctx.finetune.loss, batches=ctx.finetune.batches(),
+                         task_loss=ctx.finetune.loss, batches=ctx.finetune.stream(),
                          validation=ctx.finetune.validation, fixed=fixed, device=ctx.device,
                          progress=ctx.progress, desc=desc)
         times = {k: res.history[k][0] for k in ("task_s", "rate_s", "validation_s")}
@@ -286,7 +287,7 @@ class VAERDCodec(Codec):
         the other tensors start at `w / step`. The task runs on `device`, as the training's
         does (a CPU tensor stays itself: no copy)."""
         # up to `gram_batches` (a stream that ends sooner gives what it has)
-        batches = list(itertools.islice(finetune.batches(), self.settings.gram_batches))
+        batches = list(itertools.islice(finetune.stream(), self.settings.gram_batches))
         if not batches:
             return {}
         tensors = {k: v.to(device) for k, v in {**fixed, **live}.items()}

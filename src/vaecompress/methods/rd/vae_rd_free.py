@@ -229,14 +229,15 @@ class VAERDFreeCodec(Codec):
                             "(CLI: a zoo model or --arch; Python: CodecContext(probe=...))")
         arrays = [v.detach().to("cpu", torch.float32).numpy() for v in live.values()]
         # Coding a delta: the weighting, the probe and the target are the model's (`reference`).
-        model, weights, energies, change = state, arrays, None, None
+        model: Mapping[str, torch.Tensor] = state
+        weights, energies, change = arrays, None, None
         if ctx.reference is not None:
             model = ctx.reference
             weights = [model[k].detach().to("cpu", torch.float32).numpy() for k in live]
             energies = [float(np.square(w, dtype=np.float64).sum()) for w in weights]
             changed = set(ctx.change)
             change = [k in changed for k in live]
-        if weighting == "fisher":
+        if weighting == "fisher" and ctx.probe is not None:  # (checked above)
             sens = tensor_sensitivities(ctx.probe, model, list(live), weights, ctx.seed)
         else:
             sens = relative_sensitivities(weights)
