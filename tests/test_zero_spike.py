@@ -56,3 +56,21 @@ def test_summary_pairs_the_spikes_and_finds_a_file_growing_with_lam() -> None:
     text = zs.render({"environment": {"git_revision": "x", "seed": 0}, "command": "c",
                       "rows": rows, "summary": s, "run_s": 1.0})
     assert "| fnn | noisy | base | 4 | 2,000 (+0.30) | 500 (+0.50) | 0.250 |" in text
+
+
+def test_minilm_rows_stay_out_of_the_mnist_summary_and_get_their_own_table() -> None:
+    mini = {"model": "all-MiniLM-L6-v2", "member": "the model", "how": "alone",
+            "points": [{"snr": 14.0, "spike": s, "file_bytes": b, "compress_s": 700.0,
+                        "cos_mean": 0.997, "nn_same": 0.9, "heldout_cos_mean": 0.9938,
+                        "heldout_nn_same": 0.85} for s, b in (("learned", 100), ("zero", 90))]}
+    assert zs.summary([mini])["points"] == 0
+    mnist = {"model": "fnn", "member": "the model", "how": "alone",
+             "points": [_pt(4, "learned", 1000, 0.1), _pt(4, "zero", 1100, 0.3)]}
+    s = zs.summary([mnist, mini])
+    assert s["points"] == 1 and s["bytes_ratio_geomean"] == pytest.approx(1.1)
+    text = zs.render({"environment": {"git_revision": "x", "seed": 0}, "command": "c",
+                      "rows": [mnist, mini], "summary": s, "run_s": 1.0})
+    assert "| zero | 90 | 0.99700 / 90.0% | 0.99380 / 85.0% | 700 |" in text
+    alone = zs.render({"environment": {"git_revision": "x", "seed": 0}, "command": "c",
+                       "rows": [mini], "summary": zs.summary([mini]), "run_s": 1.0})
+    assert "| learned | 100 |" in alone and "Over " not in alone
