@@ -147,7 +147,7 @@ def finetuner(task: Any, variant: str, seed: int = 0) -> Finetuner:
 
     def batches() -> Iterator[tuple[Batch, torch.Tensor | None]]:
         gen = torch.Generator().manual_seed(1000 + seed)
-        for real in base.batches():  # type: ignore[operator]
+        for real in base.stream():
             if variant != "synthetic":
                 yield real, None
                 continue
