@@ -5,6 +5,8 @@ Request: one JSON object on stdin (`op`: probe, encode or decode; `dir`: a folde
 arrays). Reply: `<dir>/reply.json`. Never imported by the package.
 """
 
+from __future__ import annotations
+
 import contextlib
 import importlib.metadata
 import io
@@ -14,10 +16,11 @@ import sys
 import time
 import traceback
 import types
+from typing import Any
 
 
 class _Meta(type):
-    def __getattr__(cls, name):
+    def __getattr__(cls, name: str) -> _Meta:
         if name.startswith("__"):
             raise AttributeError(name)
         return _Meta(name, (cls,), {})
@@ -26,18 +29,18 @@ class _Meta(type):
 class _Missing(metaclass=_Meta):
     """Stands in for any torchvision/cv2 class or function: constructible, subclassable."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
 
 class _StubModule(types.ModuleType):
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> _Meta:
         if name.startswith("__"):
             raise AttributeError(name)
         return _Meta(name, (_Missing,), {})
 
 
-def _probe(req, np):
+def _probe(req: dict[str, Any], np: Any) -> dict[str, Any]:
     return {
         "versions": {
             "nncodec": importlib.metadata.version("nncodec"),
@@ -47,7 +50,7 @@ def _probe(req, np):
     }
 
 
-def _encode(req, np):
+def _encode(req: dict[str, Any], np: Any) -> dict[str, Any]:
     from nncodec.nn import encode
 
     folder = req["dir"]
@@ -69,7 +72,7 @@ def _encode(req, np):
     return {"elapsed_s": elapsed}
 
 
-def _decode(req, np):
+def _decode(req: dict[str, Any], np: Any) -> dict[str, Any]:
     from nncodec.nn import decode
 
     folder = req["dir"]
@@ -89,9 +92,9 @@ def _decode(req, np):
 OPS = {"probe": _probe, "encode": _encode, "decode": _decode}
 
 
-def main():
+def main() -> None:
     req = json.loads(sys.stdin.read())
-    reply = {"ok": False}
+    reply: dict[str, Any] = {"ok": False}
     log = io.StringIO()
     try:
         # NNCodec imports these at module level for its image data sets only; coding a dict of
