@@ -179,3 +179,11 @@ def test_a_record_is_measured_again_in_another_file_format(tmp_path: Path,
     assert measure() == 1  # reused
     monkeypatch.setattr(fam, "FORMAT_VERSION", fam.FORMAT_VERSION + 1)
     assert measure() == 2
+
+
+def test_the_task_aware_codec_runs_at_its_own_default_budget():
+    """The families bench measures vae-rd (and bitdelta's refinement) for the epochs a user of
+    the codec gets, as the zoo's bench does, not a cut budget."""
+    from vaecompress.codecs import make_codec
+
+    assert fam.FamiliesConfig().task_epochs == make_codec("vae-rd").settings.epochs
