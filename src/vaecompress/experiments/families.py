@@ -96,7 +96,7 @@ class FamiliesConfig:
     task_lams_alone: tuple[float, ...] = (4.0, 5.5, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0, 56.0)
     task_lams_delta: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 5.5, 7.0, 10.0, 14.0, 20.0,
                                           28.0)
-    task_lams_series: tuple[float, ...] = (2.0, 4.0, 5.5, 7.0, 10.0, 14.0)
+    task_lams_series: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 5.5, 7.0, 10.0, 14.0)
     # NNCodec alone (every qp step, from where the zoo's models keep their accuracy to past
     # where they lose a point)
     nncodec_qps: tuple[int, ...] = tuple(range(-26, -11))
