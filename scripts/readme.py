@@ -81,6 +81,9 @@ FAMILIES = (  # (results file, the command that made it)
      "python -m vaecompress.experiments.families --out results/families"),
     ("results/families-cnn/families.json",
      "python -m vaecompress.experiments.families --model cnn --out results/families-cnn"),
+    ("results/families-rnn/families.json",
+     "python -m vaecompress.experiments.families --model rnn --families fine-tunes "
+     "--out results/families-rnn"),
     ("results/families-minilm/families.json",
      "python -m vaecompress.experiments.families_minilm --out results/families-minilm"),
 )
