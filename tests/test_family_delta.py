@@ -61,6 +61,33 @@ def test_every_codec_codes_against_a_base(codec: str) -> None:
         assert all(torch.equal(out[k], v) for k, v in model.items())
 
 
+@pytest.mark.parametrize("codec", _all_codecs())
+def test_every_codec_codes_a_model_equal_to_its_base(codec: str) -> None:
+    """A fine-tune that changed nothing (or a checkpoint saved twice): its change is all zeros,
+    which every codec codes and rebuilds as the base (vae-rd-free wrote its infinite SNR into
+    the header and failed, an internal error)."""
+    task = TinyTask()
+    base = task.state
+    model = {k: v.clone() for k, v in base.items()}
+    ctx = task.ctx() if REGISTRY[codec].uses_task else None
+    res = compress(model, codec, base=base, ctx=ctx, **TINY_SETTINGS.get(codec, {}))
+    out = decompress(res.data, base=base)
+    assert res.rebuilt is not None and list(out) == list(model)
+    for k, v in model.items():
+        assert torch.equal(out[k], res.rebuilt[k])
+        assert torch.isfinite(out[k]).all() if v.is_floating_point() else torch.equal(out[k], v)
+
+
+def test_an_all_zero_model_is_coded_exactly_by_the_default() -> None:
+    """Nothing to quantize: the default's file says so (an exact copy, its SNR stored as null)
+    instead of failing to write an infinite SNR."""
+    model = {"w": torch.zeros(8, 5), "b": torch.zeros(8)}
+    res = compress(model)
+    assert loads(res.data).codec_state["snr_db"] is None
+    out = decompress(res.data)
+    assert all(torch.equal(out[k], v) for k, v in model.items())
+
+
 def test_lossless_delta_is_bit_exact_with_nan_inf_and_half_dtypes() -> None:
     base = {"a": torch.randn(5, 7), "h": torch.randn(9).half(), "b": torch.randn(4).bfloat16(),
             "d": torch.randn(3, 3, dtype=torch.float64), "new": torch.randn(3)}

@@ -322,7 +322,9 @@ def _chosen(res: Any) -> str:
     state = res.report
     if "snr_db" not in state:
         return ""
-    return f" (weighting {state['weighting']}, reached {state['snr_db']:.1f} dB)"
+    reached = (f"{state['snr_db']:.1f} dB" if math.isfinite(state["snr_db"])
+               else "an exact copy")
+    return f" (weighting {state['weighting']}, reached {reached})"
 
 
 def _fidelity_json(res: Any) -> dict[str, Any]:

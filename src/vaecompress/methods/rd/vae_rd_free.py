@@ -248,8 +248,10 @@ class VAERDFreeCodec(Codec):
         c.payloads.insert(0, Payload(PAYLOAD, KIND, ROLE_CODE, data))
         if trellis:  # a reader of version 1 or 2 refuses the file instead of misreading it
             c.codec["version"] = TCQ_VERSION
-        c.codec_state = {"weighting": weighting, "snr_db": round(alloc.snr_db, 4),
-                         "scale": alloc.scale}
+        # An exact result (every latent tensor all zeros: a model equal to its base, a model of
+        # zeros) has an infinite SNR, which JSON cannot hold: stored as null, as `--json` does.
+        reached = round(alloc.snr_db, 4) if math.isfinite(alloc.snr_db) else None
+        c.codec_state = {"weighting": weighting, "snr_db": reached, "scale": alloc.scale}
         extra = {}
         if alloc.change_nsr is not None and alloc.change_nsr > 0:
             extra["change_snr_db"] = snr_db(alloc.change_nsr)
