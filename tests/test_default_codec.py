@@ -363,6 +363,26 @@ def test_a_large_share_rebuilt_as_zeros_is_a_warning(tmp_path: Path,
     assert "e+" not in printed  # shares in per cent, never in exponent form
 
 
+def test_a_tensor_too_small_for_a_float32_step_is_coded_as_zeros(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Weights below float32's normal range (1e-40: the finest step tried would be zero, every
+    latent inf) are rebuilt as zeros and reported lost, the others kept at the target; it was
+    an internal error. A model of nothing else says so and warns."""
+    g = torch.Generator().manual_seed(0)
+    model = {"a": torch.randn(64, 32, generator=g), "tiny": torch.randn(16, generator=g) * 1e-40,
+             "b": torch.randn(64, generator=g)}
+    res = compress(model)
+    out = decompress(res.data)
+    assert torch.equal(out["tiny"], torch.zeros(16))
+    assert res.fidelity["worst_tensor"] == "tiny" and res.fidelity["lost_tensors"] == 1
+    assert DEFAULT_SNR <= res.fidelity["others_snr_db"] <= DEFAULT_SNR + 0.5
+    src = tmp_path / "tiny.safetensors"
+    save_weights_file(src, {"tiny": torch.randn(32, 32, generator=g) * 1e-40})  # not zstd's
+    assert main(["compress", str(src), "-o", str(tmp_path / "tiny.vrd")]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to quantize" in printed and "warning: tensors holding 100%" in printed
+
+
 def test_the_full_sweep_of_the_default_goes_past_the_one_point_line() -> None:
     """bench-full's column of the default is its best within 0.5 and 1 point only if its sweep
     reaches SNRs where the zoo's classifiers lose more than that (about 0-4 dB, results/datafree):

@@ -322,9 +322,10 @@ def _chosen(res: Any) -> str:
     state = res.report
     if "snr_db" not in state:
         return ""
-    reached = (f"{state['snr_db']:.1f} dB" if math.isfinite(state["snr_db"])
-               else "an exact copy")
-    return f" (weighting {state['weighting']}, reached {reached})"
+    # infinite: no tensor had anything to step (a zero change, zeros, only subnormal values)
+    reached = (f"reached {state['snr_db']:.1f} dB" if math.isfinite(state["snr_db"])
+               else "nothing to quantize")
+    return f" (weighting {state['weighting']}, {reached})"
 
 
 def _fidelity_json(res: Any) -> dict[str, Any]:

@@ -69,6 +69,11 @@ MAX_SNR = 120.0  # the finest fidelity a codec accepts, in dB: float32 weights h
 MIN_SNR = -30.0
 BISECTIONS = 28  # halvings of the log-scale interval: c is found to about 1e-7 relative
 ROUNDINGS = ("nearest", "rdoq", "tcq")
+# The finest step the search tries is 1e-7 of a tensor's largest weight (`_Problem.bounds`); a
+# float32 step must stay a normal number (a subnormal one has a few bits, and below them it is
+# zero, every latent then inf or NaN). So a tensor whose largest weight is under this cannot be
+# stepped: it is coded as zeros, untraded, as a tensor of zeros is (`fidelity` reports it lost).
+MIN_PEAK = float(np.finfo(np.float32).tiny) / 1e-7
 # RDOQ's search for an SNR: from the nearest rounding's scale down, until the NSR lies within
 # this fraction below the target (the SNR within 0.005 dB above it), in at most RDOQ_TRIES
 # passes. For a byte budget: a bisection in [c / RDOQ_RANGE, c] (RDOQ's extra error is far less
@@ -137,7 +142,8 @@ class _Problem:
                                  for w, f in zip(self.w32, self.change, strict=True) if f)
         # A tensor of zeros (or of no sensitivity) has nothing to lose: it gets the finest step
         # any other tensor has and costs next to nothing (all its latents are zero).
-        self.sens = [float(s) if (math.isfinite(s) and s > 0) else 0.0 for s in sens]
+        self.sens = [float(s) if (math.isfinite(s) and s > 0 and _peak(w) >= MIN_PEAK) else 0.0
+                     for s, w in zip(sens, self.w32, strict=True)]
         count = sum(1 for s in self.sens if s > 0)
         if energies is None:
             energies = [float(np.square(w, dtype=np.float64).sum()) for w in self.w32]
@@ -197,6 +203,10 @@ class _Problem:
                                                                      strict=True)]
         return Allocation(out, [np.array([d], dtype=np.float32) for d in q.steps], c, q.nsr,
                           self.evaluations, q.change_nsr if any(self.change) else None)
+
+
+def _peak(w: np.ndarray) -> float:
+    return float(np.abs(w).max()) if w.size else 0.0
 
 
 def _bisect(lo: float, hi: float, ok: Callable[[float], bool], *, largest: bool,
