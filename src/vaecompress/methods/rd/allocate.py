@@ -190,7 +190,7 @@ class _Problem:
         for w, s in zip(self.w32, self.sens, strict=True):
             if s <= 0 or not w.size:
                 continue
-            peak = float(np.abs(w).max()) * math.sqrt(s)
+            peak = _peak(w) * math.sqrt(s)
             hi = max(hi, 4.0 * peak)
             lo = max(lo, 1e-7 * peak)
         if hi <= 0:
